@@ -1,0 +1,1 @@
+"""Checkpoint -> verified deployable artifact (ONNX with metadata), per target and precision."""

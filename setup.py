@@ -1,0 +1,24 @@
+"""One distribution, extras per side: the host trains and compiles, the edge device installs sdk + one runtime."""
+
+from setuptools import find_packages, setup
+
+TORCH = ["torch==2.14.1", "torchvision==0.29.1"]
+
+setup(
+    name="m2f-edge",
+    version="0.1.0",
+    description="Train Mask2Former, compile it for ONNX Runtime / OpenVINO / TensorRT, run it on the edge",
+    python_requires=">=3.10",
+    packages=find_packages(include=["plugins*", "train*", "compile*", "runtimes*", "sdk*"]),
+    package_data={"train.model": ["zoo_classes.json"], "plugins.msda": ["*.cu", "*.cpp", "*.h", "*.md"]},
+    install_requires=["numpy>=1.26", "opencv-python-headless>=4.9", "tqdm>=4.66"],
+    extras_require={
+        "train": [*TORCH, "timm>=1.0", "safetensors>=0.4", "scipy>=1.11", "pycocotools>=2.0.8"],
+        "onnxruntime": ["onnxruntime>=1.18"],
+        "openvino": ["openvino>=2024.4"],
+        # TensorRT and pycuda come from NVIDIA's index (pip install --extra-index-url https://pypi.nvidia.com)
+        "tensorrt": ["tensorrt>=10.0", "pycuda>=2024.1"],
+        "dev": ["pytest>=8", "pytest-xdist>=3.5", "pytest-benchmark>=4", "ruff>=0.6", "transformers>=4.45"],
+    },
+    entry_points={"console_scripts": ["m2f=sdk.cli:main"]},
+)

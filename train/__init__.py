@@ -1,0 +1,1 @@
+"""Training stack: the Mask2Former architecture, checkpoints, data, losses, trainer and evaluation."""
