@@ -1,0 +1,1 @@
+"""Custom operators (multi-scale deformable attention). Imports nothing else of this project."""

@@ -1,0 +1,61 @@
+"""Pure-torch multi-scale deformable attention: the oracle every kernel and every export is tested against.
+
+Interface (the same as TensorRT's ``MultiscaleDeformableAttnPlugin_TRT``):
+
+- ``value``               (N, S, M, D)        S = sum of H_l * W_l over the L levels
+- ``spatial_shapes``      (L, 2) int          (H_l, W_l) per level, a tensor or a sequence of pairs
+- ``level_start_index``   (L,) int            offset of each level in S (derivable; accepted for the interface)
+- ``sampling_locations``  (N, Lq, M, L, P, 2) normalised (x, y) in [0, 1]; 0 and 1 are the outer pixel edges
+- ``attention_weights``   (N, Lq, M, L, P)
+- returns                 (N, Lq, M * D)
+
+Sampling is bilinear with zero padding outside the map (``grid_sample`` with ``align_corners=False``),
+so a location x maps to the pixel coordinate ``x * W - 0.5``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def shapes_as_pairs(spatial_shapes: Tensor | Sequence[Sequence[int]]) -> list[tuple[int, int]]:
+    """(H, W) per level as python ints."""
+    if isinstance(spatial_shapes, Tensor):
+        spatial_shapes = spatial_shapes.tolist()
+    return [(int(h), int(w)) for h, w in spatial_shapes]
+
+
+def ms_deform_attn_reference(
+    value: Tensor,
+    spatial_shapes: Tensor | Sequence[Sequence[int]],
+    level_start_index: Tensor | None,
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+) -> Tensor:
+    """Multi-scale deformable attention with ``grid_sample``; see the module docstring for shapes."""
+    del level_start_index  # implied by spatial_shapes; part of the plugin interface only
+    shapes = shapes_as_pairs(spatial_shapes)
+    N, S, M, D = value.shape
+    _, Lq, _, L, P, _ = sampling_locations.shape
+    if len(shapes) != L:
+        raise ValueError(f"{len(shapes)} spatial shapes for {L} levels in sampling_locations")
+    if sum(h * w for h, w in shapes) != S:
+        raise ValueError(f"spatial shapes {shapes} cover {sum(h * w for h, w in shapes)} positions, value has {S}")
+    value_levels = value.split([h * w for h, w in shapes], dim=1)
+    grids = 2 * sampling_locations - 1  # grid_sample wants [-1, 1]
+    sampled = []
+    for level, (h, w) in enumerate(shapes):
+        # (N, H*W, M, D) -> (N*M, D, H, W)
+        v = value_levels[level].flatten(2).transpose(1, 2).reshape(N * M, D, h, w)
+        # (N, Lq, M, P, 2) -> (N*M, Lq, P, 2)
+        g = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)
+        # (N*M, D, Lq, P)
+        sampled.append(F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False))
+    # (N, Lq, M, L, P) -> (N*M, 1, Lq, L*P)
+    weights = attention_weights.transpose(1, 2).reshape(N * M, 1, Lq, L * P)
+    out = (torch.stack(sampled, dim=-2).flatten(-2) * weights).sum(-1)  # (N*M, D, Lq)
+    return out.view(N, M * D, Lq).transpose(1, 2).contiguous()
