@@ -23,7 +23,8 @@ test: install lint
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(PYTEST_WORKERS) -q
 
 demo: install
-	$(VENV)/bin/m2f demo
+	$(VENV)/bin/m2f info
+	$(VENV)/bin/m2f convert --list
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,106 @@
+"""Every backbone builds at tiny widths into a full Mask2Former: shapes, finiteness, any input size, gradients."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from train.model import (
+    Mask2Former,
+    Mask2FormerConfig,
+    PixelDecoderConfig,
+    ResNetConfig,
+    SwinConfig,
+    TimmConfig,
+    TransformerDecoderConfig,
+)
+from train.model.backbones import build_backbone
+
+BACKBONES = {
+    "resnet-frozenbn": ResNetConfig(depths=(1, 1, 1, 1), stem_channels=16, bottleneck_channels=8, out_channels=32),
+    "resnet-bn": ResNetConfig(depths=(1, 2, 1, 1), stem_channels=16, bottleneck_channels=8, out_channels=32, norm="BN"),
+    "swin": SwinConfig(embed_dim=16, depths=(1, 1, 2, 1), num_heads=(1, 2, 2, 4), window_size=4, drop_path_rate=0.1),
+    "timm-resnet18": TimmConfig("resnet18"),
+    "timm-mobilenetv3": TimmConfig("mobilenetv3_small_050"),
+    "timm-efficientnet": TimmConfig("efficientnet_b0"),
+    "timm-convnext": TimmConfig("convnext_atto"),
+}
+
+
+def tiny_config(backbone, num_classes: int = 3, queries: int = 5) -> Mask2FormerConfig:
+    return Mask2FormerConfig(
+        num_classes=num_classes,
+        backbone=backbone,
+        pixel_decoder=PixelDecoderConfig(conv_dim=32, mask_dim=32, num_layers=1, num_heads=2, ffn_dim=64),
+        decoder=TransformerDecoderConfig(hidden_dim=32, num_queries=queries, num_heads=2, num_layers=3, ffn_dim=64),
+    )
+
+
+@pytest.mark.parametrize("name", list(BACKBONES))
+def test_backbone_strides_and_channels(name):
+    backbone = build_backbone(BACKBONES[name]).eval()
+    x = torch.randn(1, 3, 96, 128)
+    with torch.no_grad():
+        features = backbone(x)
+    assert [f.shape[1] for f in features] == list(backbone.channels)
+    assert [(f.shape[2], f.shape[3]) for f in features] == [(96 // s, 128 // s) for s in (4, 8, 16, 32)]
+    assert all(torch.isfinite(f).all() for f in features)
+
+
+@pytest.mark.parametrize("name", list(BACKBONES))
+@pytest.mark.parametrize("size", [(64, 64), (100, 75), (97, 130)])
+def test_model_any_input_size(name, size):
+    model = Mask2Former(tiny_config(BACKBONES[name])).eval()
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        out = model(x)
+    padded = [math.ceil(s / 32) * 32 for s in size]
+    assert out["pred_logits"].shape == (2, 5, 4)
+    assert out["pred_masks"].shape == (2, 5, padded[0] // 4, padded[1] // 4)
+    assert len(out["aux_outputs"]) == 3  # the query features + every layer but the last
+    assert torch.isfinite(out["pred_logits"]).all() and torch.isfinite(out["pred_masks"]).all()
+
+
+@pytest.mark.parametrize("name", ["resnet-bn", "swin", "timm-mobilenetv3"])
+def test_gradients_reach_every_stage(name):
+    model = Mask2Former(tiny_config(BACKBONES[name])).train()
+    out = model(torch.randn(2, 3, 64, 96))
+    loss = out["pred_logits"].logsumexp(-1).mean() + out["pred_masks"].sigmoid().mean()
+    loss = loss + sum(a["pred_masks"].sigmoid().mean() for a in out["aux_outputs"])
+    loss.backward()
+    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert no_grad == [], no_grad[:5]
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_padding_matches_explicit_zero_padding():
+    model = Mask2Former(tiny_config(BACKBONES["resnet-frozenbn"])).eval()
+    x = torch.randn(1, 3, 50, 70)
+    padded = torch.zeros(1, 3, 64, 96)
+    padded[..., :50, :70] = x
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)["pred_masks"], model(padded)["pred_masks"])
+
+
+def test_bad_inputs_and_configs_raise():
+    model = Mask2Former(tiny_config(BACKBONES["resnet-frozenbn"])).eval()
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        model(torch.randn(3, 64, 64))
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        model(torch.randn(1, 4, 64, 64))
+    with pytest.raises(TypeError, match="float"):
+        model(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="strides"):
+        build_backbone(TimmConfig("resnet18", out_indices=(0, 1, 2, 3)))
+    with pytest.raises(ValueError, match="norm"):
+        build_backbone(ResNetConfig(norm="LayerNorm"))
+
+
+def test_config_round_trips_through_dict():
+    for backbone in BACKBONES.values():
+        config = tiny_config(backbone)
+        assert Mask2FormerConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="unknown backbone kind"):
+        Mask2FormerConfig.from_dict({"num_classes": 2, "backbone": {"kind": "vgg"}})
