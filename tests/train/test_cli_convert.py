@@ -1,0 +1,33 @@
+"""`m2f convert`: HF folder -> our checkpoint; the model-zoo listing."""
+
+from __future__ import annotations
+
+import torch
+
+from sdk.cli import main
+from tests.train.hf_models import RESNET, hf_config, random_hf_model
+from train.model import load_pretrained
+
+
+def test_convert_hf_folder(tmp_path, capsys):
+    hf = random_hf_model(hf_config(RESNET, 3, 4))
+    hf.save_pretrained(tmp_path / "hf")
+    assert main(["convert", str(tmp_path / "hf"), "--out", str(tmp_path / "out" / "model.pt")]) == 0
+    loaded = load_pretrained(tmp_path / "out" / "model.pt")
+    assert loaded.source == "m2f"
+    payload = torch.load(tmp_path / "out" / "model.pt", weights_only=True)
+    assert payload["source"] == "huggingface"
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            loaded.model(x)["pred_logits"], hf(pixel_values=x).class_queries_logits, atol=1e-4, rtol=0
+        )
+
+
+def test_convert_lists_zoo_and_reports_errors(tmp_path, capsys):
+    assert main(["convert", "--list"]) == 0
+    listing = capsys.readouterr().out
+    assert "coco-panoptic-r50" in listing and "model_final_94dc52.pkl" in listing
+    (tmp_path / "model_final.pkl").write_bytes(b"x")
+    assert main(["convert", str(tmp_path / "model_final.pkl"), "--config", "coco-panoptc-r50", "--out", "x.pt"]) == 2
+    assert "coco-panoptic-r50" in capsys.readouterr().err  # the close-name suggestion

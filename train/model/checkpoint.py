@@ -1,0 +1,228 @@
+"""Our checkpoint format, and ``load_pretrained`` for ours, official detectron2 and HF transformers weights.
+
+Our ``.pt``: ``{"format": "m2f-checkpoint", "version": 1, "config": ..., "meta": ..., "state_dict": ...}`` —
+weights plus the full model config, class names, thing classes, colours and normalisation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from train.model.config import IMAGENET_MEAN, IMAGENET_STD, Mask2FormerConfig, ModelMeta
+from train.model.mask2former import Mask2Former
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "m2f-checkpoint"
+CHECKPOINT_VERSION = 1
+# official detectron2 module prefixes -> ours
+_DETECTRON2_PREFIXES = {
+    "sem_seg_head.pixel_decoder.": "pixel_decoder.",
+    "sem_seg_head.predictor.": "transformer_decoder.",
+    "backbone.": "backbone.",
+}
+_DETECTRON2_DROPPED = ("criterion.empty_weight",)
+
+
+@dataclass
+class LoadedModel:
+    """A model in eval mode with everything needed to use it."""
+
+    model: Mask2Former
+    config: Mask2FormerConfig
+    meta: ModelMeta
+    source: str  # "m2f", "detectron2" or "huggingface"
+
+
+def save_checkpoint(path: str | Path, model: Mask2Former, meta: ModelMeta, extra: dict[str, Any] | None = None) -> Path:
+    """Write our checkpoint format; ``extra`` (optimiser state, iteration, ...) is stored beside the weights."""
+    if model.config.num_classes != meta.num_classes:
+        raise ValueError(f"model has {model.config.num_classes} classes, meta names {meta.num_classes}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "config": model.config.to_dict(),
+        "meta": meta.to_dict(),
+        "state_dict": model.state_dict(),
+        **(extra or {}),
+    }
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)  # never leave a half-written checkpoint behind
+    return path
+
+
+def state_dict_from_detectron2(state: dict[str, Any]) -> dict[str, Tensor]:
+    """Official Mask2Former (detectron2) keys -> ours; numpy arrays (model-zoo ``.pkl``) become tensors."""
+    out = {}
+    for key, value in state.items():
+        if key in _DETECTRON2_DROPPED or key.endswith(("pixel_mean", "pixel_std")):
+            continue
+        for src, dst in _DETECTRON2_PREFIXES.items():
+            if key.startswith(src):
+                out[dst + key[len(src) :]] = (
+                    torch.as_tensor(np.asarray(value)) if not isinstance(value, Tensor) else value
+                )
+                break
+        else:
+            raise ValueError(f"unexpected key {key!r} in a detectron2 Mask2Former checkpoint")
+    return out
+
+
+def _read_detectron2(path: Path) -> dict[str, Any]:
+    if path.suffix == ".pkl":
+        with path.open("rb") as f:
+            data = pickle.load(f, encoding="latin1")
+    else:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(data, dict) and "model" in data and isinstance(data["model"], dict):
+        data = data["model"]
+    if not isinstance(data, dict) or not data:
+        raise ValueError(f"{path} holds no detectron2 state dict")
+    return data
+
+
+def _load_weights(model: Mask2Former, state: dict[str, Tensor], source: Path) -> None:
+    own = model.state_dict()
+    # trainable BN carries a counter that detectron2's FrozenBN does not
+    for key in own:
+        if key.endswith("num_batches_tracked") and key not in state:
+            state[key] = own[key]
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise ValueError(
+            f"{source}: weights do not fit the config: {len(missing)} missing (e.g. {missing[:5]}), "
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:5]})"
+        )
+    bad = [k for k in own if own[k].shape != state[k].shape]
+    if bad:
+        k = bad[0]
+        raise ValueError(
+            f"{source}: {len(bad)} shape mismatches, e.g. {k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def _resolve_config(config: str | Mask2FormerConfig | None, meta: ModelMeta | None, path: Path):
+    if isinstance(config, str):
+        from train.model.zoo import get_zoo_entry
+
+        entry = get_zoo_entry(config)
+        return entry.config, meta or entry.meta
+    if config is None:
+        raise ValueError(
+            f"{path} is a detectron2 checkpoint without a config: pass config=<model zoo name> "
+            "(see `m2f convert --list`) or a Mask2FormerConfig with its ModelMeta"
+        )
+    if meta is None:
+        raise ValueError("a Mask2FormerConfig needs its ModelMeta (class names, normalisation) too")
+    return config, meta
+
+
+def _load_hf_folder(path: Path) -> tuple[Mask2FormerConfig, ModelMeta, dict[str, Tensor]]:
+    from train.model.convert_hf import config_from_hf, state_dict_from_hf
+
+    hf_config = json.loads((path / "config.json").read_text())
+    config, class_names = config_from_hf(hf_config)
+    if (path / "model.safetensors").exists():
+        from safetensors.torch import load_file
+
+        hf_state = load_file(str(path / "model.safetensors"))
+    elif (path / "pytorch_model.bin").exists():
+        hf_state = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    else:
+        raise FileNotFoundError(f"{path} has config.json but neither model.safetensors nor pytorch_model.bin")
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    processor = path / "preprocessor_config.json"
+    if processor.exists():
+        pp = json.loads(processor.read_text())
+        scale = 255.0 if pp.get("do_rescale", True) else 1.0
+        mean = tuple(float(m) * scale for m in pp.get("image_mean", np.array(IMAGENET_MEAN) / 255))
+        std = tuple(float(s) * scale for s in pp.get("image_std", np.array(IMAGENET_STD) / 255))
+    meta = ModelMeta(class_names=tuple(class_names), pixel_mean=mean, pixel_std=std, dataset="huggingface")
+    meta = _with_known_dataset(meta)
+    return config, meta, state_dict_from_hf(hf_state, config.backbone.kind)
+
+
+def _with_known_dataset(meta: ModelMeta) -> ModelMeta:
+    """HF configs carry no thing/stuff split or colours: take them from a zoo dataset with the same classes."""
+    from train.model.zoo import find_dataset_by_classes
+
+    known = find_dataset_by_classes(meta.class_names)
+    if known is None:
+        logger.warning("class list matches no known dataset: every class is treated as stuff, colours generated")
+        return meta
+    return dataclasses.replace(known, pixel_mean=meta.pixel_mean, pixel_std=meta.pixel_std, dataset=known.dataset)
+
+
+def load_pretrained(
+    path: str | Path,
+    config: str | Mask2FormerConfig | None = None,
+    meta: ModelMeta | None = None,
+    device: str | torch.device = "cpu",
+) -> LoadedModel:
+    """Load Mask2Former weights in eval mode with their config, class names and normalisation.
+
+    ``path``: our ``.pt``; an official detectron2 ``.pkl`` (model zoo) or ``.pth`` (training output), which
+    need ``config`` (a model zoo name such as ``"coco-panoptic-r50"``); or an HF transformers folder with
+    ``config.json`` and ``model.safetensors``/``pytorch_model.bin``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ValueError(f"{path} is a folder without config.json: not an HF transformers model")
+        cfg, meta_, state = _load_hf_folder(path)
+        source = "huggingface"
+    else:
+        payload = _read_payload(path)
+        if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
+            version = payload.get("version")
+            if version != CHECKPOINT_VERSION:
+                raise ValueError(
+                    f"{path} is checkpoint format version {version}; this build reads {CHECKPOINT_VERSION}"
+                )
+            cfg = Mask2FormerConfig.from_dict(payload["config"])
+            meta_ = ModelMeta.from_dict(payload["meta"])
+            state = dict(payload["state_dict"])
+            source = "m2f"
+        else:
+            cfg, meta_ = _resolve_config(config, meta, path)
+            state = state_dict_from_detectron2(_read_detectron2(path))
+            source = "detectron2"
+    model = Mask2Former(cfg)
+    _load_weights(model, state, path)
+    return LoadedModel(model=model.to(device).eval(), config=cfg, meta=meta_, source=source)
+
+
+def _read_payload(path: Path) -> Any:
+    if path.suffix == ".pkl":
+        return None  # detectron2 pickles are read by _read_detectron2
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a corrupt file
+        raise ValueError(f"{path} is not a readable torch checkpoint: {err}") from err
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file (checkpoint provenance in artifacts)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
