@@ -13,7 +13,15 @@ setup(
     package_data={"train.model": ["zoo_classes.json"], "plugins.msda": ["*.cu", "*.cpp", "*.h", "*.md"]},
     install_requires=["numpy>=1.26", "opencv-python-headless>=4.9", "tqdm>=4.66"],
     extras_require={
-        "train": [*TORCH, "timm>=1.0", "safetensors>=0.4", "scipy>=1.11", "pycocotools>=2.0.8", "pyyaml>=6", "tensorboard>=2.15"],
+        "train": [
+            *TORCH,
+            "timm>=1.0",
+            "safetensors>=0.4",
+            "scipy>=1.11",
+            "pycocotools>=2.0.8",
+            "pyyaml>=6",
+            "tensorboard>=2.15",
+        ],
         "onnxruntime": ["onnxruntime>=1.18"],
         "openvino": ["openvino>=2024.4"],
         # TensorRT and pycuda come from NVIDIA's index (pip install --extra-index-url https://pypi.nvidia.com)

@@ -96,7 +96,6 @@ def dataset_meta(dataset_name: str, **overrides: Any) -> ModelMeta:
     return ModelMeta(**fields)
 
 
-
 def find_dataset_by_classes(class_names: Sequence[str]) -> ModelMeta | None:
     """The zoo dataset whose class list equals ``class_names`` (case-insensitive), or None.
 
@@ -107,6 +106,7 @@ def find_dataset_by_classes(class_names: Sequence[str]) -> ModelMeta | None:
         if [c.lower() for c in entry["class_names"]] == wanted:
             return dataset_meta(name)
     return None
+
 
 # --------------------------------------------------------------------------------------------------------------
 # backbones (from the official yaml files)
