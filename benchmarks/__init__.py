@@ -1,0 +1,1 @@
+"""Latency, throughput, memory and accuracy harnesses; may import anything in the project."""
