@@ -23,10 +23,10 @@ from torch import Tensor
 
 
 def shapes_as_pairs(spatial_shapes: Tensor | Sequence[Sequence[int]]) -> list[tuple[int, int]]:
-    """(H, W) per level as python ints."""
+    """(H, W) per level: python ints, or the symbolic sizes torch.export passes through unchanged."""
     if isinstance(spatial_shapes, Tensor):
-        spatial_shapes = spatial_shapes.tolist()
-    return [(int(h), int(w)) for h, w in spatial_shapes]
+        return [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
+    return [(h, w) for h, w in spatial_shapes]
 
 
 def ms_deform_attn_reference(
@@ -43,7 +43,7 @@ def ms_deform_attn_reference(
     _, Lq, _, L, P, _ = sampling_locations.shape
     if len(shapes) != L:
         raise ValueError(f"{len(shapes)} spatial shapes for {L} levels in sampling_locations")
-    if sum(h * w for h, w in shapes) != S:
+    if not torch.compiler.is_exporting() and sum(h * w for h, w in shapes) != S:
         raise ValueError(f"spatial shapes {shapes} cover {sum(h * w for h, w in shapes)} positions, value has {S}")
     value_levels = value.split([h * w for h, w in shapes], dim=1)
     grids = 2 * sampling_locations - 1  # grid_sample wants [-1, 1]

@@ -14,8 +14,8 @@ from train.model.pixel_decoder import MSDeformAttnPixelDecoder
 def pad_to_multiple(images: Tensor, divisor: int) -> Tensor:
     """Zero-pad (B, C, H, W) at the bottom and right so H and W are multiples of ``divisor``."""
     H, W = images.shape[-2:]
-    pad_h, pad_w = (-H) % divisor, (-W) % divisor
-    return F.pad(images, (0, pad_w, 0, pad_h)) if pad_h or pad_w else images
+    # unconditional (a zero pad is a no-op) so symbolic sizes need no branch in export
+    return F.pad(images, (0, (-W) % divisor, 0, (-H) % divisor))
 
 
 class Mask2Former(nn.Module):

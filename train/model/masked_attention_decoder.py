@@ -137,7 +137,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             raise ValueError(f"expected {self.num_feature_levels} feature levels, got {len(multi_scale_features)}")
         src, pos, sizes = [], [], []
         for i, x in enumerate(multi_scale_features):
-            sizes.append((int(x.shape[-2]), int(x.shape[-1])))
+            sizes.append((x.shape[-2], x.shape[-1]))
             pos.append(self.pe_layer(x).flatten(2).permute(2, 0, 1))  # (HW, B, C)
             level = self.input_proj[i](x).flatten(2) + self.level_embed.weight[i][None, :, None]
             src.append(level.permute(2, 0, 1))  # (HW, B, C)

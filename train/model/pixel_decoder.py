@@ -62,9 +62,12 @@ class MSDeformAttn(nn.Module):
         value = self.value_proj(value).view(N, S, M, self.d_model // M)  # (N, S, M, D)
         offsets = self.sampling_offsets(query).view(N, Lq, M, L, P, 2)
         weights = self.attention_weights(query).view(N, Lq, M, L * P).softmax(-1).view(N, Lq, M, L, P)
-        # offsets are in pixels of each level: divide by (W, H)
-        normalizer = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=query.dtype, device=query.device)
-        locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
+        # offsets are in pixels of each level: divide by (W, H); per level so sizes may be symbolic (export)
+        scaled = [
+            torch.stack((offsets[:, :, :, lvl, :, 0] / w, offsets[:, :, :, lvl, :, 1] / h), -1)
+            for lvl, (h, w) in enumerate(spatial_shapes)
+        ]
+        locations = reference_points[:, :, None, :, None, :] + torch.stack(scaled, 3)  # (N, Lq, M, L, P, 2)
         out = ms_deform_attn(value, spatial_shapes, None, locations, weights)  # (N, Lq, C)
         return self.output_proj(out)
 
@@ -102,8 +105,8 @@ class MSDeformAttnEncoder(nn.Module):
         points = []
         for h, w in spatial_shapes:
             ref_y, ref_x = torch.meshgrid(
-                torch.linspace(0.5, h - 0.5, h, dtype=torch.float32, device=device),
-                torch.linspace(0.5, w - 0.5, w, dtype=torch.float32, device=device),
+                torch.arange(h, dtype=torch.float32, device=device) + 0.5,
+                torch.arange(w, dtype=torch.float32, device=device) + 0.5,
                 indexing="ij",
             )
             points.append(torch.stack((ref_x.reshape(-1) / w, ref_y.reshape(-1) / h), -1))
@@ -140,7 +143,7 @@ class MSDeformAttnTransformerEncoderOnly(nn.Module):
 
     def forward(self, srcs: list[Tensor], pos_embeds: list[Tensor]) -> tuple[Tensor, list[tuple[int, int]]]:
         """srcs/pos_embeds: per level (B, C, H, W) -> memory (B, S, C) and the (H, W) of each level."""
-        spatial_shapes = [(int(s.shape[2]), int(s.shape[3])) for s in srcs]
+        spatial_shapes = [(s.shape[2], s.shape[3]) for s in srcs]  # ints, or symbolic sizes in export
         src_flat = torch.cat([s.flatten(2).transpose(1, 2) for s in srcs], 1)  # (B, S, C)
         pos_flat = torch.cat(
             [p.flatten(2).transpose(1, 2) + self.level_embed[lvl].view(1, 1, -1) for lvl, p in enumerate(pos_embeds)],
