@@ -23,6 +23,7 @@ HOST_COMMANDS: dict[str, tuple[str, str, str]] = {
     "convert": ("train.cli:convert_main", "official detectron2 / HF checkpoint -> our .pt format", "train"),
     "train": ("train.cli:train_main", "train Mask2Former from a config (torchrun for several processes)", "train"),
     "eval": ("train.cli:eval_main", "metrics (mIoU / PQ / AP) of a checkpoint on a dataset", "train"),
+    "export": ("compile.cli:export_main", "checkpoint -> verified ONNX artifact per target and precision", "train"),
 }
 
 OPTIONAL_PACKAGES = ("torch", "onnxruntime", "openvino", "tensorrt", "cv2", "transformers", "timm")

@@ -1,0 +1,218 @@
+"""``compile.export``: checkpoint -> one verified, self-describing ``.onnx`` artifact per target and precision."""
+
+from __future__ import annotations
+
+import logging
+import random
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import onnx
+
+from compile.gate import GateImage, run_gate
+from compile.onnx_export import DEFAULT_OPSET, INPUT_NAME, OUTPUTS, DeployableMask2Former, export_onnx
+from runtimes import load_backend
+from runtimes.artifact import ARTIFACT_FORMAT_VERSION, write_metadata
+from sdk.preprocess import Geometry, fit_to_input
+from train.evaluation.semantic import semantic_gt_from_sample
+from train.model import LoadedModel, load_pretrained
+from train.model.checkpoint import file_sha256
+
+logger = logging.getLogger(__name__)
+
+# target -> precisions it accepts; which runtime checks the artifact in the gate, per precision
+SUPPORTED: dict[str, tuple[str, ...]] = {
+    "onnxruntime": ("fp32", "int8"),
+    "openvino": ("fp32", "fp16", "bf16", "int8"),
+    "tensorrt": ("fp32", "fp16", "int8"),
+}
+GATE_RUNTIME = {"onnxruntime": "onnxruntime", "openvino": "openvino", "tensorrt": "onnxruntime"}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+def _images_in(folder: Path, limit: int, seed: int = 0) -> list[np.ndarray]:
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
+    random.Random(seed).shuffle(files)
+    images = []
+    for path in files[:limit]:
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            raise ValueError(f"cannot read image {path}")
+        images.append(image)
+    return images
+
+
+def _labels_like(labels: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """Ground truth placed into the model input the way the image was (nearest resize, 255 in the padding)."""
+    rh, rw = geometry.resized_size
+    resized = cv2.resize(labels.astype(np.uint8), (rw, rh), interpolation=cv2.INTER_NEAREST)
+    out = np.full(geometry.input_size, 255, dtype=np.int64)
+    out[:rh, :rw] = resized
+    return out
+
+
+def _validation_images(loaded: LoadedModel, spec: dict, input_spec: dict, limit: int) -> list[GateImage]:
+    from train.data import build_dataset
+
+    dataset = build_dataset(spec)
+    items = []
+    for i in range(min(limit, len(dataset))):
+        sample = dataset[i]
+        bgr = np.ascontiguousarray(sample["image"].permute(1, 2, 0).numpy()[..., ::-1])
+        image, geometry = fit_to_input(bgr, input_spec)
+        h, w = bgr.shape[:2]
+        gt = semantic_gt_from_sample(sample["labels"], sample["masks"], sample["iscrowd"], h, w, 255)
+        items.append(GateImage(image, _labels_like(gt, geometry)))
+    return items
+
+
+def _input_spec(meta: Any, input_size: tuple[int, int] | None, min_size: int, max_size: int) -> dict:
+    pad = [round(v) for v in reversed(meta.pixel_mean)]  # BGR mean: normalises to ~0 like the official padding
+    if input_size is None:
+        return {"resize_policy": "shortest_edge", "size": None, "min_size": min_size, "max_size": max_size}
+    return {"resize_policy": "letterbox", "size": list(input_size), "pad_bgr": pad}
+
+
+def build_metadata(
+    loaded: LoadedModel, task: str, target: str, precision: str, input_spec: dict, checkpoint: Path, opset: int
+) -> dict:
+    """The artifact's JSON document (schema in ``runtimes.artifact``)."""
+    meta = loaded.meta
+    size = input_spec["size"]
+    return {
+        "format_version": ARTIFACT_FORMAT_VERSION,
+        "task": task,
+        "class_names": list(meta.class_names),
+        "thing_ids": list(meta.thing_ids),
+        "colors": [list(c) for c in meta.colors] or _palette(meta.num_classes),
+        "input": {
+            "name": INPUT_NAME,
+            "shape": [1, *(size or [None, None]), 3],
+            "dtype": "uint8",
+            "layout": "NHWC",
+            "channel_order": "BGR",
+            **input_spec,
+        },
+        "normalization": {"mean": list(meta.pixel_mean), "std": list(meta.pixel_std), "in_graph": True},
+        "precision": precision,
+        "target": target,
+        "opset": opset,
+        "source": {"checkpoint_sha256": file_sha256(checkpoint), "name": checkpoint.name},
+        "outputs": OUTPUTS[task],
+        "inference": {
+            "object_mask_threshold": meta.inference.object_mask_threshold,
+            "overlap_threshold": meta.inference.overlap_threshold,
+            "topk_per_image": meta.inference.topk_per_image,
+        },
+    }
+
+
+def _palette(k: int) -> list[list[int]]:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, size=(k, 3)).tolist()
+
+
+def _simplify(path: Path) -> onnx.ModelProto:
+    import onnxslim
+
+    model = onnxslim.slim(onnx.load(str(path)))
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _apply_precision(
+    fp32: Path, out: Path, target: str, precision: str, calibration: Sequence[np.ndarray] | None
+) -> None:
+    if precision in ("fp32", "bf16"):  # bf16 is the OpenVINO execution hint; the graph stays fp32
+        out.write_bytes(fp32.read_bytes())
+        return
+    from compile import precision as prec
+
+    if precision == "fp16":
+        prec.convert_fp16(fp32, out)
+        return
+    if not calibration:
+        raise ValueError("int8 needs calibration images: pass --calib DIR (real images of the deployment scene)")
+    inputs = list(prec.calibration_inputs(calibration))
+    if target == "openvino":
+        prec.quantize_openvino_int8(fp32, out, inputs)
+    else:
+        prec.quantize_onnxruntime_int8(fp32, out, inputs)
+
+
+def export(
+    checkpoint: str | Path,
+    target: str,
+    precision: str,
+    out: str | Path,
+    input_size: tuple[int, int] | None = None,
+    task: str | None = None,
+    calib_dir: str | Path | None = None,
+    val_data: dict | None = None,
+    max_drop: float = 1.0,
+    gate_images: int = 32,
+    calib_images: int = 64,
+    min_size: int = 512,
+    max_size: int = 2048,
+    opset: int = DEFAULT_OPSET,
+) -> Path:
+    """Export ``checkpoint`` for ``target`` at ``precision`` to ``out`` and gate it; returns ``out``.
+
+    ``input_size=None`` exports dynamic height and width (resize policy ``shortest_edge`` with ``min_size`` /
+    ``max_size``); a size exports a static graph (``letterbox``). ``val_data`` is a dataset spec whose ground
+    truth gives the metric drop; without it the gate measures agreement on the calibration images.
+    """
+    if target not in SUPPORTED:
+        raise ValueError(f"unknown target {target!r}; expected one of {sorted(SUPPORTED)}")
+    if precision not in SUPPORTED[target]:
+        raise ValueError(f"{target} does not take {precision}; it takes {', '.join(SUPPORTED[target])}")
+    checkpoint, out = Path(checkpoint), Path(out)
+    loaded = load_pretrained(checkpoint)
+    task = task or _stored_task(checkpoint) or ("panoptic" if loaded.meta.thing_ids else "semantic")
+    input_spec = _input_spec(loaded.meta, input_size, min_size, max_size)
+    calibration = None
+    if calib_dir is not None:
+        calibration = [fit_to_input(img, input_spec)[0] for img in _images_in(Path(calib_dir), calib_images)]
+    gate_set = _validation_images(loaded, val_data, input_spec, gate_images) if val_data else []
+    if not gate_set and calibration:
+        gate_set = [GateImage(img) for img in calibration[:gate_images]]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = export_onnx(loaded.model, loaded.meta, task, Path(tmp) / "raw.onnx", input_size, opset=opset)
+        fp32 = Path(tmp) / "fp32.onnx"
+        onnx.save(_simplify(raw), str(fp32))
+        _apply_precision(fp32, out, target, precision, calibration)
+    metadata = build_metadata(loaded, task, target, precision, input_spec, checkpoint, opset)
+    _write(out, metadata)
+    if gate_set:
+        runtime = "openvino" if precision in ("fp16", "bf16") else GATE_RUNTIME[target]
+        backend = load_backend(runtime, out)
+        reference = DeployableMask2Former(loaded.model, loaded.meta, task)
+        try:
+            metadata["accuracy"] = run_gate(reference, backend, gate_set, precision, max_drop)
+        finally:
+            backend.close()
+        _write(out, metadata)
+    else:
+        logger.warning("no gate images (pass --calib or --val-data): %s is not verified against torch", out)
+    logger.info("wrote %s (%s, %s, %s)", out, target, precision, task)
+    return out
+
+
+def _write(path: Path, metadata: dict) -> None:
+    model = onnx.load(str(path))
+    write_metadata(model, metadata)
+    onnx.save(model, str(path))
+
+
+def _stored_task(checkpoint: Path) -> str | None:
+    import torch
+
+    payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    return (payload.get("train_config") or {}).get("task") if isinstance(payload, dict) else None

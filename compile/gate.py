@@ -1,0 +1,101 @@
+"""The parity / accuracy gate: the artifact, run by its runtime, against the torch model on real images.
+
+Records max-abs-diff of the raw outputs (instance/panoptic), pixel label agreement (the semantic view of every
+task) and, when ground truth is given, the metric of both and the drop. An export whose drop exceeds the budget,
+or an fp32 export that disagrees with torch, fails with ``GateError``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from compile.onnx_export import INPUT_NAME, DeployableMask2Former
+from runtimes.base import Backend
+from train.evaluation.semantic import SemanticEvaluator
+from train.model.inference import semantic_inference
+
+logger = logging.getLogger(__name__)
+
+FP32_MIN_AGREEMENT = 0.999
+
+
+class GateError(RuntimeError):
+    """The artifact does not meet its accuracy budget; the message says by how much."""
+
+
+@dataclass(frozen=True)
+class GateImage:
+    """A model-input-sized BGR image and, optionally, its (H, W) ground-truth label map (255 = ignore)."""
+
+    image: np.ndarray  # (H, W, 3) uint8 BGR
+    labels: np.ndarray | None = None  # (H, W) int
+
+
+def _semantic_view(outputs: Sequence[np.ndarray], task: str, size: tuple[int, int]) -> np.ndarray:
+    """(H, W) labels from either kind of output (label map, or logits + low-resolution masks)."""
+    if task == "semantic":
+        return np.asarray(outputs[0])[0].astype(np.int64)
+    logits, masks = (torch.from_numpy(np.asarray(o, dtype=np.float32))[0] for o in outputs)
+    masks = torch.nn.functional.interpolate(
+        masks[None], size=(masks.shape[-2] * 4, masks.shape[-1] * 4), mode="bilinear", align_corners=False
+    )[0, :, : size[0], : size[1]]
+    return semantic_inference(logits, masks).argmax(0).numpy()
+
+
+def run_gate(
+    reference: DeployableMask2Former,
+    backend: Backend,
+    images: Sequence[GateImage],
+    precision: str,
+    drop_budget: float = 1.0,
+    ignore_index: int = 255,
+) -> dict:
+    """Compare ``backend`` with ``reference`` on ``images``; returns the figures for the artifact metadata."""
+    if not images:
+        raise GateError("the accuracy gate has no images: pass calibration or validation images")
+    task = reference.task
+    num_classes = reference.model.config.num_classes
+    ref_eval, art_eval = SemanticEvaluator(num_classes, ignore_index), SemanticEvaluator(num_classes, ignore_index)
+    agree, total, max_diff = 0, 0, {}
+    has_labels = all(item.labels is not None for item in images)
+    for item in tqdm(images, desc=f"gate {precision}", leave=False):
+        batch = item.image[None]
+        with torch.no_grad():
+            want = [t.numpy() for t in reference(torch.from_numpy(batch))]
+        got = backend.run({INPUT_NAME: batch})
+        got = [got[name] for name in backend.output_names]
+        if task != "semantic":
+            for name, a, b in zip(backend.output_names, got, want, strict=True):
+                max_diff[name] = max(max_diff.get(name, 0.0), float(np.abs(a.astype(np.float64) - b).max()))
+        size = item.image.shape[:2]
+        ref_labels, art_labels = _semantic_view(want, task, size), _semantic_view(got, task, size)
+        agree += int((ref_labels == art_labels).sum())
+        total += ref_labels.size
+        if has_labels:
+            ref_eval.update(ref_labels, item.labels)
+            art_eval.update(art_labels, item.labels)
+    result: dict = {"images": len(images), "label_agreement": agree / total}
+    if max_diff:
+        result["max_abs_diff"] = max_diff
+    if has_labels:
+        ref_miou, art_miou = ref_eval.compute()["mIoU"], art_eval.compute()["mIoU"]
+        result.update({"metric": "mIoU", "reference": ref_miou, "artifact": art_miou, "drop": ref_miou - art_miou})
+    logger.info("gate %s: %s", precision, result)
+    if precision == "fp32" and result["label_agreement"] < FP32_MIN_AGREEMENT:
+        raise GateError(
+            f"fp32 artifact agrees with torch on {100 * result['label_agreement']:.3f}% of pixels "
+            f"(< {100 * FP32_MIN_AGREEMENT:.1f}%): the export is wrong"
+        )
+    if has_labels and result["drop"] > drop_budget:
+        raise GateError(
+            f"{precision} artifact loses {result['drop']:.2f} mIoU ({result['reference']:.2f} -> "
+            f"{result['artifact']:.2f}), over the budget of {drop_budget:.2f}: calibrate on more or better images, "
+            "exclude more layers from quantization, or raise --max-drop"
+        )
+    return result
