@@ -20,7 +20,7 @@ lint: install
 	$(PY) -m ruff check .
 
 test: install lint
-	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(PYTEST_WORKERS) -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile -q
 
 demo: install
 	$(VENV)/bin/m2f info

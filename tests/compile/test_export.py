@@ -96,7 +96,7 @@ def test_fp32_artifact_matches_torch(camvid_model, tmp_path, target, tolerance):
 
 @pytest.mark.slow
 def test_semantic_label_map_in_graph(camvid_model, tmp_path):
-    path, meta = _export(camvid_model, tmp_path, "onnxruntime", "fp32")
+    _, meta = _export(camvid_model, tmp_path, "onnxruntime", "fp32")
     assert meta["task"] == "semantic" and list(meta["outputs"]) == ["labels"]
     assert meta["accuracy"]["label_agreement"] >= 0.999
     assert meta["accuracy"]["drop"] == pytest.approx(0.0, abs=0.05)
