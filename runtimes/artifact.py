@@ -1,0 +1,370 @@
+"""The artifact metadata contract: one ``.onnx`` whose ``metadata_props["m2f"]`` holds one JSON document.
+
+Schema, ``format_version`` 1 (every field required unless marked optional)::
+
+    format_version  int, 1
+    task            "semantic" | "instance" | "panoptic"
+    class_names     [str, ...]
+    thing_ids       [int, ...]            indices into class_names of the countable "thing" classes
+    colors          [[r, g, b], ...]      one per class, ints in 0..255
+    input           {
+        name            str               the graph input the image goes into
+        shape           [B, H, W, 3]      ints, null for a dynamic dim
+        dtype           "uint8"
+        layout          "NHWC"
+        channel_order   "BGR"
+        resize_policy   "letterbox" | "shortest_edge"   (see sdk.preprocess)
+        size            [H, W] | null     null when H or W is dynamic
+        pad_bgr         [b, g, r]         letterbox only: the padding colour
+        min_size        int               shortest_edge only: the short side's target length
+        max_size        int               shortest_edge only: the long side's cap (0: none)
+    }
+    normalization   {mean: [3 floats], std: [3 floats], in_graph: true}
+    precision       "fp32" | "fp16" | "bf16" | "int8"
+    target          "onnxruntime" | "openvino" | "tensorrt"
+    opset           int
+    source          {checkpoint_sha256: str | null, name: str}
+    outputs         {output name: what it means, ...}
+    inference       {object_mask_threshold: float, overlap_threshold: float, topk_per_image: int}
+    accuracy        optional dict, written by the compiler's parity/accuracy gate
+
+Reading needs no ``onnx`` package: :func:`read_metadata` walks the protobuf wire format and skips the graph, so
+an edge install with only a runtime can read a large artifact in microseconds.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import mmap
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+ARTIFACT_FORMAT_VERSION = 1
+METADATA_KEY = "m2f"
+
+TASKS = ("semantic", "instance", "panoptic")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+TARGETS = ("onnxruntime", "openvino", "tensorrt")
+RESIZE_POLICIES = ("letterbox", "shortest_edge")
+
+_EXPORT_HINT = "re-export it with `m2f export`"
+
+
+class ArtifactError(ValueError):
+    """The file is not a usable m2f artifact; the message says why and what to do."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# validation
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
+def _is_str_list(x: Any) -> bool:
+    return isinstance(x, list) and all(isinstance(v, str) for v in x)
+
+
+def _is_color_list(x: Any) -> bool:
+    return isinstance(x, list) and all(
+        isinstance(c, list) and len(c) == 3 and all(_is_int(v) and 0 <= v <= 255 for v in c) for c in x
+    )
+
+
+def _is_shape(x: Any) -> bool:
+    return (
+        isinstance(x, list)
+        and len(x) == 4
+        and all(v is None or (_is_int(v) and v > 0) for v in x)
+        and x[3] in (3, None)
+    )
+
+
+def _is_size(x: Any) -> bool:
+    return x is None or (isinstance(x, list) and len(x) == 2 and all(_is_int(v) and v > 0 for v in x))
+
+
+def _is_triple(x: Any) -> bool:
+    return isinstance(x, list) and len(x) == 3 and all(_is_number(v) for v in x)
+
+
+def _one_of(*choices: Any) -> tuple[Callable[[Any], bool], str]:
+    return (lambda x: x in choices), "one of " + ", ".join(map(repr, choices))
+
+
+# dotted field -> (check, what is expected); order is the order problems are reported in
+_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "format_version": (_is_int, "an int"),
+    "task": _one_of(*TASKS),
+    "class_names": (lambda x: _is_str_list(x) and len(x) > 0, "a non-empty list of str"),
+    "thing_ids": (lambda x: isinstance(x, list) and all(_is_int(v) for v in x), "a list of int"),
+    "colors": (_is_color_list, "a list of [r, g, b] with ints in 0..255"),
+    "input": (lambda x: isinstance(x, dict), "an object"),
+    "input.name": (lambda x: isinstance(x, str) and x != "", "a non-empty str"),
+    "input.shape": (_is_shape, "[B, H, W, 3] with positive ints or null for dynamic dims"),
+    "input.dtype": _one_of("uint8"),
+    "input.layout": _one_of("NHWC"),
+    "input.channel_order": _one_of("BGR"),
+    "input.resize_policy": _one_of(*RESIZE_POLICIES),
+    "input.size": (_is_size, "[H, W] or null"),
+    "normalization": (lambda x: isinstance(x, dict), "an object"),
+    "normalization.mean": (_is_triple, "3 numbers"),
+    "normalization.std": (lambda x: _is_triple(x) and all(v > 0 for v in x), "3 positive numbers"),
+    "normalization.in_graph": (lambda x: x is True, "true (uint8 in, normalisation in the graph)"),
+    "precision": _one_of(*PRECISIONS),
+    "target": _one_of(*TARGETS),
+    "opset": (lambda x: _is_int(x) and x > 0, "a positive int"),
+    "source": (lambda x: isinstance(x, dict), "an object"),
+    "source.checkpoint_sha256": (lambda x: x is None or isinstance(x, str), "a str or null"),
+    "source.name": (lambda x: isinstance(x, str), "a str"),
+    "outputs": (
+        lambda x: isinstance(x, dict) and len(x) > 0 and all(isinstance(v, str) for v in x.values()),
+        "a non-empty object {output name: meaning}",
+    ),
+    "inference": (lambda x: isinstance(x, dict), "an object"),
+    "inference.object_mask_threshold": (_is_number, "a number"),
+    "inference.overlap_threshold": (_is_number, "a number"),
+    "inference.topk_per_image": (lambda x: _is_int(x) and x > 0, "a positive int"),
+}
+_OPTIONAL: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "accuracy": (lambda x: isinstance(x, dict), "an object"),
+}
+REQUIRED_FIELDS: tuple[str, ...] = tuple(_FIELDS)
+
+_MISSING = object()
+
+
+def _get(meta: dict, dotted: str) -> Any:
+    node: Any = meta
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def _check_version(version: Any) -> None:
+    if version == ARTIFACT_FORMAT_VERSION and _is_int(version):
+        return
+    if _is_int(version) and version > ARTIFACT_FORMAT_VERSION:
+        raise ArtifactError(
+            f"artifact made by a newer m2f (format {version}); this build reads {ARTIFACT_FORMAT_VERSION}: "
+            "upgrade m2f or re-export"
+        )
+    raise ArtifactError(
+        f"artifact has unsupported format_version {version!r}; this build reads {ARTIFACT_FORMAT_VERSION}: "
+        f"{_EXPORT_HINT}"
+    )
+
+
+# resize policy -> the input fields it needs, with their checks
+_POLICY_FIELDS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
+    "letterbox": {
+        "pad_bgr": (lambda x: _is_color_list([x]), "[b, g, r] ints in 0..255"),
+        "size": (lambda x: x is not None, "[H, W] (letterbox needs a static size)"),
+    },
+    "shortest_edge": {
+        "min_size": (lambda x: _is_int(x) and x > 0, "a positive int"),
+        "max_size": (lambda x: _is_int(x) and x >= 0, "an int >= 0 (0: no cap)"),
+    },
+}
+
+
+def _policy_problems(spec: dict) -> list[str]:
+    policy = spec["resize_policy"]
+    problems = []
+    for field, (check, expected) in _POLICY_FIELDS.get(policy, {}).items():
+        if field not in spec:
+            problems.append(f"input.{field} is missing (resize_policy {policy!r} needs {expected})")
+        elif not check(spec[field]):
+            problems.append(f"input.{field}={spec[field]!r} (resize_policy {policy!r} needs {expected})")
+    return problems
+
+
+def validate_metadata(meta: dict) -> dict:
+    """Check ``meta`` against the schema above; return a deep copy or raise :class:`ArtifactError`."""
+    if not isinstance(meta, dict):
+        raise ArtifactError(f"artifact metadata must be a JSON object, got {type(meta).__name__}: {_EXPORT_HINT}")
+    if "format_version" not in meta:
+        raise ArtifactError(f"artifact metadata has no format_version: {_EXPORT_HINT}")
+    _check_version(meta["format_version"])
+
+    missing = [field for field in _FIELDS if _get(meta, field) is _MISSING]
+    # a missing parent already says its children are missing
+    missing = [f for f in missing if not any(f.startswith(p + ".") for p in missing)]
+    if missing:
+        raise ArtifactError(f"artifact metadata is missing required fields {', '.join(missing)}: {_EXPORT_HINT}")
+
+    problems = []
+    for field, (check, expected) in {**_FIELDS, **_OPTIONAL}.items():
+        value = _get(meta, field)
+        if value is not _MISSING and not check(value):
+            problems.append(f"{field}={value!r} (expected {expected})")
+    if not problems:  # cross-field checks only make sense on well-typed fields
+        n = len(meta["class_names"])
+        if len(meta["colors"]) != n:
+            problems.append(f"colors has {len(meta['colors'])} entries for {n} class_names")
+        bad = [i for i in meta["thing_ids"] if not 0 <= i < n]
+        if bad:
+            problems.append(f"thing_ids {bad} are not indices into the {n} class_names")
+        shape, size = meta["input"]["shape"], meta["input"]["size"]
+        if size is None and None not in shape[1:3]:
+            problems.append(f"input.size is null but input.shape {shape} has a static H and W")
+        if size is not None and None not in shape[1:3] and list(size) != list(shape[1:3]):
+            problems.append(f"input.size {size} disagrees with input.shape {shape}")
+        problems += _policy_problems(meta["input"])
+    if problems:
+        raise ArtifactError(f"artifact metadata has invalid fields: {'; '.join(problems)}: {_EXPORT_HINT}")
+    return copy.deepcopy(meta)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# reading: the protobuf wire format of ModelProto, just enough to find metadata_props and skip the rest
+
+_MODEL_METADATA_PROPS = 14  # ModelProto.metadata_props: repeated StringStringEntryProto {key = 1; value = 2}
+_MODEL_GRAPH = 7
+
+
+def _varint(buf: Any, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(buf):
+            raise ValueError("truncated varint")
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def _fields(buf: Any, start: int = 0, end: int | None = None) -> Iterator[tuple[int, int, int, int]]:
+    """Yield (field number, wire type, value start, value end) of each field; varints yield their value as start."""
+    end = len(buf) if end is None else end
+    pos = start
+    while pos < end:
+        key, pos = _varint(buf, pos)
+        field, wire = key >> 3, key & 7
+        if field == 0:
+            raise ValueError("field number 0")
+        if wire == 0:
+            value, pos = _varint(buf, pos)
+            yield field, wire, value, pos
+            continue
+        if wire == 2:
+            length, pos = _varint(buf, pos)
+            stop = pos + length
+        elif wire == 1:
+            stop = pos + 8
+        elif wire == 5:
+            stop = pos + 4
+        else:
+            raise ValueError(f"unsupported wire type {wire}")
+        if stop > end:
+            raise ValueError("truncated field")
+        yield field, wire, pos, stop
+        pos = stop
+
+
+def read_metadata_props(path: str | Path) -> dict[str, str]:
+    """All ``metadata_props`` of an ONNX file as {key: value} (the last wins on duplicates), graph unread."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"artifact {path} does not exist")
+    props: dict[str, str] = {}
+    with path.open("rb") as file:
+        if path.stat().st_size == 0:
+            raise ArtifactError(f"{path} is empty, not an ONNX model: {_EXPORT_HINT}")
+        with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            try:
+                seen_graph = False
+                for field, wire, start, stop in _fields(buf):
+                    seen_graph |= field == _MODEL_GRAPH and wire == 2
+                    if field != _MODEL_METADATA_PROPS or wire != 2:
+                        continue
+                    entry = {f: bytes(buf[s:e]) for f, w, s, e in _fields(buf, start, stop) if w == 2}
+                    props[entry.get(1, b"").decode()] = entry.get(2, b"").decode()
+            except (ValueError, UnicodeDecodeError) as err:
+                raise ArtifactError(f"{path} is not a valid ONNX model ({err}): {_EXPORT_HINT}") from err
+    if not seen_graph:
+        raise ArtifactError(f"{path} is not an ONNX model (no graph): {_EXPORT_HINT}")
+    return props
+
+
+_GRAPH_INPUT, _GRAPH_OUTPUT, _GRAPH_INITIALIZER = 11, 12, 5  # GraphProto fields
+_NAME_FIELD = {_GRAPH_INPUT: 1, _GRAPH_OUTPUT: 1, _GRAPH_INITIALIZER: 8}  # ValueInfoProto.name, TensorProto.name
+
+
+def read_io_names(path: str | Path) -> tuple[list[str], list[str]]:
+    """(input names, output names) of the ONNX graph in graph order, initializers excluded, weights unread."""
+    path = Path(path)
+    with path.open("rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        try:
+            names: dict[int, list[str]] = {_GRAPH_INPUT: [], _GRAPH_OUTPUT: [], _GRAPH_INITIALIZER: []}
+            for field, wire, start, stop in _fields(buf):
+                if field != _MODEL_GRAPH or wire != 2:
+                    continue
+                for graph_field, graph_wire, s, e in _fields(buf, start, stop):
+                    if graph_field in names and graph_wire == 2:
+                        name_field = _NAME_FIELD[graph_field]
+                        value = next(
+                            (bytes(buf[a:b]) for f, w, a, b in _fields(buf, s, e) if f == name_field and w == 2), b""
+                        )
+                        names[graph_field].append(value.decode())
+        except (ValueError, UnicodeDecodeError) as err:
+            raise ArtifactError(f"{path} is not a valid ONNX model ({err}): {_EXPORT_HINT}") from err
+    initializers = set(names[_GRAPH_INITIALIZER])
+    return [n for n in names[_GRAPH_INPUT] if n not in initializers], names[_GRAPH_OUTPUT]
+
+
+def read_metadata(path: str | Path, *, validate: bool = True) -> dict:
+    """The artifact's m2f JSON document, validated unless ``validate=False``."""
+    props = read_metadata_props(path)
+    if METADATA_KEY not in props:
+        raise ArtifactError(f"{path} is not an m2f artifact: export it with `m2f export`")
+    try:
+        meta = json.loads(props[METADATA_KEY])
+    except json.JSONDecodeError as err:
+        raise ArtifactError(f"{path}: the m2f metadata is not valid JSON ({err}): {_EXPORT_HINT}") from err
+    return validate_metadata(meta) if validate else meta
+
+
+def write_metadata(model_proto: Any, meta: dict) -> None:
+    """Validate ``meta`` and store it (keys sorted) as ``metadata_props["m2f"]`` of an ``onnx.ModelProto``."""
+    document = json.dumps(validate_metadata(meta), sort_keys=True, allow_nan=False)
+    props = model_proto.metadata_props
+    others = [(p.key, p.value) for p in props if p.key != METADATA_KEY]
+    del props[:]
+    for key, value in [*others, (METADATA_KEY, document)]:
+        entry = props.add()
+        entry.key, entry.value = key, value
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# identity of an artifact and of the engines derived from it
+
+
+def artifact_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of the artifact file."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as file:
+        while chunk := file.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def engine_cache_key(sha256: str, target: str, precision: str, device: str, runtime_version: str) -> str:
+    """Folder name for an engine derived from an artifact: (artifact hash, target, precision, device, version)."""
+    parts = [sha256[:16], target, precision, device, runtime_version]
+    return "-".join(re.sub(r"[^A-Za-z0-9._]+", "_", part) for part in parts)

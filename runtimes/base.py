@@ -1,0 +1,164 @@
+"""The Backend interface: an engine session over one artifact; numpy in, numpy out, tensors by name."""
+
+from __future__ import annotations
+
+import abc
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import ClassVar
+
+import numpy as np
+
+from runtimes.artifact import ArtifactError, validate_metadata
+
+logger = logging.getLogger(__name__)
+
+
+class BackendInputError(ValueError):
+    """The inputs given to :meth:`Backend.run` do not match what the artifact expects."""
+
+
+class RuntimeNotAvailable(ImportError):  # noqa: N818 - the name says what is wrong, as ImportError does
+    """The runtime's Python package (or its backend module) is not installed; the message says what to install."""
+
+
+class DeviceNotAvailable(RuntimeError):  # noqa: N818
+    """The runtime is installed but cannot reach the asked-for device (no GPU, wrong build, driver missing)."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, shape (None for a dynamic dim) and numpy dtype of one engine input."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: np.dtype
+
+    def describe(self) -> str:
+        dims = ", ".join("?" if d is None else str(d) for d in self.shape)
+        return f"{self.name!r} {self.dtype} ({dims})"
+
+
+class Backend(abc.ABC):
+    """One engine session over one artifact. Subclasses set ``name`` and implement the abstract members.
+
+    Use as a context manager, or call :meth:`close` when done.
+    """
+
+    name: ClassVar[str] = "base"
+
+    def __init__(self, metadata: dict, path: str | Path | None = None) -> None:
+        self._metadata = validate_metadata(metadata)
+        self.path = None if path is None else Path(path)
+        self._closed = False
+        if self._metadata["target"] != self.name:
+            logger.info("artifact was compiled for %r; running it on %r", self._metadata["target"], self.name)
+
+    @property
+    def metadata(self) -> dict:
+        """The artifact's validated m2f metadata."""
+        return self._metadata
+
+    @property
+    @abc.abstractmethod
+    def input_specs(self) -> dict[str, TensorSpec]:
+        """The engine's inputs by name."""
+
+    @property
+    @abc.abstractmethod
+    def output_names(self) -> list[str]:
+        """The engine's outputs, in graph order."""
+
+    @abc.abstractmethod
+    def _run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the engine on checked, contiguous inputs; return every output by name."""
+
+    def _close(self) -> None:  # noqa: B027 - optional hook, most engines free on garbage collection
+        """Release engine resources."""
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the engine: {input name: array} -> {output name: array}. Inputs are checked first."""
+        if self._closed:
+            raise RuntimeError(f"{type(self).__name__} is closed; load the artifact again")
+        return self._run(self.check_inputs(inputs))
+
+    def check_inputs(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Check names, dtypes, ranks and static dims against :attr:`input_specs`; make arrays contiguous."""
+        specs = self.input_specs
+        expected = "; ".join(spec.describe() for spec in specs.values())
+        if not isinstance(inputs, Mapping):
+            raise BackendInputError(
+                f"run() takes a dict {{input name: numpy array}}, got {type(inputs).__name__}; "
+                f"this artifact's inputs: {expected}"
+            )
+        missing = [name for name in specs if name not in inputs]
+        extra = [name for name in inputs if name not in specs]
+        if missing or extra:
+            parts = ([f"missing input(s) {', '.join(map(repr, missing))}"] if missing else []) + (
+                [f"unknown input(s) {', '.join(map(repr, extra))}"] if extra else []
+            )
+            raise BackendInputError(f"{' and '.join(parts)}; this artifact's inputs: {expected}")
+        checked = {}
+        for name, spec in specs.items():
+            array = inputs[name]
+            if not isinstance(array, np.ndarray):
+                raise BackendInputError(
+                    f"input {name!r}: expected a numpy array of {spec.dtype}, got {type(array).__name__}"
+                )
+            if array.dtype != spec.dtype:
+                raise BackendInputError(
+                    f"input {name!r}: expected dtype {spec.dtype}, got {array.dtype} "
+                    f"(the artifact does its own normalisation: pass raw {spec.dtype} data)"
+                    if spec.dtype == np.uint8 and array.dtype.kind == "f"
+                    else f"input {name!r}: expected dtype {spec.dtype}, got {array.dtype}"
+                )
+            if array.ndim != len(spec.shape):
+                raise BackendInputError(
+                    f"input {name!r}: expected rank {len(spec.shape)} shape {spec.describe()}, "
+                    f"got rank {array.ndim} shape {array.shape}"
+                )
+            wrong = [
+                i for i, (want, got) in enumerate(zip(spec.shape, array.shape, strict=True)) if want not in (None, got)
+            ]
+            if wrong:
+                raise BackendInputError(
+                    f"input {name!r}: expected shape {spec.describe()}, got {array.shape} (dim {wrong[0]} differs)"
+                )
+            checked[name] = np.ascontiguousarray(array)
+        return checked
+
+    def _check_engine_matches_metadata(self) -> None:
+        """Raise :class:`ArtifactError` when the metadata names tensors the engine does not have."""
+        input_name = self._metadata["input"]["name"]
+        if input_name not in self.input_specs:
+            raise ArtifactError(
+                f"metadata input.name {input_name!r} is not an input of the graph "
+                f"(graph inputs: {', '.join(self.input_specs)}): re-export it with `m2f export`"
+            )
+        absent = [name for name in self._metadata["outputs"] if name not in self.output_names]
+        if absent:
+            raise ArtifactError(
+                f"metadata outputs {absent} are not outputs of the graph "
+                f"(graph outputs: {', '.join(self.output_names)}): re-export it with `m2f export`"
+            )
+
+    def close(self) -> None:
+        """Release the engine; :meth:`run` raises afterwards."""
+        if not self._closed:
+            self._closed = True
+            self._close()
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        where = f" {self.path}" if self.path else ""
+        return f"<{type(self).__name__}{where} inputs={list(self.input_specs)} outputs={self.output_names}>"

@@ -1,0 +1,123 @@
+"""ONNX Runtime backend: an ``InferenceSession`` over the artifact, CPU or CUDA."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtimes.artifact import ArtifactError, read_metadata
+from runtimes.base import Backend, DeviceNotAvailable, RuntimeNotAvailable, TensorSpec
+
+logger = logging.getLogger(__name__)
+
+# ONNX Runtime type strings -> numpy dtypes (bfloat16 has none and is not a valid artifact input)
+_ORT_DTYPES = {
+    "tensor(uint8)": np.uint8,
+    "tensor(int8)": np.int8,
+    "tensor(uint16)": np.uint16,
+    "tensor(int16)": np.int16,
+    "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64,
+    "tensor(uint32)": np.uint32,
+    "tensor(uint64)": np.uint64,
+    "tensor(float16)": np.float16,
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(bool)": np.bool_,
+}
+_DEVICE_PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+
+
+def _import_onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as err:
+        raise RuntimeNotAvailable(
+            f"the onnxruntime backend needs ONNX Runtime: pip install onnxruntime (or onnxruntime-gpu) ({err})"
+        ) from err
+    return onnxruntime
+
+
+class OnnxRuntimeBackend(Backend):
+    """Run an artifact with ONNX Runtime.
+
+    ``device`` is "cpu" or "cuda"; ``providers`` overrides the provider list; ``threads`` sets
+    ``intra_op_num_threads``; other keyword arguments are set as ``onnxruntime.SessionOptions`` attributes.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(
+        self,
+        path: str | Path,
+        device: str = "cpu",
+        threads: int | None = None,
+        providers: list[str] | None = None,
+        **session_options: Any,
+    ) -> None:
+        ort = _import_onnxruntime()
+        super().__init__(read_metadata(path), path)
+        device = device.lower()
+        if providers is None:
+            if device not in _DEVICE_PROVIDERS:
+                raise ValueError(f"unknown device {device!r} for onnxruntime; use one of {sorted(_DEVICE_PROVIDERS)}")
+            providers = _DEVICE_PROVIDERS[device]
+        available = ort.get_available_providers()
+        unavailable = [p for p in providers if p not in available]
+        if unavailable:
+            hint = (
+                " (pip uninstall onnxruntime; pip install onnxruntime-gpu)"
+                if "CUDAExecutionProvider" in unavailable
+                else ""
+            )
+            raise RuntimeNotAvailable(
+                f"this ONNX Runtime build has no {', '.join(unavailable)}{hint}; available: {', '.join(available)}"
+            )
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads is not None:
+            options.intra_op_num_threads = int(threads)
+        for key, value in session_options.items():
+            if key.startswith("_") or not hasattr(options, key):
+                raise TypeError(f"unknown onnxruntime.SessionOptions attribute {key!r}")
+            setattr(options, key, value)
+
+        self._session = ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
+        if "CUDAExecutionProvider" in providers and "CUDAExecutionProvider" not in self._session.get_providers():
+            raise DeviceNotAvailable(
+                "ONNX Runtime could not start its CUDA provider (no GPU visible, or CUDA/cuDNN libraries missing "
+                "for this onnxruntime-gpu version); use device='cpu' or fix the CUDA install"
+            )
+        self._input_specs = {}
+        for node in self._session.get_inputs():
+            if node.type not in _ORT_DTYPES:
+                raise ArtifactError(f"input {node.name!r} has type {node.type}, which numpy cannot hold")
+            shape = tuple(d if isinstance(d, int) else None for d in node.shape)
+            self._input_specs[node.name] = TensorSpec(node.name, shape, np.dtype(_ORT_DTYPES[node.type]))
+        self._output_names = [node.name for node in self._session.get_outputs()]
+        self._check_engine_matches_metadata()
+        logger.debug("onnxruntime session on %s with %s", self.path, self._session.get_providers())
+
+    @property
+    def input_specs(self) -> dict[str, TensorSpec]:
+        return self._input_specs
+
+    @property
+    def output_names(self) -> list[str]:
+        return self._output_names
+
+    @property
+    def providers(self) -> list[str]:
+        """The providers the session actually uses, in priority order."""
+        return list(self._session.get_providers())
+
+    def _run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outputs = self._session.run(self._output_names, inputs)
+        return dict(zip(self._output_names, outputs, strict=True))
+
+    def _close(self) -> None:
+        del self._session

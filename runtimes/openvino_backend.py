@@ -1,0 +1,160 @@
+"""OpenVINO backend: the artifact compiled for a device (CPU by default), with an optional on-disk model cache.
+
+Inference precision: ``precision`` if given, else the artifact's metadata precision; "bf16" -> bf16,
+"fp16" -> f16, "fp32" / "int8" -> f32 (an int8 artifact carries its quantisation in the graph). Always set
+explicitly: OpenVINO's own CPU default on bf16-capable CPUs is bf16, which would silently degrade an fp32
+artifact. When the device lacks the capability ("BF16" / "FP16" in ``OPTIMIZATION_CAPABILITIES``): an explicit
+``precision`` raises :class:`DeviceNotAvailable`; a precision taken from the metadata falls back to f32 with a
+logged warning.
+
+Cache: with ``cache_dir``, compiled blobs go to ``cache_dir/<key>/`` where the key is (artifact hash, "openvino",
+precision, device, OpenVINO version); the folder also gets ``m2f.json``, the artifact's metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtimes.artifact import PRECISIONS, ArtifactError, artifact_sha256, engine_cache_key, read_io_names, read_metadata
+from runtimes.base import Backend, DeviceNotAvailable, RuntimeNotAvailable, TensorSpec
+
+logger = logging.getLogger(__name__)
+
+# our precision names -> OpenVINO INFERENCE_PRECISION_HINT values
+_INFERENCE_PRECISION = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f32"}
+_ALIASES = {"f32": "fp32", "f16": "fp16", "float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+_CAPABILITY = {"bf16": "BF16", "f16": "FP16"}  # hint value -> OPTIMIZATION_CAPABILITIES entry it needs
+_VIRTUAL_DEVICES = {"AUTO", "MULTI", "HETERO", "BATCH"}
+_PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
+
+
+def _import_openvino() -> Any:
+    try:
+        import openvino
+    except ImportError as err:
+        raise RuntimeNotAvailable(f"the openvino backend needs OpenVINO: pip install openvino ({err})") from err
+    return openvino
+
+
+def openvino_version() -> str:
+    """The OpenVINO release, e.g. "2026.4.1" (without the build suffix)."""
+    return _import_openvino().get_version().split("-")[0]
+
+
+def _port_name(port: Any, onnx_names: list[str]) -> str:
+    """The ONNX name of a port. OpenVINO keeps ONNX names as tensor names, but a port can carry several (an
+    output of a fused node keeps its producer's name too: "mask" and "is_positive" for Cast(Greater(...)))."""
+    names = port.get_names()
+    return next((n for n in onnx_names if n in names), None) or port.get_any_name()
+
+
+class OpenVinoBackend(Backend):
+    """Run an artifact with OpenVINO on ``device`` ("CPU", "GPU", "NPU", "AUTO", ...)."""
+
+    name = "openvino"
+
+    def __init__(
+        self,
+        path: str | Path,
+        device: str = "CPU",
+        precision: str | None = None,
+        threads: int | None = None,
+        cache_dir: str | Path | None = None,
+        performance_hint: str = "LATENCY",
+    ) -> None:
+        ov = _import_openvino()
+        super().__init__(read_metadata(path), path)
+        core = ov.Core()
+        device = device.upper()
+        self.device = device
+        self._check_device(core, device)
+
+        ov_precision = self._inference_precision(core, device, precision)
+        performance_hint = performance_hint.upper()
+        if performance_hint not in _PERFORMANCE_HINTS:
+            raise ValueError(f"unknown performance_hint {performance_hint!r}; use one of {_PERFORMANCE_HINTS}")
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": ov_precision, "PERFORMANCE_HINT": performance_hint}
+        if threads is not None:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        self.cache_dir: Path | None = None
+        if cache_dir is not None:
+            key = engine_cache_key(artifact_sha256(self.path), self.name, ov_precision, device, openvino_version())
+            self.cache_dir = Path(cache_dir) / key
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            (self.cache_dir / "m2f.json").write_text(json.dumps(self.metadata, sort_keys=True, indent=1))
+            config["CACHE_DIR"] = str(self.cache_dir)
+        self.inference_precision = ov_precision
+
+        # compiling from the path (not a read_model() object) lets a cache hit skip reading the ONNX altogether
+        self._compiled = core.compile_model(str(self.path), device, config)
+        self._request = self._compiled.create_infer_request()
+
+        onnx_inputs, onnx_outputs = read_io_names(self.path)
+        self._input_specs: dict[str, TensorSpec] = {}
+        for port in self._compiled.inputs:
+            name = _port_name(port, onnx_inputs)
+            element_type = port.get_element_type()
+            try:
+                dtype = np.dtype(element_type.to_dtype())
+            except Exception as err:
+                raise ArtifactError(f"input {name!r} has type {element_type}, which numpy cannot hold") from err
+            shape = tuple(None if d.is_dynamic else d.get_length() for d in port.get_partial_shape())
+            self._input_specs[name] = TensorSpec(name, shape, dtype)
+        self._output_ports = list(self._compiled.outputs)
+        self._output_names = [_port_name(port, onnx_outputs) for port in self._output_ports]
+        self._check_engine_matches_metadata()
+        logger.debug("openvino compiled %s on %s (%s, %s)", self.path, device, ov_precision, performance_hint)
+
+    @staticmethod
+    def _check_device(core: Any, device: str) -> None:
+        base = device.split(":")[0].split(".")[0]
+        if base in _VIRTUAL_DEVICES:
+            return
+        available = list(core.available_devices)
+        if not any(d == device or d.split(".")[0] == base for d in available):
+            raise DeviceNotAvailable(
+                f"OpenVINO sees no {device} device (available: {', '.join(available) or 'none'}); "
+                "for GPU/NPU install the device driver, or use device='CPU'"
+            )
+
+    def _inference_precision(self, core: Any, device: str, precision: str | None) -> str:
+        explicit = precision is not None
+        name = (precision or self.metadata["precision"]).lower()
+        name = _ALIASES.get(name, name)
+        if name not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; use one of {PRECISIONS}")
+        ov_precision = _INFERENCE_PRECISION[name]
+        needed = _CAPABILITY.get(ov_precision)
+        if needed is None:
+            return ov_precision
+        try:
+            capabilities = list(core.get_property(device, "OPTIMIZATION_CAPABILITIES"))
+        except Exception:  # virtual devices (AUTO, HETERO) do not report it: let the plugin decide
+            return ov_precision
+        if needed in capabilities:
+            return ov_precision
+        message = f"OpenVINO {device} has no {needed} support (capabilities: {', '.join(capabilities)})"
+        if explicit:
+            raise DeviceNotAvailable(f"{message}; ask for precision='fp32' or use a device with {needed}")
+        logger.warning("%s; running the %s artifact in f32", message, name)
+        return "f32"
+
+    @property
+    def input_specs(self) -> dict[str, TensorSpec]:
+        return self._input_specs
+
+    @property
+    def output_names(self) -> list[str]:
+        return self._output_names
+
+    def _run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        results = self._request.infer(inputs, share_outputs=False)
+        return {name: results[port] for name, port in zip(self._output_names, self._output_ports, strict=True)}
+
+    def _close(self) -> None:
+        del self._request, self._compiled
