@@ -174,7 +174,7 @@ def export(
         raise ValueError(f"{target} does not take {precision}; it takes {', '.join(SUPPORTED[target])}")
     checkpoint, out = Path(checkpoint), Path(out)
     loaded = load_pretrained(checkpoint)
-    task = task or _stored_task(checkpoint) or ("panoptic" if loaded.meta.thing_ids else "semantic")
+    task = task or stored_task(checkpoint) or ("panoptic" if loaded.meta.thing_ids else "semantic")
     input_spec = _input_spec(loaded.meta, input_size, min_size, max_size)
     calibration = None
     if calib_dir is not None:
@@ -211,7 +211,8 @@ def _write(path: Path, metadata: dict) -> None:
     onnx.save(model, str(path))
 
 
-def _stored_task(checkpoint: Path) -> str | None:
+def stored_task(checkpoint: Path) -> str | None:
+    """The task the checkpoint was trained for, if it was trained by m2f."""
     import torch
 
     payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
