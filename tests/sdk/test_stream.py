@@ -1,0 +1,524 @@
+"""sdk.stream: sources, the three-stage pipeline (files exact, live sources bounded), shutdown, errors, stats.
+
+A fake StagedModel stands in for the Segmenter; fake readers simulate cameras and network streams. The real clips
+in ../shared/data/videos check exact frame counts end to end (skipped when the folder is absent).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+from sdk.stream import (
+    SourceError,
+    StageError,
+    StreamError,
+    StreamTimeoutError,
+    backend_available,
+    open_source,
+    source_kind,
+    stream,
+)
+from tests.conftest import data_root
+
+CLIPS = {"car-detection.mp4": 377, "one-by-one-person-detection.mp4": 1394, "solidWhiteRight.mp4": 221}
+
+
+# ---------------------------------------------------------------------------------------------- fakes
+class FakeResult:
+    def __init__(self, value: float) -> None:
+        self.value = value
+        self.timings: dict[str, float] = {}
+        self.frame_index: int | None = None
+
+
+class FakeModel:
+    """infer returns the frame mean; optional sleeps per stage, an optional failure, and recorded intervals."""
+
+    def __init__(
+        self,
+        prepare_s: float = 0.0,
+        infer_s: float = 0.0,
+        finish_s: float = 0.0,
+        fail_stage: str | None = None,
+        fail_at: int = 0,
+    ) -> None:
+        self.sleep = {"prepare": prepare_s, "infer": infer_s, "finish": finish_s}
+        self.fail_stage, self.fail_at = fail_stage, fail_at
+        self.calls = {"prepare": 0, "infer": 0, "finish": 0}
+        self.intervals: list[tuple[str, float, float]] = []
+
+    def _stage(self, name: str) -> None:
+        start = time.perf_counter()
+        if self.fail_stage == name and self.calls[name] == self.fail_at:
+            raise ValueError(f"boom in {name}")
+        self.calls[name] += 1
+        if self.sleep[name]:
+            time.sleep(self.sleep[name])
+        self.intervals.append((name, start, time.perf_counter()))
+
+    def prepare(self, frame: np.ndarray) -> tuple[dict[str, np.ndarray], Any]:
+        self._stage("prepare")
+        return {"image": frame}, {"shape": frame.shape}
+
+    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self._stage("infer")
+        return {"mean": np.asarray(inputs["image"][::8, ::8].mean())}
+
+    def finish(self, outputs: dict[str, np.ndarray], context: Any, frame: np.ndarray) -> FakeResult:
+        self._stage("finish")
+        assert context["shape"] == frame.shape
+        return FakeResult(float(outputs["mean"]))
+
+
+class FakeReader:
+    """A camera/network stand-in: frame k is filled with k % 256; can pace, stall, fail or end."""
+
+    def __init__(
+        self,
+        n: int | None = None,
+        period_s: float = 0.0,
+        stall_after: int | None = None,
+        unstall: threading.Event | None = None,
+        error_after: int | None = None,
+        shape: tuple[int, int, int] = (24, 32, 3),
+        start: int = 0,
+    ) -> None:
+        self.n, self.period_s, self.shape = n, period_s, shape
+        self.stall_after, self.unstall = stall_after, unstall or threading.Event()
+        self.error_after = error_after
+        self.count, self.start = 0, start
+        self.released = False
+        self.read_intervals: list[tuple[float, float]] = []
+
+    def read(self) -> tuple[bool, np.ndarray | None]:
+        begin = time.perf_counter()
+        if self.stall_after is not None and self.count >= self.stall_after:
+            self.unstall.wait(10)
+            return False, None
+        if self.error_after is not None and self.count >= self.error_after:
+            raise OSError("device unplugged")
+        if self.n is not None and self.count >= self.n:
+            return False, None
+        if self.period_s:
+            time.sleep(self.period_s)
+        frame = np.full(self.shape, (self.start + self.count) % 256, np.uint8)
+        self.count += 1
+        self.read_intervals.append((begin, time.perf_counter()))
+        return True, frame
+
+    def release(self) -> None:
+        self.released = True
+
+
+def alive(s: Any) -> list[str]:
+    """Names of this stream's threads still running (they must also be gone from threading.enumerate())."""
+    names = {t.name for t in s.threads}
+    return [t.name for t in threading.enumerate() if t.name in names and t.is_alive()]
+
+
+def videos() -> Path:
+    folder = data_root() / "videos"
+    if not folder.is_dir():
+        pytest.skip(f"real clips folder {folder} is absent (set M2F_DATA)")
+    return folder
+
+
+def decode_count(path: Path) -> int:
+    capture = cv2.VideoCapture(str(path))
+    count = 0
+    while capture.grab():
+        count += 1
+    capture.release()
+    return count
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """A TCP port that accepts connections and never answers (a hung camera)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    conns: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                conns.append(server.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield server.getsockname()[1]
+    server.close()
+    for conn in conns:
+        conn.close()
+
+
+# ---------------------------------------------------------------------------------------------- sources
+@pytest.mark.parametrize(
+    ("source", "kind"),
+    [
+        (0, "camera"),
+        ("1", "camera"),
+        ("clip.mp4", "file"),
+        (Path("clip.mp4"), "file"),
+        ("rtsp://10.0.0.2:554/stream", "url"),
+        ("HTTP://host/x.mjpg", "url"),
+        ("videotestsrc ! videoconvert ! appsink", "gstreamer"),
+        (FakeReader(), "reader"),
+        (lambda: FakeReader(), "factory"),
+    ],
+)
+def test_source_kind(source: Any, kind: str) -> None:
+    assert source_kind(source) == kind
+
+
+def test_missing_file_raises_file_not_found(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no video file"):
+        open_source(tmp_path / "nope.mp4")
+    with pytest.raises(FileNotFoundError):
+        stream(FakeModel(), str(tmp_path / "nope.mp4"))
+
+
+def test_unreadable_empty_and_directory_sources_raise_clear_errors(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(np.random.default_rng(0).integers(0, 256, 20_000, dtype=np.uint8).tobytes())
+    with pytest.raises(SourceError, match="cannot open or decode"):
+        open_source(garbage)
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    with pytest.raises(SourceError, match="empty"):
+        stream(FakeModel(), empty)
+    with pytest.raises(SourceError, match="directory"):
+        open_source(tmp_path)
+
+
+def test_dead_rtsp_url_fails_fast() -> None:
+    start = time.perf_counter()
+    with pytest.raises(SourceError, match="cannot open rtsp://"):
+        open_source("rtsp://127.0.0.1:9/none", open_timeout_s=2.0)
+    assert time.perf_counter() - start < 2.0 + 1.0
+
+
+@pytest.mark.parametrize("scheme", ["rtsp", "http"])
+def test_hung_server_fails_within_the_open_timeout(silent_server: int, scheme: str) -> None:
+    timeout = 1.0
+    start = time.perf_counter()
+    with pytest.raises(StreamError):  # StreamTimeoutError (or SourceError if FFMPEG gives up first)
+        stream(FakeModel(), f"{scheme}://127.0.0.1:{silent_server}/none", open_timeout_s=timeout)
+    elapsed = time.perf_counter() - start
+    assert elapsed < timeout + 1.5, f"took {elapsed:.2f} s with a {timeout} s open timeout"
+
+
+def test_gstreamer_pipeline_is_clear_about_support() -> None:
+    pipeline = "videotestsrc num-buffers=5 ! videoconvert ! video/x-raw,format=BGR ! appsink"
+    if not backend_available(cv2.CAP_GSTREAMER, "GStreamer"):
+        with pytest.raises(SourceError, match="built without GStreamer"):
+            stream(FakeModel(), pipeline)
+        return
+    results = list(stream(FakeModel(), pipeline, live=False))
+    assert [r.frame_index for r in results] == list(range(5))
+
+
+# ---------------------------------------------------------------------------------------------- real clips
+@pytest.mark.data
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(CLIPS))
+def test_real_clip_every_frame_in_order_and_output_video(name: str, tmp_path: Path) -> None:
+    path = videos() / name
+    capture = cv2.VideoCapture(str(path))
+    container_count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    capture.release()
+    assert container_count == decode_count(path) == CLIPS[name]
+
+    out = tmp_path / "annotated.mp4"
+    s = stream(FakeModel(infer_s=0.001), path, output=out, annotate=lambda result, frame: frame)
+    indices = []
+    for result in s:
+        indices.append(result.frame_index)
+        assert "latency_ms" in result.timings and "inference_ms" in result.timings
+    assert indices == list(range(CLIPS[name]))
+    stats = s.stats
+    assert (stats.frames, stats.decoded, stats.dropped, stats.written) == (CLIPS[name], CLIPS[name], 0, CLIPS[name])
+    assert set(stats.stage_ms) == {"decode", "prepare", "infer", "finish", "annotate", "write"}
+    assert alive(s) == []
+
+    written = cv2.VideoCapture(str(out))
+    assert written.get(cv2.CAP_PROP_FPS) == pytest.approx(s.source_fps, rel=1e-3)
+    assert int(written.get(cv2.CAP_PROP_FRAME_COUNT)) == CLIPS[name]
+    written.release()
+    assert decode_count(out) == CLIPS[name]
+
+
+@pytest.mark.data
+def test_real_clip_early_break_stops_every_thread() -> None:
+    s = stream(FakeModel(), videos() / "one-by-one-person-detection.mp4", queue_size=2)
+    for result in s:
+        if result.frame_index == 4:
+            break
+    assert alive(s) == []
+    assert s.stats.frames == 5
+
+
+@pytest.mark.data
+def test_truncated_file_gives_its_frames_then_an_error(tmp_path: Path) -> None:
+    data = (videos() / "car-detection.mp4").read_bytes()
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes(data[: len(data) // 2])  # the index (moov) is at the start, so it opens
+    s = stream(FakeModel(), truncated)
+    seen = []
+    with pytest.raises(SourceError, match="truncated or corrupt"):
+        for result in s:
+            seen.append(result.frame_index)
+    assert 0 < len(seen) < CLIPS["car-detection.mp4"]
+    assert seen == list(range(len(seen)))
+    assert alive(s) == []
+
+
+@pytest.mark.data
+def test_file_max_frames_and_stats_summary() -> None:
+    s = stream(FakeModel(), videos() / "solidWhiteRight.mp4", max_frames=10)
+    assert s.frame_count == 221 and s.source_fps == pytest.approx(25.0)
+    assert [r.frame_index for r in s] == list(range(10))
+    stats = s.stats
+    assert stats.frames == stats.decoded == 10
+    assert stats.fps > 0 and set(stats.latency_ms) == {"p50", "p90", "p99", "max"}
+    assert "10 frames" in stats.summary()
+    json.dumps(stats.as_dict())
+
+
+@pytest.mark.data
+def test_http_url_is_a_live_source(tmp_path: Path) -> None:
+    """The FFMPEG network path end to end: a local HTTP server serves a clip; live mode, bounded by max_frames."""
+    import functools
+    import http.server
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(videos()))
+    handler.log_message = lambda *args: None  # type: ignore[attr-defined]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/solidWhiteRight.mp4"
+        s = stream(FakeModel(infer_s=0.005), url, max_frames=20, read_timeout_s=3.0, open_timeout_s=3.0)
+        indices = [r.frame_index for r in s]
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(indices) == 20 and indices == sorted(set(indices))
+    assert s.stats.decoded >= 20
+    assert alive(s) == []
+
+
+# ---------------------------------------------------------------------------------------------- pipeline
+def test_results_match_their_frames_in_order() -> None:
+    reader = FakeReader(n=300)
+    s = stream(FakeModel(), reader, live=False)
+    results = list(s)
+    assert [r.frame_index for r in results] == list(range(300))
+    assert [r.value for r in results] == [float(i % 256) for i in range(300)]
+    assert reader.released and alive(s) == []
+
+
+@pytest.mark.parametrize("how", ["break", "close_iterator", "close_stream", "drop"])
+def test_stopping_early_leaves_no_threads(how: str) -> None:
+    s = stream(FakeModel(infer_s=0.001), FakeReader(period_s=0.001), live=False, queue_size=2)
+    names = None
+    if how == "break":
+        for result in s:
+            if result.frame_index == 3:
+                break
+    elif how == "close_iterator":
+        iterator = iter(s)
+        next(iterator)
+        iterator.close()
+    elif how == "close_stream":
+        next(iter(s))
+        s.close()
+    else:
+        for _ in s:
+            break
+        names = [t.name for t in s.threads]
+        del s
+    deadline = time.perf_counter() + 1.0
+    while names is not None and time.perf_counter() < deadline and any(t.name in names for t in threading.enumerate()):
+        time.sleep(0.01)
+    assert (alive(s) if names is None else [t.name for t in threading.enumerate() if t.name in names]) == []
+
+
+def test_unstarted_stream_releases_its_source() -> None:
+    reader = FakeReader(n=3)
+    s = stream(FakeModel(), reader)
+    s.close()
+    assert reader.released and s.threads == []
+    assert list(s) == []
+
+
+def test_a_stream_is_iterated_once() -> None:
+    s = stream(FakeModel(), FakeReader(n=3), live=False)
+    assert len(list(s)) == 3
+    with pytest.raises(RuntimeError, match="only once"):
+        iter(s)
+
+
+@pytest.mark.parametrize(
+    ("stage", "expected"), [("prepare", "inference"), ("infer", "inference"), ("finish", "finish")]
+)
+def test_stage_exception_propagates_with_cause(stage: str, expected: str) -> None:
+    s = stream(FakeModel(fail_stage=stage, fail_at=7), FakeReader(n=100), live=False)
+    seen = []
+    with pytest.raises(StageError, match=f"{expected} stage failed on frame 7") as info:
+        for result in s:
+            seen.append(result.frame_index)
+    assert isinstance(info.value.__cause__, ValueError) and info.value.stage == expected
+    assert seen == list(range(7))
+    assert alive(s) == []
+
+
+def test_annotate_exception_and_bad_annotation(tmp_path: Path) -> None:
+    def broken(result: Any, frame: np.ndarray) -> np.ndarray:
+        raise KeyError("no colours")
+
+    with pytest.raises(StageError, match="annotate stage failed on frame 0") as info:
+        list(stream(FakeModel(), FakeReader(n=5), live=False, output=tmp_path / "a.mp4", annotate=broken))
+    assert isinstance(info.value.__cause__, KeyError)
+    with pytest.raises(StageError, match="BGR uint8 image"):
+        list(
+            stream(FakeModel(), FakeReader(n=5), live=False, output=tmp_path / "b.mp4", annotate=lambda r, f: f[..., 0])
+        )
+
+
+def test_reader_error_propagates() -> None:
+    s = stream(FakeModel(), FakeReader(error_after=4), live=False)
+    with pytest.raises(SourceError, match="device unplugged") as info:
+        list(s)
+    assert isinstance(info.value.__cause__, OSError)
+    assert s.stats.frames == 4
+
+
+def test_file_like_reader_stall_raises_timeout() -> None:
+    unstall = threading.Event()
+    s = stream(FakeModel(), FakeReader(stall_after=3, unstall=unstall), live=False, read_timeout_s=0.3)
+    start = time.perf_counter()
+    try:
+        with pytest.raises(StreamTimeoutError, match="stalled"):
+            list(s)
+        assert time.perf_counter() - start < 0.3 + 1.5
+        assert s.stats.frames == 3
+    finally:
+        unstall.set()
+    deadline = time.perf_counter() + 2.0
+    while alive(s) and time.perf_counter() < deadline:
+        time.sleep(0.02)
+    assert alive(s) == []
+
+
+def test_live_stall_reconnects_then_gives_up() -> None:
+    unstall = threading.Event()
+    opened: list[FakeReader] = []
+
+    def connect() -> FakeReader:
+        reader = FakeReader(stall_after=2, unstall=unstall, start=100 * len(opened))
+        opened.append(reader)
+        return reader
+
+    s = stream(FakeModel(), connect, keep_latest=False, read_timeout_s=0.25, reconnect=2, reconnect_delay_s=0.05)
+    start = time.perf_counter()
+    seen = []
+    try:
+        with pytest.raises(StreamTimeoutError, match="gave up after 2 reconnects"):
+            for result in s:
+                seen.append(result.value)
+        assert time.perf_counter() - start < 3 * 0.25 + 2.0
+    finally:
+        unstall.set()
+    assert len(opened) == 3 and s.stats.reconnects == 2
+    assert seen == [0.0, 1.0, 100.0, 101.0, 200.0, 201.0]
+    assert [t.is_alive() for t in s.threads[:3]] == [False] * 3
+
+
+def test_live_lost_connection_reconnects_and_continues() -> None:
+    opened: list[FakeReader] = []
+
+    def connect() -> FakeReader:
+        reader = FakeReader(n=5 if not opened else None, start=100 * len(opened))
+        opened.append(reader)
+        return reader
+
+    s = stream(FakeModel(), connect, keep_latest=False, reconnect=1, reconnect_delay_s=0.0, max_frames=12)
+    values = [r.value for r in s]
+    assert values == [0.0, 1.0, 2.0, 3.0, 4.0] + [100.0 + i for i in range(7)]
+    assert s.stats.reconnects == 1 and len(opened) == 2
+    assert all(r.released for r in opened)
+    assert alive(s) == []
+
+
+def test_live_slow_model_drops_frames_and_keeps_latency_bounded() -> None:
+    frames, infer_s = 150, 0.025
+    s = stream(FakeModel(infer_s=infer_s), FakeReader(n=frames, period_s=0.003))  # ~330 fps source, ~40 fps model
+    indices = [r.frame_index for r in s]
+    stats = s.stats
+    assert stats.decoded == frames and stats.dropped > frames // 3
+    assert stats.frames + stats.dropped == frames == len(indices) + stats.dropped
+    assert indices == sorted(set(indices))  # in order; gaps are the dropped frames
+    # without dropping, the last frame would wait for ~150 x 25 ms of backlog
+    assert stats.latency_ms["p90"] < 8 * infer_s * 1000, stats.summary()
+
+    backlog = stream(FakeModel(infer_s=infer_s), FakeReader(n=40, period_s=0.003), keep_latest=False, queue_size=8)
+    assert len(list(backlog)) == 40 and backlog.stats.dropped == 0
+    assert backlog.stats.latency_ms["max"] > stats.latency_ms["p50"]
+
+
+def test_stages_overlap_and_beat_serial_throughput() -> None:
+    """decode, infer and finish each sleep ~10 ms: pipelined, a frame takes ~10 ms instead of ~30 ms."""
+    n, stage_s = 40, 0.01
+    reader = FakeReader(n=n, period_s=stage_s)
+    model = FakeModel(infer_s=stage_s, finish_s=stage_s)
+    s = stream(model, reader, live=False)
+    start = time.perf_counter()
+    assert len(list(s)) == n
+    elapsed = time.perf_counter() - start
+
+    def overlapped(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> bool:
+        return any(s0 < e1 and s1 < e0 for s0, e0 in a for s1, e1 in b)
+
+    infers = [(b, e) for name, b, e in model.intervals if name == "infer"]
+    finishes = [(b, e) for name, b, e in model.intervals if name == "finish"]
+    assert overlapped(reader.read_intervals, infers) and overlapped(infers, finishes)
+    serial = n * 3 * stage_s
+    assert serial / elapsed > 1.8, f"{elapsed:.3f} s vs serial {serial:.3f} s: {s.stats.summary()}"
+
+
+def test_invalid_arguments() -> None:
+    with pytest.raises(ValueError, match="queue_size"):
+        stream(FakeModel(), FakeReader(n=1), queue_size=0)
+    with pytest.raises(ValueError, match="keep_latest"):
+        stream(FakeModel(), FakeReader(n=1), live=False, keep_latest=True)
+    with pytest.raises(TypeError):
+        source_kind(3.5)
+
+
+def test_live_reconnect_that_cannot_reopen_gives_up() -> None:
+    calls = []
+
+    def connect() -> FakeReader:
+        calls.append(time.perf_counter())
+        if len(calls) > 1:
+            raise ConnectionRefusedError("camera offline")
+        return FakeReader(n=3)
+
+    s = stream(FakeModel(), connect, keep_latest=False, reconnect=2, reconnect_delay_s=0.01)
+    with pytest.raises(SourceError, match=r"camera offline.*gave up after 2 reconnects") as info:
+        list(s)
+    assert isinstance(info.value.__cause__, ConnectionRefusedError)
+    assert len(calls) == 3 and s.stats.reconnects == 2 and s.stats.frames == 3
+    assert alive(s) == []
