@@ -20,7 +20,14 @@ def ms_deform_attn(
 ) -> Tensor:
     """Multi-scale deformable attention, (N, S, M, D) values -> (N, Lq, M*D).
 
-    The single place the model calls the op: a compiled kernel is picked here when one is available for the
-    tensors' device, otherwise the pure-torch reference runs.
+    The single place the model calls the op: CUDA tensors run the compiled kernel (``plugins/msda/extension.py``)
+    when it builds, everything else (CPU, export and tracing, ``M2F_MSDA=reference``) runs the pure-torch reference.
     """
+    if value.is_cuda:
+        from plugins.msda import extension  # lazy: CPU-only callers never touch the extension machinery
+
+        if extension.kernel_applies(value, sampling_locations, attention_weights):
+            return extension.ms_deform_attn_cuda(
+                value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+            )
     return ms_deform_attn_reference(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
