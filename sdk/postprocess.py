@@ -1,0 +1,482 @@
+"""Artifact outputs -> results at the original frame size in plain numpy, with the official Mask2Former semantics.
+
+Mirrors ``train/model/inference.py`` (the torch oracle) without torch. Resolutions: the graph gives mask logits at
+1/4 of the *padded* input (Hp, Wp = input size padded up to a multiple of 32). The official order is: bilinear
+(``align_corners=False``) to (Hp, Wp), crop the top-left ``geometry.resized_size`` (the frame inside the input),
+bilinear to ``geometry.frame_size``, then inference.
+
+Doing it here is about cost: panoptic decides which queries it keeps from the class logits alone and upsamples only
+those; instance takes the top-k (query, class) pairs first and upsamples only their queries. Stage one only
+computes the rows/columns of the padded upsample that survive the crop.
+
+Bilinear resizing is our own separable numpy code with torch's index/weight arithmetic (float32, width pass then
+height pass, as ``upsample_bilinear2d`` on CPU); it agrees with torch to 1-2 ulp (2e-6 at |logit| ~ 16).
+``cv2.resize`` (INTER_LINEAR) agrees to ~2e-6 at the exact x4 stage but only to ~2e-4 at other scales.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Mapping
+from typing import Any
+
+import numpy as np
+
+from sdk.preprocess import Geometry
+
+logger = logging.getLogger(__name__)
+
+TASKS = ("semantic", "instance", "panoptic")
+MASK_STRIDE = 4  # pred_masks are at 1/4 of the padded input
+_CHUNK_ELEMENTS = 1 << 22  # ~16 MB of float32 per chunk of work
+
+
+class OutputsError(ValueError):
+    """The runtime's outputs do not match what the artifact's task needs."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# elementwise
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Numerically stable softmax along ``axis`` (float32 in -> float32 out)."""
+    x = np.asarray(x)
+    if not np.issubdtype(x.dtype, np.floating) or x.dtype == np.float16:
+        x = x.astype(np.float32)
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    e /= e.sum(axis=axis, keepdims=True)
+    return e
+
+
+def sigmoid(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``1 / (1 + exp(-x))`` as torch computes it (exp overflow gives 0, silently)."""
+    x = np.asarray(x)
+    if not np.issubdtype(x.dtype, np.floating) or x.dtype == np.float16:
+        x = x.astype(np.float32)
+    with np.errstate(over="ignore"):
+        y = np.negative(x, out=out)
+        np.exp(y, out=y)
+        y += 1
+        np.reciprocal(y, out=y)
+    return y
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# bilinear resizing with torch's arithmetic
+
+
+def _linear_taps(in_size: int, out_size: int, count: int | None = None) -> tuple[np.ndarray, ...]:
+    """Source indices and weights of the first ``count`` outputs of a 1-D linear resize, align_corners=False.
+
+    Returns (i0, i1, w0, w1), each (count,): torch's ``area_pixel_compute_source_index`` with a float32 scale and
+    one rounding of ``scale * (dst + 0.5) - 0.5`` (torch's build fuses it into an FMA; two float32 roundings give
+    weights ~6e-7 off and outputs ~1e-4 off).
+    """
+    count = out_size if count is None else count
+    scale = np.float32(in_size / out_size)  # torch: (float) in / out
+    src = ((np.arange(count, dtype=np.float64) + 0.5) * np.float64(scale) - 0.5).astype(np.float32)
+    np.maximum(src, np.float32(0), out=src)
+    i0 = src.astype(np.int64)  # trunc == floor, src >= 0
+    i1 = i0 + (i0 < in_size - 1)
+    w1 = src - i0.astype(np.float32)
+    w0 = np.float32(1) - w1
+    return i0, i1, w0, w1
+
+
+def _along(axis: int, start: int | None, stop: int | None) -> tuple[slice, ...]:
+    """Index tuple selecting ``start:stop`` along ``axis`` (counted from the front)."""
+    return (slice(None),) * axis + (slice(start, stop),)
+
+
+def _upsample_int_axis(x: np.ndarray, axis: int, factor: int, count: int) -> np.ndarray:
+    """The first ``count`` outputs of an exact x``factor`` linear upsample along ``axis``, by slicing, no gathers.
+
+    Output ``factor * j + r`` reads source ``j + d_r`` with ``d_r = (2r + 1 - factor) / (2 factor)``: the same
+    indices and (exactly representable, for a power-of-two factor) weights as :func:`_linear_taps`, with torch's
+    clamping at both ends.
+    """
+    n = x.shape[axis]
+    J = min(n, -(-count // factor))  # sources whose outputs are needed
+    first, last = x[_along(axis, 0, 1)], x[_along(axis, n - 1, n)]
+    padded = np.concatenate([first, x[_along(axis, 0, min(n, J + 1))], last], axis=axis)  # one clamp row each side
+    shape = list(x.shape)
+    shape[axis : axis + 1] = [J, factor]
+    out = np.empty(shape, dtype=np.float32)  # (..., J, factor, ...)
+    for r in range(factor):
+        d = (2 * r + 1 - factor) / (2 * factor)
+        lo = 0 if d < 0 else 1  # padded index of source j - 1 (d < 0) or j (d >= 0), for j = 0
+        w1 = np.float32(1 + d if d < 0 else d)
+        view = out[(slice(None),) * (axis + 1) + (r,)]  # (..., J, ...)
+        np.multiply(padded[_along(axis, lo, lo + J)], np.float32(1) - w1, out=view)
+        view += padded[_along(axis, lo + 1, lo + 1 + J)] * w1
+        if d < 0:  # output left of source 0: clamped to exactly x[0]
+            view[_along(axis, 0, 1)] = first
+    out = out.reshape((*x.shape[:axis], J * factor, *x.shape[axis + 1 :]))
+    return out[_along(axis, 0, count)]
+
+
+def _resize_axis(x: np.ndarray, axis: int, in_size: int, out_size: int, count: int | None = None) -> np.ndarray:
+    """Linear resize of ``x`` along ``axis`` (the first ``count`` outputs); identity when sizes match."""
+    count = out_size if count is None else count
+    if in_size == out_size:
+        return x if count == in_size else x[_along(axis, 0, count)]
+    factor = out_size // in_size
+    if factor * in_size == out_size and factor in (2, 4, 8):
+        return _upsample_int_axis(x, axis, factor, count)
+    i0, i1, w0, w1 = _linear_taps(in_size, out_size, count)
+    shape = [1] * x.ndim
+    shape[axis] = -1
+    out = np.take(x, i0, axis=axis)
+    out *= w0.reshape(shape)
+    tmp = np.take(x, i1, axis=axis)
+    tmp *= w1.reshape(shape)
+    out += tmp
+    return out
+
+
+def resize_bilinear(x: np.ndarray, size: tuple[int, int], crop: tuple[int, int] | None = None) -> np.ndarray:
+    """(N, h, w) float32 -> (N, H, W) as ``F.interpolate(mode="bilinear", align_corners=False)``.
+
+    ``crop=(ch, cw)`` returns only the top-left (ch, cw) of the (H, W) result, computing nothing else.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    h, w = x.shape[-2:]
+    H, W = size
+    ch, cw = crop if crop is not None else (H, W)
+    out = _resize_axis(x, x.ndim - 1, w, W, cw)  # (N, h, cw): width first, as torch
+    return _resize_axis(out, x.ndim - 2, h, H, ch)  # (N, ch, cw)
+
+
+def _padded_size(masks: np.ndarray) -> tuple[int, int]:
+    return masks.shape[-2] * MASK_STRIDE, masks.shape[-1] * MASK_STRIDE
+
+
+def _check_geometry(masks: np.ndarray, geometry: Geometry) -> None:
+    ph, pw = _padded_size(masks)
+    rh, rw = geometry.resized_size
+    if not (0 < rh <= ph and 0 < rw <= pw):
+        raise OutputsError(
+            f"the frame's region {geometry.resized_size} does not fit the padded size {(ph, pw)} implied by "
+            f"pred_masks {masks.shape[-2:]} (x{MASK_STRIDE}): were the outputs made from this geometry's input?"
+        )
+
+
+def upsample_mask_logits(masks: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """(N, h4, w4) mask logits -> (N, h, w) float32 at the frame size, in the official order.
+
+    Bilinear to the padded input (4 h4, 4 w4), crop ``geometry.resized_size``, bilinear to ``geometry.frame_size``.
+    """
+    masks = np.asarray(masks, dtype=np.float32)
+    if masks.ndim != 3:
+        raise ValueError(f"expected (N, h4, w4) mask logits, got shape {masks.shape}")
+    _check_geometry(masks, geometry)
+    padded = resize_bilinear(masks, _padded_size(masks), crop=geometry.resized_size)  # (N, rh, rw)
+    return resize_bilinear(padded, geometry.frame_size)  # (N, h, w)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# semantic
+
+
+def _nearest_index(in_size: int, out_size: int) -> np.ndarray:
+    """torch's legacy ``nearest`` source indices: floor(dst * (float) in / out), clamped."""
+    if in_size == out_size:
+        return np.arange(out_size)
+    if out_size == 2 * in_size:
+        return np.arange(out_size) >> 1
+    scale = np.float32(in_size / out_size)
+    idx = np.floor(np.arange(out_size, dtype=np.float32) * scale).astype(np.int64)
+    return np.minimum(idx, in_size - 1)
+
+
+def semantic_from_labels(labels: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """(H, W) label map at the input size (the semantic graph's output) -> (h, w) at the frame size.
+
+    Crops ``geometry.resized_size`` and resizes by nearest neighbour with torch's ``nearest`` indices, so it equals
+    ``F.interpolate(labels[:rh, :rw], frame_size, mode="nearest")`` exactly. Keeps the dtype.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"expected an (H, W) label map, got shape {labels.shape}")
+    rh, rw = geometry.resized_size
+    if rh > labels.shape[0] or rw > labels.shape[1]:
+        raise OutputsError(f"label map {labels.shape} is smaller than the frame's region {geometry.resized_size}")
+    h, w = geometry.frame_size
+    cropped = labels[:rh, :rw]  # (rh, rw)
+    if (rh, rw) == (h, w):
+        return np.ascontiguousarray(cropped)
+    rows, cols = _nearest_index(rh, h), _nearest_index(rw, w)
+    return cropped[rows][:, cols]  # (h, w)
+
+
+def semantic_from_outputs(logits: np.ndarray, masks: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """Official semantic inference from query outputs: (h, w) class ids at the frame size (uint8 for < 255 classes).
+
+    ``logits`` (Q, K+1), ``masks`` (Q, h4, w4). As the official semantic-only model (and the semantic graph):
+    class-probability x sigmoid-mask scores at the padded size, crop, bilinear to the frame, argmax. Costs K x
+    frame pixels; a semantic artifact gives ``labels`` instead, use :func:`semantic_from_labels` for those.
+    """
+    masks = np.asarray(masks, dtype=np.float32)
+    _check_geometry(masks, geometry)
+    probs = softmax(np.asarray(logits, dtype=np.float32), -1)[:, :-1]  # (Q, K)
+    Q, K = probs.shape
+    rh, rw = geometry.resized_size
+    h, w = geometry.frame_size
+    sig = sigmoid(resize_bilinear(masks, _padded_size(masks), crop=(rh, rw)))  # (Q, rh, rw)
+    scores = (probs.T @ sig.reshape(Q, -1)).reshape(K, rh, rw)  # (K, rh, rw)
+    scores = _resize_axis(scores, 2, rw, w)  # (K, rh, w)
+    dtype = np.uint8 if K < 255 else np.int32  # as the semantic graph's labels
+    if rh == h:
+        return scores.argmax(0).astype(dtype)
+    labels = np.empty((h, w), dtype=dtype)
+    i0, i1, w0, w1 = _linear_taps(rh, h)
+    step = max(1, _CHUNK_ELEMENTS // (K * w))
+    for start in range(0, h, step):
+        rows = slice(start, start + step)
+        block = scores[:, i0[rows]] * w0[rows, None]  # (K, r, w)
+        block += scores[:, i1[rows]] * w1[rows, None]
+        labels[rows] = block.argmax(0)
+    return labels
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# panoptic
+
+
+def _weighted_argmax(masks: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``(weights[:, None, None] * masks).argmax(0)`` for (N, h, w) masks, one plane at a time (first max wins)."""
+    best = masks[0] * weights[0]  # (h, w)
+    winner = np.zeros(best.shape, dtype=np.intp)  # (h, w)
+    plane = np.empty_like(best)
+    better = np.empty(best.shape, dtype=bool)
+    for k in range(1, len(masks)):
+        np.multiply(masks[k], weights[k], out=plane)
+        np.greater(plane, best, out=better)
+        np.putmask(winner, better, k)
+        np.maximum(best, plane, out=best)
+    return winner
+
+
+def panoptic_from_outputs(
+    logits: np.ndarray,
+    masks: np.ndarray,
+    geometry: Geometry,
+    thing_ids: Collection[int] = (),
+    object_mask_threshold: float = 0.8,
+    overlap_threshold: float = 0.8,
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Official panoptic merging at the frame size, upsampling only the kept queries.
+
+    ``logits`` (Q, K+1), ``masks`` (Q, h4, w4). A query is kept when its best class is not "no object" and its
+    probability exceeds ``object_mask_threshold``; each pixel goes to the kept query maximising
+    ``prob * sigmoid(mask)``; a query's segment is the pixels it wins where its sigmoid mask is >= 0.5, dropped when
+    the area it wins is less than ``overlap_threshold`` of its own (>= 0.5) mask; same-class stuff is merged into one
+    segment. Exactly ``train.model.inference.panoptic_inference`` on ``upsample_mask_logits`` output.
+
+    Returns an (h, w) int32 id map (0 = void) and one dict per segment: ``id`` (1, 2, ...), ``isthing``,
+    ``category_id``, ``score`` (class probability; the highest of merged stuff queries) and ``area`` (pixels).
+    """
+    logits = np.asarray(logits, dtype=np.float32)
+    num_classes = logits.shape[-1] - 1
+    things = {int(i) for i in thing_ids}
+    probs = softmax(logits, -1)  # (Q, K+1)
+    labels = probs.argmax(-1)  # (Q,)
+    scores = probs.max(-1)  # (Q,)
+    keep = np.flatnonzero((labels != num_classes) & (scores > object_mask_threshold))  # (N,)
+
+    h, w = geometry.frame_size
+    panoptic_seg = np.zeros((h, w), dtype=np.int32)
+    segments_info: list[dict[str, Any]] = []
+    if keep.size == 0:
+        return panoptic_seg, segments_info
+    cur_scores, cur_classes = scores[keep], labels[keep]  # (N,), (N,)
+    cur_masks = sigmoid(upsample_mask_logits(np.asarray(masks)[keep], geometry))  # (N, h, w)
+    n = keep.size
+
+    winner = _weighted_argmax(cur_masks, cur_scores)  # (h, w)
+    won_area = np.bincount(winner.ravel(), minlength=n)  # (N,)
+    confident_area = np.count_nonzero((cur_masks >= 0.5).reshape(n, -1), axis=1)  # (N,)
+    confident_win = np.take_along_axis(cur_masks, winner[None], axis=0)[0] >= 0.5  # (h, w)
+    final_area = np.bincount(winner[confident_win], minlength=n)  # (N,) pixels of won & confident
+
+    segment_of = np.zeros(n + 1, dtype=np.int32)  # kept query -> segment id; the extra slot is void
+    stuff_segment: dict[int, dict[str, Any]] = {}
+    for k in range(n):
+        pred_class = int(cur_classes[k])
+        isthing = pred_class in things
+        if won_area[k] == 0 or confident_area[k] == 0 or final_area[k] == 0:
+            continue
+        if won_area[k] / confident_area[k] < overlap_threshold:
+            continue
+        if not isthing and pred_class in stuff_segment:
+            info = stuff_segment[pred_class]
+            segment_of[k] = info["id"]
+            info["score"] = max(info["score"], float(cur_scores[k]))
+            info["area"] += int(final_area[k])
+            continue
+        info = {
+            "id": len(segments_info) + 1,
+            "isthing": isthing,
+            "category_id": pred_class,
+            "score": float(cur_scores[k]),
+            "area": int(final_area[k]),
+        }
+        segment_of[k] = info["id"]
+        segments_info.append(info)
+        if not isthing:
+            stuff_segment[pred_class] = info
+    panoptic_seg = segment_of[np.where(confident_win, winner, n)]  # (h, w) int32
+    return panoptic_seg, segments_info
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# instance
+
+
+def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
+    """Tight xyxy boxes ``[x_min, y_min, x_max + 1, y_max + 1]`` of (N, h, w) bool masks; zeros when empty."""
+    n, h, w = masks.shape
+    boxes = np.zeros((n, 4), dtype=np.float32)
+    if n == 0:
+        return boxes
+    x_any = masks.any(axis=1)  # (N, w)
+    y_any = masks.any(axis=2)  # (N, h)
+    nonempty = x_any.any(axis=1)  # (N,)
+    boxes[:, 0] = x_any.argmax(1)
+    boxes[:, 1] = y_any.argmax(1)
+    boxes[:, 2] = w - x_any[:, ::-1].argmax(1)
+    boxes[:, 3] = h - y_any[:, ::-1].argmax(1)
+    boxes[~nonempty] = 0
+    return boxes
+
+
+def instance_from_outputs(
+    logits: np.ndarray,
+    masks: np.ndarray,
+    geometry: Geometry,
+    topk: int = 100,
+    thing_ids: Collection[int] | None = None,
+) -> dict[str, np.ndarray]:
+    """Official instance inference at the frame size, upsampling only the queries of the top-k pairs.
+
+    The ``topk`` best (query, class) pairs of the flattened (Q * K) class probabilities (no-object dropped); with
+    ``thing_ids`` only thing classes are kept (after the top-k, as official). Mask = logits > 0; score = class
+    probability x mean sigmoid inside the mask (0 when empty). Sorted by score, descending.
+
+    Returns ``masks`` (N, h, w) bool, ``scores`` (N,) float32, ``labels`` (N,) int64, ``boxes`` (N, 4) float32 xyxy.
+    """
+    logits = np.asarray(logits, dtype=np.float32)
+    probs = softmax(logits, -1)[:, :-1]  # (Q, K)
+    num_classes = probs.shape[1]
+    flat = probs.ravel()  # (Q*K,)
+    k = min(int(topk), flat.size)
+    top = np.argpartition(-flat, k - 1)[:k] if k < flat.size else np.arange(flat.size)
+    top = top[np.argsort(-flat[top], kind="stable")]  # (k,) by probability, descending
+    labels = top % num_classes
+    query_idx = top // num_classes
+    if thing_ids is not None:
+        keep = np.isin(labels, np.asarray(sorted({int(i) for i in thing_ids}), dtype=np.int64))
+        top, labels, query_idx = top[keep], labels[keep], query_idx[keep]
+    top_scores = flat[top]  # (N,)
+
+    h, w = geometry.frame_size
+    queries, inverse = np.unique(query_idx, return_inverse=True)  # (U,), (N,)
+    binary = np.empty((queries.size, h, w), dtype=bool)  # (U, h, w)
+    mask_scores = np.empty(queries.size, dtype=np.float32)  # (U,)
+    masks = np.asarray(masks)
+    step = max(1, _CHUNK_ELEMENTS // (h * w))
+    for start in range(0, queries.size, step):
+        chunk = slice(start, start + step)
+        chunk_logits = upsample_mask_logits(masks[queries[chunk]], geometry)  # (u, h, w)
+        chunk_binary = chunk_logits > 0
+        binary[chunk] = chunk_binary
+        sig = sigmoid(chunk_logits, out=chunk_logits)
+        sig *= chunk_binary
+        area = chunk_binary.reshape(len(sig), -1).sum(1, dtype=np.float32)
+        mask_scores[chunk] = sig.reshape(len(sig), -1).sum(1) / (area + np.float32(1e-6))
+
+    scores = (top_scores * mask_scores[inverse]).astype(np.float32)  # (N,)
+    order = np.argsort(-scores, kind="stable")
+    boxes = masks_to_boxes(binary)  # (U, 4)
+    chosen = inverse[order]
+    return {
+        "masks": binary[chosen],
+        "scores": scores[order],
+        "labels": labels[order].astype(np.int64),
+        "boxes": boxes[chosen],
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# dispatch
+
+
+def _output(outputs: Mapping[str, np.ndarray], name: str, task: str, index: int, ndim: int) -> np.ndarray:
+    if name not in outputs:
+        raise OutputsError(
+            f"the {task} post-processing needs output {name!r}, the runtime gave {sorted(outputs)}: "
+            "is the artifact exported for this task?"
+        )
+    value = np.asarray(outputs[name])
+    if value.ndim != ndim:
+        raise OutputsError(f"output {name!r} should have {ndim} dims (batch first), got shape {value.shape}")
+    if not -value.shape[0] <= index < value.shape[0]:
+        raise OutputsError(f"image index {index} is out of range for output {name!r} with batch {value.shape[0]}")
+    return value[index]
+
+
+def postprocess(
+    outputs: Mapping[str, np.ndarray],
+    metadata: Mapping[str, Any],
+    geometry: Geometry,
+    index: int = 0,
+    task: str | None = None,
+) -> dict[str, Any]:
+    """One image's results at its frame size from the runtime's (batched) outputs.
+
+    ``task`` defaults to ``metadata["task"]``; a panoptic artifact (query outputs) can also give ``"semantic"``
+    (official semantic inference from the queries) or ``"instance"``. Returns ``{"task": ...}`` plus
+    ``"semantic"`` (h, w) ids, or ``"panoptic"`` (h, w) int32 + ``"segments_info"``, or ``"instances"``
+    (see :func:`instance_from_outputs`).
+    """
+    task = task or metadata["task"]
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+    if task == "semantic" and "labels" in outputs:
+        labels = _output(outputs, "labels", task, index, 3)  # (H, W)
+        return {"task": task, "semantic": semantic_from_labels(labels, geometry)}
+    if task == "semantic" and "pred_logits" not in outputs:
+        raise OutputsError(
+            f"the semantic post-processing needs output 'labels' (or 'pred_logits' and 'pred_masks'), the runtime "
+            f"gave {sorted(outputs)}: is the artifact exported for this task?"
+        )
+
+    logits = _output(outputs, "pred_logits", task, index, 3)  # (Q, K+1)
+    masks = _output(outputs, "pred_masks", task, index, 4)  # (Q, h4, w4)
+    if logits.shape[0] != masks.shape[0]:
+        raise OutputsError(f"pred_logits {logits.shape} and pred_masks {masks.shape} disagree on the query count")
+    num_classes = len(metadata.get("class_names", ())) or logits.shape[-1] - 1
+    if logits.shape[-1] != num_classes + 1:
+        raise OutputsError(
+            f"pred_logits has {logits.shape[-1]} class columns, the metadata names {num_classes} classes "
+            "(+1 no-object expected): the outputs and the artifact metadata do not belong together"
+        )
+    inference = metadata.get("inference", {})
+    thing_ids = list(metadata.get("thing_ids", ()))
+    if task == "semantic":
+        return {"task": task, "semantic": semantic_from_outputs(logits, masks, geometry)}
+    if task == "panoptic":
+        seg, info = panoptic_from_outputs(
+            logits,
+            masks,
+            geometry,
+            thing_ids,
+            object_mask_threshold=float(inference.get("object_mask_threshold", 0.8)),
+            overlap_threshold=float(inference.get("overlap_threshold", 0.8)),
+        )
+        return {"task": task, "panoptic": seg, "segments_info": info}
+    instances = instance_from_outputs(
+        logits, masks, geometry, int(inference.get("topk_per_image", 100)), thing_ids or None
+    )
+    return {"task": task, "instances": instances}

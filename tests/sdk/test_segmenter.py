@@ -1,0 +1,202 @@
+"""Segmenter end to end on real artifacts: targets, frames of every kind, torch blocked, streaming a real clip."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+
+from compile.export import export
+from runtimes.artifact import ArtifactError
+from sdk.preprocess import FrameError
+from sdk.segmenter import Segmenter
+from sdk.targets import TargetNotAvailable
+from tests.conftest import REPO_ROOT, data_root
+from train.data.synthetic import synthetic_meta
+from train.model import Mask2Former, Mask2FormerConfig, save_checkpoint
+
+TINY = {
+    "backbone": {
+        "kind": "resnet",
+        "depths": [1, 1, 1, 1],
+        "stem_channels": 16,
+        "bottleneck_channels": 16,
+        "out_channels": 32,
+        "norm": "BN",
+    },
+    "pixel_decoder": {"conv_dim": 32, "mask_dim": 32, "num_layers": 1, "num_heads": 2, "ffn_dim": 64},
+    "decoder": {"hidden_dim": 32, "num_queries": 8, "num_heads": 2, "num_layers": 2, "ffn_dim": 64},
+}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    meta = synthetic_meta()
+    model = Mask2Former(Mask2FormerConfig.from_dict({"num_classes": meta.num_classes, **TINY})).eval()
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", model, meta)
+
+
+@pytest.fixture(scope="module")
+def artifacts(checkpoint, tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("artifacts")
+    return {
+        task: export(checkpoint, "onnxruntime", "fp32", out / f"{task}.onnx", input_size=(128, 160), task=task)
+        for task in ("semantic", "panoptic")
+    }
+
+
+def frames() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    bgr = rng.integers(0, 256, (100, 200, 3), dtype=np.uint8)
+    return {
+        "bgr": bgr,
+        "grey": cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY),
+        "grey1": cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)[..., None],
+        "bgra": cv2.cvtColor(bgr, cv2.COLOR_BGR2BGRA),
+    }
+
+
+@pytest.mark.parametrize("target", ["onnxruntime", "openvino", "cpu"])
+@pytest.mark.parametrize("kind", list(frames()))
+def test_predict_any_frame_kind(artifacts, target, kind):
+    with Segmenter(target, model=artifacts["semantic"]) as seg:
+        result = seg.predict(frames()[kind])
+    assert result.semantic.shape == (100, 200)
+    assert result.semantic.max() < len(result.class_names)
+    assert {"preprocess_ms", "inference_ms", "postprocess_ms"} <= set(result.timings)
+
+
+def test_panoptic_artifact_gives_every_view(artifacts):
+    with Segmenter("onnxruntime", model=artifacts["panoptic"]) as seg:
+        result = seg.predict(frames()["bgr"])
+        assert result.task == "panoptic" and result.panoptic.shape == (100, 200)
+        assert result.semantic.shape == (100, 200)
+        assert seg.predict_batch([frames()["bgr"], frames()["bgra"]])[1].panoptic.shape == (100, 200)
+    with Segmenter("onnxruntime", model=artifacts["panoptic"], task="instance") as seg:
+        assert seg.predict(frames()["bgr"]).task == "instance"
+    with pytest.raises(ValueError, match="cannot give instance"):
+        Segmenter("onnxruntime", model=artifacts["semantic"], task="instance")
+
+
+@pytest.mark.parametrize(
+    ("frame", "match"),
+    [
+        (np.zeros((0, 10, 3), np.uint8), "empty"),
+        (np.zeros((10, 10, 3), np.float32), "uint8"),
+        (np.zeros((10, 10, 2), np.uint8), "shape"),
+        ("not an image", "numpy array"),
+    ],
+)
+def test_bad_frames_raise_clearly(artifacts, frame, match):
+    with Segmenter("onnxruntime", model=artifacts["semantic"]) as seg, pytest.raises(FrameError, match=match):
+        seg.predict(frame)
+
+
+def test_missing_runtimes_and_devices_are_named(artifacts):
+    for target in ("tensorrt", "jetson", "cuda"):
+        with pytest.raises(TargetNotAvailable, match="tensorrt|GPU"):
+            Segmenter(target, model=artifacts["semantic"])
+    with pytest.raises(ValueError, match="unknown target"):
+        Segmenter("tpu", model=artifacts["semantic"])
+    with pytest.raises(FileNotFoundError, match="no model"):
+        Segmenter("onnxruntime", model="missing.onnx")
+
+
+def test_artifact_from_an_unknown_format_version(artifacts, tmp_path):
+    model = onnx.load(str(artifacts["semantic"]))
+    for prop in model.metadata_props:
+        if prop.key == "m2f":
+            doc = json.loads(prop.value)
+            doc["format_version"] = 99
+            prop.value = json.dumps(doc)
+    onnx.save(model, str(tmp_path / "future.onnx"))
+    with pytest.raises(ArtifactError, match="newer m2f"):
+        Segmenter("onnxruntime", model=tmp_path / "future.onnx")
+
+
+def test_checkpoint_is_compiled_once_and_cached(checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setenv("M2F_CACHE", str(tmp_path / "cache"))
+    with Segmenter("onnxruntime", model=checkpoint, input_size=(96, 128)) as seg:
+        assert seg.predict(frames()["bgr"]).semantic.shape == (100, 200)
+    cached = list((tmp_path / "cache" / "artifacts").glob("*.onnx"))
+    assert len(cached) == 1
+    stamp = cached[0].stat().st_mtime_ns
+    with Segmenter("onnxruntime", model=checkpoint, input_size=(96, 128)):
+        pass
+    assert cached[0].stat().st_mtime_ns == stamp
+
+
+def test_full_predict_with_torch_blocked(artifacts):
+    code = (
+        "import sys, json; sys.modules['torch'] = None\n"
+        "import numpy as np, sdk\n"
+        "frame = np.zeros((90, 120, 3), np.uint8)\n"
+        "shapes = {}\n"
+        "for target in ('onnxruntime', 'openvino'):\n"
+        "    with sdk.Segmenter(target, model=sys.argv[1]) as seg:\n"
+        "        shapes[target] = list(seg.predict(frame).panoptic.shape)\n"
+        "print(json.dumps(shapes))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(artifacts["panoptic"])],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"onnxruntime": [90, 120], "openvino": [90, 120]}
+
+
+@pytest.mark.slow
+def test_stream_real_clip_every_frame_in_order(artifacts, tmp_path):
+    clip = data_root() / "videos" / "solidWhiteRight.mp4"
+    if not clip.exists():
+        pytest.skip(f"{clip} is absent (set M2F_DATA)")
+    expected = int(cv2.VideoCapture(str(clip)).get(cv2.CAP_PROP_FRAME_COUNT))
+    with Segmenter("openvino", model=artifacts["semantic"]) as seg:
+        running = seg.stream(clip, output=tmp_path / "out.mp4")
+        indices = [result.frame_index for result in running]
+    assert indices == list(range(expected)) and expected == 221
+    written = cv2.VideoCapture(str(tmp_path / "out.mp4"))
+    count = 0
+    while written.read()[0]:
+        count += 1
+    assert count == expected
+    assert running.stats.frames == expected and running.stats.fps > 0
+
+
+def test_cli_stream_json_last_line(artifacts, tmp_path):
+    clip = data_root() / "videos" / "car-detection.mp4"
+    if not clip.exists():
+        pytest.skip(f"{clip} is absent (set M2F_DATA)")
+    m2f = shutil.which("m2f", path=str(Path(sys.executable).parent)) or "m2f"
+    done = subprocess.run(
+        [
+            m2f,
+            "stream",
+            str(clip),
+            "--target",
+            "onnxruntime",
+            "--model",
+            str(artifacts["semantic"]),
+            "--max-frames",
+            "20",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO_ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    stats = json.loads(done.stdout.strip().splitlines()[-1])
+    assert stats["frames"] == 20 and stats["fps"] > 0
+    assert {"latency_ms_p50", "latency_ms_p99"} <= set(stats)
