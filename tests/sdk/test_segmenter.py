@@ -101,7 +101,7 @@ def test_bad_frames_raise_clearly(artifacts, frame, match):
 
 def test_missing_runtimes_and_devices_are_named(artifacts):
     for target in ("tensorrt", "jetson", "cuda"):
-        with pytest.raises(TargetNotAvailable, match="tensorrt|GPU"):
+        with pytest.raises(TargetNotAvailable, match=r"tensorrt|GPU"):
             Segmenter(target, model=artifacts["semantic"])
     with pytest.raises(ValueError, match="unknown target"):
         Segmenter("tpu", model=artifacts["semantic"])
