@@ -24,12 +24,26 @@ setup(
             "pycocotools>=2.0.8",
             "pyyaml>=6",
             "tensorboard>=2.15",
+            # the compiler (host side): export, simplify, quantize, gate TensorRT graphs on ONNX Runtime
+            "onnx>=1.16",
+            "onnxscript>=0.1",
+            "onnxslim>=0.1",
+            "onnxruntime-extensions>=0.12",
+            "nncf>=2.12",
         ],
         "onnxruntime": ["onnxruntime>=1.18"],
         "openvino": ["openvino>=2024.4"],
         # TensorRT and pycuda come from NVIDIA's index (pip install --extra-index-url https://pypi.nvidia.com)
         "tensorrt": ["tensorrt>=10.0", "pycuda>=2024.1"],
-        "dev": ["pytest>=8", "pytest-xdist>=3.5", "pytest-benchmark>=4", "ruff>=0.6", "transformers>=4.45"],
+        "dev": [
+            "pytest>=8",
+            "pytest-xdist>=3.5",
+            "pytest-benchmark>=4",
+            "ruff>=0.6",
+            "transformers>=4.45",
+            "matplotlib>=3.8",
+            "psutil>=5.9",
+        ],
     },
     entry_points={"console_scripts": ["m2f=sdk.cli:main"]},
 )

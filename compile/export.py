@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import random
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ import onnx
 
 from compile.gate import GateImage, run_gate
 from compile.onnx_export import DEFAULT_OPSET, INPUT_NAME, OUTPUTS, DeployableMask2Former, export_onnx
-from runtimes import load_backend
+from runtimes import Backend, load_backend
 from runtimes.artifact import ARTIFACT_FORMAT_VERSION, write_metadata
 from sdk.preprocess import Geometry, fit_to_input
 from train.evaluation.semantic import semantic_gt_from_sample
@@ -121,9 +121,25 @@ def _palette(k: int) -> list[list[int]]:
 def _simplify(path: Path) -> onnx.ModelProto:
     import onnxslim
 
-    model = onnxslim.slim(onnx.load(str(path)))
+    raw = onnx.load(str(path))
+    model = onnxslim.slim(raw)
+    _retype_untyped_values(model, raw)
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def _retype_untyped_values(model: onnx.ModelProto, raw: onnx.ModelProto) -> None:
+    """onnxslim leaves the outputs of ops without an ONNX schema (the TensorRT plugin nodes) untyped, which the
+    checker rejects: put back the exporter's type where it wrote one, else drop the entry (value_info is optional)."""
+    typed = {v.name: v for v in raw.graph.value_info if v.type.tensor_type.elem_type}
+    kept = []
+    for value in model.graph.value_info:
+        source = value if value.type.tensor_type.elem_type else typed.get(value.name)
+        if source is not None:
+            kept.append(onnx.ValueInfoProto())
+            kept[-1].CopyFrom(source)
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(kept)
 
 
 def _apply_precision(
@@ -172,6 +188,10 @@ def export(
         raise ValueError(f"unknown target {target!r}; expected one of {sorted(SUPPORTED)}")
     if precision not in SUPPORTED[target]:
         raise ValueError(f"{target} does not take {precision}; it takes {', '.join(SUPPORTED[target])}")
+    if target == "tensorrt":
+        from compile.tensorrt_export import check_tensorrt_request
+
+        check_tensorrt_request(precision, input_size)
     checkpoint, out = Path(checkpoint), Path(out)
     loaded = load_pretrained(checkpoint)
     task = task or stored_task(checkpoint) or ("panoptic" if loaded.meta.thing_ids else "semantic")
@@ -184,15 +204,15 @@ def export(
         gate_set = [GateImage(img) for img in calibration[:gate_images]]
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        raw = export_onnx(loaded.model, loaded.meta, task, Path(tmp) / "raw.onnx", input_size, opset=opset)
+        export_graph = _graph_exporter(target)
+        raw = export_graph(loaded.model, loaded.meta, task, Path(tmp) / "raw.onnx", input_size, opset=opset)
         fp32 = Path(tmp) / "fp32.onnx"
         onnx.save(_simplify(raw), str(fp32))
         _apply_precision(fp32, out, target, precision, calibration)
     metadata = build_metadata(loaded, task, target, precision, input_spec, checkpoint, opset)
     _write(out, metadata)
     if gate_set:
-        runtime = "openvino" if precision in ("fp16", "bf16") else GATE_RUNTIME[target]
-        backend = load_backend(runtime, out)
+        backend = _gate_backend(target, precision, out)
         reference = DeployableMask2Former(loaded.model, loaded.meta, task)
         try:
             metadata["accuracy"] = run_gate(reference, backend, gate_set, precision, max_drop)
@@ -203,6 +223,25 @@ def export(
         logger.warning("no gate images (pass --calib or --val-data): %s is not verified against torch", out)
     logger.info("wrote %s (%s, %s, %s)", out, target, precision, task)
     return out
+
+
+def _graph_exporter(target: str) -> Callable[..., Path]:
+    """MSDA as standard ops (ONNX Runtime, OpenVINO), or as the TensorRT plugin node at a static size."""
+    if target == "tensorrt":
+        from compile.tensorrt_export import export_tensorrt_onnx
+
+        return export_tensorrt_onnx
+    return export_onnx
+
+
+def _gate_backend(target: str, precision: str, path: Path) -> Backend:
+    """The backend the gate runs the artifact with on this host (tensorrt: ONNX Runtime, plugin nodes by the
+    MSDA reference; the engine itself is built on the device)."""
+    if target == "tensorrt":
+        from compile.tensorrt_export import PluginReferenceBackend
+
+        return PluginReferenceBackend(path)
+    return load_backend("openvino" if precision in ("fp16", "bf16") else GATE_RUNTIME[target], path)
 
 
 def _write(path: Path, metadata: dict) -> None:

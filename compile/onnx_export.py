@@ -7,7 +7,8 @@ argmax), so the device returns a (B, H, W) label map. For instance/panoptic it r
 the low-resolution mask logits; the SDK upsamples only the queries it keeps.
 
 Multi-scale deformable attention is the pure-torch reference, which lowers to standard ONNX ops (GridSample
-in float32) that ONNX Runtime and OpenVINO both run.
+in float32) that ONNX Runtime and OpenVINO both run. For TensorRT, ``compile.tensorrt_export`` exports the same
+wrapper with MSDA as the plugin node instead.
 """
 
 from __future__ import annotations
