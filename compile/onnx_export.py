@@ -92,6 +92,14 @@ def export_onnx(
         height, width = torch.export.Dim("height", min=32, max=4096), torch.export.Dim("width", min=32, max=4096)
         dynamic_shapes = {"images": {1: height, 2: width}}
     logger.info("exporting %s (%s) at %s to %s", task, model.config.backbone.kind, input_size or "dynamic size", path)
+    return torch_onnx_export(wrapper, example, path, task, opset, dynamic_shapes=dynamic_shapes)
+
+
+def torch_onnx_export(
+    wrapper: DeployableMask2Former, example: Tensor, path: Path, task: str, opset: int, **options: object
+) -> Path:
+    """The dynamo exporter with our input/output names. The TorchScript exporter is not used: on this model it
+    produced masks 0.47 off with no error."""
     with torch.no_grad():
         torch.onnx.export(
             wrapper,
@@ -101,8 +109,8 @@ def export_onnx(
             output_names=list(OUTPUTS[task]),
             opset_version=opset,
             dynamo=True,
-            dynamic_shapes=dynamic_shapes,
             external_data=False,
             verbose=False,
+            **options,
         )
     return path

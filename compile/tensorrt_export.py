@@ -52,7 +52,7 @@ import torch
 from onnx import TensorProto, helper
 from torch import Tensor
 
-from compile.onnx_export import DEFAULT_OPSET, INPUT_NAME, OUTPUTS, DeployableMask2Former
+from compile.onnx_export import DEFAULT_OPSET, DeployableMask2Former, torch_onnx_export
 from plugins.msda.reference import ms_deform_attn_reference, shapes_as_pairs
 from plugins.msda.tensorrt_plugin import (
     BUILTIN_PLUGIN_NAME,
@@ -61,8 +61,8 @@ from plugins.msda.tensorrt_plugin import (
     PLUGIN_NAMESPACE,
     PLUGIN_VERSION,
 )
-from runtimes.artifact import ArtifactError, read_metadata
-from runtimes.base import Backend, RuntimeNotAvailable, TensorSpec
+from runtimes.base import RuntimeNotAvailable
+from runtimes.onnxruntime_backend import OnnxRuntimeBackend
 from train.model import Mask2Former, ModelMeta
 
 logger = logging.getLogger(__name__)
@@ -279,19 +279,8 @@ def export_tensorrt_onnx(
     example = torch.randint(0, 256, (batch_size, h, w, 3), dtype=torch.uint8)
     table = {torch.ops.m2f.ms_deform_attn.default: _translation(plugin)}
     logger.info("exporting %s for TensorRT (%s plugin) at %dx%d to %s", task, plugin, h, w, path)
-    with torch.no_grad(), msda_as_plugin_op():
-        torch.onnx.export(
-            wrapper,
-            (example,),
-            str(path),
-            input_names=[INPUT_NAME],
-            output_names=list(OUTPUTS[task]),
-            opset_version=opset,
-            dynamo=True,
-            custom_translation_table=table,
-            external_data=False,
-            verbose=False,
-        )
+    with msda_as_plugin_op():
+        torch_onnx_export(wrapper, example, path, task, opset, custom_translation_table=table)
     exported = onnx.load(str(path))
     onnx.checker.check_model(exported, full_check=True)
     layers = sum(1 for m in model.modules() if type(m).__name__ == "MSDeformAttn")
@@ -413,54 +402,17 @@ def onnxruntime_reference_model(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-_ORT_TYPES = {
-    "tensor(uint8)": np.uint8,
-    "tensor(int32)": np.int32,
-    "tensor(int64)": np.int64,
-    "tensor(float16)": np.float16,
-    "tensor(float)": np.float32,
-}
-
-
-class PluginReferenceBackend(Backend):
+class PluginReferenceBackend(OnnxRuntimeBackend):
     """A TensorRT-target artifact on ONNX Runtime (CPU), its plugin nodes computed by :func:`ms_deform_attn_numpy`.
 
     For checking such artifacts where TensorRT is not (the compiler's gate, tests); not for deployment.
     """
 
-    name = "onnxruntime"
-
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
-        import onnxruntime as ort
+        super().__init__(path, device="cpu", threads=threads)
 
-        super().__init__(read_metadata(path), path)
-        options = ort.SessionOptions()
+    def _model_source(self) -> bytes:
+        return onnxruntime_reference_model(onnx.load(str(self.path))).SerializeToString()
+
+    def _extend_options(self, options: Any) -> None:
         options.register_custom_ops_library(_register_onnxruntime_ops())
-        if threads is not None:
-            options.intra_op_num_threads = int(threads)
-        model = onnxruntime_reference_model(onnx.load(str(self.path)))
-        self._session = ort.InferenceSession(
-            model.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"]
-        )
-        self._input_specs = {}
-        for node in self._session.get_inputs():
-            if node.type not in _ORT_TYPES:
-                raise ArtifactError(f"input {node.name!r} has type {node.type}, which this backend does not feed")
-            shape = tuple(d if isinstance(d, int) else None for d in node.shape)
-            self._input_specs[node.name] = TensorSpec(node.name, shape, np.dtype(_ORT_TYPES[node.type]))
-        self._output_names = [node.name for node in self._session.get_outputs()]
-        self._check_engine_matches_metadata()
-
-    @property
-    def input_specs(self) -> dict[str, TensorSpec]:
-        return self._input_specs
-
-    @property
-    def output_names(self) -> list[str]:
-        return self._output_names
-
-    def _run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(self._output_names, self._session.run(self._output_names, inputs), strict=True))
-
-    def _close(self) -> None:
-        del self._session

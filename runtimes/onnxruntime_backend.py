@@ -85,8 +85,9 @@ class OnnxRuntimeBackend(Backend):
             if key.startswith("_") or not hasattr(options, key):
                 raise TypeError(f"unknown onnxruntime.SessionOptions attribute {key!r}")
             setattr(options, key, value)
+        self._extend_options(options)
 
-        self._session = ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
+        self._session = ort.InferenceSession(self._model_source(), sess_options=options, providers=providers)
         if "CUDAExecutionProvider" in providers and "CUDAExecutionProvider" not in self._session.get_providers():
             raise DeviceNotAvailable(
                 "ONNX Runtime could not start its CUDA provider (no GPU visible, or CUDA/cuDNN libraries missing "
@@ -114,6 +115,13 @@ class OnnxRuntimeBackend(Backend):
     def providers(self) -> list[str]:
         """The providers the session actually uses, in priority order."""
         return list(self._session.get_providers())
+
+    def _model_source(self) -> str | bytes:
+        """What the session loads: the artifact's path; a subclass may hand over a rewritten model's bytes."""
+        return str(self.path)
+
+    def _extend_options(self, options: Any) -> None:
+        """Hook for a subclass to register custom-op libraries on the session options."""
 
     def _run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         outputs = self._session.run(self._output_names, inputs)

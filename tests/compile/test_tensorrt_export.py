@@ -32,22 +32,12 @@ from compile.tensorrt_export import (
 from plugins.msda import ms_deform_attn
 from plugins.msda.reference import ms_deform_attn_reference
 from runtimes.artifact import read_metadata, write_metadata
+from tests.tiny_models import tiny_architecture
 from train.data.synthetic import synthetic_meta
 from train.model import Mask2Former, Mask2FormerConfig, load_pretrained, save_checkpoint
 
 ENCODER_LAYERS = 2
-TINY = {
-    "backbone": {
-        "kind": "resnet",
-        "depths": [1, 1, 1, 1],
-        "stem_channels": 16,
-        "bottleneck_channels": 16,
-        "out_channels": 32,
-        "norm": "BN",
-    },
-    "pixel_decoder": {"conv_dim": 32, "mask_dim": 32, "num_layers": ENCODER_LAYERS, "num_heads": 2, "ffn_dim": 64},
-    "decoder": {"hidden_dim": 32, "num_queries": 8, "num_heads": 2, "num_layers": 2, "ffn_dim": 64},
-}
+TINY = tiny_architecture(encoder_layers=ENCODER_LAYERS)
 INPUT = (96, 128)
 TASK = "panoptic"
 PARITY = 1e-4

@@ -19,21 +19,11 @@ from sdk.preprocess import FrameError
 from sdk.segmenter import Segmenter
 from sdk.targets import TargetNotAvailable
 from tests.conftest import REPO_ROOT, data_root
+from tests.tiny_models import tiny_architecture
 from train.data.synthetic import synthetic_meta
 from train.model import Mask2Former, Mask2FormerConfig, save_checkpoint
 
-TINY = {
-    "backbone": {
-        "kind": "resnet",
-        "depths": [1, 1, 1, 1],
-        "stem_channels": 16,
-        "bottleneck_channels": 16,
-        "out_channels": 32,
-        "norm": "BN",
-    },
-    "pixel_decoder": {"conv_dim": 32, "mask_dim": 32, "num_layers": 1, "num_heads": 2, "ffn_dim": 64},
-    "decoder": {"hidden_dim": 32, "num_queries": 8, "num_heads": 2, "num_layers": 2, "ffn_dim": 64},
-}
+TINY = tiny_architecture()
 
 
 @pytest.fixture(scope="module")

@@ -15,24 +15,14 @@ import torch
 import yaml
 
 from tests.conftest import REPO_ROOT
+from tests.tiny_models import tiny_architecture
 from train.data.synthetic import synthetic_panoptic, write_synthetic_dataset
 from train.evaluation.runner import evaluate_model
 from train.model import Mask2Former, Mask2FormerConfig, load_pretrained
 from train.train_config import TrainConfig
 from train.trainer import GlobalBatchSampler, Trainer
 
-TINY_MODEL = {
-    "backbone": {
-        "kind": "resnet",
-        "depths": [1, 1, 1, 1],
-        "stem_channels": 16,
-        "bottleneck_channels": 16,
-        "out_channels": 32,
-        "norm": "BN",
-    },
-    "pixel_decoder": {"conv_dim": 64, "mask_dim": 64, "num_layers": 2, "num_heads": 4, "ffn_dim": 128},
-    "decoder": {"hidden_dim": 64, "num_queries": 16, "num_heads": 4, "num_layers": 3, "ffn_dim": 128},
-}
+TINY_MODEL = tiny_architecture(width=64, queries=16, encoder_layers=2, decoder_layers=3)
 
 
 def tiny_train_config(root: Path, max_iters: int, **overrides) -> dict:
