@@ -21,11 +21,11 @@ class BackendInputError(ValueError):
     """The inputs given to :meth:`Backend.run` do not match what the artifact expects."""
 
 
-class RuntimeNotAvailable(ImportError):  # noqa: N818 - the name says what is wrong, as ImportError does
+class RuntimeNotAvailable(ImportError):
     """The runtime's Python package (or its backend module) is not installed; the message says what to install."""
 
 
-class DeviceNotAvailable(RuntimeError):  # noqa: N818
+class DeviceNotAvailable(RuntimeError):
     """The runtime is installed but cannot reach the asked-for device (no GPU, wrong build, driver missing)."""
 
 
