@@ -9,9 +9,10 @@ setup(
     version="0.1.0",
     description="Train Mask2Former, compile it for ONNX Runtime / OpenVINO / TensorRT, run it on the edge",
     python_requires=">=3.10",
-    packages=find_packages(include=["plugins*", "train*", "compile*", "runtimes*", "sdk*"]),
+    packages=find_packages(include=["plugins*", "train*", "compile*", "runtimes*", "sdk*", "benchmarks*"]),
     package_data={
         "train.model": ["zoo_classes.json"],
+        "sdk": ["models/*.onnx", "models/*.md"],
         "plugins.msda": ["*.cu", "*.cpp", "*.h", "*.md", "CMakeLists.txt"],
     },
     install_requires=["numpy>=1.26", "opencv-python-headless>=4.9", "tqdm>=4.66"],

@@ -1,0 +1,484 @@
+"""Benchmark harness: every target x precision of one model beside its peers, one subprocess per row.
+
+    from benchmarks.harness import BenchmarkOptions, run_benchmark
+    rows = run_benchmark(BenchmarkOptions(model="ade20k-semantic-swin-t", data=Path(".../camvid"), out=Path(...)))
+
+Rows, in order: our eager torch model (the fp32 reference every row's label agreement is measured against), the
+HF transformers model eager and its own ONNX export on OpenVINO (the peers, same architecture and weights), then
+our artifacts per target x precision. Each row is measured in its own process (``benchmarks.worker``), so its
+peak memory is its own and a crashing runtime only turns its row into an error; artifacts and logs go to a cache
+folder, never into ``out`` (which gets Markdown, CSV, JSON and a PNG plot: see ``benchmarks.report``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+DATA_FORMATS = ("auto", "camvid", "ade20k", "cityscapes", "images")
+
+
+@dataclass(frozen=True)
+class TargetKind:
+    """One benchmark target: who made it (``m2f`` or the ``hf`` peer), its runtime and the precisions it takes."""
+
+    family: str
+    runtime: str
+    precisions: tuple[str, ...]
+    needs: tuple[str, ...]  # Python packages
+    description: str
+
+
+# target name -> kind; m2f precisions mirror compile.export.SUPPORTED (tests/benchmarks check they agree)
+TARGETS: dict[str, TargetKind] = {
+    "torch": TargetKind("m2f", "torch", ("fp32",), ("torch",), "our model in eager PyTorch: the fp32 reference"),
+    "hf-eager": TargetKind("hf", "eager", ("fp32",), ("torch", "transformers"), "HF Mask2Former, eager PyTorch"),
+    "hf-openvino": TargetKind(
+        "hf", "openvino", ("fp32",), ("torch", "transformers", "onnxruntime", "openvino"), "HF's ONNX on OpenVINO"
+    ),
+    "onnxruntime": TargetKind("m2f", "onnxruntime", ("fp32", "int8"), ("torch", "onnxruntime"), "our artifact, ORT"),
+    "openvino": TargetKind(
+        "m2f", "openvino", ("fp32", "fp16", "bf16", "int8"), ("torch", "openvino"), "our artifact, OpenVINO"
+    ),
+    "tensorrt": TargetKind("m2f", "tensorrt", ("fp32", "fp16", "int8"), ("torch", "tensorrt"), "our artifact, TRT"),
+}
+REFERENCE = ("torch", "fp32")
+DEFAULT_PRECISIONS = ("fp32", "bf16", "int8")  # fp16 joins when a GPU target runs
+LABELS = {
+    "torch": "m2f torch (eager)",
+    "hf-eager": "HF transformers (eager)",
+    "hf-openvino": "HF → ONNX → OpenVINO",
+    "onnxruntime": "m2f ONNX Runtime",
+    "openvino": "m2f OpenVINO",
+    "tensorrt": "m2f TensorRT",
+}
+
+
+@dataclass
+class BenchmarkOptions:
+    """Everything one benchmark run needs; ``m2f benchmark --help`` documents each field."""
+
+    out: Path
+    model: str = "ade20k-semantic-swin-t"
+    targets: Sequence[str] | None = None  # None: every available target
+    precisions: Sequence[str] | None = None  # None: DEFAULT_PRECISIONS (+ fp16 with a GPU target)
+    data: Path | None = None
+    data_format: str = "auto"
+    split: str = "val"
+    video: Path | None = None
+    images: int = 10
+    input_size: tuple[int, int] = (512, 512)
+    task: str = "semantic"
+    runs: int = 10
+    warmup: int = 3
+    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    calib: Path | None = None
+    calib_images: int = 32
+    gate_images: int = 4
+    seed: int = 0
+    cache: Path | None = None
+    timeout_s: float = 3600.0
+    profile: bool = False
+    stream: bool = True
+    title: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------- subprocess jobs
+
+
+def run_job(
+    job: str, spec: dict, work: Path, name: str, timeout_s: float, module: str = "benchmarks.worker", threads: int = 1
+) -> dict:
+    """Run ``python -m module job spec.json result.json`` and return its result (``{"error": ...}`` on failure).
+
+    A timeout, a crash (signal) or a non-zero exit becomes an error message with the log's last line; the full
+    log stays in ``work/logs/name.log``.
+    """
+    for sub in ("jobs", "logs"):
+        (work / sub).mkdir(parents=True, exist_ok=True)
+    spec_path, result_path, log_path = work / "jobs" / f"{name}.json", work / "jobs" / f"{name}.result.json", None
+    log_path = work / "logs" / f"{name}.log"
+    spec_path.write_text(json.dumps(spec, indent=1, default=str))
+    result_path.unlink(missing_ok=True)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    env["OMP_NUM_THREADS"] = str(threads)
+    command = [sys.executable, "-m", module, job, str(spec_path), str(result_path)]
+    start = time.perf_counter()
+    with log_path.open("w") as log:
+        try:
+            proc = subprocess.run(
+                command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT, timeout=timeout_s
+            )
+        except subprocess.TimeoutExpired:
+            return {"error": f"timed out after {timeout_s:.0f} s (log: {log_path})"}
+    elapsed = time.perf_counter() - start
+    result: dict = json.loads(result_path.read_text()) if result_path.exists() else {}
+    if proc.returncode != 0 and "error" not in result:
+        if proc.returncode < 0:
+            try:
+                why = f"crashed with {signal.Signals(-proc.returncode).name}"
+            except ValueError:
+                why = f"crashed with signal {-proc.returncode}"
+        else:
+            why = f"exited with status {proc.returncode}"
+        result = {"error": f"{job} {why}: {_last_line(log_path)} (log: {log_path})"}
+    result.setdefault("job_s", elapsed)
+    return result
+
+
+def _last_line(path: Path) -> str:
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "(no output)"
+
+
+# ---------------------------------------------------------------------------------------------- planning
+
+
+def target_available(name: str) -> str | None:
+    """None when ``name`` can run here, else why not."""
+    missing = [m for m in TARGETS[name].needs if importlib.util.find_spec(m) is None]
+    if missing:
+        return f"{name} needs {', '.join(missing)} (not installed)"
+    if TARGETS[name].runtime == "tensorrt":
+        from sdk.targets import TargetNotAvailable, resolve_target
+
+        try:
+            resolve_target("tensorrt")
+        except TargetNotAvailable as err:
+            return str(err)
+    return None
+
+
+def plan_rows(targets: Sequence[str] | None, precisions: Sequence[str] | None) -> list[dict]:
+    """The rows to run, reference first: ``{"id", "target", "family", "runtime", "precision", "label"}``.
+
+    ``targets=None`` means every available target (unavailable ones named explicitly become error rows).
+    """
+    unknown = [t for t in targets or () if t not in TARGETS]
+    if unknown:
+        raise ValueError(f"unknown target(s) {unknown}; expected some of {', '.join(TARGETS)}")
+    if targets is None:
+        targets = [t for t in TARGETS if target_available(t) is None]
+        skipped = [t for t in TARGETS if t not in targets]
+        if skipped:
+            logger.info("not available here, skipped: %s", ", ".join(skipped))
+    if precisions is None:
+        precisions = DEFAULT_PRECISIONS + (("fp16",) if "tensorrt" in targets else ())
+    bad = [p for p in precisions if p not in ("fp32", "fp16", "bf16", "int8")]
+    if bad:
+        raise ValueError(f"unknown precision(s) {bad}; expected some of fp32, fp16, bf16, int8")
+    pairs = [REFERENCE]
+    for target in TARGETS:  # table order, not command-line order
+        if target in targets:
+            pairs += [(target, p) for p in TARGETS[target].precisions if p in precisions and (target, p) != REFERENCE]
+    return [
+        {
+            "id": f"{TARGETS[t].family}-{t.removeprefix('hf-')}-{p}",
+            "target": t,
+            "family": TARGETS[t].family,
+            "runtime": TARGETS[t].runtime,
+            "precision": p,
+            "label": LABELS[t],
+        }
+        for t, p in pairs
+    ]
+
+
+# ---------------------------------------------------------------------------------------------- evaluation set
+
+
+def _detect_format(data: Path, split: str) -> str:
+    if (data / "classes.csv").exists() and (data / split).is_dir() and (data / f"{split}annot").is_dir():
+        return "camvid"
+    if (data / "images").is_dir() and (data / "annotations").is_dir():
+        return "ade20k"
+    if (data / "leftImg8bit").is_dir():
+        return "cityscapes"
+    return "images"
+
+
+def _evenly(n: int, count: int) -> list[int]:
+    return sorted({round(float(i)) for i in np.linspace(0, n - 1, min(n, count))})
+
+
+def prepare_eval_set(
+    out: Path, data: Path | None, video: Path | None, count: int, data_format: str = "auto", split: str = "val"
+) -> dict:
+    """Write ``count`` frames (evenly spread over the source) and their ground truth, if any, to ``out`` (.npz).
+
+    Returns ``{"source", "count", "has_labels", "class_names"}``.
+    """
+    frames: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    class_names: list[str] | None = None
+    if video is not None:
+        frames = read_video_frames(video, count)
+        source = f"{video.name}: {len(frames)} frames"
+    elif data is not None:
+        if not data.is_dir():
+            raise FileNotFoundError(f"--data {data} is not a folder")
+        fmt = _detect_format(data, split) if data_format == "auto" else data_format
+        if fmt == "images":
+            files = sorted(p for p in data.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {data}")
+            for i in _evenly(len(files), count):
+                image = cv2.imread(str(files[i]), cv2.IMREAD_COLOR)
+                if image is None:
+                    raise ValueError(f"cannot read image {files[i]}")
+                frames.append(image)
+            source = f"{data.name}: {len(frames)} images (no labels)"
+        else:
+            from train.data import build_dataset
+            from train.evaluation.semantic import semantic_gt_from_sample
+
+            dataset = build_dataset({"format": fmt, "root": str(data), "split": split})
+            class_names = list(dataset.meta.class_names)
+            for i in _evenly(len(dataset), count):
+                sample = dataset[i]
+                frames.append(np.ascontiguousarray(sample["image"].permute(1, 2, 0).numpy()[..., ::-1]))
+                h, w = frames[-1].shape[:2]
+                labels.append(semantic_gt_from_sample(sample["labels"], sample["masks"], sample["iscrowd"], h, w))
+            source = f"{fmt} {split}: {len(frames)} of {len(dataset)} images, labelled"
+    else:
+        raise ValueError("pass --data DIR (CamVid/ADE20K/Cityscapes root or a folder of images) or --video FILE")
+    arrays = {f"frame_{i}": f for i, f in enumerate(frames)}
+    arrays.update({f"label_{i}": lab.astype(np.uint8 if lab.max() < 256 else np.int32) for i, lab in enumerate(labels)})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out, count=len(frames), **arrays)
+    return {"source": source, "count": len(frames), "has_labels": bool(labels), "class_names": class_names}
+
+
+def read_video_frames(path: Path, count: int) -> list[np.ndarray]:
+    """``count`` BGR frames evenly spread over a video file."""
+    if not path.exists():
+        raise FileNotFoundError(f"no video at {path}")
+    capture = cv2.VideoCapture(str(path))
+    try:
+        total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or count
+        wanted = set(_evenly(total, count))
+        frames = []
+        for index in range(max(wanted) + 1):
+            ok, frame = capture.read()
+            if not ok:
+                break
+            if index in wanted:
+                frames.append(frame)
+    finally:
+        capture.release()
+    if not frames:
+        raise ValueError(f"OpenCV decoded no frame from {path}")
+    return frames
+
+
+# ---------------------------------------------------------------------------------------------- the run
+
+
+def default_cache() -> Path:
+    """$M2F_CACHE/benchmarks, else ~/.cache/m2f/benchmarks: artifacts, logs, evaluation frames."""
+    return Path(os.environ.get("M2F_CACHE", Path.home() / ".cache" / "m2f")) / "benchmarks"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")[:60] or "model"
+
+
+def model_key(model: str, seed: int) -> str:
+    """Cache key of a benchmark model: its name, seed and (for files) content hash."""
+    path = Path(model)
+    digest = ""
+    if path.is_file():
+        digest = "-" + hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    elif path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file())
+        digest = "-" + hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in files)).hexdigest()[:12]
+    return f"{_slug(path.stem if (path.is_file() or path.is_dir()) else model)}{digest}-seed{seed}"
+
+
+def run_benchmark(opts: BenchmarkOptions) -> list[dict]:
+    """Run every planned row and write the report to ``opts.out``; returns the rows (see ``benchmarks.report``)."""
+    from benchmarks.report import environment, write_report
+
+    if opts.task != "semantic":
+        raise ValueError("the harness measures semantic segmentation (label maps); --task semantic")
+    if opts.runs < 1 or opts.warmup < 0 or opts.images < 1:
+        raise ValueError("need --runs >= 1, --warmup >= 0 and --images >= 1")
+    cache = (opts.cache or default_cache()).resolve()
+    key = model_key(opts.model, opts.seed)
+    work = cache / "runs" / _slug(str(opts.out.resolve()))
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    env = environment(opts.threads)
+    rows = plan_rows(opts.targets, opts.precisions)
+
+    model_dir = cache / "models" / key
+    info_path = model_dir / "info.json"
+    if info_path.exists():
+        model = json.loads(info_path.read_text())
+    else:
+        logger.info("preparing model %s in %s", opts.model, model_dir)
+        model = run_job(
+            "prepare_model",
+            {"model": opts.model, "dir": str(model_dir), "seed": opts.seed},
+            work,
+            "prepare_model",
+            opts.timeout_s,
+            threads=opts.threads,
+        )
+        if "error" in model:
+            raise RuntimeError(f"cannot prepare --model {opts.model}: {model['error']}")
+        info_path.write_text(json.dumps(model, indent=1))
+
+    eval_path = work / "eval.npz"
+    evaluation = prepare_eval_set(eval_path, opts.data, opts.video, opts.images, opts.data_format, opts.split)
+    num_classes = _num_classes(model["checkpoint"])
+    match = (
+        evaluation["has_labels"]
+        and evaluation["class_names"] is not None
+        and len(evaluation["class_names"]) == num_classes
+    )
+    if evaluation["has_labels"] and not match:
+        logger.warning("no mIoU: the model has %d classes, the dataset %d", num_classes, len(evaluation["class_names"]))
+    calib = opts.calib
+    if calib is None and opts.data is not None and _detect_format(opts.data, "train") == "camvid":
+        calib = opts.data / "train"
+    reference = work / "reference_labels.npz"
+    reference.unlink(missing_ok=True)
+
+    common = {
+        "checkpoint": model["checkpoint"],
+        "hf_dir": model.get("hf_dir"),
+        "task": opts.task,
+        "input_size": list(opts.input_size),
+        "threads": opts.threads,
+        "runs": opts.runs,
+        "warmup": opts.warmup,
+        "eval": str(eval_path),
+        "reference": str(reference),
+        "num_classes": num_classes,
+        "num_classes_match": match,
+        "stream": opts.stream,
+        "profile": opts.profile,
+    }
+    artifacts = cache / "artifacts" / key
+    results = []
+    for row in tqdm(rows, desc="benchmark rows", unit="row"):
+        logger.info("row %s (%s %s)", row["id"], row["target"], row["precision"])
+        result = _run_row(row, common, model, artifacts, work, opts, calib)
+        results.append({**row, **result})
+        if "error" in result:
+            logger.warning("row %s failed: %s", row["id"], result["error"])
+    run_info = {
+        "title": opts.title or f"{opts.model}, {opts.input_size[0]}x{opts.input_size[1]}, {opts.task}",
+        "model": opts.model,
+        "weights": model.get("weights"),
+        "num_classes": num_classes,
+        "task": opts.task,
+        "input_size": list(opts.input_size),
+        "evaluation": evaluation["source"],
+        "runs": opts.runs,
+        "warmup": opts.warmup,
+        "threads": opts.threads,
+        "calibration": f"{calib} ({opts.calib_images} images, letterboxed)" if calib else None,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
+        "duration_s": round(time.time() - started, 1),
+        "work_dir": str(work),
+        "environment": env,
+    }
+    write_report(opts.out, results, run_info)
+    return results
+
+
+def _num_classes(checkpoint: str) -> int:
+    import torch
+
+    payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    return len(payload["meta"]["class_names"])
+
+
+def _run_row(
+    row: dict, common: dict, model: dict, artifacts: Path, work: Path, opts: BenchmarkOptions, calib: Path | None
+) -> dict:
+    """Build what the row needs (artifact / HF export, cached), then measure it; errors become the row's error."""
+    why = target_available(row["target"])
+    if why is not None:
+        return {"error": why}
+    if row["family"] == "hf" and not model.get("hf_dir"):
+        return {"error": model.get("peer_error", "no HF model for this --model")}
+    spec = {**common, "row": row, "write_reference": (row["target"], row["precision"]) == REFERENCE}
+    size = "x".join(map(str, opts.input_size))
+    extra: dict[str, Any] = {}
+    if row["target"] == "hf-openvino":
+        path = artifacts / f"hf-{size}.onnx"
+        built = _cached_build(
+            path,
+            "hf_export",
+            {"hf_dir": model["hf_dir"], "input_size": common["input_size"], "threads": opts.threads},
+            work,
+            f"{row['id']}-export",
+            opts,
+        )
+        if "error" in built:
+            return {"error": f"HF ONNX export: {built['error']}", "export_errors": built.get("export_errors")}
+        spec.update(artifact=str(path), exporter=built["exporter"])
+        extra = {
+            "exporter": built["exporter"],
+            "export_errors": built.get("errors") or None,
+            "export_max_abs_diff": built.get("max_abs_diff"),
+        }
+    elif row["family"] == "m2f" and row["runtime"] != "torch":
+        precision = row["precision"]
+        if precision == "int8" and calib is None:
+            return {"error": "int8 needs calibration images: pass --calib DIR (or --data with a train split)"}
+        suffix = f"-calib{opts.calib_images}-{_slug(str(calib))[-24:]}" if precision == "int8" else ""
+        path = artifacts / f"{row['target']}-{precision}-{size}{suffix}.onnx"
+        export_spec = {
+            "checkpoint": model["checkpoint"],
+            "target": row["target"],
+            "precision": precision,
+            "task": opts.task,
+            "input_size": common["input_size"],
+            "calib_dir": str(calib) if precision == "int8" else None,
+            "calib_images": opts.calib_images,
+            "gate_images": opts.gate_images,
+        }
+        built = _cached_build(path, "export", export_spec, work, f"{row['id']}-export", opts)
+        if "error" in built:
+            return {"error": f"export: {built['error']}"}
+        spec["artifact"] = str(path)
+        extra = {"export_s": built.get("export_s"), "gate": built.get("gate")}
+    measured = run_job("measure", spec, work, row["id"], opts.timeout_s, threads=opts.threads)
+    return {**{k: v for k, v in extra.items() if v is not None}, **measured}
+
+
+def _cached_build(path: Path, job: str, spec: dict, work: Path, name: str, opts: BenchmarkOptions) -> dict:
+    """An artifact built once per cache key; its build result is kept beside it as JSON."""
+    record = path.with_suffix(".json")
+    if path.exists() and record.exists():
+        return json.loads(record.read_text())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    result = run_job(job, {**spec, "out": str(path)}, work, name, opts.timeout_s, threads=opts.threads)
+    if "error" not in result:
+        record.write_text(json.dumps(result, indent=1))
+    return result

@@ -1,0 +1,245 @@
+"""The benchmark harness: row planning, jobs in subprocesses (failures become rows), and a tiny model end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+import textwrap
+import tomllib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from benchmarks.harness import TARGETS, plan_rows, prepare_eval_set, run_job
+from tests.conftest import REPO_ROOT
+
+# A very small HF Mask2Former (Swin backbone) with 3 classes: the harness builds it with seeded random weights.
+TINY_HF_CONFIG = {
+    "model_type": "mask2former",
+    "backbone_config": {
+        "model_type": "swin",
+        "embed_dim": 16,
+        "depths": [1, 1, 1, 1],
+        "num_heads": [1, 2, 4, 8],
+        "window_size": 3,
+        "image_size": 64,
+        "drop_path_rate": 0.0,
+    },
+    "feature_size": 32,
+    "mask_feature_size": 32,
+    "hidden_dim": 32,
+    "encoder_layers": 1,
+    "decoder_layers": 2,
+    "num_queries": 5,
+    "num_attention_heads": 2,
+    "encoder_feedforward_dim": 64,
+    "dim_feedforward": 64,
+    "id2label": {"0": "Sky", "1": "Road", "2": "Car"},
+}
+CLASSES = "id,name,r,g,b\n0,Sky,128,128,128\n1,Road,128,64,128\n2,Car,64,0,128\n11,Unlabelled,0,0,0\n"
+
+
+def _fake_camvid(root: Path, images: int = 3) -> Path:
+    """CamVid's layout with 3 classes (+ void 11): sky over road, a car box; images 72x96."""
+    rng = np.random.default_rng(0)
+    (root / "classes.csv").parent.mkdir(parents=True, exist_ok=True)
+    (root / "classes.csv").write_text(CLASSES)
+    for split in ("train", "val"):
+        (root / split).mkdir(exist_ok=True)
+        (root / f"{split}annot").mkdir(exist_ok=True)
+        for i in range(images):
+            label = np.ones((72, 96), np.uint8)
+            horizon = int(rng.integers(20, 40))
+            label[:horizon] = 0
+            x = int(rng.integers(0, 60))
+            label[horizon + 5 : horizon + 25, x : x + 30] = 2
+            label[-3:] = 11
+            colours = np.array([[200, 180, 150], [90, 90, 90], [30, 30, 200]], np.uint8)
+            image = colours[np.minimum(label, 2)] + rng.integers(0, 20, (72, 96, 3)).astype(np.uint8)
+            cv2.imwrite(str(root / split / f"f{i}.png"), image)
+            cv2.imwrite(str(root / f"{split}annot" / f"f{i}.png"), label)
+    return root
+
+
+# ---------------------------------------------------------------------------------------------- planning
+
+
+def test_plan_puts_the_reference_first_and_filters_precisions():
+    rows = plan_rows(["openvino", "onnxruntime", "hf-eager"], ["fp32", "bf16", "int8"])
+    ids = [r["id"] for r in rows]
+    assert ids == [
+        "m2f-torch-fp32",
+        "hf-eager-fp32",
+        "m2f-onnxruntime-fp32",
+        "m2f-onnxruntime-int8",
+        "m2f-openvino-fp32",
+        "m2f-openvino-bf16",
+        "m2f-openvino-int8",
+    ]
+    with pytest.raises(ValueError, match="unknown target"):
+        plan_rows(["tflite"], None)
+    with pytest.raises(ValueError, match="unknown precision"):
+        plan_rows(["openvino"], ["int4"])
+
+
+def test_target_precisions_are_the_compilers():
+    pytest.importorskip("torch")
+    from compile.export import SUPPORTED
+
+    for name, kind in TARGETS.items():
+        if kind.family == "m2f" and kind.runtime != "torch":
+            assert kind.precisions == SUPPORTED[name]
+
+
+def test_hf_config_round_trips_through_config_from_hf():
+    pytest.importorskip("torch")
+    from benchmarks.peers import hf_config_dict
+    from train.model.convert_hf import config_from_hf
+    from train.model.zoo import get_zoo_entry
+
+    for name in ("ade20k-semantic-swin-t", "coco-panoptic-r50"):
+        entry = get_zoo_entry(name)
+        config, names = config_from_hf(hf_config_dict(entry.config, entry.meta.class_names))
+        assert config == entry.config
+        assert tuple(names) == entry.meta.class_names
+
+
+def test_default_pytest_run_does_not_collect_benchmarks():
+    config = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    assert config["tool"]["pytest"]["ini_options"]["testpaths"] == ["tests"]
+    assert list((REPO_ROOT / "benchmarks").glob("test_bench_*.py")), "the pytest-benchmark suites are missing"
+
+
+# ---------------------------------------------------------------------------------------------- jobs
+
+
+@pytest.fixture
+def job_module(tmp_path, monkeypatch) -> str:
+    """A stand-in worker module: job "ok" answers, "raise" raises, "crash" segfaults, "hang" sleeps."""
+    (tmp_path / "fake_worker.py").write_text(
+        textwrap.dedent(
+            """
+            import json, os, signal, sys, time
+            job, spec, result = sys.argv[1:]
+            if job == "ok":
+                json.dump({"value": json.load(open(spec))["x"] * 2}, open(result, "w"))
+            elif job == "raise":
+                print("Traceback: ValueError: no such engine", flush=True)
+                sys.exit(1)
+            elif job == "crash":
+                print("about to crash", flush=True)
+                os.kill(os.getpid(), signal.SIGSEGV)
+            elif job == "hang":
+                time.sleep(60)
+            """
+        )
+    )
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    return "fake_worker"
+
+
+def test_run_job_returns_the_result(job_module, tmp_path):
+    assert run_job("ok", {"x": 21}, tmp_path / "work", "ok", 60, module=job_module)["value"] == 42
+
+
+@pytest.mark.parametrize(
+    ("job", "timeout", "message"),
+    [
+        ("raise", 60, "raise exited with status 1: Traceback: ValueError: no such engine"),
+        ("crash", 60, "crash crashed with SIGSEGV: about to crash"),
+        ("hang", 2, "timed out after 2 s"),
+    ],
+)
+def test_a_failing_job_becomes_an_error(job_module, tmp_path, job, timeout, message):
+    result = run_job(job, {}, tmp_path / "work", job, timeout, module=job_module)
+    assert message in result["error"]
+    assert (tmp_path / "work" / "logs" / f"{job}.log").exists()
+
+
+# ---------------------------------------------------------------------------------------------- evaluation set
+
+
+def test_eval_set_from_a_labelled_folder_and_from_a_video(tmp_path):
+    pytest.importorskip("torch")
+    root = _fake_camvid(tmp_path / "camvid", images=4)
+    info = prepare_eval_set(tmp_path / "eval.npz", root, None, 2)
+    assert info["count"] == 2 and info["has_labels"] and info["class_names"] == ["Sky", "Road", "Car"]
+    with np.load(tmp_path / "eval.npz") as data:
+        assert data["frame_0"].shape == (72, 96, 3) and set(np.unique(data["label_0"])) <= {0, 1, 2, 255}
+
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (96, 72))
+    for i in range(12):
+        writer.write(np.full((72, 96, 3), 20 * i, np.uint8))
+    writer.release()
+    info = prepare_eval_set(tmp_path / "video.npz", None, video, 3)
+    assert info == {"source": "clip.avi: 3 frames", "count": 3, "has_labels": False, "class_names": None}
+    with pytest.raises(ValueError, match="--data DIR"):
+        prepare_eval_set(tmp_path / "none.npz", None, None, 3)
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+def test_tiny_model_end_to_end(tmp_path, monkeypatch, capsys):
+    """Every row kind on a tiny Swin model: tables, plot, peers with the same weights, a failing row that does not
+    stop the run (an fp16 ONNX Runtime target the compiler refuses, in its subprocess)."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("matplotlib")
+    from benchmarks import harness
+    from benchmarks.cli import benchmark_main
+
+    # a deliberately failing target: the compiler refuses fp16 for onnxruntime inside the export job
+    kind = TARGETS["onnxruntime"]
+    monkeypatch.setitem(
+        TARGETS, "onnxruntime", harness.TargetKind(kind.family, kind.runtime, ("fp32", "fp16"), kind.needs, "")
+    )
+    config = tmp_path / "tiny_config.json"
+    config.write_text(json.dumps(TINY_HF_CONFIG))
+    data = _fake_camvid(tmp_path / "camvid")
+    out = tmp_path / "report"
+    argv = [
+        *("--model", str(config), "--data", str(data), "--input-size", "64x64", "--images", "2"),
+        *("--runs", "2", "--warmup", "1", "--threads", "1", "--cache", str(tmp_path / "cache"), "--out", str(out)),
+        *("--targets", "torch", "hf-eager", "hf-openvino", "onnxruntime", "--precisions", "fp32", "fp16"),
+    ]
+    assert benchmark_main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| m2f ONNX Runtime | fp16 |" in printed and "**error**" in printed
+
+    assert {p.name for p in out.iterdir()} == {"benchmark.md", "benchmark.csv", "benchmark.json", "benchmark.png"}
+    with (out / "benchmark.csv").open() as f:
+        rows = {r["id"]: r for r in csv.DictReader(f)}
+    assert list(rows) == [
+        "m2f-torch-fp32",
+        "hf-eager-fp32",
+        "hf-openvino-fp32",
+        "m2f-onnxruntime-fp32",
+        "m2f-onnxruntime-fp16",
+    ]
+    failed = rows.pop("m2f-onnxruntime-fp16")
+    assert failed["status"] == "error" and "onnxruntime does not take fp16" in failed["error"]
+    hf_openvino = rows["hf-openvino-fp32"]
+    if hf_openvino["status"] == "error":  # the peer's own export may fail: then the row says why
+        assert "HF ONNX export" in hf_openvino["error"]
+        rows.pop("hf-openvino-fp32")
+    for row in rows.values():
+        assert row["status"] == "ok", row
+        assert float(row["p50_ms"]) > 0 and float(row["peak_rss_mb"]) > 0 and float(row["fps"]) > 0
+        assert 0 <= float(row["mIoU"]) <= 100
+        assert float(row["p50_ms_vs_hf_eager"]) > 0
+    assert float(rows["m2f-torch-fp32"]["agreement"]) == 1.0
+    assert float(rows["m2f-onnxruntime-fp32"]["agreement"]) >= 0.99
+    # same weights: HF's raw outputs through the official post-processing give our labels
+    assert float(rows["hf-eager-fp32"]["model_agreement"]) >= 0.99
+    assert float(rows["hf-eager-fp32"]["p50_speedup_vs_hf_eager"]) == 1.0
+    assert float(rows["m2f-onnxruntime-fp32"]["stream_fps"]) > 0
+
+    report = json.loads((out / "benchmark.json").read_text())
+    assert report["run"]["evaluation"].startswith("camvid val: 2 of 3 images")
+    assert "| m2f ONNX Runtime | fp16 |" in (out / "benchmark.md").read_text()
+    assert cv2.imread(str(out / "benchmark.png")) is not None
+    assert not list(out.rglob("*.onnx")), "artifacts belong in the cache, not the report folder"
