@@ -24,6 +24,9 @@ HOST_COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("train.cli:train_main", "train Mask2Former from a config (torchrun for several processes)", "train"),
     "eval": ("train.cli:eval_main", "metrics (mIoU / PQ / AP) of a checkpoint on a dataset", "train"),
     "export": ("compile.cli:export_main", "checkpoint -> verified ONNX artifact per target and precision", "train"),
+    "benchmark": ("benchmarks.cli:benchmark_main", "latency / memory / accuracy per target x precision", "train"),
+    # device-side, but with its own parser: a street clip through the packaged model, then the per-target table
+    "demo": ("sdk.demo:demo_main", "stream a street clip through the default model; per-target table", "openvino"),
 }
 
 OPTIONAL_PACKAGES = ("torch", "onnxruntime", "openvino", "tensorrt", "cv2", "transformers", "timm")

@@ -1,0 +1,188 @@
+"""``m2f demo``: a real street clip through the packaged default model, then the same frames on every CPU target.
+
+    m2f demo                              # the first street clip found (see CLIP_CANDIDATES), best CPU target
+    m2f demo street.mp4 --target openvino --out runs/demo/street_seg.mp4
+    m2f demo 0 --max-frames 300           # a camera
+
+Prints the stream's FPS and latency, writes the annotated video, then a Markdown table of predict() latency per
+target x precision on the clip's first frames, with each row's label agreement against the first row.
+Device-side: needs no torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from sdk.segmenter import DEFAULT_MODELS_DIR, Segmenter
+from sdk.targets import TargetNotAvailable
+
+logger = logging.getLogger(__name__)
+
+# A dash-cam clip from the project's shared data ($M2F_DATA), else Debian's opencv-doc pedestrian street scene.
+CLIP_CANDIDATES = (
+    Path(os.environ.get("M2F_DATA", "../shared/data")) / "videos" / "solidWhiteRight.mp4",
+    Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi"),
+)
+TABLE_TARGETS = ("openvino", "onnxruntime")
+
+
+def find_clip() -> Path:
+    """The first demo clip present on this machine; a clear error naming where it looked otherwise."""
+    for path in CLIP_CANDIDATES:
+        if path.is_file():
+            return path
+    raise FileNotFoundError(
+        "no demo clip found (looked for " + ", ".join(map(str, CLIP_CANDIDATES)) + "): pass a video path or "
+        "camera index, set M2F_DATA to the shared data folder, or `apt install opencv-doc`"
+    )
+
+
+@dataclass
+class TableRow:
+    """predict() latency of one target x precision on the demo frames."""
+
+    target: str
+    runtime: str
+    precision: str
+    p50_ms: float
+    fps: float
+    agreement: float | None  # % of pixels with the same label as the first row
+    error: str = ""
+
+
+def read_frames(source: str | Path, count: int) -> list[np.ndarray]:
+    """The first ``count`` frames of a video file."""
+    capture = cv2.VideoCapture(str(source))
+    frames = []
+    try:
+        while len(frames) < count:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            frames.append(frame)
+    finally:
+        capture.release()
+    if not frames:
+        raise ValueError(f"{source}: no frame could be decoded")
+    return frames
+
+
+def packaged_precisions() -> list[str]:
+    """Precisions of the default artifacts shipped in the package (fp32 first)."""
+    found = sorted(p.stem.removeprefix("default_") for p in DEFAULT_MODELS_DIR.glob("default_*.onnx"))
+    return sorted(found, key=lambda p: p != "fp32")
+
+
+def target_table(frames: list[np.ndarray], model: str | None, runs: int = 1) -> list[TableRow]:
+    """predict() on every frame per CPU target x packaged precision; a target that fails becomes an error row."""
+    precisions = ["fp32"] if model else packaged_precisions()
+    rows: list[TableRow] = []
+    reference: list[np.ndarray] | None = None
+    for target in TABLE_TARGETS:
+        for precision in precisions:
+            try:
+                seg = Segmenter(target, model=model, precision=precision)
+            except (TargetNotAvailable, FileNotFoundError, ValueError, RuntimeError, ImportError) as err:
+                rows.append(TableRow(target, "-", precision, float("nan"), float("nan"), None, str(err)))
+                continue
+            with seg:
+                seg.predict(frames[0])  # warm-up: first-call compilation is not latency
+                times, labels = [], []
+                for _ in range(runs):
+                    for frame in frames:
+                        start = time.perf_counter()
+                        result = seg.predict(frame)
+                        times.append((time.perf_counter() - start) * 1000)
+                        labels.append(result.semantic)
+            agreement = None
+            if reference is None:
+                reference = labels[: len(frames)]
+                agreement = 100.0
+            else:
+                same = sum(int((a == b).sum()) for a, b in zip(reference, labels, strict=False))
+                agreement = 100.0 * same / sum(r.size for r in reference)
+            p50 = float(np.percentile(times, 50))
+            rows.append(TableRow(target, seg.runtime, precision, p50, 1000.0 / float(np.mean(times)), agreement))
+    return rows
+
+
+def markdown(rows: list[TableRow], size: tuple[int, int]) -> str:
+    """The per-target table as Markdown."""
+    lines = [
+        f"predict() per frame at {size[1]}x{size[0]} (decode excluded; letterbox, model, post-processing included)",
+        "",
+        "| target | runtime | precision | p50 ms | FPS | agreement % |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if r.error:
+            lines.append(f"| {r.target} | - | {r.precision} | - | - | - | error: {r.error}")
+            continue
+        agreement = f"{r.agreement:.2f}" if r.agreement is not None else "-"
+        lines.append(f"| {r.target} | {r.runtime} | {r.precision} | {r.p50_ms:.1f} | {r.fps:.1f} | {agreement} |")
+    return "\n".join(lines)
+
+
+def demo_main(argv: list[str] | None = None) -> int:
+    """Entry point of ``m2f demo``."""
+    parser = argparse.ArgumentParser(prog="m2f demo", description=__doc__.splitlines()[0])
+    parser.add_argument("source", nargs="?", help="video file, camera index or URL [a street clip, see --help]")
+    parser.add_argument("--target", default="auto", help="target of the stream [auto: the best one here]")
+    parser.add_argument("--model", help="artifact or checkpoint [the packaged default model]")
+    parser.add_argument("--out", default="runs/demo/street_seg.mp4", help="annotated video [runs/demo/street_seg.mp4]")
+    parser.add_argument("--max-frames", type=int, help="stop the stream after N frames")
+    parser.add_argument("--table-frames", type=int, default=30, help="frames per row of the target table [30]")
+    parser.add_argument("--no-table", action="store_true", help="skip the per-target table")
+    parser.add_argument("--json", action="store_true", help="last line: one JSON object with the figures")
+    args = parser.parse_args(argv)
+    try:
+        source: str | int | Path = args.source if args.source is not None else find_clip()
+        if isinstance(source, str) and source.isdigit():
+            source = int(source)
+        seg = Segmenter(args.target, model=args.model)
+    except (FileNotFoundError, ValueError, RuntimeError, ImportError) as err:
+        print(f"m2f demo: {err}", file=sys.stderr)
+        return 2
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    print(f"streaming {source} through {seg.metadata.get('model', {}).get('name', 'the model')} "
+          f"on {seg.target.name} ({seg.runtime}, {seg.precision}) -> {args.out}")
+    with seg:
+        try:
+            running = seg.stream(source, output=args.out, max_frames=args.max_frames)
+            for _ in running:
+                pass
+        except (FileNotFoundError, ValueError, RuntimeError) as err:
+            print(f"m2f demo: {err}", file=sys.stderr)
+            return 2
+    stats = running.stats
+    lat = stats.latency_ms
+    print(
+        f"stream: {stats.frames} frames in {stats.elapsed_s:.1f} s = {stats.fps:.1f} FPS end to end "
+        f"(decode, inference, post-processing, overlay and encode overlapped); latency p50 {lat.get('p50', 0):.0f} ms, "
+        f"p99 {lat.get('p99', 0):.0f} ms; wrote {stats.written} frames to {args.out}"
+    )
+    figures: dict[str, object] = {"stream": stats.as_dict(), "target": seg.target.name, "runtime": seg.runtime}
+    if not args.no_table and not isinstance(source, int):
+        frames = read_frames(source, args.table_frames)
+        rows = target_table(frames, args.model)
+        print()
+        print(markdown(rows, frames[0].shape[:2]))
+        figures["table"] = [r.__dict__ for r in rows]
+    if args.json:
+        print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    raise SystemExit(demo_main())
