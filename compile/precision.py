@@ -31,6 +31,7 @@ Mask2Former trained 600 iterations, calibrated on 64 CamVid train images):
 from __future__ import annotations
 
 import logging
+import os
 import re
 import tempfile
 from collections import Counter, deque
@@ -66,6 +67,7 @@ ORT_OP_TYPES: tuple[str, ...] = ("Conv", "MatMul", "Gemm")
 # Entropy gave results identical to MinMax. Symmetric int8 activations: 99.02% (MinMax) vs 99.41% for uint8.
 ORT_CALIBRATION = "Percentile"
 ORT_CALIBRATION_CHUNK = 16  # images per histogram update: ORT keeps every intermediate tensor of a chunk in RAM
+ORT_CALIBRATION_RAM_SHARE = 0.25  # of the available memory, for one chunk's intermediate tensors
 
 # structural rules for what stays float in both int8 paths (see the module docstring for the measurements)
 KEEP_FLOAT: tuple[str, ...] = ("image_conv", "attention_matmul")
@@ -115,6 +117,31 @@ def _preprocess(src: Path, work: Path) -> Path:
     out = work / "preprocessed.onnx"
     quant_pre_process(str(src), str(out), skip_symbolic_shape=True)
     return out
+
+
+def float_activation_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of the float tensors whose shapes ONNX shape inference knows: one input's worth of intermediates."""
+    sizes = {TensorProto.FLOAT: 4, TensorProto.FLOAT16: 2, TensorProto.BFLOAT16: 2, TensorProto.DOUBLE: 8}
+    total = 0
+    for info in model.graph.value_info:
+        tensor = info.type.tensor_type
+        dims = [d.dim_value for d in tensor.shape.dim]
+        if tensor.elem_type in sizes and dims and all(d > 0 for d in dims):
+            total += int(np.prod(dims)) * sizes[tensor.elem_type]
+    return total
+
+
+def calibration_chunk(model: onnx.ModelProto, n_feeds: int, available_bytes: int | None = None) -> int:
+    """Images per calibration update: at most ORT_CALIBRATION_CHUNK, within a RAM share, dividing ``n_feeds``.
+
+    ORT's histogram calibration keeps every collected intermediate tensor of a chunk in memory: 16 images of a
+    Swin-T model at 512x512 were killed for memory on a 24 GiB machine.
+    """
+    if available_bytes is None:
+        available_bytes = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    per_input = max(float_activation_bytes(model), 1)
+    limit = int(max(1, min(ORT_CALIBRATION_CHUNK, ORT_CALIBRATION_RAM_SHARE * available_bytes // per_input)))
+    return max(d for d in range(1, limit + 1) if n_feeds % d == 0)
 
 
 def _calibration_list(calibration: Iterable[dict[str, np.ndarray]], model: onnx.ModelProto) -> list[dict]:
@@ -310,8 +337,6 @@ def quantize_onnxruntime_int8(
         raise ValueError(f"activation_type must be 'uint8' or 'int8', got {activation_type!r}")
     source = _load(src)
     feeds = _calibration_list(calibration, source)
-    # calibrate in chunks that divide the set evenly (ORT's strided calibration requires it)
-    chunk = max(d for d in range(1, ORT_CALIBRATION_CHUNK + 1) if len(feeds) % d == 0)
 
     class _Feeds(CalibrationDataReader):
         def __init__(self) -> None:
@@ -329,13 +354,16 @@ def quantize_onnxruntime_int8(
     with tempfile.TemporaryDirectory(prefix="m2f_ort_int8_") as tmp:
         prepared = _preprocess(Path(src), Path(tmp))
         model = onnx.load(str(prepared))
+        # calibrate in chunks that divide the set evenly (ORT's strided calibration requires it)
+        chunk = calibration_chunk(model, len(feeds))
         excluded = _match_nodes(model, exclude_op_types, exclude_nodes)
         excluded += [n for n in keep_float_nodes(model, keep_float) if n not in excluded]
         logger.info(
-            "ORT int8: %s, %s calibration over %d inputs, %d nodes kept float",
+            "ORT int8: %s, %s calibration over %d inputs (%d per update), %d nodes kept float",
             src,
             method,
             len(feeds),
+            chunk,
             len(excluded),
         )
         out = Path(tmp) / "quantized.onnx"

@@ -213,3 +213,19 @@ def test_bad_inputs_are_refused_with_a_reason(scenes, tmp_path):
         precision.quantize_onnxruntime_int8(src, tmp_path / "x.onnx", feeds, method="KL")
     with pytest.raises(FileNotFoundError):
         precision.convert_fp16(tmp_path / "missing.onnx", tmp_path / "x.onnx")
+
+
+def test_calibration_chunk_shrinks_to_fit_memory_and_divides_the_set():
+    """ORT keeps a chunk's intermediates in RAM: the chunk shrinks with the memory, and always divides the set."""
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 512, 512])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3, 512, 512])
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Relu", ["x"], ["h"]), onnx.helper.make_node("Relu", ["h"], ["y"])], "g", [x], [y]
+    )
+    model = onnx.shape_inference.infer_shapes(onnx.helper.make_model(graph))
+    per_input = 3 * 512 * 512 * 4
+    assert precision.float_activation_bytes(model) == per_input  # "h" only: inputs/outputs are not value_info
+    assert precision.calibration_chunk(model, 32, available_bytes=1 << 40) == 16
+    assert precision.calibration_chunk(model, 30, available_bytes=1 << 40) == 15
+    assert precision.calibration_chunk(model, 32, available_bytes=4 * 5 * per_input) == 4  # 5 fit, 4 divides 32
+    assert precision.calibration_chunk(model, 32, available_bytes=per_input) == 1
