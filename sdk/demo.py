@@ -154,8 +154,10 @@ def demo_main(argv: list[str] | None = None) -> int:
         print(f"m2f demo: {err}", file=sys.stderr)
         return 2
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    print(f"streaming {source} through {seg.metadata.get('model', {}).get('name', 'the model')} "
-          f"on {seg.target.name} ({seg.runtime}, {seg.precision}) -> {args.out}")
+    print(
+        f"streaming {source} through {seg.metadata.get('model', {}).get('name', 'the model')} "
+        f"on {seg.target.name} ({seg.runtime}, {seg.precision}) -> {args.out}"
+    )
     with seg:
         try:
             running = seg.stream(source, output=args.out, max_frames=args.max_frames)

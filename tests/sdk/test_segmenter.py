@@ -13,33 +13,11 @@ import numpy as np
 import onnx
 import pytest
 
-from compile.export import export
 from runtimes.artifact import ArtifactError
 from sdk.preprocess import FrameError
 from sdk.segmenter import Segmenter
 from sdk.targets import TargetNotAvailable
 from tests.conftest import REPO_ROOT, data_root
-from tests.tiny_models import tiny_architecture
-from train.data.synthetic import synthetic_meta
-from train.model import Mask2Former, Mask2FormerConfig, save_checkpoint
-
-TINY = tiny_architecture()
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    meta = synthetic_meta()
-    model = Mask2Former(Mask2FormerConfig.from_dict({"num_classes": meta.num_classes, **TINY})).eval()
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", model, meta)
-
-
-@pytest.fixture(scope="module")
-def artifacts(checkpoint, tmp_path_factory) -> dict[str, Path]:
-    out = tmp_path_factory.mktemp("artifacts")
-    return {
-        task: export(checkpoint, "onnxruntime", "fp32", out / f"{task}.onnx", input_size=(128, 160), task=task)
-        for task in ("semantic", "panoptic")
-    }
 
 
 def frames() -> dict[str, np.ndarray]:

@@ -1,0 +1,53 @@
+"""``m2f demo``: a real clip streamed through a model, the per-target table, and a clear error without a clip."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import pytest
+
+from sdk import demo
+from tests.conftest import data_root
+
+CLIP = data_root() / "videos" / "car-detection.mp4"
+
+
+@pytest.mark.data
+@pytest.mark.skipif(not CLIP.exists(), reason=f"needs the shared street clips ({CLIP})")
+def test_demo_streams_writes_the_video_and_tables_every_cpu_target(artifacts, tmp_path, capsys):
+    out = tmp_path / "demo.mp4"
+    argv = [str(CLIP), "--model", str(artifacts["semantic"]), "--max-frames", "12", "--table-frames", "3"]
+    assert demo.demo_main([*argv, "--out", str(out), "--json"]) == 0
+    printed = capsys.readouterr().out
+    figures = json.loads(printed.strip().splitlines()[-1])
+    assert figures["stream"]["frames"] == 12 and figures["stream"]["written"] == 12
+    capture = cv2.VideoCapture(str(out))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 12
+    capture.release()
+    rows = {(r["target"], r["precision"]): r for r in figures["table"]}
+    assert set(rows) == {("openvino", "fp32"), ("onnxruntime", "fp32")}
+    assert rows["openvino", "fp32"]["agreement"] == 100.0  # the first row is the reference
+    assert rows["onnxruntime", "fp32"]["agreement"] > 99.0  # the same fp32 artifact on another runtime
+    assert all(r["p50_ms"] > 0 and not r["error"] for r in rows.values())
+    assert "| onnxruntime | onnxruntime | fp32 |" in printed
+
+
+def test_demo_without_a_clip_says_where_it_looked(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(demo, "CLIP_CANDIDATES", (tmp_path / "nothing.mp4",))
+    assert demo.demo_main(["--model", str(tmp_path / "x.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "no demo clip found" in err and "nothing.mp4" in err
+
+
+def test_demo_reports_an_unreadable_source(artifacts, tmp_path, capsys):
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"not a video")
+    assert demo.demo_main([str(bad), "--model", str(artifacts["semantic"]), "--out", str(tmp_path / "o.mp4")]) == 2
+    assert "m2f demo:" in capsys.readouterr().err
+
+
+def test_read_frames_refuses_an_empty_video(tmp_path):
+    with pytest.raises(ValueError, match="no frame"):
+        demo.read_frames(Path(tmp_path / "missing.mp4"), 3)
