@@ -31,6 +31,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from sdk.stream import evenly_spaced, read_video_frames
+
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -218,10 +220,6 @@ def _detect_format(data: Path, split: str) -> str:
     return "images"
 
 
-def _evenly(n: int, count: int) -> list[int]:
-    return sorted({round(float(i)) for i in np.linspace(0, n - 1, min(n, count))})
-
-
 def prepare_eval_set(
     out: Path, data: Path | None, video: Path | None, count: int, data_format: str = "auto", split: str = "val"
 ) -> dict:
@@ -243,7 +241,7 @@ def prepare_eval_set(
             files = sorted(p for p in data.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
             if not files:
                 raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {data}")
-            for i in _evenly(len(files), count):
+            for i in evenly_spaced(len(files), count):
                 image = cv2.imread(str(files[i]), cv2.IMREAD_COLOR)
                 if image is None:
                     raise ValueError(f"cannot read image {files[i]}")
@@ -255,7 +253,7 @@ def prepare_eval_set(
 
             dataset = build_dataset({"format": fmt, "root": str(data), "split": split})
             class_names = list(dataset.meta.class_names)
-            for i in _evenly(len(dataset), count):
+            for i in evenly_spaced(len(dataset), count):
                 sample = dataset[i]
                 frames.append(np.ascontiguousarray(sample["image"].permute(1, 2, 0).numpy()[..., ::-1]))
                 h, w = frames[-1].shape[:2]
@@ -268,28 +266,6 @@ def prepare_eval_set(
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(out, count=len(frames), **arrays)
     return {"source": source, "count": len(frames), "has_labels": bool(labels), "class_names": class_names}
-
-
-def read_video_frames(path: Path, count: int) -> list[np.ndarray]:
-    """``count`` BGR frames evenly spread over a video file."""
-    if not path.exists():
-        raise FileNotFoundError(f"no video at {path}")
-    capture = cv2.VideoCapture(str(path))
-    try:
-        total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or count
-        wanted = set(_evenly(total, count))
-        frames = []
-        for index in range(max(wanted) + 1):
-            ok, frame = capture.read()
-            if not ok:
-                break
-            if index in wanted:
-                frames.append(frame)
-    finally:
-        capture.release()
-    if not frames:
-        raise ValueError(f"OpenCV decoded no frame from {path}")
-    return frames
 
 
 # ---------------------------------------------------------------------------------------------- the run

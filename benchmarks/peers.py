@@ -133,6 +133,13 @@ def random_hf_model(config_dict: dict[str, Any], seed: int = 0) -> Any:
     transformers = import_transformers()
     torch.manual_seed(seed)
     model = transformers.Mask2FormerForUniversalSegmentation(hf_config(config_dict)).eval()
+    return perturb_weights(model, seed)
+
+
+def perturb_weights(model: Any, seed: int) -> Any:
+    """Add seeded noise to every parameter and BatchNorm statistic of a model (in place; returns it)."""
+    import torch
+
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():

@@ -20,10 +20,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from sdk.segmenter import DEFAULT_MODELS_DIR, Segmenter
+from sdk.stream import read_video_frames
 from sdk.targets import TargetNotAvailable
 
 logger = logging.getLogger(__name__)
@@ -58,23 +58,6 @@ class TableRow:
     fps: float
     agreement: float | None  # % of pixels with the same label as the first row
     error: str = ""
-
-
-def read_frames(source: str | Path, count: int) -> list[np.ndarray]:
-    """The first ``count`` frames of a video file."""
-    capture = cv2.VideoCapture(str(source))
-    frames = []
-    try:
-        while len(frames) < count:
-            ok, frame = capture.read()
-            if not ok:
-                break
-            frames.append(frame)
-    finally:
-        capture.release()
-    if not frames:
-        raise ValueError(f"{source}: no frame could be decoded")
-    return frames
 
 
 def packaged_precisions() -> list[str]:
@@ -174,8 +157,8 @@ def demo_main(argv: list[str] | None = None) -> int:
         f"p99 {lat.get('p99', 0):.0f} ms; wrote {stats.written} frames to {args.out}"
     )
     figures: dict[str, object] = {"stream": stats.as_dict(), "target": seg.target.name, "runtime": seg.runtime}
-    if not args.no_table and not isinstance(source, int):
-        frames = read_frames(source, args.table_frames)
+    if not args.no_table and Path(str(source)).is_file():
+        frames = read_video_frames(Path(source), args.table_frames)
         rows = target_table(frames, args.model)
         print()
         print(markdown(rows, frames[0].shape[:2]))

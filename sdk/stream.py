@@ -969,3 +969,32 @@ def stream(
         fourcc=fourcc,
     )
     return Stream(pipeline)
+
+
+def evenly_spaced(n: int, count: int) -> list[int]:
+    """Up to ``count`` distinct indices spread evenly over ``range(n)``, first and last included."""
+    return sorted({round(float(i)) for i in np.linspace(0, n - 1, min(n, count))})
+
+
+def read_video_frames(path: Path, count: int) -> list[np.ndarray]:
+    """``count`` BGR frames evenly spread over a video file."""
+    if not path.exists():
+        raise FileNotFoundError(f"no video at {path}")
+    capture = cv2.VideoCapture(str(path))
+    frames: list[np.ndarray] = []
+    try:
+        if not capture.isOpened():
+            raise ValueError(f"OpenCV decoded no frame from {path}: it cannot open the file")
+        total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        wanted = set(evenly_spaced(total if total > 0 else count, count))  # unknown count: the first frames
+        for index in range(max(wanted) + 1):
+            ok, frame = capture.read()
+            if not ok:
+                break
+            if index in wanted:
+                frames.append(frame)
+    finally:
+        capture.release()
+    if not frames:
+        raise ValueError(f"OpenCV decoded no frame from {path}")
+    return frames

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import cv2
 import pytest
 
 from sdk import demo
+from sdk.stream import read_video_frames
 from tests.conftest import data_root
 
 CLIP = data_root() / "videos" / "car-detection.mp4"
@@ -48,6 +48,9 @@ def test_demo_reports_an_unreadable_source(artifacts, tmp_path, capsys):
     assert "m2f demo:" in capsys.readouterr().err
 
 
-def test_read_frames_refuses_an_empty_video(tmp_path):
-    with pytest.raises(ValueError, match="no frame"):
-        demo.read_frames(Path(tmp_path / "missing.mp4"), 3)
+def test_read_video_frames_missing_and_undecodable(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no video"):
+        read_video_frames(tmp_path / "missing.mp4", 3)
+    (tmp_path / "bad.mp4").write_bytes(b"not a video")
+    with pytest.raises(ValueError, match="decoded no frame"):
+        read_video_frames(tmp_path / "bad.mp4", 3)

@@ -7,6 +7,8 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from benchmarks.peers import perturb_weights  # noqa: E402
+
 # HF's SwinBackbone partitions windows as the official code does (pads, keeps the shift) even for stages smaller
 # than the window; tests/train/test_swin.py covers tiny inputs. SwinModel's default path differs (it shrinks the
 # window), which is why we compare against the backbone only.
@@ -53,15 +55,4 @@ def hf_config(backbone: dict, num_labels: int, num_queries: int, hidden: int = 6
 def random_hf_model(config) -> torch.nn.Module:
     """HF model whose every weight is perturbed: HF zero-initialises several tensors (sampling offsets,
     attention weights), which would hide mapping mistakes."""
-    model = transformers.Mask2FormerForUniversalSegmentation(config).eval()
-    gen = torch.Generator().manual_seed(1234)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            scale = 0.5 if "sampling_offsets" in name or "queries_" in name else 0.05
-            p.add_(torch.randn(p.shape, generator=gen) * scale)
-        for name, b in model.named_buffers():
-            if name.endswith("running_mean"):
-                b.copy_(torch.randn(b.shape, generator=gen) * 0.1)
-            elif name.endswith("running_var"):
-                b.copy_(torch.rand(b.shape, generator=gen) + 0.5)
-    return model
+    return perturb_weights(transformers.Mask2FormerForUniversalSegmentation(config).eval(), seed=1234)
