@@ -62,15 +62,19 @@ class Backend(abc.ABC):
         """The artifact's validated m2f metadata."""
         return self._metadata
 
-    @property
-    @abc.abstractmethod
-    def input_specs(self) -> dict[str, TensorSpec]:
-        """The engine's inputs by name."""
+    # set by each engine once it is loaded
+    _input_specs: dict[str, TensorSpec]
+    _output_names: list[str]
 
     @property
-    @abc.abstractmethod
+    def input_specs(self) -> dict[str, TensorSpec]:
+        """The engine's inputs by name."""
+        return self._input_specs
+
+    @property
     def output_names(self) -> list[str]:
         """The engine's outputs, in graph order."""
+        return self._output_names
 
     @abc.abstractmethod
     def _run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -104,14 +104,6 @@ class OnnxRuntimeBackend(Backend):
         logger.debug("onnxruntime session on %s with %s", self.path, self._session.get_providers())
 
     @property
-    def input_specs(self) -> dict[str, TensorSpec]:
-        return self._input_specs
-
-    @property
-    def output_names(self) -> list[str]:
-        return self._output_names
-
-    @property
     def providers(self) -> list[str]:
         """The providers the session actually uses, in priority order."""
         return list(self._session.get_providers())

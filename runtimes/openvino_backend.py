@@ -144,14 +144,6 @@ class OpenVinoBackend(Backend):
         logger.warning("%s; running the %s artifact in f32", message, name)
         return "f32"
 
-    @property
-    def input_specs(self) -> dict[str, TensorSpec]:
-        return self._input_specs
-
-    @property
-    def output_names(self) -> list[str]:
-        return self._output_names
-
     def _run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = self._request.infer(inputs, share_outputs=False)
         return {name: results[port] for name, port in zip(self._output_names, self._output_ports, strict=True)}

@@ -432,14 +432,6 @@ class TensorRtBackend(Backend):
                 self._output_names.append(name)
 
     # ------------------------------------------------------------------ Backend
-    @property
-    def input_specs(self) -> dict[str, TensorSpec]:
-        return self._input_specs
-
-    @property
-    def output_names(self) -> list[str]:
-        return self._output_names
-
     def _allocate(self, inputs: dict[str, np.ndarray]) -> None:
         """(Re)allocate pinned host + device buffers when an input's shape changed; bind every address."""
         shapes = {name: tuple(array.shape) for name, array in inputs.items()}

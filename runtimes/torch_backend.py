@@ -82,14 +82,6 @@ class TorchBackend(Backend):
         """A backend over ``module``; see the class docstring."""
         return cls(module, metadata, input_names, output_names, **options)
 
-    @property
-    def input_specs(self) -> dict[str, TensorSpec]:
-        return self._input_specs
-
-    @property
-    def output_names(self) -> list[str]:
-        return self._output_names
-
     def _run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         tensors = {name: torch.from_numpy(array).to(self.device) for name, array in inputs.items()}
         with torch.inference_mode():
