@@ -36,6 +36,8 @@ def export_main(argv: Sequence[str]) -> int:
     parser.add_argument("--calib", help="folder of real images for int8 calibration (and the gate without --val-data)")
     parser.add_argument("--val-data", help="dataset root for the checkpoint's validation spec, or a JSON spec")
     parser.add_argument("--max-drop", type=float, default=1.0, help="metric drop budget in points (default 1.0)")
+    parser.add_argument("--calib-images", type=int, default=64, help="int8 calibration images (default 64)")
+    parser.add_argument("--gate-images", type=int, default=32, help="images the gate compares on (default 32)")
     parser.add_argument("--task", choices=("semantic", "instance", "panoptic"))
     parser.add_argument("--out", required=True, help="artifact path (.onnx)")
     args = parser.parse_args(list(argv))
@@ -51,6 +53,8 @@ def export_main(argv: Sequence[str]) -> int:
             calib_dir=args.calib,
             val_data=val,
             max_drop=args.max_drop,
+            calib_images=args.calib_images,
+            gate_images=args.gate_images,
         )
     except (ValueError, FileNotFoundError, GateError) as err:
         print(f"m2f export: {err}", file=sys.stderr)
