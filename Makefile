@@ -3,6 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_WORKERS ?= 2
+DEMO_ARGS ?=
 
 .PHONY: install test lint demo clean
 
@@ -22,9 +23,10 @@ lint: install
 test: install lint
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile -q
 
+# the street-scene demo: DEMO_ARGS="path/to/clip.mp4 --target onnxruntime" to change source or target
 demo: install
 	$(VENV)/bin/m2f info
-	$(VENV)/bin/m2f convert --list
+	$(VENV)/bin/m2f demo $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

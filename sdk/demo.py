@@ -138,7 +138,7 @@ def demo_main(argv: list[str] | None = None) -> int:
         return 2
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     print(
-        f"streaming {source} through {seg.metadata.get('model', {}).get('name', 'the model')} "
+        f"streaming {source} through {seg.metadata['source']['name']} "
         f"on {seg.target.name} ({seg.runtime}, {seg.precision}) -> {args.out}"
     )
     with seg:

@@ -84,7 +84,14 @@ class Segmenter:
             self.backend = self._torch_backend(model, task)
         else:
             artifact = self._artifact(model, input_size)
+            if self.runtime == "openvino" and precision in ("fp16", "bf16"):
+                backend_options.setdefault("precision", precision)  # OpenVINO runs an fp32 artifact in bf16/fp16
             self.backend = load_backend(self.runtime, artifact, **_runtime_options(self.runtime, backend_options))
+            # what actually runs: the artifact's precision unless the runtime was told otherwise
+            self.precision = backend_options.get("precision") or self.backend.metadata["precision"]
+            if precision and precision != self.precision:
+                logger.warning("asked for %s, but %s is a %s artifact: running it as is", precision, artifact,
+                               self.precision)  # fmt: skip
         self.metadata = self.backend.metadata
         self.task = task or self.metadata["task"]
         if self.task != self.metadata["task"] and self.metadata["task"] != "panoptic":

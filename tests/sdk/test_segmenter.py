@@ -168,3 +168,10 @@ def test_cli_stream_json_last_line(artifacts, tmp_path):
     stats = json.loads(done.stdout.strip().splitlines()[-1])
     assert stats["frames"] == 20 and stats["fps"] > 0
     assert {"latency_ms_p50", "latency_ms_p99"} <= set(stats)
+
+
+def test_precision_says_what_runs(artifacts):
+    with Segmenter("onnxruntime", model=artifacts["semantic"], precision="int8") as seg:
+        assert seg.precision == "fp32"  # the artifact's own precision, whatever was asked
+    with Segmenter("openvino", model=artifacts["semantic"], precision="bf16") as seg:
+        assert seg.precision == "bf16" and seg.backend.inference_precision == "bf16"
