@@ -15,6 +15,7 @@ import logging
 import platform
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import sdk
 
@@ -101,6 +102,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def drain_stream(seg: Any, command: str, source: Any, **options: Any) -> Any:
+    """Run ``seg.stream(source, **options)`` to its end; its StreamStats, or None after printing why it failed."""
+    try:
+        running = seg.stream(source, **options)
+        for _ in running:
+            pass
+    except (FileNotFoundError, ValueError, RuntimeError) as err:
+        print(f"m2f {command}: {err}", file=sys.stderr)
+        return None
+    return running.stats
+
+
 def _segment(args: argparse.Namespace) -> int:
     """``m2f predict`` / ``m2f stream``."""
     from pathlib import Path
@@ -133,14 +146,9 @@ def _segment(args: argparse.Namespace) -> int:
                 print(json.dumps(summaries if len(summaries) > 1 else summaries[0]))
             return 0
         source = int(args.source) if str(args.source).isdigit() else args.source
-        try:
-            running = seg.stream(source, output=args.out, max_frames=args.max_frames, live=args.live)
-            for _ in running:
-                pass
-        except (FileNotFoundError, ValueError, RuntimeError) as err:
-            print(f"m2f stream: {err}", file=sys.stderr)
+        stats = drain_stream(seg, "stream", source, output=args.out, max_frames=args.max_frames, live=args.live)
+        if stats is None:
             return 2
-        stats = running.stats
         logging.getLogger("m2f").info(stats.summary())
         if args.json:
             lat = stats.latency_ms

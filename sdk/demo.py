@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sdk.cli import drain_stream
 from sdk.segmenter import DEFAULT_MODELS_DIR, Segmenter
 from sdk.stream import read_video_frames
 from sdk.targets import TargetNotAvailable
@@ -142,14 +143,9 @@ def demo_main(argv: list[str] | None = None) -> int:
         f"on {seg.target.name} ({seg.runtime}, {seg.precision}) -> {args.out}"
     )
     with seg:
-        try:
-            running = seg.stream(source, output=args.out, max_frames=args.max_frames)
-            for _ in running:
-                pass
-        except (FileNotFoundError, ValueError, RuntimeError) as err:
-            print(f"m2f demo: {err}", file=sys.stderr)
-            return 2
-    stats = running.stats
+        stats = drain_stream(seg, "demo", source, output=args.out, max_frames=args.max_frames)
+    if stats is None:
+        return 2
     lat = stats.latency_ms
     print(
         f"stream: {stats.frames} frames in {stats.elapsed_s:.1f} s = {stats.fps:.1f} FPS end to end "
