@@ -38,6 +38,9 @@ def export_main(argv: Sequence[str]) -> int:
     parser.add_argument("--max-drop", type=float, default=1.0, help="metric drop budget in points (default 1.0)")
     parser.add_argument("--calib-images", type=int, default=64, help="int8 calibration images (default 64)")
     parser.add_argument("--gate-images", type=int, default=32, help="images the gate compares on (default 32)")
+    parser.add_argument(
+        "--compact", action="store_true", help="smaller file: uniform constants folded, fp32 weights stored as fp16"
+    )
     parser.add_argument("--task", choices=("semantic", "instance", "panoptic"))
     parser.add_argument("--out", required=True, help="artifact path (.onnx)")
     args = parser.parse_args(list(argv))
@@ -55,6 +58,7 @@ def export_main(argv: Sequence[str]) -> int:
             max_drop=args.max_drop,
             calib_images=args.calib_images,
             gate_images=args.gate_images,
+            compact=args.compact,
         )
     except (ValueError, FileNotFoundError, GateError) as err:
         print(f"m2f export: {err}", file=sys.stderr)

@@ -177,8 +177,13 @@ def export(
     min_size: int = 512,
     max_size: int = 2048,
     opset: int = DEFAULT_OPSET,
+    compact: bool = False,
 ) -> Path:
     """Export ``checkpoint`` for ``target`` at ``precision`` to ``out`` and gate it; returns ``out``.
+
+    ``compact``: a smaller file (``compile.precision.compact_storage``): uniform constants as ConstantOfShape, and
+    for fp32 the weights stored in fp16 behind a Cast (fp32 compute, as OpenVINO's own IR stores weights); the gate
+    measures the compacted artifact.
 
     ``input_size=None`` exports dynamic height and width (resize policy ``shortest_edge`` with ``min_size`` /
     ``max_size``); a size exports a static graph (``letterbox``). ``val_data`` is a dataset spec whose ground
@@ -209,7 +214,13 @@ def export(
         fp32 = Path(tmp) / "fp32.onnx"
         onnx.save(_simplify(raw), str(fp32))
         _apply_precision(fp32, out, target, precision, calibration)
+    if compact:
+        from compile.precision import compact_storage
+
+        onnx.save(compact_storage(onnx.load(str(out)), fp16_weights=precision == "fp32"), str(out))
     metadata = build_metadata(loaded, task, target, precision, input_spec, checkpoint, opset)
+    if compact:
+        metadata["weight_storage"] = "fp16" if precision == "fp32" else precision
     _write(out, metadata)
     if gate_set:
         backend = _gate_backend(target, precision, out)

@@ -454,3 +454,42 @@ def openvino_runtime_precisions(path: str | Path, device: str = "CPU") -> Counte
         precision = info["runtimePrecision"].astype(str) if "runtimePrecision" in info else "?"
         counts[(layer, precision)] += 1
     return counts
+
+
+COMPACT_MIN_ELEMENTS = 4096  # scales, zero points and biases stay as they are
+
+
+def compact_storage(model: onnx.ModelProto, fp16_weights: bool) -> onnx.ModelProto:
+    """Smaller file, same graph semantics: uniform float constants become ``ConstantOfShape`` (lossless), and
+    with ``fp16_weights`` other large float32 initializers are stored as fp16 behind a ``Cast`` to float32.
+
+    The second is OpenVINO's own IR convention (fp16-compressed weights, fp32 inference): the graph computes in
+    fp32 on weights rounded to fp16. Tensors read by Quantize/DequantizeLinear and values beyond fp16's range
+    are left alone. In place; returns ``model``.
+    """
+    graph = model.graph
+    qdq_inputs = {name for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") for name in n.input}
+    kept, new_nodes = [], []
+    for init in graph.initializer:
+        if init.data_type != TensorProto.FLOAT or init.name in qdq_inputs:
+            kept.append(init)
+            continue
+        array = numpy_helper.to_array(init)
+        if array.size < COMPACT_MIN_ELEMENTS:
+            kept.append(init)
+        elif np.all(array == array.flat[0]):
+            shape = numpy_helper.from_array(np.asarray(array.shape, np.int64), f"{init.name}__shape")
+            kept.append(shape)
+            value = numpy_helper.from_array(np.asarray([array.flat[0]], np.float32))
+            new_nodes.append(helper.make_node("ConstantOfShape", [shape.name], [init.name], value=value))
+        elif fp16_weights and np.abs(array).max() < 65504:
+            kept.append(numpy_helper.from_array(array.astype(np.float16), f"{init.name}__fp16"))
+            new_nodes.append(helper.make_node("Cast", [f"{init.name}__fp16"], [init.name], to=TensorProto.FLOAT))
+        else:
+            kept.append(init)
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    nodes = [*new_nodes, *graph.node]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return model

@@ -137,6 +137,7 @@ _FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 _OPTIONAL: dict[str, tuple[Callable[[Any], bool], str]] = {
     "accuracy": (lambda x: isinstance(x, dict), "an object"),
+    "weight_storage": _one_of("fp16", "int8", "fp32", "bf16"),
 }
 REQUIRED_FIELDS: tuple[str, ...] = tuple(_FIELDS)
 

@@ -123,6 +123,9 @@ def demo_main(argv: list[str] | None = None) -> int:
     parser.add_argument("source", nargs="?", help="video file, camera index or URL [a street clip, see --help]")
     parser.add_argument("--target", default="auto", help="target of the stream [auto: the best one here]")
     parser.add_argument("--model", help="artifact or checkpoint [the packaged default model]")
+    parser.add_argument(
+        "--precision", help="packaged precision to stream with [int8 when packaged: the fastest on a CPU; else fp32]"
+    )
     parser.add_argument("--out", default="runs/demo/street_seg.mp4", help="annotated video [runs/demo/street_seg.mp4]")
     parser.add_argument("--max-frames", type=int, help="stop the stream after N frames")
     parser.add_argument("--table-frames", type=int, default=30, help="frames per row of the target table [30]")
@@ -133,7 +136,8 @@ def demo_main(argv: list[str] | None = None) -> int:
         source: str | int | Path = args.source if args.source is not None else find_clip()
         if isinstance(source, str) and source.isdigit():
             source = int(source)
-        seg = Segmenter(args.target, model=args.model)
+        precision = args.precision or (None if args.model or "int8" not in packaged_precisions() else "int8")
+        seg = Segmenter(args.target, model=args.model, precision=precision)
     except (FileNotFoundError, ValueError, RuntimeError, ImportError) as err:
         print(f"m2f demo: {err}", file=sys.stderr)
         return 2

@@ -229,3 +229,34 @@ def test_calibration_chunk_shrinks_to_fit_memory_and_divides_the_set():
     assert precision.calibration_chunk(model, 30, available_bytes=1 << 40) == 15
     assert precision.calibration_chunk(model, 32, available_bytes=4 * 5 * per_input) == 4  # 5 fit, 4 divides 32
     assert precision.calibration_chunk(model, 32, available_bytes=per_input) == 1
+
+
+def test_compact_storage_folds_uniform_constants_and_halves_weights():
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(0)
+    weight = rng.normal(size=(64, 64)).astype(np.float32)
+    zeros = np.zeros((64, 64), np.float32)
+    scale = np.full((64,), 0.5, np.float32)  # small: left alone
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [64, 64])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [64, 64])
+    nodes = [
+        onnx.helper.make_node("MatMul", ["x", "w"], ["h"]),
+        onnx.helper.make_node("Add", ["h", "z"], ["h2"]),
+        onnx.helper.make_node("Mul", ["h2", "s"], ["y"]),
+    ]
+    inits = [onnx.numpy_helper.from_array(a, n) for a, n in ((weight, "w"), (zeros, "z"), (scale, "s"))]
+    model = onnx.helper.make_model(
+        onnx.helper.make_graph(nodes, "g", [x], [y], inits), opset_imports=[onnx.helper.make_opsetid("", 17)]
+    )
+    feed = {"x": rng.normal(size=(64, 64)).astype(np.float32)}
+    before = ort.InferenceSession(model.SerializeToString()).run(None, feed)[0]
+    size, original = model.ByteSize(), model.SerializeToString()
+    compact = precision.compact_storage(model, fp16_weights=True)
+    onnx.checker.check_model(compact)
+    after = ort.InferenceSession(compact.SerializeToString()).run(None, feed)[0]
+    assert compact.ByteSize() < 0.3 * size  # zeros gone, weights halved
+    assert {n.op_type for n in compact.graph.node} >= {"ConstantOfShape", "Cast"}
+    np.testing.assert_allclose(after, before, rtol=1e-2, atol=1e-2)  # weights rounded to fp16
+    exact = precision.compact_storage(onnx.load_from_string(original), fp16_weights=False)
+    assert np.array_equal(ort.InferenceSession(exact.SerializeToString()).run(None, feed)[0], before)
