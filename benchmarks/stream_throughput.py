@@ -15,9 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import cv2
-
 from sdk.segmenter import Segmenter
+from sdk.stream import read_video_frames
 
 
 def backend_fps(seg: Segmenter, frame, runs: int, warmup: int = 5) -> float:
@@ -49,11 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--annotate", action="store_true", help="also draw and encode the annotated video")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
-    capture = cv2.VideoCapture(str(args.clip))
-    ok, frame = capture.read()
-    capture.release()
-    if not ok:
-        raise SystemExit(f"cannot read a frame from {args.clip}")
+    try:
+        frame = read_video_frames(args.clip, 1)[0]
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"cannot read a frame from {args.clip}: {err}") from err
     with Segmenter(args.target, model=args.artifact) as seg:
         stream_fps(seg, args.clip, 10, args.annotate)  # warm the runtime and the decoder
         backend = backend_fps(seg, frame, args.frames)

@@ -214,14 +214,15 @@ def export(
         fp32 = Path(tmp) / "fp32.onnx"
         onnx.save(_simplify(raw), str(fp32))
         _apply_precision(fp32, out, target, precision, calibration)
+    metadata = build_metadata(loaded, task, target, precision, input_spec, checkpoint, opset)
     if compact:
         from compile.precision import compact_storage
 
-        onnx.save(compact_storage(onnx.load(str(out)), fp16_weights=precision == "fp32"), str(out))
-    metadata = build_metadata(loaded, task, target, precision, input_spec, checkpoint, opset)
-    if compact:
-        metadata["weight_storage"] = "fp16" if precision == "fp32" else precision
-    _write(out, metadata)
+        fp16_weights = precision == "fp32"
+        metadata["weight_storage"] = "fp16" if fp16_weights else precision
+        _write(out, metadata, transform=lambda model: compact_storage(model, fp16_weights))
+    else:
+        _write(out, metadata)
     if gate_set:
         backend = _gate_backend(target, precision, out)
         reference = DeployableMask2Former(loaded.model, loaded.meta, task)
@@ -255,8 +256,11 @@ def _gate_backend(target: str, precision: str, path: Path) -> Backend:
     return load_backend("openvino" if precision in ("fp16", "bf16") else GATE_RUNTIME[target], path)
 
 
-def _write(path: Path, metadata: dict) -> None:
+def _write(path: Path, metadata: dict, transform: Callable[[onnx.ModelProto], onnx.ModelProto] | None = None) -> None:
+    """Store ``metadata`` in the artifact, after ``transform`` of its graph if given (one load, one save)."""
     model = onnx.load(str(path))
+    if transform is not None:
+        model = transform(model)
     write_metadata(model, metadata)
     onnx.save(model, str(path))
 

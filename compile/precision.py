@@ -121,13 +121,13 @@ def _preprocess(src: Path, work: Path) -> Path:
 
 def float_activation_bytes(model: onnx.ModelProto) -> int:
     """Bytes of the float tensors whose shapes ONNX shape inference knows: one input's worth of intermediates."""
-    sizes = {TensorProto.FLOAT: 4, TensorProto.FLOAT16: 2, TensorProto.BFLOAT16: 2, TensorProto.DOUBLE: 8}
+    floats = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE)
     total = 0
     for info in model.graph.value_info:
         tensor = info.type.tensor_type
         dims = [d.dim_value for d in tensor.shape.dim]
-        if tensor.elem_type in sizes and dims and all(d > 0 for d in dims):
-            total += int(np.prod(dims)) * sizes[tensor.elem_type]
+        if tensor.elem_type in floats and dims and all(d > 0 for d in dims):
+            total += int(np.prod(dims)) * np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type)).itemsize
     return total
 
 

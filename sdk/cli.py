@@ -15,9 +15,13 @@ import logging
 import platform
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sdk
+
+if TYPE_CHECKING:
+    from sdk.segmenter import Segmenter
+    from sdk.stream import StreamStats
 
 # command -> (entry point "module:function" taking argv, one-line help, pip extra it needs)
 HOST_COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -102,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def drain_stream(seg: Any, command: str, source: Any, **options: Any) -> Any:
+def drain_stream(seg: Segmenter, command: str, source: Any, **options: Any) -> StreamStats | None:
     """Run ``seg.stream(source, **options)`` to its end; its StreamStats, or None after printing why it failed."""
     try:
         running = seg.stream(source, **options)

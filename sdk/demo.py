@@ -57,7 +57,7 @@ class TableRow:
     precision: str
     p50_ms: float
     fps: float
-    agreement: float | None  # % of pixels with the same label as the first row
+    agreement: float | None  # % of pixels with the same label as the first row (None: error row)
     error: str = ""
 
 
@@ -67,7 +67,7 @@ def packaged_precisions() -> list[str]:
     return sorted(found, key=lambda p: p != "fp32")
 
 
-def target_table(frames: list[np.ndarray], model: str | None, runs: int = 1) -> list[TableRow]:
+def target_table(frames: list[np.ndarray], model: str | None) -> list[TableRow]:
     """predict() on every frame per CPU target x packaged precision; a target that fails becomes an error row."""
     precisions = ["fp32"] if model else packaged_precisions()
     rows: list[TableRow] = []
@@ -82,19 +82,15 @@ def target_table(frames: list[np.ndarray], model: str | None, runs: int = 1) -> 
             with seg:
                 seg.predict(frames[0])  # warm-up: first-call compilation is not latency
                 times, labels = [], []
-                for _ in range(runs):
-                    for frame in frames:
-                        start = time.perf_counter()
-                        result = seg.predict(frame)
-                        times.append((time.perf_counter() - start) * 1000)
-                        labels.append(result.semantic)
-            agreement = None
+                for frame in frames:
+                    start = time.perf_counter()
+                    result = seg.predict(frame)
+                    times.append((time.perf_counter() - start) * 1000)
+                    labels.append(result.semantic)
             if reference is None:
-                reference = labels[: len(frames)]
-                agreement = 100.0
-            else:
-                same = sum(int((a == b).sum()) for a, b in zip(reference, labels, strict=False))
-                agreement = 100.0 * same / sum(r.size for r in reference)
+                reference = labels
+            same = sum(int((a == b).sum()) for a, b in zip(reference, labels, strict=True))
+            agreement = 100.0 * same / sum(r.size for r in reference)
             p50 = float(np.percentile(times, 50))
             rows.append(TableRow(target, seg.runtime, precision, p50, 1000.0 / float(np.mean(times)), agreement))
     return rows
