@@ -175,3 +175,16 @@ def test_precision_says_what_runs(artifacts):
         assert seg.precision == "fp32"  # the artifact's own precision, whatever was asked
     with Segmenter("openvino", model=artifacts["semantic"], precision="bf16") as seg:
         assert seg.precision == "bf16" and seg.backend.inference_precision == "bf16"
+
+
+def test_compact_export_is_smaller_and_segments_alike(checkpoint, artifacts, tmp_path):
+    from compile.export import export
+
+    compact = export(
+        checkpoint, "onnxruntime", "fp32", tmp_path / "c.onnx", input_size=(128, 160), task="semantic", compact=True
+    )
+    assert compact.stat().st_size < 0.7 * artifacts["semantic"].stat().st_size
+    frame = frames()["bgr"]
+    with Segmenter("onnxruntime", model=compact) as seg, Segmenter("onnxruntime", model=artifacts["semantic"]) as ref:
+        assert seg.metadata["weight_storage"] == "fp16"
+        assert (seg.predict(frame).semantic == ref.predict(frame).semantic).mean() > 0.99
