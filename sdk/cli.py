@@ -28,6 +28,11 @@ HOST_COMMANDS: dict[str, tuple[str, str, str]] = {
     "convert": ("train.cli:convert_main", "official detectron2 / HF checkpoint -> our .pt format", "train"),
     "train": ("train.cli:train_main", "train Mask2Former from a config (torchrun for several processes)", "train"),
     "eval": ("train.cli:eval_main", "metrics (mIoU / PQ / AP) of a checkpoint on a dataset", "train"),
+    "cross-validate": (
+        "train.cli:cross_validate_main",
+        "leave-one-sequence-out training and scoring (honest validation on video datasets)",
+        "train",
+    ),
     "export": ("compile.cli:export_main", "checkpoint -> verified ONNX artifact per target and precision", "train"),
     "benchmark": ("benchmarks.cli:benchmark_main", "latency / memory / accuracy per target x precision", "train"),
     # device-side, but with its own parser: a street clip through the packaged model, then the per-target table

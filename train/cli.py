@@ -7,7 +7,9 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+from train.evaluation.runner import HEADLINE
 from train.model import load_pretrained, save_checkpoint
 from train.model.checkpoint import file_sha256
 from train.model.zoo import MODEL_ZOO
@@ -45,6 +47,7 @@ def convert_main(argv: Sequence[str]) -> int:
 
 def train_main(argv: Sequence[str]) -> int:
     """``m2f train CONFIG [--data-root DIR] [--output DIR] [--max-iters N] [--resume]``."""
+    from train.cross_validate import hold_out
     from train.train_config import load_train_config
     from train.trainer import Trainer
 
@@ -55,9 +58,16 @@ def train_main(argv: Sequence[str]) -> int:
     parser.add_argument("--max-iters", type=int, help="replaces solver.max_iters")
     parser.add_argument("--batch-size", type=int, help="replaces solver.batch_size (global)")
     parser.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.pt if present")
+    parser.add_argument(
+        "--hold-out",
+        metavar="SEQUENCE",
+        help="train on every labelled sequence but this one (train + val splits pooled) and validate on it",
+    )
     args = parser.parse_args(list(argv))
     try:
         config = load_train_config(args.config).with_overrides(args.data_root, args.max_iters, args.batch_size)
+        if args.hold_out:
+            config = hold_out(config, args.hold_out)
     except (ValueError, FileNotFoundError) as err:
         print(f"m2f train: {err}", file=sys.stderr)
         return 2
@@ -82,6 +92,9 @@ def eval_main(argv: Sequence[str]) -> int:
     parser.add_argument("--task", choices=("semantic", "instance", "panoptic"), help="default: the training task")
     parser.add_argument("--max-images", type=int, help="evaluate on the first N images only")
     parser.add_argument("--json", action="store_true", help="print the metrics as one JSON object, last line")
+    parser.add_argument(
+        "--by-sequence", action="store_true", help="also score each video sequence of the dataset on its own"
+    )
     args = parser.parse_args(list(argv))
     try:
         loaded = load_pretrained(args.checkpoint)
@@ -97,12 +110,72 @@ def eval_main(argv: Sequence[str]) -> int:
         print(f"m2f eval: {err}", file=sys.stderr)
         return 2
     metrics = evaluate_model(loaded.model, dataset, loaded.meta, task, stored.get("eval_resize"), args.max_images)
-    headline = {k: round(v, 3) for k, v in metrics.items() if k in ("mIoU", "PQ", "AP", "pACC", "SQ", "RQ")}
+    headline = {k: round(v, 3) for k, v in metrics.items() if k in HEADLINE}
+    if args.by_sequence:
+        try:
+            per_sequence = evaluate_by_sequence(loaded.model, spec, loaded.meta, task, stored.get("eval_resize"))
+        except ValueError as err:
+            print(f"m2f eval: {err}", file=sys.stderr)
+            return 2
+        headline["sequences"] = {
+            sequence: {k: round(v, 3) for k, v in values.items() if k in HEADLINE}
+            for sequence, values in per_sequence.items()
+        }
     if args.json:
         print(json.dumps(headline))
     else:
         for key, value in metrics.items():
             print(f"{key:>24}: {value:.3f}")
+        for sequence, values in headline.get("sequences", {}).items():
+            print(f"{sequence:>24}: " + "  ".join(f"{k} {v:.3f}" for k, v in values.items()))
+    return 0
+
+
+def evaluate_by_sequence(
+    model: Any, spec: dict, meta: Any, task: str, eval_resize: dict | None
+) -> dict[str, dict[str, float]]:
+    """{video sequence: metrics} for a dataset spec whose format knows sequences (CamVid, semantic folders)."""
+    from train.data import build_dataset
+    from train.evaluation.runner import evaluate_model
+
+    dataset = build_dataset(spec)
+    if not hasattr(dataset, "sequences"):
+        raise ValueError(f"dataset format {spec.get('format')!r} does not know video sequences")
+    return {
+        sequence: evaluate_model(model, build_dataset({**spec, "sequences": [sequence]}), meta, task, eval_resize)
+        for sequence in sorted(dataset.sequences())
+    }
+
+
+def cross_validate_main(argv: Sequence[str]) -> int:
+    """``m2f cross-validate CONFIG --data-root DIR --output DIR [--sequences S ...] [--max-iters N]``."""
+    import json
+
+    from train.cross_validate import REPORT_NAME, cross_validate, markdown_report
+    from train.train_config import load_train_config
+
+    parser = argparse.ArgumentParser(
+        prog="m2f cross-validate",
+        description="Leave-one-sequence-out: pool the config's train and val frames, hold out each video sequence "
+        "in turn (train on the rest, score on it), report every fold and their mean. Resumable: rerun the same "
+        "command to continue; scored folds are kept.",
+    )
+    parser.add_argument("config", help="training config (.yaml / .json) whose train/val specs name one dataset")
+    parser.add_argument("--data-root", help="replaces the dataset root of the config")
+    parser.add_argument("--output", required=True, help=f"folder for fold_<sequence>/ runs and {REPORT_NAME}.md")
+    parser.add_argument("--sequences", nargs="+", help="hold out only these sequences (default: every one)")
+    parser.add_argument("--max-iters", type=int, help="replaces solver.max_iters (every fold)")
+    parser.add_argument("--batch-size", type=int, help="replaces solver.batch_size (global)")
+    args = parser.parse_args(list(argv))
+    try:
+        config = load_train_config(args.config).with_overrides(args.data_root, args.max_iters, args.batch_size)
+        report = cross_validate(config, args.output, args.sequences)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"m2f cross-validate: {err}", file=sys.stderr)
+        return 2
+    print(markdown_report(report), end="")
+    print(json.dumps({"mean_mIoU": round(report["mean_mIoU"], 3),
+                      "folds": {s: round(f["mIoU"], 3) for s, f in report["folds"].items()}}))  # fmt: skip
     return 0
 
 

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import csv
 import functools
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from train.data.coco_panoptic import CocoPanopticDataset
-from train.data.semantic_folder import SemanticFolderDataset, require_dir, require_file
+from train.data.semantic_folder import SemanticFolderDataset, require_dir, require_file, select_sequences
 from train.model.config import ModelMeta
 from train.model.zoo import dataset_meta
 
 CAMVID_VOID = 11  # "Unlabelled"; SegNet trains with ignore label 11
 CAMVID_THINGS = ("Car", "Pedestrian", "Bicyclist")  # countable classes; the rest are stuff
+CAMVID_SPLIT_ALIASES = {"trainval": ["train", "val"]}  # every labelled frame of the SegNet layout
 ADE20K_SPLITS = {"train": "training", "val": "validation", "training": "training", "validation": "validation"}
 
 
@@ -34,16 +36,39 @@ def camvid_meta(root: str | Path) -> ModelMeta:
     )
 
 
-def camvid(root: str | Path, split: str = "train") -> SemanticFolderDataset:
-    """CamVid in the SegNet layout: ``{split}/*.png`` and ``{split}annot/*.png`` (0..10, 11 = void -> ignored)."""
+def camvid(
+    root: str | Path,
+    split: str | Sequence[str] = "train",
+    sequences: Sequence[str] | None = None,
+    exclude_sequences: Sequence[str] | None = None,
+) -> SemanticFolderDataset:
+    """CamVid in the SegNet layout: ``{split}/*.png`` and ``{split}annot/*.png`` (0..10, 11 = void -> ignored).
+
+    ``split`` may list several folders (``["train", "val"]``, or ``"trainval"`` for both) to pool every labelled
+    frame; ``sequences`` / ``exclude_sequences`` then keep or drop whole drives (0001TP, 0006R0, 0016E5, ...):
+    CamVid's val holds frames of a drive whose neighbouring frames are in train, so an honest validation holds
+    out a whole sequence instead (see ``train.cross_validate``).
+    """
     root = require_dir(root, "CamVid root")
-    return SemanticFolderDataset(
-        root / split,
-        root / f"{split}annot",
-        meta=camvid_meta(root),
-        ignore_index=255,
-        label_map={CAMVID_VOID: 255},
-    )
+    named = [split] if isinstance(split, str) else list(split)
+    splits = list(dict.fromkeys(folder for name in named for folder in CAMVID_SPLIT_ALIASES.get(name, [name])))
+    if not splits:
+        raise ValueError("split names no CamVid folder")
+    parts = [
+        SemanticFolderDataset(
+            root / name,
+            root / f"{name}annot",
+            meta=camvid_meta(root),
+            ignore_index=255,
+            label_map={CAMVID_VOID: 255},
+        )
+        for name in splits
+    ]
+    pool = parts[0]
+    for part in parts[1:]:
+        pool.extend(part)
+    pool.items = select_sequences(pool.items, sequences, exclude_sequences, f"{root} ({'+'.join(splits)})")
+    return pool
 
 
 def ade20k(root: str | Path, split: str = "train") -> SemanticFolderDataset:

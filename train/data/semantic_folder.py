@@ -8,7 +8,8 @@ formats share (``read_rgb``, ``read_label``, ``require_dir``, ``require_file``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import cv2
@@ -77,6 +78,16 @@ def check_same_size(image: torch.Tensor, label_hw: tuple[int, ...], image_path: 
 
 
 # --------------------------------------------------------------------------------------------------------------
+# video sequences
+
+
+def sequence_of(image_id: str) -> str:
+    """The video sequence a frame belongs to: its file name up to the first ``_`` (CamVid: ``0016E5_07959`` ->
+    ``0016E5``, ``Seq05VD_f00000`` -> ``Seq05VD``); a name without ``_`` is its own sequence."""
+    return Path(image_id).name.split("_", 1)[0]
+
+
+# --------------------------------------------------------------------------------------------------------------
 # the dataset
 
 
@@ -103,6 +114,27 @@ def semantic_to_sample(label: np.ndarray, image: torch.Tensor, image_id: str, ig
     )
 
 
+def select_sequences(
+    items: list[tuple[Path, Path, str]],
+    sequences: Iterable[str] | None,
+    exclude_sequences: Iterable[str] | None,
+    where: str,
+) -> list[tuple[Path, Path, str]]:
+    """The (image, label, id) items of the wanted sequences; ValueError naming the known ones when a name is unknown."""
+    if sequences is None and exclude_sequences is None:
+        return items
+    known = {sequence_of(image_id) for _, _, image_id in items}
+    keep = set(known if sequences is None else sequences)
+    drop = set(exclude_sequences or ())
+    unknown = (keep | drop) - known
+    if unknown:
+        raise ValueError(f"no frames of sequence(s) {sorted(unknown)} under {where}; it has {sorted(known)}")
+    chosen = [item for item in items if sequence_of(item[2]) in keep - drop]
+    if not chosen:
+        raise ValueError(f"sequences {sorted(keep)} minus {sorted(drop)} leave no frames under {where}")
+    return chosen
+
+
 class SemanticFolderDataset:
     """Images under ``image_dir`` (searched recursively for ``*image_suffix``) paired with label PNGs.
 
@@ -110,6 +142,8 @@ class SemanticFolderDataset:
     go through ``label_map`` (identity where absent; map a value to ``ignore_index`` to ignore it); a mapped value
     that is neither ``ignore_index`` nor in ``0..K-1`` is a ValueError naming the file. ``split_file`` (optional)
     is a text file whose lines start with an image path or name (CamVid's ``train.txt``); only those are used.
+    ``sequences`` keeps only frames of those video sequences (``sequence_of``), ``exclude_sequences`` drops them:
+    the way to hold out whole drives, so that no validation frame shares a sequence with a training frame.
     """
 
     def __init__(
@@ -122,6 +156,8 @@ class SemanticFolderDataset:
         split_file: str | Path | None = None,
         image_suffix: str = ".png",
         label_suffix: str = ".png",
+        sequences: Iterable[str] | None = None,
+        exclude_sequences: Iterable[str] | None = None,
     ) -> None:
         self.image_dir = require_dir(image_dir, "image")
         self.label_dir = require_dir(label_dir, "label")
@@ -142,6 +178,7 @@ class SemanticFolderDataset:
             if not label_path.is_file():
                 raise FileNotFoundError(f"image {image_path} has no label: {label_path} does not exist")
             self.items.append((image_path, label_path, stem))
+        self.items = select_sequences(self.items, sequences, exclude_sequences, str(self.image_dir))
         logger.info("semantic folder %s: %d images, %d classes", self.image_dir, len(self.items), meta.num_classes)
 
     def _select(self, images: list[Path], split_file: Path, image_suffix: str) -> list[Path]:
@@ -157,6 +194,17 @@ class SemanticFolderDataset:
                 raise FileNotFoundError(f"{split_file} lists {name}, which is not under {self.image_dir}")
             chosen.append(by_name[name])
         return chosen
+
+    def sequences(self) -> Counter[str]:
+        """{video sequence: number of frames} of this dataset."""
+        return Counter(sequence_of(image_id) for _, _, image_id in self.items)
+
+    def extend(self, other: SemanticFolderDataset) -> SemanticFolderDataset:
+        """Append ``other``'s frames (e.g. CamVid's train and val folders as one pool); classes must match."""
+        if other.meta.class_names != self.meta.class_names or other.ignore_index != self.ignore_index:
+            raise ValueError(f"cannot join {other.image_dir} to {self.image_dir}: different classes or ignore index")
+        self.items.extend(other.items)
+        return self
 
     def __len__(self) -> int:
         return len(self.items)
