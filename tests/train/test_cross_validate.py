@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
+from benchmarks.fold_artifacts import markdown, score_folds
 from tests.tiny_models import tiny_architecture
 from train.cross_validate import cross_validate, hold_out, labelled_pool, pool_sequences
 from train.data import build_dataset
@@ -100,20 +101,42 @@ def test_unknown_or_empty_selection_is_a_clear_error(camvid_like: Path):
         hold_out(bad, "DRIVEA")
 
 
+@pytest.fixture(scope="module")
+def loso_run(camvid_like: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """Two folds of a tiny model, 2 iterations each."""
+    output = tmp_path_factory.mktemp("loso")
+    return output, cross_validate(_config(camvid_like), output, sequences=["DRIVEA", "DRIVEC"], progress=False)
+
+
 @pytest.mark.slow
-def test_cross_validation_trains_scores_and_resumes(camvid_like: Path, tmp_path: Path):
-    config = _config(camvid_like)
-    report = cross_validate(config, tmp_path / "loso", sequences=["DRIVEA", "DRIVEC"], progress=False)
+def test_cross_validation_trains_scores_and_resumes(camvid_like: Path, loso_run: tuple[Path, dict]):
+    output, report = loso_run
     assert list(report["folds"]) == ["DRIVEA", "DRIVEC"]
     assert report["folds"]["DRIVEA"]["frames"] == 3 and report["folds"]["DRIVEA"]["train_frames"] == 5
     assert report["mean_mIoU"] == pytest.approx(np.mean([f["mIoU"] for f in report["folds"].values()]))
-    table = (tmp_path / "loso" / "cross_validation.md").read_text()
+    table = (output / "cross_validation.md").read_text()
     assert "| DRIVEC | 1 | 7 |" in table and "mean of folds" in table
     # a scored fold is kept: rerunning does not train it again (its checkpoint is not rewritten)
-    final = tmp_path / "loso" / "fold_DRIVEA" / "model_final.pt"
+    final = output / "fold_DRIVEA" / "model_final.pt"
     stamp = final.stat().st_mtime_ns
-    again = cross_validate(config, tmp_path / "loso", sequences=["DRIVEA", "DRIVEC"], progress=False)
+    again = cross_validate(_config(camvid_like), output, sequences=["DRIVEA", "DRIVEC"], progress=False)
     assert final.stat().st_mtime_ns == stamp and again["mean_mIoU"] == report["mean_mIoU"]
+
+
+@pytest.mark.slow
+def test_fold_artifacts_score_the_exported_model_on_its_held_out_sequence(
+    camvid_like: Path, loso_run: tuple[Path, dict]
+):
+    output, report = loso_run
+    scored = score_folds(output, _config(camvid_like), "onnxruntime", "fp32", (48, 64))
+    assert list(scored["folds"]) == ["DRIVEA", "DRIVEC"]
+    for sequence, fold in scored["folds"].items():
+        assert fold["frames"] == report["folds"][sequence]["frames"]
+        # the gate's torch figure is the fold's own score (same frames, same pre-processing at native size)
+        assert fold["torch_fp32"] == pytest.approx(report["folds"][sequence]["mIoU"], abs=1e-6)
+        assert fold["label_agreement"] >= 0.999  # fp32 artifact == torch
+        assert (output / f"fold_{sequence}" / "onnxruntime_fp32.onnx").is_file()
+    assert "| **mean of folds** |" in markdown(scored)
 
 
 @pytest.mark.slow

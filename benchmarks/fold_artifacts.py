@@ -1,0 +1,115 @@
+"""Score what ships, per cross-validation fold: each fold's model exported (e.g. OpenVINO int8, calibrated on that
+fold's own training frames) and its held-out sequence scored through the deployed artifact by the export gate.
+
+    python -m benchmarks.fold_artifacts runs/loso_edge --config configs/camvid_edge.yaml \
+        --data-root ../shared/data/camvid --target openvino --precision int8 --input-size 360x480
+
+reads ``runs/loso_edge/fold_<sequence>/model_final.pt`` (from ``m2f cross-validate``) and writes
+``runs/loso_edge/fold_artifacts_<target>_<precision>.md/.json``: per fold the torch fp32 and the artifact mIoU on
+the held-out sequence, and the mean of the folds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from compile.export import export
+from runtimes import read_metadata
+from train.cross_validate import hold_out
+from train.data import build_dataset
+from train.train_config import TrainConfig, load_train_config
+from train.trainer import FINAL_CHECKPOINT
+
+logger = logging.getLogger(__name__)
+
+
+def score_folds(
+    run_dir: Path,
+    config: TrainConfig,
+    target: str,
+    precision: str,
+    input_size: tuple[int, int] | None,
+    calib_images: int = 64,
+) -> dict[str, Any]:
+    """{"folds": {sequence: {"frames", "torch_fp32", "artifact", "drop"}}, "mean_artifact", "mean_torch_fp32"}."""
+    checkpoints = sorted(run_dir.glob(f"fold_*/{FINAL_CHECKPOINT}"))
+    if not checkpoints:
+        raise FileNotFoundError(f"no fold_*/{FINAL_CHECKPOINT} under {run_dir}: run `m2f cross-validate` first")
+    folds: dict[str, dict[str, Any]] = {}
+    for checkpoint in checkpoints:
+        sequence = checkpoint.parent.name.removeprefix("fold_")
+        fold = hold_out(config, sequence)
+        held_out = len(build_dataset(fold.val_data))
+        out = checkpoint.parent / f"{target}_{precision}.onnx"
+        with tempfile.TemporaryDirectory() as calib:
+            for image, _, _ in build_dataset(fold.train_data).items:  # calibrate on frames the fold trained on
+                (Path(calib) / image.name).symlink_to(image.resolve())
+            export(checkpoint, target, precision, out, input_size=input_size, calib_dir=calib,
+                   val_data=fold.val_data, gate_images=held_out, calib_images=calib_images,
+                   max_drop=100.0)  # fmt: skip
+            # max_drop: this scores, it does not gate; every drop is reported
+        accuracy = read_metadata(out)["accuracy"]
+        folds[sequence] = {
+            "frames": held_out,
+            "torch_fp32": accuracy["reference"],
+            "artifact": accuracy["artifact"],
+            "drop": accuracy["drop"],
+            "label_agreement": accuracy["label_agreement"],
+        }
+        logger.info("fold %s: torch %.2f, %s %s %.2f", sequence, accuracy["reference"], target, precision,
+                    accuracy["artifact"])  # fmt: skip
+    return {
+        "target": target,
+        "precision": precision,
+        "folds": folds,
+        "mean_torch_fp32": sum(f["torch_fp32"] for f in folds.values()) / len(folds),
+        "mean_artifact": sum(f["artifact"] for f in folds.values()) / len(folds),
+    }
+
+
+def markdown(report: dict[str, Any]) -> str:
+    name = f"{report['target']} {report['precision']}"
+    lines = [f"| held-out sequence | frames | torch fp32 mIoU | {name} mIoU | drop |", "|---|---|---|---|---|"]
+    for sequence, fold in report["folds"].items():
+        figures = f"{fold['torch_fp32']:.2f} | {fold['artifact']:.2f} | {fold['drop']:.2f}"
+        lines.append(f"| {sequence} | {fold['frames']} | {figures} |")
+    lines.append(f"| **mean of folds** | | **{report['mean_torch_fp32']:.2f}** | **{report['mean_artifact']:.2f}** | |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.fold_artifacts", description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", type=Path, help="an `m2f cross-validate` output folder")
+    parser.add_argument("--config", required=True, help="the training config the folds were trained with")
+    parser.add_argument("--data-root", help="replaces the dataset root of the config")
+    parser.add_argument("--target", default="openvino", choices=("openvino", "onnxruntime"))
+    parser.add_argument("--precision", default="int8", choices=("fp32", "fp16", "bf16", "int8"))
+    parser.add_argument("--input-size", help="HxW of a fixed-size export (default: dynamic)")
+    parser.add_argument("--calib-images", type=int, default=64)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        size = tuple(int(v) for v in args.input_size.lower().split("x")) if args.input_size else None
+        if size is not None and len(size) != 2:
+            raise ValueError(f"--input-size takes HxW, got {args.input_size!r}")
+        config = load_train_config(args.config).with_overrides(args.data_root)
+        report = score_folds(args.run_dir, config, args.target, args.precision, size, args.calib_images)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"fold_artifacts: {err}", file=sys.stderr)
+        return 2
+    stem = args.run_dir / f"fold_artifacts_{args.target}_{args.precision}"
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=2))
+    stem.with_suffix(".md").write_text(markdown(report))
+    print(markdown(report), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
