@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from sdk.stream import evenly_spaced, read_video_frames
+from sdk.sources import evenly_spaced, read_video_frames
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 from sdk.segmenter import Segmenter
-from sdk.stream import read_video_frames
+from sdk.sources import read_video_frames
+from sdk.stream import StreamOptions
 
 
 def backend_fps(seg: Segmenter, frame, runs: int, warmup: int = 5) -> float:
@@ -31,9 +32,8 @@ def backend_fps(seg: Segmenter, frame, runs: int, warmup: int = 5) -> float:
 
 def stream_fps(seg: Segmenter, clip: Path, frames: int, annotate: bool) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        output = Path(tmp) / "out.mp4" if annotate else None
-        kwargs = {} if annotate else {"annotate": None}
-        running = seg.stream(clip, max_frames=frames, output=output, **kwargs)
+        output = Path(tmp) / "out.mp4" if annotate else None  # no output: nothing is drawn or encoded
+        running = seg.stream(clip, StreamOptions(max_frames=frames, output=output))
         for _ in running:
             pass
         return running.stats.as_dict()

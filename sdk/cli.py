@@ -21,7 +21,7 @@ import sdk
 
 if TYPE_CHECKING:
     from sdk.segmenter import Segmenter
-    from sdk.stream import StreamStats
+    from sdk.stream import StreamOptions, StreamStats
 
 # command -> (entry point "module:function" taking argv, one-line help, pip extra it needs)
 HOST_COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -87,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sub.add_parser(name, help=help_text, add_help=False)
     info_parser = sub.add_parser("info", help="versions, available runtimes and targets")
     info_parser.add_argument("--json", action="store_true", help="print one JSON object")
-    for name, help_text in (("predict", "segment image files"), ("stream", "segment a video, camera or stream")):
+    for name, help_text in (("predict", "segment image files"),):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("source", nargs="+" if name == "predict" else None, help="image file(s) / video source")
         p.add_argument("--target", default="auto", help="target profile (default: auto)")
@@ -95,11 +95,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("--task", choices=("semantic", "instance", "panoptic"))
         p.add_argument("--out", help="output folder (predict) or annotated video file (stream)")
         p.add_argument("--json", action="store_true", help="last line: one JSON object with the results / stats")
-    stream_parser = sub.choices["stream"]
-    stream_parser.add_argument("--max-frames", type=int, help="stop after N frames")
-    stream_parser.add_argument("--live", action="store_true", default=None, help="treat as live: keep newest frame")
+    add_stream_parser(sub)
     args = parser.parse_args(argv)
-    if args.command in ("predict", "stream"):
+    if args.command == "stream":
+        return stream_main(args)
+    if args.command == "predict":
         return _segment(args)
     if args.command == "info":
         versions = info()
@@ -111,20 +111,123 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def drain_stream(seg: Segmenter, command: str, source: Any, **options: Any) -> StreamStats | None:
-    """Run ``seg.stream(source, **options)`` to its end; its StreamStats, or None after printing why it failed."""
+# ---------------------------------------------------------------------------------------------- m2f stream
+STREAM_EPILOG = """\
+examples:
+  m2f stream street.mp4 --out street_seg.mp4    every frame in order, the annotated video written
+  m2f stream 0 --max-frames 300                 camera 0, live: the newest frame, older ones dropped (counted)
+  m2f stream rtsp://host/stream --json          last line: one JSON object with the stats
+
+A file whose header declares more (or fewer) frames than it decodes is processed to its last decodable frame with
+a warning (--strict: an error); a file corrupt in the middle is an error naming the frame. A progress bar is
+shown when stderr is a terminal. Ctrl-C stops cleanly: the video written so far is complete, the stats so far are
+printed. Exit status: 0 done, 2 error, 130 interrupted.
+"""
+
+INTERRUPTED = 130  # exit status after Ctrl-C (128 + SIGINT)
+
+
+def add_stream_parser(sub: Any) -> None:
+    """The ``m2f stream`` subcommand's arguments and help."""
+    p = sub.add_parser(
+        "stream",
+        help="segment every frame of a video file, camera, URL or GStreamer pipeline",
+        description="Segment every frame of a video source with decode, inference and drawing overlapped.",
+        epilog=STREAM_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("source", help="video file, camera index (0), URL (rtsp://, http://, ...) or GStreamer pipeline")
+    p.add_argument("--target", default="auto", help="target profile (default: auto, the best one here)")
+    p.add_argument("--model", help="artifact (.onnx) or checkpoint; default: the packaged model")
+    p.add_argument("--task", choices=("semantic", "instance", "panoptic"))
+    p.add_argument("--out", help="write the annotated video to this file (e.g. out.mp4)")
+    p.add_argument("--max-frames", type=int, help="stop after N frames")
+    p.add_argument("--live", action="store_true", default=None, help="treat as live: keep the newest frame, drop")
+    p.add_argument("--strict", action="store_true", help="a file's frame count differing from its header's is an error")
+    p.add_argument("--json", action="store_true", help="last line: one JSON object with the stats")
+
+
+def stream_main(args: argparse.Namespace) -> int:
+    """``m2f stream``: 0 done, 2 error (a message, no traceback), 130 Ctrl-C (stats so far, the video finished)."""
+    from sdk.segmenter import Segmenter
+    from sdk.stream import StreamOptions
+
     try:
-        running = seg.stream(source, **options)
-        for _ in running:
-            pass
+        options = StreamOptions(output=args.out, max_frames=args.max_frames, live=args.live, strict=args.strict)
+        seg = Segmenter(args.target, model=args.model, task=args.task)
+    except (ValueError, FileNotFoundError, RuntimeError, ImportError) as err:
+        print(f"m2f stream: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("m2f stream: interrupted", file=sys.stderr)
+        return INTERRUPTED
+    try:
+        with seg:
+            stats, code = drain_stream(seg, "stream", args.source, options)
+    except KeyboardInterrupt:  # a second Ctrl-C while the first one's clean-up runs
+        print("m2f stream: interrupted", file=sys.stderr)
+        return INTERRUPTED
+    if stats is not None and args.json and code != 2:  # done or interrupted: the stats so far
+        lat = stats.latency_ms
+        figures = {
+            "frames": stats.frames,
+            "frames_decoded": stats.frames_decoded,
+            "frames_in_header": stats.frames_in_header,
+            "dropped": stats.dropped,
+            "written": stats.written,
+            "fps": round(stats.fps, 2),
+            "latency_ms_p50": round(lat.get("p50", 0.0), 2),
+            "latency_ms_p99": round(lat.get("p99", 0.0), 2),
+            "target": seg.target.name,
+            "runtime": seg.runtime,
+            "output": args.out,
+            "interrupted": code == INTERRUPTED,
+        }
+        print(json.dumps(figures))
+    return code
+
+
+def drain_stream(seg: Segmenter, command: str, source: Any, options: StreamOptions) -> tuple[StreamStats | None, int]:
+    """Run ``seg.stream(source, options)`` to its end, with a progress bar when stderr is a terminal.
+
+    Returns (the stats so far, None if the stream never started; an exit status): 0 done, 2 failed (the reason
+    printed as ``m2f COMMAND: ...``), 130 Ctrl-C (the threads stopped and the output video finished).
+    """
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    try:
+        running = seg.stream(source, options)
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         print(f"m2f {command}: {err}", file=sys.stderr)
-        return None
-    return running.stats
+        return None, 2
+    except KeyboardInterrupt:
+        return None, INTERRUPTED
+    limits = (options.max_frames,) if running.options.live else (options.max_frames, running.frame_count)
+    total = min((n for n in limits if n), default=None)
+    bar = tqdm(total=total, unit="frame", disable=not sys.stderr.isatty(), file=sys.stderr)
+    results = iter(running)
+    code = 0
+    try:
+        with bar, logging_redirect_tqdm():
+            for _ in results:
+                bar.update()
+    except KeyboardInterrupt:
+        code = INTERRUPTED
+    except (ValueError, RuntimeError) as err:  # StreamError and StageError are RuntimeErrors
+        print(f"m2f {command}: {err}", file=sys.stderr)
+        code = 2
+    finally:
+        results.close()  # stops the threads, finishes the video and logs the summary once
+    if code == INTERRUPTED:
+        stats = running.stats
+        where = f"; {options.output} holds the {stats.written} frames written" if options.output else ""
+        print(f"m2f {command}: interrupted after {stats.frames} frames{where}", file=sys.stderr)
+    return running.stats, code
 
 
 def _segment(args: argparse.Namespace) -> int:
-    """``m2f predict`` / ``m2f stream``."""
+    """``m2f predict``."""
     from pathlib import Path
 
     import cv2
@@ -154,27 +257,6 @@ def _segment(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps(summaries if len(summaries) > 1 else summaries[0]))
             return 0
-        source = int(args.source) if str(args.source).isdigit() else args.source
-        stats = drain_stream(seg, "stream", source, output=args.out, max_frames=args.max_frames, live=args.live)
-        if stats is None:
-            return 2
-        logging.getLogger("m2f").info(stats.summary())
-        if args.json:
-            lat = stats.latency_ms
-            print(
-                json.dumps(
-                    {
-                        "frames": stats.frames,
-                        "dropped": stats.dropped,
-                        "fps": round(stats.fps, 2),
-                        "latency_ms_p50": round(lat.get("p50", 0.0), 2),
-                        "latency_ms_p99": round(lat.get("p99", 0.0), 2),
-                        "target": seg.target.name,
-                        "runtime": seg.runtime,
-                        "output": args.out,
-                    }
-                )
-            )
     return 0
 
 

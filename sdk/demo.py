@@ -24,7 +24,8 @@ import numpy as np
 
 from sdk.cli import drain_stream
 from sdk.segmenter import DEFAULT_MODELS_DIR, Segmenter
-from sdk.stream import read_video_frames
+from sdk.sources import read_video_frames
+from sdk.stream import StreamOptions
 from sdk.targets import TargetNotAvailable
 
 logger = logging.getLogger(__name__)
@@ -137,15 +138,14 @@ def demo_main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, RuntimeError, ImportError) as err:
         print(f"m2f demo: {err}", file=sys.stderr)
         return 2
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     print(
         f"streaming {source} through {seg.metadata['source']['name']} "
         f"on {seg.target.name} ({seg.runtime}, {seg.precision}) -> {args.out}"
     )
     with seg:
-        stats = drain_stream(seg, "demo", source, output=args.out, max_frames=args.max_frames)
-    if stats is None:
-        return 2
+        stats, code = drain_stream(seg, "demo", source, StreamOptions(output=args.out, max_frames=args.max_frames))
+    if stats is None or code:
+        return code
     lat = stats.latency_ms
     print(
         f"stream: {stats.frames} frames in {stats.elapsed_s:.1f} s = {stats.fps:.1f} FPS end to end "

@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,6 +25,10 @@ from sdk.postprocess import postprocess
 from sdk.preprocess import Geometry, as_bgr, fit_to_input
 from sdk.results import SegmentationResult
 from sdk.targets import resolve_target
+
+if TYPE_CHECKING:
+    from sdk.sources import Source
+    from sdk.stream import Stream, StreamOptions
 
 logger = logging.getLogger(__name__)
 
@@ -167,12 +171,11 @@ class Segmenter:
         """Several frames, each at its own size."""
         return [self.predict(frame) for frame in frames]
 
-    def stream(self, source: str | int | Path, **kwargs: Any) -> Any:
-        """Results for every frame of ``source`` (see ``sdk.stream.stream`` for the options)."""
+    def stream(self, source: Source, options: StreamOptions | None = None, **overrides: Any) -> Stream:
+        """Results for every frame of ``source``: ``sdk.stream.stream`` with this model (``StreamOptions`` there)."""
         from sdk.stream import stream
 
-        kwargs.setdefault("annotate", lambda result, frame: result.overlay(frame))
-        return stream(self, source, **kwargs)
+        return stream(self, source, options, **overrides)
 
     def close(self) -> None:
         self.backend.close()

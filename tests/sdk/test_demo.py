@@ -8,7 +8,7 @@ import cv2
 import pytest
 
 from sdk import demo
-from sdk.stream import read_video_frames
+from sdk.sources import read_video_frames
 from tests.conftest import data_root
 
 CLIP = data_root() / "videos" / "car-detection.mp4"

@@ -1,11 +1,15 @@
-"""sdk.stream: sources, the three-stage pipeline (files exact, live sources bounded), shutdown, errors, stats.
+"""sdk.stream: sources, the three-stage pipeline (files exact, live sources bounded), shutdown, errors, stats,
+frame accounting against the container header, options.
 
-A fake StagedModel stands in for the Segmenter; fake readers simulate cameras and network streams. The real clips
-in ../shared/data/videos check exact frame counts end to end (skipped when the folder is absent).
+A fake StagedModel stands in for the Segmenter; fake readers simulate cameras and network streams. Clips written
+here with OpenCV (tests/sdk/clips.py) check the header accounting; the real clips in ../shared/data/videos check
+exact frame counts end to end (skipped when the folder is absent). Speed goals (overlap speed-up, bounded live
+latency) are measured in benchmarks/test_bench_stream.py, not asserted here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 import threading
@@ -18,17 +22,18 @@ import cv2
 import numpy as np
 import pytest
 
-from sdk.stream import (
+from sdk.sources import (
     SourceError,
-    StageError,
     StreamError,
     StreamTimeoutError,
     backend_available,
     open_source,
+    readable_frame_after,
     source_kind,
-    stream,
 )
+from sdk.stream import StageError, StreamOptions, stream
 from tests.conftest import data_root
+from tests.sdk.clips import corrupt_middle_clip, header_and_decoded, over_counting_clip, write_clip
 
 CLIPS = {"car-detection.mp4": 377, "one-by-one-person-detection.mp4": 1394, "solidWhiteRight.mp4": 221}
 
@@ -249,7 +254,8 @@ def test_real_clip_every_frame_in_order_and_output_video(name: str, tmp_path: Pa
         assert "latency_ms" in result.timings and "inference_ms" in result.timings
     assert indices == list(range(CLIPS[name]))
     stats = s.stats
-    assert (stats.frames, stats.decoded, stats.dropped, stats.written) == (CLIPS[name], CLIPS[name], 0, CLIPS[name])
+    assert (stats.frames, stats.frames_decoded, stats.dropped, stats.written) == (CLIPS[name],) * 2 + (0, CLIPS[name])
+    assert stats.frames_in_header == CLIPS[name]
     assert set(stats.stage_ms) == {"decode", "prepare", "infer", "finish", "annotate", "write"}
     assert alive(s) == []
 
@@ -271,17 +277,15 @@ def test_real_clip_early_break_stops_every_thread() -> None:
 
 
 @pytest.mark.data
-def test_truncated_file_gives_its_frames_then_an_error(tmp_path: Path) -> None:
+def test_truncated_real_clip_gives_every_decodable_frame_without_error(tmp_path: Path) -> None:
     data = (videos() / "car-detection.mp4").read_bytes()
     truncated = tmp_path / "truncated.mp4"
     truncated.write_bytes(data[: len(data) // 2])  # the index (moov) is at the start, so it opens
+    declared, decodable = header_and_decoded(truncated)
+    assert declared == CLIPS["car-detection.mp4"] > decodable > 0
     s = stream(FakeModel(), truncated)
-    seen = []
-    with pytest.raises(SourceError, match="truncated or corrupt"):
-        for result in s:
-            seen.append(result.frame_index)
-    assert 0 < len(seen) < CLIPS["car-detection.mp4"]
-    assert seen == list(range(len(seen)))
+    assert [r.frame_index for r in s] == list(range(decodable))
+    assert (s.stats.frames_decoded, s.stats.frames_in_header) == (decodable, declared)
     assert alive(s) == []
 
 
@@ -291,7 +295,7 @@ def test_file_max_frames_and_stats_summary() -> None:
     assert s.frame_count == 221 and s.source_fps == pytest.approx(25.0)
     assert [r.frame_index for r in s] == list(range(10))
     stats = s.stats
-    assert stats.frames == stats.decoded == 10
+    assert stats.frames == stats.frames_decoded == 10 and stats.frames_in_header == 221
     assert stats.fps > 0 and set(stats.latency_ms) == {"p50", "p90", "p99", "max"}
     assert "10 frames" in stats.summary()
     json.dumps(stats.as_dict())
@@ -315,8 +319,69 @@ def test_http_url_is_a_live_source(tmp_path: Path) -> None:
         server.shutdown()
         server.server_close()
     assert len(indices) == 20 and indices == sorted(set(indices))
-    assert s.stats.decoded >= 20
+    assert s.stats.frames_decoded >= 20
     assert alive(s) == []
+
+
+# ---------------------------------------------------------------------------------------------- frame accounting
+def test_header_that_over_counts_is_a_warning_and_every_decodable_frame_is_processed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    clip = over_counting_clip(tmp_path / "over.mp4", 60)
+    declared, decodable = header_and_decoded(clip)
+    assert declared == 60 > decodable > 30  # the header over-counts, as real-world MP4s often do
+    out = tmp_path / "out.mp4"
+    s = stream(FakeModel(), clip, output=out, annotate=lambda result, frame: frame)
+    with caplog.at_level("WARNING", logger="sdk.stream_pipeline"):
+        assert [r.frame_index for r in s] == list(range(decodable))
+    stats = s.stats
+    assert (stats.frames, stats.frames_decoded, stats.frames_in_header) == (decodable, decodable, 60)
+    assert stats.written == decodable and header_and_decoded(out) == (decodable, decodable)
+    assert f"decoded {decodable} frames, the container header says 60" in caplog.text
+    assert alive(s) == []
+
+
+def test_strict_makes_a_header_mismatch_an_error(tmp_path: Path) -> None:
+    clip = over_counting_clip(tmp_path / "over.mp4", 60)
+    _, decodable = header_and_decoded(clip)
+    seen = []
+    with pytest.raises(SourceError, match=f"decoded {decodable} frames, the container header says 60 .strict"):
+        for result in stream(FakeModel(), clip, StreamOptions(strict=True)):
+            seen.append(result.frame_index)
+    assert seen == list(range(decodable))
+
+
+def test_exact_header_is_neither_warned_about_nor_strict_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    clip = write_clip(tmp_path / "exact.mp4", 30)
+    with caplog.at_level("WARNING", logger="sdk.stream_pipeline"):
+        s = stream(FakeModel(), clip, strict=True)
+        assert len(list(s)) == 30
+    assert s.stats.frames_in_header == s.stats.frames_decoded == 30 and "header" not in caplog.text
+
+
+def test_frames_unreadable_in_the_middle_are_an_error_naming_the_frame(tmp_path: Path) -> None:
+    clip = corrupt_middle_clip(tmp_path / "corrupt.mp4", 60, missing=range(20, 26))
+    assert header_and_decoded(clip) == (60, 20)
+    seen = []
+    with pytest.raises(SourceError, match=r"frame 20 of 60 cannot be decoded although frame [0-9]+ can"):
+        for result in stream(FakeModel(), clip):
+            seen.append(result.frame_index)
+    assert seen == list(range(20))
+
+
+def test_readable_frame_after_tells_a_corrupt_middle_from_a_missing_tail(tmp_path: Path) -> None:
+    corrupt = cv2.VideoCapture(str(corrupt_middle_clip(tmp_path / "corrupt.mp4", 60, missing=range(20, 26))))
+    tail = cv2.VideoCapture(str(over_counting_clip(tmp_path / "over.mp4", 60)))
+    try:
+        found = readable_frame_after(corrupt, 20, 60)
+        assert found is not None and 26 <= found < 60
+        assert readable_frame_after(tail, header_and_decoded(tmp_path / "over.mp4")[1], 60) is None
+    finally:
+        corrupt.release()
+        tail.release()
+    assert readable_frame_after(FakeReader(n=5), 2, 10) is None  # cannot seek: no claim
 
 
 # ---------------------------------------------------------------------------------------------- pipeline
@@ -462,31 +527,27 @@ def test_live_lost_connection_reconnects_and_continues() -> None:
     assert alive(s) == []
 
 
-def test_live_slow_model_drops_frames_and_keeps_latency_bounded() -> None:
+def test_live_slow_model_drops_frames_and_keep_latest_false_drops_none() -> None:
     frames, infer_s = 150, 0.025
     s = stream(FakeModel(infer_s=infer_s), FakeReader(n=frames, period_s=0.003))  # ~330 fps source, ~40 fps model
     indices = [r.frame_index for r in s]
     stats = s.stats
-    assert stats.decoded == frames and stats.dropped > frames // 3
+    assert stats.frames_decoded == frames and stats.dropped > 0
     assert stats.frames + stats.dropped == frames == len(indices) + stats.dropped
     assert indices == sorted(set(indices))  # in order; gaps are the dropped frames
-    # without dropping, the last frame would wait for ~150 x 25 ms of backlog
-    assert stats.latency_ms["p90"] < 8 * infer_s * 1000, stats.summary()
 
     backlog = stream(FakeModel(infer_s=infer_s), FakeReader(n=40, period_s=0.003), keep_latest=False, queue_size=8)
     assert len(list(backlog)) == 40 and backlog.stats.dropped == 0
-    assert backlog.stats.latency_ms["max"] > stats.latency_ms["p50"]
 
 
-def test_stages_overlap_and_beat_serial_throughput() -> None:
-    """decode, infer and finish each sleep ~10 ms: pipelined, a frame takes ~10 ms instead of ~30 ms."""
+def test_stages_overlap() -> None:
+    """decode, infer and finish each sleep ~10 ms: pipelined, their intervals overlap (the speed-up is measured in
+    benchmarks/test_bench_stream.py)."""
     n, stage_s = 40, 0.01
     reader = FakeReader(n=n, period_s=stage_s)
     model = FakeModel(infer_s=stage_s, finish_s=stage_s)
     s = stream(model, reader, live=False)
-    start = time.perf_counter()
     assert len(list(s)) == n
-    elapsed = time.perf_counter() - start
 
     def overlapped(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> bool:
         return any(s0 < e1 and s1 < e0 for s0, e0 in a for s1, e1 in b)
@@ -494,8 +555,6 @@ def test_stages_overlap_and_beat_serial_throughput() -> None:
     infers = [(b, e) for name, b, e in model.intervals if name == "infer"]
     finishes = [(b, e) for name, b, e in model.intervals if name == "finish"]
     assert overlapped(reader.read_intervals, infers) and overlapped(infers, finishes)
-    serial = n * 3 * stage_s
-    assert serial / elapsed > 1.8, f"{elapsed:.3f} s vs serial {serial:.3f} s: {s.stats.summary()}"
 
 
 def test_invalid_arguments() -> None:
@@ -503,8 +562,57 @@ def test_invalid_arguments() -> None:
         stream(FakeModel(), FakeReader(n=1), queue_size=0)
     with pytest.raises(ValueError, match="keep_latest"):
         stream(FakeModel(), FakeReader(n=1), live=False, keep_latest=True)
+    with pytest.raises(ValueError, match="output_fps"):
+        StreamOptions(output_fps=0)
     with pytest.raises(TypeError):
         source_kind(3.5)
+
+
+def test_options_are_one_frozen_dataclass_and_unknown_names_raise_listing_them() -> None:
+    options = StreamOptions(max_frames=3)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.max_frames = 4  # type: ignore[misc]
+    with pytest.raises(TypeError, match=r"unknown stream option\(s\) max_frame; the options are: live, .*strict"):
+        stream(FakeModel(), FakeReader(n=5), max_frame=3)
+    s = stream(FakeModel(), FakeReader(n=10), options, live=False)  # keywords override the options object
+    assert [r.frame_index for r in s] == [0, 1, 2]
+    assert s.options.max_frames == 3 and s.options.live is False and s.options.keep_latest is False
+    assert stream(FakeModel(), FakeReader(n=1)).options.keep_latest is True  # decided per source kind
+
+
+def test_output_that_cannot_be_written_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("a file")
+    with pytest.raises(StreamError, match=r"notes\.txt is a file, not a folder"):
+        stream(FakeModel(), FakeReader(n=3), output=blocker / "sub" / "out.mp4")
+    with pytest.raises(StreamError, match="is a folder: name the video file"):
+        stream(FakeModel(), FakeReader(n=3), output=tmp_path)
+
+
+def test_results_that_draw_themselves_are_drawn_by_default(tmp_path: Path) -> None:
+    class Drawn(FakeResult):
+        def overlay(self, frame: np.ndarray) -> np.ndarray:
+            return 255 - frame
+
+    class DrawingModel(FakeModel):
+        def finish(self, outputs: dict[str, np.ndarray], context: Any, frame: np.ndarray) -> FakeResult:
+            return Drawn(super().finish(outputs, context, frame).value)
+
+    for name, annotate, expected in (("drawn", None, 255), ("raw", lambda r, f: f, 0)):
+        out = tmp_path / f"{name}.mp4"
+        list(stream(DrawingModel(), FakeReader(n=3, shape=(64, 64, 3)), live=False, output=out, annotate=annotate))
+        ok, first = cv2.VideoCapture(str(out)).read()
+        assert ok and abs(float(first.mean()) - expected) < 10  # frame 0 is all zeros; its overlay all 255
+
+
+@pytest.mark.parametrize("how", ["end", "break"])
+def test_summary_is_logged_once(how: str, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("INFO", logger="sdk.stream"):
+        for result in stream(FakeModel(), FakeReader(n=5), live=False):
+            if how == "break" and result.frame_index == 1:
+                break
+    summaries = [r for r in caplog.records if "mean ms per stage" in r.getMessage()]
+    assert len(summaries) == 1, caplog.text
 
 
 def test_live_reconnect_that_cannot_reopen_gives_up() -> None:
