@@ -234,7 +234,7 @@ def stream(model: StagedModel, source: Source, options: StreamOptions | None = N
             fps = DEFAULT_OUTPUT_FPS
     name = f"m2f-stream{next(_STREAM_IDS)}"
     logger.info("%s: %s source %s (live=%s, keep_latest=%s)", name, kind, source, options.live, options.keep_latest)
-    return Stream(Pipeline(model, kind, name, reader, reopen, options, fps))
+    return Stream(Pipeline(model, name, reader, reopen, options, fps))
 
 
 def _connect(source: Source, kind: str, options: StreamOptions) -> tuple[Any, Callable[[], Any] | None]:

@@ -117,10 +117,10 @@ class Channel:
             self._items.append(item)
             self._cond.notify_all()
 
-    def get(self, *, stoppable: bool = True) -> Any:
+    def get(self) -> Any:
         with self._cond:
             while not self._items:
-                if stoppable and self._stop.is_set():
+                if self._stop.is_set():
                     raise _StoppedError
                 self._cond.wait(POLL_S * 2)
             item = self._items.popleft()
@@ -207,7 +207,6 @@ class Pipeline:
     def __init__(
         self,
         model: StagedModel,
-        kind: str,
         name: str,
         reader: Any,
         reopen: Callable[[], Any] | None,
@@ -215,7 +214,7 @@ class Pipeline:
         output_fps: float,
     ) -> None:
         """``options`` resolved for this source (``live`` and ``keep_latest`` set); ``output_fps`` for the video."""
-        self.model, self.kind, self.name = model, kind, name
+        self.model, self.name = model, name
         self.first_reader, self.reopen = reader, reopen
         self.options, self.output_fps = options, output_fps
         self.output = Path(options.output) if options.output is not None else None
