@@ -142,7 +142,7 @@ def add_stream_parser(sub: Any) -> None:
     p.add_argument("--task", choices=("semantic", "instance", "panoptic"))
     p.add_argument("--out", help="write the annotated video to this file (e.g. out.mp4)")
     p.add_argument("--max-frames", type=int, help="stop after N frames")
-    p.add_argument("--live", action="store_true", default=None, help="treat as live: keep the newest frame, drop")
+    p.add_argument("--live", action="store_true", default=None, help="live: newest frame only, older dropped")
     p.add_argument("--strict", action="store_true", help="a file's frame count differing from its header's is an error")
     p.add_argument("--json", action="store_true", help="last line: one JSON object with the stats")
 
