@@ -212,3 +212,50 @@ def test_missing_hf_keys_are_named():
     state["swin.encoder.layers.0.blocks.0.surprise"] = torch.zeros(1)
     with pytest.raises(ValueError, match="unrecognised"):
         swin_state_dict_from_hf(state)
+
+
+def _tiny_swin() -> SwinTransformer:
+    config = SwinConfig(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(2, 2, 4, 4), window_size=4, drop_path_rate=0.0)
+    return SwinTransformer(config).eval()
+
+
+def test_attention_accepts_the_cuda_kernels_output_layout(monkeypatch):
+    """CUDA's flash / memory-efficient SDPA return (B, heads, N, d) over a (B, N, heads, d) memory layout; the
+    shifted-window branch once ``.view``-ed that and crashed every Swin model on CUDA. CPU SDPA keeps the layout of
+    its query, so feeding it that layout reproduces the CUDA output exactly (same values, same strides)."""
+    model = _tiny_swin()
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        want = model(x)
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    layouts = []
+
+    def cuda_layout_sdpa(q, k, v, **kwargs):
+        def as_cuda(t):
+            return t.transpose(1, 2).contiguous().transpose(1, 2)  # (B, heads, N, d) over (B, N, heads, d)
+
+        out = sdpa(as_cuda(q), as_cuda(k), as_cuda(v), **kwargs)
+        layouts.append(out.is_contiguous())
+        return out
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", cuda_layout_sdpa)
+    with torch.no_grad():
+        got = model(x)
+    assert layouts and not any(layouts)  # every attention call saw the CUDA layout
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "strided"])
+def test_non_contiguous_images_give_the_same_features(layout):
+    """Swin on a channels-last or a strided (cropped) image: same features as on the contiguous copy."""
+    model = _tiny_swin()
+    base = torch.randn(2, 3, 64, 96 + 8)
+    x = base.to(memory_format=torch.channels_last) if layout == "channels_last" else base[..., 4:-4]
+    assert not x.is_contiguous()
+    with torch.no_grad():
+        got = model(x)
+        want = model(x.contiguous())
+    for g, w in zip(got, want, strict=True):
+        assert g.is_contiguous()
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)

@@ -130,8 +130,12 @@ class WindowAttention(nn.Module):
         qkv = self.qkv(x).view(BnW, N, 3, nH, C // nH).permute(2, 0, 3, 1, 4)  # (3, B*nW, nH, N, d)
         q, k, v = qkv.unbind(0)  # (B*nW, nH, N, d) each
         bias = self.relative_position_bias().unsqueeze(0)  # (1, nH, N, N)
+        # SDPA's output layout depends on the kernel: CUDA flash / memory-efficient attention return the
+        # (batch, heads, N, d) shape over a (batch, N, heads, d) memory layout. So never `.view` it: transpose,
+        # then one reshape that copies at most once whichever layout came back.
         if mask is None:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (B*nW, nH, N, d)
+            out = out.transpose(1, 2)  # (B*nW, N, nH, d)
         else:
             # Fold windows into the head axis so the per-window mask broadcasts over the batch only.
             nW = mask.shape[0]
@@ -140,8 +144,8 @@ class WindowAttention(nn.Module):
             out = F.scaled_dot_product_attention(
                 q.reshape(shape), k.reshape(shape), v.reshape(shape), attn_mask=attn_mask
             )  # (B, nW*nH, N, d)
-            out = out.view(BnW, nH, N, C // nH)
-        out = out.transpose(1, 2).reshape(BnW, N, C)  # (B*nW, N, C)
+            out = out.unflatten(1, (nW, nH)).transpose(2, 3)  # (B, nW, N, nH, d)
+        out = out.reshape(BnW, N, C)  # (B*nW, N, C)
         return self.proj(out)
 
 
