@@ -27,8 +27,13 @@ class SolverConfig:
     poly_power: float = 0.9
     clip_grad_norm: float = 0.01  # official "full_model" clipping; 0 disables
     amp: str = "none"  # "bf16" (CPU, Ampere+) or "fp16" (CUDA, with a grad scaler)
-    num_workers: int = 2
+    num_workers: int | str = "auto"  # data-loader processes per training process; "auto": the cores it may use
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        workers = self.num_workers
+        if workers != "auto" and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
+            raise ValueError(f"solver.num_workers must be 'auto' or an int >= 0, got {workers!r}")
 
 
 @dataclass(frozen=True)

@@ -127,6 +127,21 @@ def _mix(*values: int) -> int:
     return h
 
 
+MAX_AUTO_WORKERS = 12  # "auto" never starts more loader processes than this per training process
+
+
+def resolve_num_workers(num_workers: int | str, world_size: int = 1) -> int:
+    """``solver.num_workers`` as a count: "auto" is this process's share of the cores it may run on (its CPU
+    affinity, not the machine's count) less one for the training loop itself, at most ``MAX_AUTO_WORKERS``."""
+    if num_workers != "auto":
+        return int(num_workers)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(0, min(cores // max(world_size, 1) - 1, MAX_AUTO_WORKERS))
+
+
 def parameter_groups(model: Mask2Former, lr: float, weight_decay: float, backbone_mult: float) -> list[dict]:
     """Backbone at ``lr * backbone_mult``; no weight decay on norms, biases of norms and embeddings (official)."""
     no_decay_types = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm2d, nn.SyncBatchNorm, nn.Embedding)
@@ -277,12 +292,15 @@ class Trainer:
             len(self.train_set), s.batch_size, self.dist.rank, self.dist.world_size, s.seed, self.start_iter
         )
         dataset = SeededSamples(self.train_set, build_augmentation(self.config.augmentation))
+        workers = resolve_num_workers(s.num_workers, self.dist.world_size)
+        logger.info("data loader: %d worker process(es) (num_workers=%s)", workers, s.num_workers)
         return DataLoader(
             dataset,
             batch_sampler=sampler,
             collate_fn=collate,
-            num_workers=s.num_workers,
-            persistent_workers=s.num_workers > 0,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=self.dist.device.type == "cuda",  # page-locked batches: the copies below run asynchronously
         )
 
     def train_step(self, batch: dict[str, Any], iteration: int) -> dict[str, float]:
@@ -290,8 +308,10 @@ class Trainer:
         s = self.config.solver
         torch.manual_seed(_mix(s.seed, self.dist.rank, iteration))  # point sampling, drop path
         device = self.dist.device
-        images = normalize_images(batch["images"].to(device), batch["image_sizes"], self.meta)
-        targets = [{k: v.to(device) for k, v in t.items()} for t in batch["targets"]]
+        non_blocking = device.type == "cuda"  # from pinned memory: the copies overlap the host work that follows
+        images = batch["images"].to(device, non_blocking=non_blocking)  # (B, 3, Hp, Wp) uint8
+        images = normalize_images(images, batch["image_sizes"], self.meta)
+        targets = [{k: v.to(device, non_blocking=non_blocking) for k, v in t.items()} for t in batch["targets"]]
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(s.amp)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             outputs = self.ddp(images)

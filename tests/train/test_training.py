@@ -20,7 +20,7 @@ from train.data.synthetic import synthetic_panoptic, write_synthetic_dataset
 from train.evaluation.runner import evaluate_model
 from train.model import Mask2Former, Mask2FormerConfig, load_pretrained
 from train.train_config import TrainConfig
-from train.trainer import GlobalBatchSampler, Trainer
+from train.trainer import MAX_AUTO_WORKERS, GlobalBatchSampler, Trainer, resolve_num_workers
 
 TINY_MODEL = tiny_architecture(width=64, queries=16, encoder_layers=2, decoder_layers=3)
 
@@ -116,6 +116,32 @@ def test_global_batches_are_the_same_for_any_process_count():
     assert [next(late) for _ in range(5)] == whole[7:12]
     with pytest.raises(ValueError, match="split evenly"):
         GlobalBatchSampler(20, 3, rank=0, world=2, seed=0)
+
+
+def test_num_workers_auto_is_the_usable_cores_less_one():
+    cores = len(os.sched_getaffinity(0))
+    assert resolve_num_workers("auto") == max(0, min(cores - 1, MAX_AUTO_WORKERS))
+    assert resolve_num_workers("auto", world_size=cores) == 0  # one core per process: the loop keeps it
+    assert resolve_num_workers(3) == 3
+    assert TrainConfig.from_dict(tiny_train_config(Path("x"), 1, solver={"num_workers": "auto"})).solver.num_workers
+    for bad in (-1, "many", 1.5, True):
+        with pytest.raises(ValueError, match=r"solver\.num_workers must be 'auto' or an int >= 0"):
+            TrainConfig.from_dict(tiny_train_config(Path("x"), 1, solver={"num_workers": bad}))
+
+
+def test_trains_with_auto_workers(scenes, tmp_path):
+    config = TrainConfig.from_dict(
+        tiny_train_config(scenes, max_iters=3, val_data=None, solver={"num_workers": "auto"})
+    )
+    assert config.solver.num_workers == "auto"
+    trainer = Trainer(config, tmp_path, progress=False)
+    loader = trainer._loader()
+    assert loader.num_workers == resolve_num_workers("auto")
+    assert loader.pin_memory == torch.cuda.is_available()
+    trainer.run()
+    losses = [row["loss"] for row in trainer.history]
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
+    assert (tmp_path / "model_final.pt").exists()
 
 
 def _train_cli(config: dict, out: Path, *extra: str, nproc: int = 1, wait: bool = True):
