@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from pycocotools import mask as mask_utils
 
 from train.data import DATASET_FORMATS, build_dataset
 from train.data.augmentation import (
@@ -157,6 +156,7 @@ def test_coco_instances_rle_fixture(coco_dir: Path) -> None:
 
 
 def test_coco_instances_polygon_and_rle_formats(tmp_path: Path) -> None:
+    mask_utils = pytest.importorskip("pycocotools.mask")  # module-level would stop collection without it
     h, w = 40, 50
     _png(tmp_path / "img" / "a.png", np.full((h, w, 3), 90, dtype=np.uint8))
     polygon = [[5.0, 5.0, 30.0, 8.0, 20.0, 30.0], [35.0, 30.0, 45.0, 30.0, 45.0, 38.0, 35.0, 38.0]]

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from pycocotools import mask as mask_utils
 
 from train.data.coco_panoptic import load_json, resolve_categories
 from train.data.sample import Sample
@@ -26,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 def segmentation_to_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
     """(H, W) bool mask of one COCO ``segmentation``: polygons, uncompressed RLE or compressed RLE."""
+    from pycocotools import mask as mask_utils  # here: training on other formats needs no pycocotools
+
     if isinstance(segmentation, list):
         polygons = [p for p in segmentation if len(p) >= 6]  # a polygon needs three points
         if not polygons:

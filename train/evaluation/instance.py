@@ -13,14 +13,14 @@ import contextlib
 import io
 import logging
 from collections.abc import Collection, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pycocotools import mask as mask_utils
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
 from train.evaluation.semantic import as_numpy, default_class_names
+
+if TYPE_CHECKING:
+    from pycocotools.coco import COCO
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,8 @@ def encode_masks(masks: np.ndarray) -> list[dict[str, Any]]:
     """RLE-encode (N, H, W) binary masks as detectron2 does (Fortran-ordered uint8 (H, W, N))."""
     if len(masks) == 0:
         return []
+    from pycocotools import mask as mask_utils  # here, not at import: only instance metrics need pycocotools
+
     return mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
 
 
@@ -98,6 +100,8 @@ class InstanceEvaluator:
         keep = np.array([int(c) in cats for c in glabels], dtype=bool)
         rles = encode_masks(gmasks[keep])
         if rles:
+            from pycocotools import mask as mask_utils
+
             areas = mask_utils.area(rles)
             boxes = mask_utils.toBbox(rles)
             for rle, label, crowd, area, box in zip(rles, glabels[keep], gcrowd[keep], areas, boxes, strict=True):
@@ -120,6 +124,8 @@ class InstanceEvaluator:
             )
 
     def _coco_gt(self) -> COCO:
+        from pycocotools.coco import COCO
+
         coco = COCO()
         coco.dataset = {
             "images": list(self.images),
@@ -139,6 +145,9 @@ class InstanceEvaluator:
         if not self.images or not any(not a["iscrowd"] for a in self.gt_annotations):
             logger.warning("instance evaluation saw no (non-crowd) ground-truth instance; AP is NaN")
             return {**dict.fromkeys(METRICS, nan), **dict.fromkeys(per_class_keys, nan)}
+
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
 
         with contextlib.redirect_stdout(io.StringIO()):
             coco_gt = self._coco_gt()
