@@ -159,6 +159,30 @@ def load_hf_model(folder: str | Path) -> Any:
     return transformers.Mask2FormerForUniversalSegmentation.from_pretrained(str(folder)).eval()
 
 
+HF_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def hf_runner(model: Any, device: str = "cpu", precision: str = "fp32", to_host: bool = True) -> Any:
+    """HF eager on ``device`` ("cpu", "cuda") in ``precision``, as an HF user runs it: weights and input cast to
+    the dtype (``torch_dtype``), no autocast. Returns ``run(pixel_values) -> (class_queries_logits,
+    masks_queries_logits)`` as float32 tensors: copied to the CPU (``to_host``; the copy waits for the GPU), else
+    left on the device for on-device post-processing (the caller synchronises)."""
+    import torch
+
+    if precision not in HF_DTYPES:
+        raise ValueError(f"the HF peer runs precision {', '.join(HF_DTYPES)}, not {precision!r}")
+    dtype = getattr(torch, HF_DTYPES[precision])
+    model = model.to(device=device, dtype=dtype).eval()
+
+    def run(pixel_values: Any) -> tuple[Any, Any]:
+        with torch.inference_mode():
+            out = model(pixel_values=pixel_values.to(device=device, dtype=dtype))
+        logits, masks = out.class_queries_logits.float(), out.masks_queries_logits.float()
+        return (logits.cpu(), masks.cpu()) if to_host else (logits, masks)
+
+    return run
+
+
 def hf_processor(pixel_mean: Sequence[float], pixel_std: Sequence[float], folder: str | Path | None = None) -> Any:
     """HF's image processor for frames already letterboxed to the model input: rescale + normalise, no resize.
 

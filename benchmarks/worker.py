@@ -247,18 +247,21 @@ def _torch_segmenter(spec: dict) -> Any:
     module = DeployableMask2Former(loaded.model, loaded.meta, spec["task"]).eval()
     input_spec = _input_spec(loaded.meta, tuple(spec["input_size"]))
     metadata = build_metadata(loaded, spec["task"], "onnxruntime", "fp32", input_spec, checkpoint, DEFAULT_OPSET)
+    row = spec["row"]  # the torch runtime runs the fp32 module on the row's device, in the row's precision
+    options = {"device": row.get("device", "cpu"), "precision": row["precision"], "cuda_graph": row.get("cuda_graph")}
+    backend = TorchBackend.from_module(module, metadata, **options)
 
     class TorchSegmenter(Segmenter):
         """``Segmenter`` over a ready backend (the torch target otherwise compiles a dynamic-size model)."""
 
         def __init__(self, backend: Any) -> None:
-            self.target, self.runtime, self.precision = TARGETS["torch"], "torch", "fp32"
+            self.target, self.runtime, self.precision = TARGETS["torch"], "torch", backend.precision
             self.backend = backend
             self.metadata = backend.metadata
             self.task = self.metadata["task"]
             self.input_name = self.metadata["input"]["name"]
 
-    return TorchSegmenter(TorchBackend.from_module(module, metadata))
+    return TorchSegmenter(backend)
 
 
 def build_pipeline(spec: dict) -> tuple[Any, dict]:
@@ -296,13 +299,7 @@ def build_pipeline(spec: dict) -> tuple[Any, dict]:
     processor = peers.hf_processor(meta.pixel_mean, meta.pixel_std, spec["hf_dir"])
     input_spec = _input_spec(meta, tuple(spec["input_size"]))
     if row["runtime"] == "eager":
-        model = peers.load_hf_model(spec["hf_dir"])
-
-        def run_eager(pixel_values: Any) -> tuple[Any, Any]:
-            with torch.inference_mode():
-                out = model(pixel_values=pixel_values)
-            return out.class_queries_logits, out.masks_queries_logits
-
+        run_eager = peers.hf_runner(peers.load_hf_model(spec["hf_dir"]), row.get("device", "cpu"), row["precision"])
         return _HfPipeline(run_eager, processor, input_spec), facts
 
     import openvino as ov
