@@ -412,10 +412,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="cuda (default when there is a GPU) or cpu")
     parser.add_argument("--tiny", action="store_true", help="toy models and sizes (the CPU test of this script)")
     parser.add_argument("--train-iters", type=int, default=300)
-    parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--skip", action="append", default=[], choices=["kernel", "tests", "train", "latency"])
-    parser.add_argument("--tests-timeout", type=int, default=240, help="seconds for pytest -m gpu")
+    parser.add_argument("--tests-timeout", type=int, default=300, help="seconds for pytest -m gpu")
     parser.add_argument(
         "--absent",
         default="",

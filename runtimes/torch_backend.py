@@ -214,7 +214,9 @@ class TorchBackend(Backend):
                     self._forward(static, autocast_cache=False)
             torch.cuda.current_stream(self._device).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):  # autocast's weight cache must be off while capturing
+            # thread_local: CUDA calls of other threads (other backends, a stream's decoder) may go on meanwhile.
+            # autocast's weight cache must be off while capturing.
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 outputs = self._forward(static, autocast_cache=False)
         return _CapturedGraph(graph, static, outputs)
 

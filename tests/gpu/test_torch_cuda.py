@@ -54,7 +54,8 @@ def test_recaptures_per_shape_and_keeps_a_bounded_cache(checkpoint: Path) -> Non
     sizes = [(128, 160), (96, 128), (128, 160), *[(64 + 32 * i, 96) for i in range(GRAPH_CACHE_SIZE)]]
     for i, size in enumerate(sizes):
         (image,) = frames(1, size, seed=i)
-        np.testing.assert_array_equal(graphed.run({"images": image})["labels"], eager.run({"images": image})["labels"])
+        got, want = graphed.run({"images": image})["labels"], eager.run({"images": image})["labels"]
+        assert got.shape == want.shape == (1, *size) and (got == want).mean() >= 0.999
     assert len(graphed._graphs) == GRAPH_CACHE_SIZE
     assert graphed.cuda_graph
 
@@ -80,21 +81,6 @@ def test_concurrent_callers_get_their_own_results(checkpoint: Path) -> None:
     for t in threads:
         t.join()
     assert not errors, errors[0]
-
-
-def test_explicit_cuda_graph_raises_when_capture_fails(checkpoint: Path) -> None:
-    class Syncs(torch.nn.Module):  # .item() is a host sync: not capturable
-        def forward(self, image: torch.Tensor) -> torch.Tensor:
-            labels = image[..., 0]
-            return labels + int(labels.float().mean().item() > 300)
-
-    _, metadata = deployable(checkpoint, "semantic")
-    (image,) = frames(1)
-    with pytest.raises(RuntimeError, match="capturing the module as a CUDA graph failed"):
-        TorchBackend.from_module(Syncs(), metadata, device="cuda", cuda_graph=True).run({"images": image})
-    fallback = TorchBackend.from_module(Syncs(), metadata, device="cuda")  # default: log and run eagerly
-    np.testing.assert_array_equal(fallback.run({"images": image})["labels"], image[..., 0])
-    assert not fallback.cuda_graph
 
 
 @pytest.fixture(scope="module")
@@ -136,3 +122,20 @@ def test_segmenter_cuda_matches_torch_on_cpu(trained_checkpoint: tuple[Path, lis
         agree += int((got == want).sum())
         total += want.size
     assert agree / total >= 0.999, (agree / total, cuda.runtime, cuda.precision)
+
+
+def test_explicit_cuda_graph_raises_when_capture_fails(checkpoint: Path) -> None:
+    """Last in this file: a broken capture is the one test here that leaves CUDA error handling to torch."""
+
+    class Syncs(torch.nn.Module):  # .item() is a host sync: not capturable
+        def forward(self, image: torch.Tensor) -> torch.Tensor:
+            labels = image[..., 0]
+            return labels + int(labels.float().mean().item() > 300)
+
+    _, metadata = deployable(checkpoint, "semantic")
+    (image,) = frames(1)
+    with pytest.raises(RuntimeError, match="capturing the module as a CUDA graph failed"):
+        TorchBackend.from_module(Syncs(), metadata, device="cuda", cuda_graph=True).run({"images": image})
+    fallback = TorchBackend.from_module(Syncs(), metadata, device="cuda")  # default: log and run eagerly
+    np.testing.assert_array_equal(fallback.run({"images": image})["labels"], image[..., 0])
+    assert not fallback.cuda_graph
