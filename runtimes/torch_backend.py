@@ -156,7 +156,8 @@ class TorchBackend(Backend):
                 tensors = {name: torch.from_numpy(array).to(self._device) for name, array in inputs.items()}
                 with torch.inference_mode():
                     outputs = self._forward(tensors)
-            return {name: _to_numpy(value) for name, value in zip(self._output_names, outputs, strict=True)}
+            arrays = list(inputs.values())
+            return {name: _to_numpy(value, arrays) for name, value in zip(self._output_names, outputs, strict=True)}
 
     def _forward(self, tensors: dict[str, torch.Tensor], autocast_cache: bool = True) -> list[torch.Tensor]:
         """The module's outputs in ``output_names`` order; half-precision float outputs come back as float32."""
@@ -257,9 +258,13 @@ def _check_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
-    """A host copy: never a view of a static graph buffer or of a tensor the module may reuse."""
+def _to_numpy(tensor: torch.Tensor, inputs: list[np.ndarray]) -> np.ndarray:
+    """The output as a numpy array the caller owns: a device tensor (a static graph buffer too) is copied to the
+    host; a CPU tensor is copied only when it may share memory with an input (a module that returns its input)."""
     tensor = tensor.detach()
     if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16
         tensor = tensor.float()
-    return tensor.cpu().numpy().copy() if tensor.device.type == "cpu" else tensor.cpu().numpy()
+    if tensor.device.type != "cpu":
+        return tensor.cpu().numpy()
+    array = tensor.numpy()
+    return array.copy() if any(np.may_share_memory(array, x) for x in inputs) else array
