@@ -151,7 +151,8 @@ class TorchBackend(Backend):
     def _run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         with self._lock:
             if self.cuda_graph:
-                outputs = self._run_graph(inputs)
+                with torch.cuda.device(self._device):  # capture and replay on this backend's GPU
+                    outputs = self._run_graph(inputs)
             else:
                 tensors = {name: torch.from_numpy(array).to(self._device) for name, array in inputs.items()}
                 with torch.inference_mode():
