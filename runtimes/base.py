@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import abc
 import logging
-from collections.abc import Mapping
+import queue
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import ClassVar
+from typing import ClassVar, Generic, TypeVar
 
 import numpy as np
 
 from runtimes.artifact import ArtifactError, validate_metadata
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class BackendInputError(ValueError):
@@ -42,10 +46,43 @@ class TensorSpec:
         return f"{self.name!r} {self.dtype} ({dims})"
 
 
+class ExclusivePool(Generic[T]):
+    """Engine objects that serve one call at a time (OpenVINO infer requests, TensorRT execution contexts).
+
+    ``with pool.borrow() as item:`` hands a free item to the calling thread alone and blocks while none is free.
+    """
+
+    def __init__(self, items: Iterable[T]) -> None:
+        self._items = list(items)
+        if not self._items:
+            raise ValueError("an ExclusivePool needs at least one item")
+        self._free: queue.SimpleQueue[T] = queue.SimpleQueue()
+        for item in self._items:
+            self._free.put(item)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @contextmanager
+    def borrow(self) -> Iterator[T]:
+        item = self._free.get()
+        try:
+            yield item
+        finally:
+            self._free.put(item)
+
+
 class Backend(abc.ABC):
     """One engine session over one artifact. Subclasses set ``name`` and implement the abstract members.
 
     Use as a context manager, or call :meth:`close` when done.
+
+    Thread safety: one backend may be shared by any number of threads (and streams); :meth:`run` is safe to call
+    concurrently and every call returns the outputs of its own inputs. How each engine holds that: OpenVINO runs
+    each call on an infer request borrowed from a pool (:attr:`concurrency` requests) and copies the outputs out
+    before the request is reused; ONNX Runtime's ``InferenceSession.run`` is re-entrant (outputs are fresh arrays
+    per call); torch serialises calls with a lock; TensorRT gives each thread its own execution context. The
+    input checks here only read the engine's specs, so they share nothing mutable between calls.
     """
 
     name: ClassVar[str] = "base"
@@ -75,6 +112,15 @@ class Backend(abc.ABC):
     def output_names(self) -> list[str]:
         """The engine's outputs, in graph order."""
         return self._output_names
+
+    @property
+    def concurrency(self) -> int:
+        """How many :meth:`run` calls the engine executes at the same time (more calls wait for a free slot).
+
+        Callers that want throughput keep this many calls in flight (``Segmenter.predict_batch``, a multi-request
+        stream); 1 means the engine gains nothing from concurrent calls (they are still safe).
+        """
+        return 1
 
     @abc.abstractmethod
     def _run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

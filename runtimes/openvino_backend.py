@@ -7,6 +7,13 @@ artifact. When the device lacks the capability ("BF16" / "FP16" in ``OPTIMIZATIO
 ``precision`` raises :class:`DeviceNotAvailable`; a precision taken from the metadata falls back to f32 with a
 logged warning.
 
+Concurrency: the backend is safe to share between threads. Every ``run`` borrows an infer request from a pool
+and copies its outputs out before handing the request back, so each call gets the outputs of its own inputs.
+The pool holds ``num_requests`` requests, by default the compiled model's OPTIMAL_NUMBER_OF_INFER_REQUESTS (1 in
+"latency" mode; one per CPU stream, e.g. 2 on a 2-core CPU, in "throughput" mode). ``performance_mode`` sets
+OpenVINO's PERFORMANCE_HINT: "latency" (default: one request uses every core) or "throughput" (several streams
+of fewer cores each; worth it when several calls are in flight: ``Segmenter.predict_batch`` or several threads).
+
 Cache: with ``cache_dir``, compiled blobs go to ``cache_dir/<key>/`` where the key is (artifact hash, "openvino",
 precision, device, OpenVINO version); the folder also gets ``m2f.json``, the artifact's metadata.
 """
@@ -21,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from runtimes.artifact import PRECISIONS, ArtifactError, artifact_sha256, engine_cache_key, read_io_names, read_metadata
-from runtimes.base import Backend, DeviceNotAvailable, RuntimeNotAvailable, TensorSpec
+from runtimes.base import Backend, DeviceNotAvailable, ExclusivePool, RuntimeNotAvailable, TensorSpec
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +37,10 @@ _INFERENCE_PRECISION = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f
 _ALIASES = {"f32": "fp32", "f16": "fp16", "float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 _CAPABILITY = {"bf16": "BF16", "f16": "FP16"}  # hint value -> OPTIMIZATION_CAPABILITIES entry it needs
 _VIRTUAL_DEVICES = {"AUTO", "MULTI", "HETERO", "BATCH"}
-_PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
+# performance_mode -> OpenVINO PERFORMANCE_HINT
+PERFORMANCE_MODES = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
+# the constructor's options (for the runtimes table: runtimes/registry.py once it exists)
+OPENVINO_OPTIONS = frozenset({"device", "precision", "threads", "cache_dir", "num_requests", "performance_mode"})
 
 
 def _import_openvino() -> Any:
@@ -54,7 +64,8 @@ def _port_name(port: Any, onnx_names: list[str]) -> str:
 
 
 class OpenVinoBackend(Backend):
-    """Run an artifact with OpenVINO on ``device`` ("CPU", "GPU", "NPU", "AUTO", ...)."""
+    """Run an artifact with OpenVINO on ``device`` ("CPU", "GPU", "NPU", "AUTO", ...); see the module docstring
+    for ``precision``, ``performance_mode``, ``num_requests`` (the request pool) and ``cache_dir``."""
 
     name = "openvino"
 
@@ -65,7 +76,8 @@ class OpenVinoBackend(Backend):
         precision: str | None = None,
         threads: int | None = None,
         cache_dir: str | Path | None = None,
-        performance_hint: str = "LATENCY",
+        num_requests: int | None = None,
+        performance_mode: str = "latency",
     ) -> None:
         ov = _import_openvino()
         super().__init__(read_metadata(path), path)
@@ -75,10 +87,15 @@ class OpenVinoBackend(Backend):
         self._check_device(core, device)
 
         ov_precision = self._inference_precision(core, device, precision)
-        performance_hint = performance_hint.upper()
-        if performance_hint not in _PERFORMANCE_HINTS:
-            raise ValueError(f"unknown performance_hint {performance_hint!r}; use one of {_PERFORMANCE_HINTS}")
-        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": ov_precision, "PERFORMANCE_HINT": performance_hint}
+        hint = PERFORMANCE_MODES.get(str(performance_mode).lower())
+        if hint is None:
+            modes = ", ".join(PERFORMANCE_MODES)
+            raise ValueError(f"unknown performance_mode {performance_mode!r}; use one of {modes}")
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": ov_precision, "PERFORMANCE_HINT": hint}
+        if num_requests is not None:
+            if isinstance(num_requests, bool) or not isinstance(num_requests, int) or num_requests < 1:
+                raise ValueError(f"num_requests must be a positive integer, got {num_requests!r}")
+            config["PERFORMANCE_HINT_NUM_REQUESTS"] = num_requests  # no more streams than requests
         if threads is not None:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         self.cache_dir: Path | None = None
@@ -92,7 +109,10 @@ class OpenVinoBackend(Backend):
 
         # compiling from the path (not a read_model() object) lets a cache hit skip reading the ONNX altogether
         self._compiled = core.compile_model(str(self.path), device, config)
-        self._request = self._compiled.create_infer_request()
+        if num_requests is None:
+            num_requests = max(1, int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        self._requests = ExclusivePool(self._compiled.create_infer_request() for _ in range(num_requests))
+        self.performance_mode = hint.lower()
 
         onnx_inputs, onnx_outputs = read_io_names(self.path)
         self._input_specs: dict[str, TensorSpec] = {}
@@ -108,7 +128,9 @@ class OpenVinoBackend(Backend):
         self._output_ports = list(self._compiled.outputs)
         self._output_names = [_port_name(port, onnx_outputs) for port in self._output_ports]
         self._check_engine_matches_metadata()
-        logger.debug("openvino compiled %s on %s (%s, %s)", self.path, device, ov_precision, performance_hint)
+        logger.debug(
+            "openvino compiled %s on %s (%s, %s, %d requests)", self.path, device, ov_precision, hint, num_requests
+        )
 
     @staticmethod
     def _check_device(core: Any, device: str) -> None:
@@ -144,9 +166,17 @@ class OpenVinoBackend(Backend):
         logger.warning("%s; running the %s artifact in f32", message, name)
         return "f32"
 
+    @property
+    def concurrency(self) -> int:
+        """The number of infer requests in the pool."""
+        return len(self._requests)
+
     def _run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        results = self._request.infer(inputs, share_outputs=False)
-        return {name: results[port] for name, port in zip(self._output_names, self._output_ports, strict=True)}
+        with self._requests.borrow() as request:
+            # inputs are copied into the request; share_outputs=False copies the outputs out of it, so nothing
+            # returned here changes when the request runs the next call
+            results = request.infer(inputs, share_outputs=False)
+            return {name: results[port] for name, port in zip(self._output_names, self._output_ports, strict=True)}
 
     def _close(self) -> None:
-        del self._request, self._compiled
+        del self._requests, self._compiled
