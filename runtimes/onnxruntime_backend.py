@@ -46,6 +46,12 @@ class OnnxRuntimeBackend(Backend):
 
     ``device`` is "cpu" or "cuda"; ``providers`` overrides the provider list; ``threads`` sets
     ``intra_op_num_threads``; other keyword arguments are set as ``onnxruntime.SessionOptions`` attributes.
+
+    Thread safety: one backend may be shared by threads and streams. ``InferenceSession.run`` is re-entrant
+    (ONNX Runtime documents concurrent ``Run`` calls on one session as safe) and returns new arrays per call, and
+    this class keeps no per-call state, so every call gets the outputs of its own inputs
+    (tests/runtimes/test_backend_threads.py, tests/sdk/test_concurrency.py). Concurrent calls share the session's
+    intra-op thread pool, which one call already fills, so :attr:`concurrency` is 1.
     """
 
     name = "onnxruntime"

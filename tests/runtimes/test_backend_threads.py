@@ -62,18 +62,26 @@ def test_one_backend_shared_by_threads(artifact: Path, options: dict) -> None:
     assert not wrong, f"{len(wrong)} of {CALLS} calls went wrong, e.g. {wrong[:3]}"
 
 
-def test_torch_backend_shared_by_threads(artifact: Path) -> None:
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_torch_backend_shared_by_threads(artifact: Path, device: str) -> None:
     torch = pytest.importorskip("torch")
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
     from runtimes.torch_backend import TorchBackend
 
     class Tiny(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("mean", torch.tensor([103.5, 116.25, 123.75]))
+            self.register_buffer("std", torch.tensor([57.375, 57.125, 58.375]))
+
         def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            mean = torch.tensor([103.5, 116.25, 123.75])
-            normalized = (image.float() - mean) / torch.tensor([57.375, 57.125, 58.375])  # (1, H, W, 3)
+            normalized = (image.float() - self.mean) / self.std  # (1, H, W, 3)
             return normalized, normalized.argmax(dim=3), (normalized.sum(dim=3) > 0).to(torch.uint8)
 
     metadata = runtimes.read_metadata(artifact)
-    with TorchBackend.from_module(Tiny(), metadata, ["image"], ["normalized", "labels", "mask"]) as backend:
+    names = (["image"], ["normalized", "labels", "mask"])
+    with TorchBackend.from_module(Tiny(), metadata, *names, device=device) as backend:
         wrong = _stress(backend)
     assert not wrong, f"{len(wrong)} of {CALLS} calls went wrong, e.g. {wrong[:3]}"
 
