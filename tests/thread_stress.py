@@ -41,5 +41,5 @@ def wrong_answers(answers: list[tuple[int, Any | BaseException]], is_right: Call
         if isinstance(result, BaseException):
             wrong.append(f"item {item}: raised {type(result).__name__}: {result}")
         elif not is_right(item, result):
-            wrong.append(f"item {item}: result of another input")
+            wrong.append(f"item {item}: not its own result (differs from the single-thread result)")
     return wrong
