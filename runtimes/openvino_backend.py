@@ -39,7 +39,7 @@ _CAPABILITY = {"bf16": "BF16", "f16": "FP16"}  # hint value -> OPTIMIZATION_CAPA
 _VIRTUAL_DEVICES = {"AUTO", "MULTI", "HETERO", "BATCH"}
 # performance_mode -> OpenVINO PERFORMANCE_HINT
 PERFORMANCE_MODES = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
-# the constructor's options (for the runtimes table: runtimes/registry.py once it exists)
+# UNTIL runtimes/registry.py lands: the option names for the openvino row's ``options`` there (INTERFACES.md #1)
 OPENVINO_OPTIONS = frozenset({"device", "precision", "threads", "cache_dir", "num_requests", "performance_mode"})
 
 
@@ -112,6 +112,7 @@ class OpenVinoBackend(Backend):
         if num_requests is None:
             num_requests = max(1, int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
         self._requests = ExclusivePool(self._compiled.create_infer_request() for _ in range(num_requests))
+        self._num_requests = num_requests
         self.performance_mode = hint.lower()
 
         onnx_inputs, onnx_outputs = read_io_names(self.path)
@@ -169,7 +170,7 @@ class OpenVinoBackend(Backend):
     @property
     def concurrency(self) -> int:
         """The number of infer requests in the pool."""
-        return len(self._requests)
+        return self._num_requests
 
     def _run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         with self._requests.borrow() as request:
