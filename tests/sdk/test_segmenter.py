@@ -188,3 +188,21 @@ def test_compact_export_is_smaller_and_segments_alike(checkpoint, artifacts, tmp
     with Segmenter("onnxruntime", model=compact) as seg, Segmenter("onnxruntime", model=artifacts["semantic"]) as ref:
         assert seg.metadata["weight_storage"] == "fp16"
         assert (seg.predict(frame).semantic == ref.predict(frame).semantic).mean() > 0.99
+
+
+@pytest.mark.parametrize("target", ["onnxruntime", "openvino"])
+def test_bgra_and_grey_segment_as_their_bgr_equivalents(target):
+    """The packaged model (real weights: a random frame gives many classes, unlike the tiny random model)."""
+    rng = np.random.default_rng(1)
+    bgr = frames()["bgr"]
+    bgra = np.dstack([bgr, rng.integers(0, 256, bgr.shape[:2], dtype=np.uint8)])  # alpha is dropped, not blended
+    grey = frames()["grey"]
+    with Segmenter(target) as seg:
+        from_bgr, from_bgra = seg.predict(bgr), seg.predict(bgra)
+        from_grey, from_grey1 = seg.predict(grey), seg.predict(grey[..., None])
+        from_replicated = seg.predict(np.repeat(grey[..., None], 3, axis=2))
+    for got, want in ((from_bgra, from_bgr), (from_grey, from_replicated), (from_grey1, from_replicated)):
+        np.testing.assert_array_equal(got.semantic, want.semantic)
+    # the comparison means something: several classes, and the grey frame segments differently from the colour one
+    assert len(np.unique(from_bgr.semantic)) > 3
+    assert (from_bgr.semantic != from_replicated.semantic).mean() > 0.05
