@@ -40,6 +40,7 @@ import json
 import mmap
 import re
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -281,6 +282,10 @@ def _fields(buf: Any, start: int = 0, end: int | None = None) -> Iterator[tuple[
 def read_metadata_props(path: str | Path) -> dict[str, str]:
     """All ``metadata_props`` of an ONNX file as {key: value} (the last wins on duplicates), graph unread."""
     path = Path(path)
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.onnx"))
+        hint = f" (it holds {', '.join(inside)})" if inside else ""
+        raise ArtifactError(f"{path} is a directory, not an artifact file: pass an .onnx file{hint}")
     if not path.is_file():
         raise FileNotFoundError(f"artifact {path} does not exist")
     props: dict[str, str] = {}
@@ -297,7 +302,9 @@ def read_metadata_props(path: str | Path) -> dict[str, str]:
                     entry = {f: bytes(buf[s:e]) for f, w, s, e in _fields(buf, start, stop) if w == 2}
                     props[entry.get(1, b"").decode()] = entry.get(2, b"").decode()
             except (ValueError, UnicodeDecodeError) as err:
-                raise ArtifactError(f"{path} is not a valid ONNX model ({err}): {_EXPORT_HINT}") from err
+                raise ArtifactError(
+                    f"{path} is not a valid ONNX model, or is corrupt or truncated ({err}): {_EXPORT_HINT}"
+                ) from err
     if not seen_graph:
         raise ArtifactError(f"{path} is not an ONNX model (no graph): {_EXPORT_HINT}")
     return props
@@ -324,9 +331,73 @@ def read_io_names(path: str | Path) -> tuple[list[str], list[str]]:
                         )
                         names[graph_field].append(value.decode())
         except (ValueError, UnicodeDecodeError) as err:
-            raise ArtifactError(f"{path} is not a valid ONNX model ({err}): {_EXPORT_HINT}") from err
+            raise ArtifactError(
+                f"{path} is not a valid ONNX model, or is corrupt or truncated ({err}): {_EXPORT_HINT}"
+            ) from err
     initializers = set(names[_GRAPH_INITIALIZER])
     return [n for n in names[_GRAPH_INPUT] if n not in initializers], names[_GRAPH_OUTPUT]
+
+
+# message type -> {field number: message type of that length-delimited field}; the structure find_damage walks
+_MESSAGES: dict[str, dict[int, str]] = {
+    "model": {_MODEL_GRAPH: "graph"},
+    "graph": {1: "node", 5: "tensor", 11: "value_info", 12: "value_info", 13: "value_info", 15: "sparse_tensor"},
+    "node": {5: "attribute"},
+    "attribute": {5: "tensor", 6: "graph", 10: "tensor", 11: "graph"},
+    "tensor": {},
+    "sparse_tensor": {1: "tensor", 2: "tensor"},
+    "value_info": {},
+}
+
+
+def find_damage(path: str | Path) -> str | None:
+    """Where the protobuf structure of an ONNX file breaks (model, graph, nodes, attributes, tensor headers), or
+    None when it holds together. Tensor contents are not checked: bytes changed inside weights stay unseen."""
+    path = Path(path)
+    if path.stat().st_size == 0:
+        return "the file is empty"
+
+    def walk(buf: Any, kind: str, start: int, end: int) -> None:
+        try:
+            fields = list(_fields(buf, start, end))
+        except ValueError as err:
+            raise _Damaged(f"{err} in a {kind} message at bytes {start}-{end}") from err
+        children = _MESSAGES[kind]
+        for field, wire, s, e in fields:
+            if wire == 2 and field in children:
+                walk(buf, children[field], s, e)
+
+    with path.open("rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        try:
+            walk(buf, "model", 0, len(buf))
+        except _Damaged as damage:
+            return str(damage)
+    return None
+
+
+class _Damaged(Exception):
+    """Internal: find_damage found a broken message."""
+
+
+# what an engine says when it cannot parse the protobuf at all
+_ENGINE_PARSE_FAILURES = ("can't be parsed", "Protobuf parsing failed", "INVALID_PROTOBUF")
+
+
+@contextmanager
+def engine_reads(path: str | Path, engine: str) -> Iterator[None]:
+    """Around an engine's loading of an artifact: its failure on a damaged file becomes an ArtifactError that names
+    the file and says it is corrupt or truncated; any other failure passes through unchanged."""
+    try:
+        yield
+    except Exception as err:
+        damage = find_damage(path) if Path(path).is_file() else None
+        said = str(err).strip().splitlines()
+        if damage is None and not any(text in str(err) for text in _ENGINE_PARSE_FAILURES):
+            raise
+        detail = damage or f"{engine} says: {said[-1] if said else type(err).__name__}"
+        raise ArtifactError(
+            f"{path} is corrupt or truncated ({detail}); {engine} cannot load it: copy the file again or {_EXPORT_HINT}"
+        ) from err
 
 
 def read_metadata(path: str | Path, *, validate: bool = True) -> dict:

@@ -6,7 +6,7 @@ import abc
 import logging
 import queue
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -14,7 +14,7 @@ from typing import ClassVar, Generic, TypeVar
 
 import numpy as np
 
-from runtimes.artifact import ArtifactError, validate_metadata
+from runtimes.artifact import ArtifactError, engine_reads, validate_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -179,6 +179,11 @@ class Backend(abc.ABC):
                 )
             checked[name] = np.ascontiguousarray(array)
         return checked
+
+    def _loading(self) -> AbstractContextManager[None]:
+        """Wrap the engine's reading of the artifact: a damaged file raises ArtifactError naming it (not the engine's
+        raw parser message)."""
+        return nullcontext() if self.path is None else engine_reads(self.path, self.name)
 
     def _check_engine_matches_metadata(self) -> None:
         """Raise :class:`ArtifactError` when the metadata names tensors the engine does not have."""

@@ -93,7 +93,8 @@ class OnnxRuntimeBackend(Backend):
             setattr(options, key, value)
         self._extend_options(options)
 
-        self._session = ort.InferenceSession(self._model_source(), sess_options=options, providers=providers)
+        with self._loading():
+            self._session = ort.InferenceSession(self._model_source(), sess_options=options, providers=providers)
         if "CUDAExecutionProvider" in providers and "CUDAExecutionProvider" not in self._session.get_providers():
             raise DeviceNotAvailable(
                 "ONNX Runtime could not start its CUDA provider (no GPU visible, or CUDA/cuDNN libraries missing "

@@ -108,7 +108,8 @@ class OpenVinoBackend(Backend):
         self.inference_precision = ov_precision
 
         # compiling from the path (not a read_model() object) lets a cache hit skip reading the ONNX altogether
-        self._compiled = core.compile_model(str(self.path), device, config)
+        with self._loading():
+            self._compiled = core.compile_model(str(self.path), device, config)
         if num_requests is None:
             num_requests = max(1, int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
         self._requests = ExclusivePool(self._compiled.create_infer_request() for _ in range(num_requests))

@@ -112,7 +112,9 @@ class Segmenter:
         if not path.exists():
             raise FileNotFoundError(f"no model at {path}")
         if path.suffix == ".onnx":
-            return path
+            return path  # read_metadata names a directory or damaged file
+        if path.is_dir():
+            raise ValueError(f"{path} is a directory: pass an artifact (.onnx) or a checkpoint file inside it")
         if path.suffix not in CHECKPOINT_SUFFIXES:
             raise ValueError(f"{path}: expected an artifact (.onnx) or a checkpoint ({', '.join(CHECKPOINT_SUFFIXES)})")
         return self._compile(path, input_size)
