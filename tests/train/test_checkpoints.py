@@ -236,3 +236,22 @@ def test_bad_files_raise_clear_errors(tmp_path):
     (tmp_path / "folder").mkdir()
     with pytest.raises(ValueError, match=r"config\.json"):
         load_pretrained(tmp_path / "folder")
+
+
+def test_foreign_torch_files_are_named_briefly_with_what_is_accepted(tmp_path):
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "whole_model.pt")
+    torch.save({"encoder.weight": torch.zeros(2)}, tmp_path / "other_state.pt")
+    torch.save([1, 2], tmp_path / "a_list.pt")
+    (tmp_path / "garbage.pt").write_bytes(b"\x80\x02garbage")
+    cases = {
+        "whole_model.pt": r"not an m2f checkpoint: it holds pickled Python objects \(e\.g\. torch\.nn\.modules\.linear",
+        "other_state.pt": r"not an m2f checkpoint: its 1 keys \(e\.g\. encoder\.weight\) are neither",
+        "a_list.pt": r"not an m2f checkpoint: it holds list",
+        "garbage.pt": r"not a readable torch checkpoint",
+    }
+    for name, match in cases.items():
+        with pytest.raises(ValueError, match=match) as caught:
+            load_pretrained(tmp_path / name)
+        message = str(caught.value)
+        assert "m2f reads its own .pt" in message and "detectron2" in message
+        assert "weights_only" not in message and len(message) < 500, message

@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,10 @@ _DETECTRON2_PREFIXES = {
     "backbone.": "backbone.",
 }
 _DETECTRON2_DROPPED = ("criterion.empty_weight",)
+ACCEPTED = (
+    "m2f reads its own .pt (from `m2f train` or `m2f convert`), official detectron2 Mask2Former weights "
+    "(.pkl / .pth, with config=<model zoo name>) and Hugging Face transformers Mask2Former folders"
+)
 
 
 @dataclass
@@ -82,16 +87,24 @@ def state_dict_from_detectron2(state: dict[str, Any]) -> dict[str, Tensor]:
     return out
 
 
-def _read_detectron2(path: Path) -> dict[str, Any]:
+def _read_detectron2(path: Path, payload: Any = None) -> dict[str, Any]:
+    """The state dict of an official detectron2 checkpoint (``payload``: the already loaded .pth, None for .pkl)."""
     if path.suffix == ".pkl":
         with path.open("rb") as f:
-            data = pickle.load(f, encoding="latin1")
-    else:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+            payload = pickle.load(f, encoding="latin1")
+    data = payload
     if isinstance(data, dict) and "model" in data and isinstance(data["model"], dict):
         data = data["model"]
     if not isinstance(data, dict) or not data:
-        raise ValueError(f"{path} holds no detectron2 state dict")
+        raise ValueError(
+            f"{path} is not an m2f checkpoint: it holds {type(data).__name__}, not a state dict. {ACCEPTED}"
+        )
+    if not any(str(key).startswith(tuple(_DETECTRON2_PREFIXES)) for key in data):
+        keys = ", ".join(map(str, list(data)[:3]))
+        raise ValueError(
+            f"{path} is not an m2f checkpoint: its {len(data)} keys (e.g. {keys}) are neither m2f's format nor a "
+            f"detectron2 Mask2Former's. {ACCEPTED}"
+        )
     return data
 
 
@@ -202,8 +215,9 @@ def load_pretrained(
             state = dict(payload["state_dict"])
             source = "m2f"
         else:
+            official = _read_detectron2(path, payload)
             cfg, meta_ = _resolve_config(config, meta, path)
-            state = state_dict_from_detectron2(_read_detectron2(path))
+            state = state_dict_from_detectron2(official)
             source = "detectron2"
     model = Mask2Former(cfg)
     _load_weights(model, state, path)
@@ -215,8 +229,17 @@ def _read_payload(path: Path) -> Any:
         return None  # detectron2 pickles are read by _read_detectron2
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a corrupt file
-        raise ValueError(f"{path} is not a readable torch checkpoint: {err}") from err
+    except Exception as err:  # torch raises many types for a corrupt file; its safe loader's text is a page long
+        text = " ".join(str(err).split())
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)  # a Python object the safe loader refused
+        if found:
+            raise ValueError(
+                f"{path} is not an m2f checkpoint: it holds pickled Python objects (e.g. {found.group(1)}), as "
+                f"torch.save(model) writes, which m2f does not load. {ACCEPTED}"
+            ) from err
+        unpickler = re.search(r"WeightsUnpickler error: (.*?)(?: Check the documentation|$)", text)
+        detail = unpickler.group(1) if unpickler else text.split(". ")[0][:200] or type(err).__name__
+        raise ValueError(f"{path} is not a readable torch checkpoint ({detail}). {ACCEPTED}") from err
 
 
 def file_sha256(path: str | Path) -> str:
