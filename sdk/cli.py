@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import sdk
+from sdk import cli_predict
 
 if TYPE_CHECKING:
     from sdk.segmenter import Segmenter
@@ -38,6 +39,18 @@ HOST_COMMANDS: dict[str, tuple[str, str, str]] = {
     # device-side, but with its own parser: a street clip through the packaged model, then the per-target table
     "demo": ("sdk.demo:demo_main", "stream a street clip through the default model; per-target table", "openvino"),
 }
+
+DESCRIPTION = """\
+Mask2Former from training to the edge. On the host (needs the [train] extra): convert, train, eval, export,
+benchmark. On the device (no torch needed): info, predict, stream, demo."""
+EPILOG = """\
+`m2f COMMAND -h` shows a command's own options.
+
+examples:
+  m2f info
+  m2f predict photos/ --out segmented/          # images: files, folders, globs
+  m2f stream street.mp4 --out street_seg.mp4    # video file, camera index, rtsp:// URL
+  m2f export model.pt --target openvino --precision int8 --input-size 512x512 --calib images/"""
 
 OPTIONAL_PACKAGES = ("torch", "onnxruntime", "openvino", "tensorrt", "cv2", "transformers", "timm")
 
@@ -81,26 +94,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if argv and argv[0] in HOST_COMMANDS:
         return _run_host_command(argv[0], argv[1:])
-    parser = argparse.ArgumentParser(prog="m2f", description="Mask2Former from training to the edge")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="m2f", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, help_text, _) in HOST_COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
     info_parser = sub.add_parser("info", help="versions, available runtimes and targets")
     info_parser.add_argument("--json", action="store_true", help="print one JSON object")
-    for name, help_text in (("predict", "segment image files"),):
-        p = sub.add_parser(name, help=help_text)
-        p.add_argument("source", nargs="+" if name == "predict" else None, help="image file(s) / video source")
-        p.add_argument("--target", default="auto", help="target profile (default: auto)")
-        p.add_argument("--model", help="artifact (.onnx) or checkpoint; default: the packaged model")
-        p.add_argument("--task", choices=("semantic", "instance", "panoptic"))
-        p.add_argument("--out", help="output folder (predict) or annotated video file (stream)")
-        p.add_argument("--json", action="store_true", help="last line: one JSON object with the results / stats")
+    cli_predict.add_parser(sub)
     add_stream_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "stream":
         return stream_main(args)
     if args.command == "predict":
-        return _segment(args)
+        return cli_predict.predict_main(args)
     if args.command == "info":
         versions = info()
         if args.json:
@@ -224,40 +232,6 @@ def drain_stream(seg: Segmenter, command: str, source: Any, options: StreamOptio
         where = f"; {options.output} holds the {stats.written} frames written" if options.output else ""
         print(f"m2f {command}: interrupted after {stats.frames} frames{where}", file=sys.stderr)
     return running.stats, code
-
-
-def _segment(args: argparse.Namespace) -> int:
-    """``m2f predict``."""
-    from pathlib import Path
-
-    import cv2
-
-    from sdk.preprocess import as_bgr
-    from sdk.segmenter import Segmenter
-
-    try:
-        seg = Segmenter(args.target, model=args.model, task=args.task)
-    except (ValueError, FileNotFoundError, RuntimeError, ImportError) as err:
-        print(f"m2f {args.command}: {err}", file=sys.stderr)
-        return 2
-    with seg:
-        if args.command == "predict":
-            out = Path(args.out) if args.out else None
-            summaries = []
-            for path in args.source:
-                frame = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-                if frame is None:
-                    print(f"m2f predict: cannot read image {path}", file=sys.stderr)
-                    return 2
-                result = seg.predict(frame)
-                summaries.append({"file": path, **result.to_dict()})
-                if out:
-                    out.mkdir(parents=True, exist_ok=True)
-                    cv2.imwrite(str(out / (Path(path).stem + "_seg.png")), result.overlay(as_bgr(frame)))
-            if args.json:
-                print(json.dumps(summaries if len(summaries) > 1 else summaries[0]))
-            return 0
-    return 0
 
 
 if __name__ == "__main__":

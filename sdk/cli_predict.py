@@ -1,0 +1,291 @@
+"""``m2f predict``: segment image files, folders and globs; one overlay per image, mirrored under ``--out``.
+
+- Inputs: files (any format OpenCV decodes), folders (searched recursively for ``IMAGE_SUFFIXES``) and glob
+  patterns (``"shots/**/*.jpg"``, expanded here when the shell did not), deduplicated, in argument order.
+- 16-bit images (PNG, TIFF) are scaled to 8 bits by their bit depth, ``frame >> 8`` (a 16-bit sample spans
+  0..65535); other non-8-bit images (float TIFF / EXR) are refused with the reason.
+- Outputs: ``<stem>_seg.png`` under ``--out`` at the image's path relative to the common folder of the inputs
+  (a folder argument's own tree is mirrored); inputs that would share an output name keep their extension in it
+  (``x_jpg_seg.png``, ``x_png_seg.png``), so no image overwrites another's output.
+- stdout: one line per image, flushed (``--json``: one JSON object per line, also for a single image); stderr: a
+  progress bar when it is a terminal, then a summary with the timing and the images that failed.
+- An image that cannot be read or segmented is reported and skipped; the rest go on. Exit status:
+  0 every image segmented, 1 some failed, 2 nothing to do (bad arguments, model or ``--out``), 130 Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from itertools import takewhile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+IMAGE_SUFFIXES = frozenset(
+    {".bmp", ".dib", ".jpg", ".jpeg", ".jpe", ".jp2", ".png", ".webp", ".pbm", ".pgm", ".ppm", ".pnm", ".tif", ".tiff"}
+)
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+DESCRIPTION = """\
+Segment images with a model on a target; print one line per image (--json: one JSON object per line).
+
+SOURCE is an image file, a folder (searched recursively for images: {suffixes}) or a glob pattern such as
+"shots/**/*.jpg" (quote it to let m2f expand it). 16-bit images are scaled to 8 bits (>> 8).
+With --out, each overlay is written as <name>_seg.png under OUT, mirroring the folders of the inputs;
+two inputs with the same name keep their extension in the output name instead of overwriting each other.
+Images that cannot be read or segmented are reported and skipped."""
+
+EPILOG = """\
+exit status: 0 every image segmented, 1 some images failed (listed on stderr), 2 nothing segmented
+(bad arguments, model or --out), 130 interrupted (Ctrl-C; the summary so far is printed).
+
+examples:
+  m2f predict street.jpg
+  m2f predict photos/ --out segmented/ --target cpu
+  m2f predict "runs/**/*.png" --json > results.jsonl"""
+
+
+class ImageError(Exception):
+    """One input image that cannot be read, segmented or written; the message says why."""
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    """The ``predict`` subcommand on an ``add_subparsers()`` object."""
+    parser = sub.add_parser(
+        "predict",
+        help="segment image files, folders or globs",
+        description=DESCRIPTION.format(suffixes=" ".join(sorted(IMAGE_SUFFIXES))),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("source", nargs="+", help="image file, folder or glob pattern (several allowed)")
+    parser.add_argument("--target", default="auto", help="target profile: cpu, cuda, jetson, openvino, ... (auto)")
+    parser.add_argument("--model", help="artifact (.onnx) or checkpoint (.pt); default: the packaged model")
+    parser.add_argument("--task", choices=("semantic", "instance", "panoptic"), help="default: the model's own")
+    parser.add_argument("--out", help="folder for the overlays (created; mirrors the input folders)")
+    parser.add_argument("--json", action="store_true", help="stdout: one JSON object per image, one per line")
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# inputs and outputs
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if _is_image(p))
+
+
+def find_images(sources: Sequence[str]) -> tuple[list[tuple[Path, Path]], list[str]]:
+    """(image, folder its output path is relative to) for every image named by ``sources``, first mention kept;
+    and one problem per source that names no image."""
+    found: dict[str, tuple[Path, Path]] = {}
+    problems = []
+    for source in sources:
+        path = Path(source)
+        if path.is_dir():
+            pairs = [(image, path) for image in _images_in(path)]
+            if not pairs:
+                problems.append(f"{source}: folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        elif path.is_file():
+            pairs = [(path, path.parent)]  # named explicitly: whatever its suffix, OpenCV decides
+        elif any(char in source for char in "*?["):
+            base = Path(*takewhile(lambda part: not any(c in part for c in "*?["), path.parts[:-1]))
+            matches = sorted(Path(p) for p in glob.glob(source, recursive=True))
+            images = [p for p in matches if _is_image(p)] + [i for p in matches if p.is_dir() for i in _images_in(p)]
+            pairs = [(image, base) for image in images]
+            if not pairs:
+                problems.append(f"{source}: no image matches this pattern")
+        else:
+            pairs = []
+            problems.append(f"{source}: no such file or folder")
+        for image, base in pairs:
+            found.setdefault(os.path.abspath(image), (image, base))
+    return list(found.values()), problems
+
+
+def output_paths(images: Sequence[tuple[Path, Path]], out: Path) -> list[Path]:
+    """One distinct ``<stem>_seg.png`` under ``out`` per (image, base): the image's path relative to the common
+    folder of all bases; names that would collide keep the input's extension, then get a counter."""
+    bases = [os.path.abspath(base) for _, base in images]
+    try:
+        root = os.path.commonpath(bases)
+    except ValueError:  # different drives (Windows): mirror from each base
+        root = None
+    relative = [
+        Path(os.path.relpath(os.path.abspath(image), root if root is not None else base))
+        for (image, _), base in zip(images, bases, strict=True)
+    ]
+    plain = [out / rel.parent / f"{rel.stem}_seg.png" for rel in relative]
+    shared = {path for path, count in Counter(plain).items() if count > 1}
+    taken: set[Path] = set()
+    outputs = []
+    for rel, path in zip(relative, plain, strict=True):
+        if path in shared:
+            path = out / rel.parent / f"{rel.stem}_{rel.suffix.lstrip('.').lower()}_seg.png"
+        candidate, n = path, 2
+        while candidate in taken:
+            candidate, n = path.with_name(f"{path.stem}_{n}.png"), n + 1
+        taken.add(candidate)
+        outputs.append(candidate)
+    return outputs
+
+
+def out_problem(out: Path) -> str | None:
+    """Why ``out`` cannot be the output folder (a file, under a file, not writable), or None."""
+    if out.exists() and not out.is_dir():
+        return f"--out {out} is a file, not a folder"
+    existing = next(p for p in (out, *out.parents) if p.exists())  # "." or "/" at the latest
+    if not existing.is_dir():
+        return f"--out {out}: {existing} is a file, so no folder can be made under it"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"--out {out}: no permission to write in {existing}"
+    return None
+
+
+def read_image(path: Path) -> np.ndarray:
+    """An image file as HxWx3 uint8 BGR (EXIF orientation applied; 16 bits scaled to 8 by ``>> 8``)."""
+    import cv2
+
+    try:
+        data = np.fromfile(path, np.uint8)
+    except OSError as err:
+        raise ImageError(f"cannot read the file ({err.strerror or err})") from err
+    if data.size == 0:
+        raise ImageError("empty file")
+    frame = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
+    if frame is None:
+        raise ImageError("not an image OpenCV can decode")
+    if frame.dtype == np.uint16:
+        return (frame >> 8).astype(np.uint8)
+    if frame.dtype != np.uint8:
+        raise ImageError(f"{frame.dtype} pixels (a float image?): save it as an 8- or 16-bit image first")
+    return frame
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the command
+
+
+def _summary_line(result: Any, ms: float) -> str:
+    classes = ", ".join(f"{name} {fraction:.0%}" for name, fraction in list(result.class_histogram().items())[:4])
+    return f"{ms:.0f} ms  {classes or 'no class'}"
+
+
+def predict_main(args: argparse.Namespace) -> int:
+    """Run ``m2f predict`` from parsed arguments; the exit status."""
+    out = Path(args.out) if args.out else None
+    if out is not None and (problem := out_problem(out)):
+        print(f"m2f predict: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    images, problems = find_images(args.source)
+    for problem in problems:
+        print(f"m2f predict: {problem}", file=sys.stderr)
+    if not images:
+        print("m2f predict: no image to segment", file=sys.stderr)
+        return EXIT_USAGE
+    outputs: list[Path | None] = list(output_paths(images, out)) if out else [None] * len(images)
+    started = time.perf_counter()
+    try:
+        return _segment_all(args, [image for image, _ in images], outputs, started, len(problems))
+    except KeyboardInterrupt:  # while the model loads
+        print("\nm2f predict: interrupted before any image was segmented", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _segment_all(
+    args: argparse.Namespace, images: list[Path], outputs: list[Path | None], started: float, missing: int
+) -> int:
+    import cv2
+    from tqdm import tqdm
+
+    from sdk.preprocess import FrameError
+    from sdk.segmenter import Segmenter
+
+    try:
+        seg = Segmenter(args.target, model=args.model, task=args.task)
+    except (ValueError, FileNotFoundError, RuntimeError, ImportError) as err:
+        print(f"m2f predict: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    loaded = time.perf_counter()
+    segmented, failed = 0, []
+    interrupted = False
+    bar = tqdm(total=len(images), unit="image", file=sys.stderr, disable=not sys.stderr.isatty(), leave=False)
+    with seg, bar:
+        try:
+            for image, output in zip(images, outputs, strict=True):
+                start = time.perf_counter()
+                try:
+                    frame = read_image(image)
+                    result = seg.predict(frame)
+                    if output is not None:
+                        output.parent.mkdir(parents=True, exist_ok=True)
+                        if not cv2.imwrite(str(output), result.overlay(frame)):
+                            raise ImageError(f"could not write {output}")
+                except (ImageError, FrameError, OSError, RuntimeError, ValueError, cv2.error) as err:
+                    failed.append(image)
+                    message = " ".join(str(err).split()) or type(err).__name__
+                    if args.json:
+                        _emit(bar, json.dumps({"file": str(image), "output": None, "error": message}))
+                    else:
+                        bar.write(f"m2f predict: {image}: {message}", file=sys.stderr)
+                else:
+                    segmented += 1
+                    ms = (time.perf_counter() - start) * 1000
+                    if args.json:
+                        record = {"file": str(image), "output": output and str(output), "ms": round(ms, 2)}
+                        _emit(bar, json.dumps({**record, **result.to_dict()}))
+                    else:
+                        _emit(bar, f"{image}{f' -> {output}' if output else ''}  {_summary_line(result, ms)}")
+                bar.update()
+        except KeyboardInterrupt:
+            interrupted = True
+    elapsed = time.perf_counter() - loaded
+    print(
+        _summary(segmented, failed, len(images), elapsed, loaded - started, args.out, interrupted, missing),
+        file=sys.stderr,
+    )
+    if interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_SOME_FAILED if failed or missing else EXIT_OK
+
+
+def _emit(bar: Any, line: str) -> None:
+    """A stdout line that neither tears the progress bar nor waits in a pipe's buffer."""
+    bar.write(line, file=sys.stdout)
+    sys.stdout.flush()
+
+
+def _summary(
+    segmented: int,
+    failed: list[Path],
+    total: int,
+    elapsed: float,
+    load_s: float,
+    out: str | None,
+    interrupted: bool,
+    missing: int,
+) -> str:
+    per_image = f", {elapsed / segmented * 1000:.0f} ms per image" if segmented else ""
+    text = f"m2f predict: {segmented} of {total} images segmented in {elapsed:.2f} s{per_image}"
+    text += f" (model load {load_s:.2f} s)"
+    if out and segmented:
+        text += f"; overlays under {out}"
+    if interrupted:
+        text += f"; interrupted (Ctrl-C) after {segmented + len(failed)} images"
+    if failed:
+        text += f"; {len(failed)} failed: " + ", ".join(map(str, failed))
+    if missing:
+        text += f"; {missing} source(s) named no image"
+    return text
