@@ -185,6 +185,15 @@ def _summary_line(result: Any, ms: float) -> str:
 
 def predict_main(args: argparse.Namespace) -> int:
     """Run ``m2f predict`` from parsed arguments; the exit status."""
+    try:
+        return _predict(args)
+    except KeyboardInterrupt:  # before the batch started (listing folders, loading the model)
+        print("\nm2f predict: interrupted before any image was segmented", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _predict(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
     out = Path(args.out) if args.out else None
     if out is not None and (problem := out_problem(out)):
         print(f"m2f predict: {problem}", file=sys.stderr)
@@ -196,12 +205,7 @@ def predict_main(args: argparse.Namespace) -> int:
         print("m2f predict: no image to segment", file=sys.stderr)
         return EXIT_USAGE
     outputs: list[Path | None] = list(output_paths(images, out)) if out else [None] * len(images)
-    started = time.perf_counter()
-    try:
-        return _segment_all(args, [image for image, _ in images], outputs, started, len(problems))
-    except KeyboardInterrupt:  # while the model loads
-        print("\nm2f predict: interrupted before any image was segmented", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    return _segment_all(args, [image for image, _ in images], outputs, started, len(problems))
 
 
 def _segment_all(
@@ -279,7 +283,7 @@ def _summary(
 ) -> str:
     per_image = f", {elapsed / segmented * 1000:.0f} ms per image" if segmented else ""
     text = f"m2f predict: {segmented} of {total} images segmented in {elapsed:.2f} s{per_image}"
-    text += f" (model load {load_s:.2f} s)"
+    text += f" (start-up: inputs listed, model loaded in {load_s:.2f} s)"
     if out and segmented:
         text += f"; overlays under {out}"
     if interrupted:
