@@ -9,7 +9,7 @@ import pytest
 
 import runtimes
 from runtimes.artifact import ArtifactError, _fields, engine_reads, find_damage, read_metadata
-from sdk.segmenter import DEFAULT_MODELS_DIR
+from sdk.segmenter import DEFAULT_MODELS_DIR, Segmenter
 from tests.runtimes.tiny_artifact import build_tiny_artifact
 
 BACKENDS = ["onnxruntime", "openvino"]
@@ -60,7 +60,7 @@ def test_truncated_artifact(tmp_path):
 
 def test_other_engine_failures_pass_through_unchanged(tmp_path):
     good = build_tiny_artifact(tmp_path / "good.onnx")
-    with pytest.raises(RuntimeError, match="^out of device memory$"), engine_reads(good, "openvino"):
+    with pytest.raises(RuntimeError, match=r"^out of device memory$"), engine_reads(good, "openvino"):
         raise RuntimeError("out of device memory")
 
 
@@ -72,3 +72,13 @@ def test_a_directory_named_like_an_artifact(tmp_path):
         runtimes.load_backend("onnxruntime", folder)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         runtimes.load_backend("onnxruntime", tmp_path / "absent.onnx")
+
+
+def test_segmenter_names_a_directory_given_as_model(tmp_path):
+
+    (tmp_path / "weights.pt").mkdir()
+    with pytest.raises(ValueError, match=r"weights\.pt is a directory: pass an artifact \(\.onnx\) or a checkpoint"):
+        Segmenter("onnxruntime", model=tmp_path / "weights.pt")
+    (tmp_path / "x.onnx").mkdir()
+    with pytest.raises(ArtifactError, match=r"x\.onnx is a directory"):
+        Segmenter("onnxruntime", model=tmp_path / "x.onnx")
