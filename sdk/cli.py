@@ -14,6 +14,7 @@ import json
 import logging
 import platform
 import sys
+import textwrap
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -40,9 +41,11 @@ HOST_COMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": ("sdk.demo:demo_main", "stream a street clip through the default model; per-target table", "openvino"),
 }
 
-DESCRIPTION = """\
-Mask2Former from training to the edge. On the host (needs the [train] extra): convert, train, eval, export,
-benchmark. On the device (no torch needed): info, predict, stream, demo."""
+DESCRIPTION = (
+    "Mask2Former from training to the edge. On the host (needs the [train] extra): "
+    + ", ".join(name for name, (_, _, extra) in HOST_COMMANDS.items() if extra == "train")
+    + ". On the device (no torch needed): info, predict, stream, demo."
+)
 EPILOG = """\
 `m2f COMMAND -h` shows a command's own options.
 
@@ -95,7 +98,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] in HOST_COMMANDS:
         return _run_host_command(argv[0], argv[1:])
     parser = argparse.ArgumentParser(
-        prog="m2f", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="m2f",
+        description=textwrap.fill(DESCRIPTION, 110, break_on_hyphens=False),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, help_text, _) in HOST_COMMANDS.items():

@@ -37,11 +37,11 @@ EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DESCRIPTION = """\
 Segment images with a model on a target; print one line per image (--json: one JSON object per line).
 
-SOURCE is an image file, a folder (searched recursively for images: {suffixes}) or a glob pattern such as
-"shots/**/*.jpg" (quote it to let m2f expand it). 16-bit images are scaled to 8 bits (>> 8).
-With --out, each overlay is written as <name>_seg.png under OUT, mirroring the folders of the inputs;
-two inputs with the same name keep their extension in the output name instead of overwriting each other.
-Images that cannot be read or segmented are reported and skipped."""
+SOURCE is an image file, a folder (searched recursively for images) or a glob pattern such as "shots/**/*.jpg"
+(quote it to let m2f expand it). Image suffixes searched: {suffixes}.
+16-bit images are scaled to 8 bits (>> 8). With --out, each overlay is written as <name>_seg.png under OUT,
+mirroring the folders of the inputs; two inputs with the same name keep their extension in the output name
+instead of overwriting each other. Images that cannot be read or segmented are reported and skipped."""
 
 EPILOG = """\
 exit status: 0 every image segmented, 1 some images failed (listed on stderr), 2 nothing segmented
@@ -62,7 +62,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     parser = sub.add_parser(
         "predict",
         help="segment image files, folders or globs",
-        description=DESCRIPTION.format(suffixes=" ".join(sorted(IMAGE_SUFFIXES))),
+        description=DESCRIPTION.format(suffixes="\n  " + " ".join(sorted(IMAGE_SUFFIXES))),
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
