@@ -9,7 +9,8 @@
   (``x_jpg_seg.png``, ``x_png_seg.png``), so no image overwrites another's output.
 - stdout: one line per image, flushed (``--json``: one JSON object per line, also for a single image); stderr: a
   progress bar when it is a terminal, then a summary with the timing and the images that failed.
-- An image that cannot be read or segmented is reported and skipped; the rest go on. Exit status:
+- An image that cannot be read or segmented is reported and skipped; the rest go on; a closed stdout (``| head``)
+  stops quietly. Exit status:
   0 every image segmented, 1 some failed, 2 nothing to do (bad arguments, model or ``--out``), 130 Ctrl-C.
 """
 
@@ -55,6 +56,10 @@ examples:
 
 class ImageError(Exception):
     """One input image that cannot be read, segmented or written; the message says why."""
+
+
+class StdoutClosed(Exception):
+    """Whoever read stdout went away (``m2f predict ... | head -1``): stop quietly."""
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -187,6 +192,9 @@ def predict_main(args: argparse.Namespace) -> int:
     """Run ``m2f predict`` from parsed arguments; the exit status."""
     try:
         return _predict(args)
+    except StdoutClosed:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes at exit
+        return EXIT_SOME_FAILED
     except KeyboardInterrupt:  # before the batch started (listing folders, loading the model)
         print("\nm2f predict: interrupted before any image was segmented", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -267,8 +275,11 @@ def _segment_all(
 
 def _emit(bar: Any, line: str) -> None:
     """A stdout line that neither tears the progress bar nor waits in a pipe's buffer."""
-    bar.write(line, file=sys.stdout)
-    sys.stdout.flush()
+    try:
+        bar.write(line, file=sys.stdout)
+        sys.stdout.flush()
+    except BrokenPipeError as err:
+        raise StdoutClosed from err
 
 
 def _summary(

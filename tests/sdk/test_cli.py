@@ -150,6 +150,25 @@ def test_ctrl_c_stops_the_batch_reports_and_exits_130(tmp_path):
     assert done <= len(list((tmp_path / "out").glob("*.png"))) <= done + 1
 
 
+def test_reader_leaving_early_stops_quietly(tmp_path):
+    """``m2f predict DIR --json | head -1``: no traceback when the pipe closes."""
+    for i in range(4):
+        _image(tmp_path / "many" / f"{i}.jpg", i)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sdk.cli", "predict", "many", "--json", *TARGET],
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert json.loads(process.stdout.readline())["file"] == "many/0.jpg"
+    process.stdout.close()  # as head does after its line
+    stderr = process.stderr.read()
+    assert process.wait(timeout=300) == 1
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr[-3000:]
+
+
 def test_progress_bar_only_on_a_terminal(tmp_path):
     _image(tmp_path / "street.jpg", 3)
     controller, terminal = pty.openpty()
