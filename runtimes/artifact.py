@@ -358,10 +358,13 @@ def find_damage(path: str | Path) -> str | None:
         return "the file is empty"
 
     def walk(buf: Any, kind: str, start: int, end: int) -> None:
+        fields, position = [], start
         try:
-            fields = list(_fields(buf, start, end))
+            for field in _fields(buf, start, end):
+                fields.append(field)
+                position = field[3]  # where the next field starts
         except ValueError as err:
-            raise _Damaged(f"{err} in a {kind} message at bytes {start}-{end}") from err
+            raise _Damaged(f"{err} at byte {position}, in a {kind} message") from err
         children = _MESSAGES[kind]
         for field, wire, s, e in fields:
             if wire == 2 and field in children:
