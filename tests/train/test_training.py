@@ -20,7 +20,14 @@ from train.data.synthetic import synthetic_panoptic, write_synthetic_dataset
 from train.evaluation.runner import evaluate_model
 from train.model import Mask2Former, Mask2FormerConfig, load_pretrained
 from train.train_config import TrainConfig
-from train.trainer import MAX_AUTO_WORKERS, GlobalBatchSampler, Trainer, resolve_num_workers
+from train.trainer import (
+    MAX_AUTO_WORKERS,
+    GlobalBatchSampler,
+    Trainer,
+    effective_amp,
+    native_bf16,
+    resolve_num_workers,
+)
 
 TINY_MODEL = tiny_architecture(width=64, queries=16, encoder_layers=2, decoder_layers=3)
 
@@ -211,3 +218,18 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(scenes, tmp_path):
     resumed = load_pretrained(tmp_path / "killed" / "model_final.pt").model.state_dict()
     for key, value in straight.items():
         torch.testing.assert_close(resumed[key], value, atol=1e-6, rtol=0, msg=key)
+
+
+def test_bf16_autocast_only_where_the_hardware_has_it():
+    """bf16 on a CPU without AVX512-BF16/AMX is emulated (a step ~100x slower): such a CPU trains in fp32."""
+    cpu = torch.device("cpu")
+    flags = set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    if not flags:
+        pytest.skip("no /proc/cpuinfo flags to check against")
+    assert native_bf16(cpu) == bool({"avx512_bf16", "amx_bf16"} & flags)
+    assert effective_amp("bf16", cpu) == ("bf16" if native_bf16(cpu) else "none")
+    assert effective_amp("fp16", cpu) == "fp16" and effective_amp("none", cpu) == "none"
