@@ -12,6 +12,7 @@ setup(
     packages=find_packages(include=["plugins*", "train*", "compile*", "runtimes*", "sdk*", "benchmarks*"]),
     package_data={
         "train.model": ["zoo_classes.json"],
+        "compile": ["tensorrt_onnx_support.json"],
         "sdk": ["models/*.onnx", "models/*.md"],
         "plugins.msda": ["*.cu", "*.cpp", "*.h", "*.md", "CMakeLists.txt"],
     },

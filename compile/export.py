@@ -223,6 +223,8 @@ def export(
         _write(out, metadata, transform=lambda model: compact_storage(model, fp16_weights))
     else:
         _write(out, metadata)
+    if target == "tensorrt":
+        _check_tensorrt_rules(out)
     if gate_set:
         backend = _gate_backend(target, precision, out)
         reference = DeployableMask2Former(loaded.model, loaded.meta, task)
@@ -235,6 +237,17 @@ def export(
         logger.warning("no gate images (pass --calib or --val-data): %s is not verified against torch", out)
     logger.info("wrote %s (%s, %s, %s)", out, target, precision, task)
     return out
+
+
+def _check_tensorrt_rules(path: Path) -> None:
+    """Refuse a tensorrt artifact that breaks TensorRT's ONNX parser rules (``compile.tensorrt_rules``)."""
+    from compile.tensorrt_rules import lint
+
+    violations = lint(path)
+    if violations:
+        shown = "\n  ".join(str(v) for v in violations[:10])
+        more = f"\n  ... and {len(violations) - 10} more" if len(violations) > 10 else ""
+        raise ValueError(f"{path} breaks TensorRT's ONNX parser rules ({len(violations)}):\n  {shown}{more}")
 
 
 def _graph_exporter(target: str) -> Callable[..., Path]:

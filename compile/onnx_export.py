@@ -54,7 +54,8 @@ class DeployableMask2Former(nn.Module):
         self.register_buffer("inv_std", 1.0 / torch.tensor(meta.pixel_std).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
-        x = images.permute(0, 3, 1, 2).float()  # (B, 3, H, W)
+        # cast first, then lay out: TensorRT takes uint8 only at graph inputs and outputs (compile.tensorrt_rules)
+        x = images.float().permute(0, 3, 1, 2)  # (B, 3, H, W)
         x = x.index_select(1, self.channel_order)
         x = (x - self.mean) * self.inv_std
         out = self.model(x)
