@@ -22,6 +22,13 @@
 #include <string>
 #include <utility>
 
+// The identity comes from plugin.json through CMake; these defaults (the same values) serve builds without CMake.
+#ifndef M2F_MSDA_PLUGIN_NAME
+#define M2F_MSDA_PLUGIN_NAME "M2F_MultiscaleDeformableAttn"
+#endif
+#ifndef M2F_MSDA_PLUGIN_VERSION
+#define M2F_MSDA_PLUGIN_VERSION "1"
+#endif
 #ifndef M2F_MSDA_PLUGIN_NAMESPACE
 #define M2F_MSDA_PLUGIN_NAMESPACE ""
 #endif
@@ -38,8 +45,8 @@ using nvinfer1::DynamicPluginTensorDesc;
 using nvinfer1::PluginFieldCollection;
 using nvinfer1::PluginTensorDesc;
 
-constexpr char const* kPluginName = "M2F_MultiscaleDeformableAttn";
-constexpr char const* kPluginVersion = "1";
+constexpr char const* kPluginName = M2F_MSDA_PLUGIN_NAME;
+constexpr char const* kPluginVersion = M2F_MSDA_PLUGIN_VERSION;
 constexpr int32_t kNbInputs = 5;
 constexpr int32_t kNbOutputs = 1;
 constexpr int32_t kStatusSuccess = 0;

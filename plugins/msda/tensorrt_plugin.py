@@ -6,6 +6,8 @@ from the repository root::
     cmake -S plugins/msda -B build/msda -DTensorRT_ROOT=<TensorRT prefix>   # JetPack: TensorRT_ROOT not needed
     cmake --build build/msda
 
+(add ``-DCMAKE_CUDA_COMPILER=/usr/local/cuda/bin/nvcc`` where nvcc is not on PATH, as on JetPack).
+
 Loading it with ``RTLD_GLOBAL`` registers the ``M2F_MultiscaleDeformableAttn`` creator in TensorRT's global plugin
 registry, where the ONNX parser finds it for nodes of that op type. No torch and no TensorRT import here.
 """
@@ -13,6 +15,7 @@ registry, where the ONNX parser finds it for nodes of that op type. No torch and
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import os
 import threading
@@ -32,15 +35,17 @@ __all__ = [
 
 _LOG = logging.getLogger(__name__)
 
-PLUGIN_NAME = "M2F_MultiscaleDeformableAttn"  # kPluginName in tensorrt_plugin.cpp
-PLUGIN_VERSION = "1"
-PLUGIN_NAMESPACE = ""  # default of M2F_MSDA_PLUGIN_NAMESPACE in CMakeLists.txt
+SOURCE_DIR = Path(__file__).resolve().parent
+IDENTITY_FILE = SOURCE_DIR / "plugin.json"  # also read by CMakeLists.txt: the one source of the three values
+_IDENTITY = json.loads(IDENTITY_FILE.read_text())
+PLUGIN_NAME: str = _IDENTITY["name"]
+PLUGIN_VERSION: str = _IDENTITY["version"]
+PLUGIN_NAMESPACE: str = _IDENTITY["namespace"]  # the ONNX node's plugin_namespace; the creator registers under it
 # TensorRT's own plugin with the same inputs (in libnvinfer_plugin); its output is (N, Lq, M, D), not (N, Lq, M*D).
 BUILTIN_PLUGIN_NAME = "MultiscaleDeformableAttnPlugin_TRT"
 BUILTIN_PLUGIN_VERSION = "1"  # IPluginV2DynamicExt; "2" is the IPluginV3 port, TensorRT >= 10.11
 
 LIBRARY_NAME = "libm2f_msda_trt.so"
-SOURCE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = SOURCE_DIR.parents[1]
 BUILD_COMMANDS = "cmake -S plugins/msda -B build/msda && cmake --build build/msda"
 ENV_PATH = "M2F_MSDA_TRT_PLUGIN"

@@ -1,8 +1,15 @@
-"""The TensorRT MSDA plugin: the Python helper, and (where TensorRT's headers are found, e.g. TensorRT_ROOT) that
-tensorrt_plugin.cpp compiles against them and behaves through TensorRT's plugin interfaces on the host."""
+"""The TensorRT MSDA plugin: the Python helper, its one identity (plugin.json, read by CMake and Python), and that
+tensorrt_plugin.cpp compiles against TensorRT's headers and behaves through TensorRT's plugin interfaces on the host.
+
+Header sets: TensorRT 10.3 (JetPack 6.1/6.2) and 11.1 from ``<shared>/third_party/tensorrt-*/include``, where
+``<shared>`` is ``$M2F_SHARED``, else the folder above ``$M2F_DATA``, else ``../shared`` beside the repository; plus
+``$TensorRT_ROOT`` or a system install when present. Each set is skipped only where its folder is absent.
+"""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -37,21 +44,67 @@ def test_load_broken_library_raises_oserror(tmp_path):
         tensorrt_plugin.load_plugin_library(broken)
 
 
-def test_identity_matches_the_sources():
-    source = PLUGIN_SOURCE.read_text()
-    assert f'kPluginName = "{tensorrt_plugin.PLUGIN_NAME}"' in source
-    assert f'kPluginVersion = "{tensorrt_plugin.PLUGIN_VERSION}"' in source
+def test_identity_has_one_source():
+    """plugin.json is what Python (hence the exporter's ONNX node) and CMake (hence the library) both read; the
+    C++ defaults for builds without CMake hold the same values."""
+    identity = json.loads((MSDA_DIR / "plugin.json").read_text())
+    python = (tensorrt_plugin.PLUGIN_NAME, tensorrt_plugin.PLUGIN_VERSION, tensorrt_plugin.PLUGIN_NAMESPACE)
+    assert python == (identity["name"], identity["version"], identity["namespace"])
     cmake = (MSDA_DIR / "CMakeLists.txt").read_text()
-    assert f'set(M2F_MSDA_PLUGIN_NAMESPACE "{tensorrt_plugin.PLUGIN_NAMESPACE}"' in cmake
+    for key, define in (("name", "NAME"), ("version", "VERSION"), ("namespace", "NAMESPACE")):
+        assert f'string(JSON M2F_MSDA_PLUGIN_{define} GET "${{M2F_MSDA_PLUGIN_JSON}}" {key})' in cmake
+        assert f'"M2F_MSDA_PLUGIN_{define}=\\"${{M2F_MSDA_PLUGIN_{define}}}\\""' in cmake
+        assert f'#define M2F_MSDA_PLUGIN_{define} "{identity[key]}"' in PLUGIN_SOURCE.read_text()
+    assert "M2F_MSDA_PLUGIN_NAMESPACE \"\" CACHE" not in cmake  # no second, overridable copy of the namespace
     assert f"add_library({tensorrt_plugin.LIBRARY_NAME.removeprefix('lib').removesuffix('.so')} SHARED" in cmake
 
 
-@pytest.fixture(scope="module")
-def include_dirs() -> list[str]:
-    trt, cuda = tensorrt_include_dir(), cuda_home()
-    if CXX is None or trt is None or cuda is None:
-        pytest.skip("needs a C++ compiler and the TensorRT and CUDA headers (set TensorRT_ROOT)")
+def test_exporter_writes_the_identity():
+    pytest.importorskip("torch")
+    from compile.tensorrt_export import PLUGIN_OPS
+
+    identity = json.loads((MSDA_DIR / "plugin.json").read_text())
+    assert PLUGIN_OPS["m2f"] == (identity["name"], identity["version"], identity["namespace"])
+
+
+def shared_dir() -> Path:
+    """``$M2F_SHARED``, else the folder holding ``$M2F_DATA``, else ``../shared`` beside the repository."""
+    if os.environ.get("M2F_SHARED"):
+        return Path(os.environ["M2F_SHARED"])
+    if os.environ.get("M2F_DATA"):
+        return Path(os.environ["M2F_DATA"]).parent
+    return REPO_ROOT.parent / "shared"
+
+
+HEADER_SETS = {"tensorrt-10.3": "tensorrt-10.3.0", "tensorrt-11.1": "tensorrt-11.1"}
+
+
+def _header_dir(header_set: str) -> Path | None:
+    if header_set == "installed":  # $TensorRT_ROOT or a system install
+        return tensorrt_include_dir()
+    folder = shared_dir() / "third_party" / HEADER_SETS[header_set] / "include"
+    return folder if (folder / "NvInferRuntime.h").is_file() else None
+
+
+@pytest.fixture(scope="module", params=[*HEADER_SETS, "installed"])
+def include_dirs(request: pytest.FixtureRequest) -> list[str]:
+    trt, cuda = _header_dir(request.param), cuda_home()
+    if CXX is None or cuda is None:
+        pytest.skip("needs a C++ compiler and the CUDA headers")
+    if trt is None:
+        pytest.skip(f"no {request.param} headers (shared folder {shared_dir()}; or set TensorRT_ROOT)")
     return ["-isystem", str(trt), "-isystem", str(cuda / "include"), f"-I{MSDA_DIR}"]
+
+
+@pytest.fixture(scope="module")
+def kernel_object(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """msda_kernel.cu compiled once (it includes no TensorRT header) for every header set's harness."""
+    if NVCC is None or cuda_library_dir() is None:
+        pytest.skip("nvcc and libcudart are needed to build the kernel the plugin links")
+    kernel_obj = tmp_path_factory.mktemp("msda_kernel") / "msda_kernel.o"
+    nvcc = [NVCC, "-c", "-O1", "-arch=sm_87", "-Xcompiler", "-fPIC", "-o", str(kernel_obj)]
+    subprocess.run([*nvcc, str(MSDA_DIR / "msda_kernel.cu")], check=True, capture_output=True, timeout=600)
+    return kernel_obj
 
 
 @pytest.mark.parametrize("defines", [[], ["-DM2F_MSDA_LOADLIBRARY_ENTRY_POINTS"]], ids=["static", "loadlibrary"])
@@ -62,19 +115,14 @@ def test_plugin_compiles_against_tensorrt_headers(include_dirs, defines):
 
 
 @pytest.mark.slow
-def test_plugin_behaves_through_tensorrt_interfaces(include_dirs, tmp_path):
+def test_plugin_behaves_through_tensorrt_interfaces(include_dirs, kernel_object, tmp_path):
     """The harness drives the plugin as TensorRT's builder would, minus enqueue on a GPU."""
     cuda_lib = cuda_library_dir()
-    if NVCC is None or cuda_lib is None:
-        pytest.skip("nvcc and libcudart are needed to build the kernel the plugin links")
-    kernel_obj = tmp_path / "msda_kernel.o"
-    nvcc = [NVCC, "-c", "-O1", "-arch=sm_87", "-Xcompiler", "-fPIC", "-o", str(kernel_obj)]
-    subprocess.run([*nvcc, str(MSDA_DIR / "msda_kernel.cu")], check=True, capture_output=True, timeout=300)
     harness = tmp_path / "harness"
     link = [f"-L{cuda_lib}", f"-Wl,-rpath,{cuda_lib}"]
     command = [CXX, "-std=c++17", "-O1", "-DM2F_MSDA_LOADLIBRARY_ENTRY_POINTS", *include_dirs, "-o", str(harness)]
     done = subprocess.run(
-        [*command, str(HARNESS_SOURCE), str(PLUGIN_SOURCE), str(kernel_obj), *link, "-lcudart"],
+        [*command, str(HARNESS_SOURCE), str(PLUGIN_SOURCE), str(kernel_object), *link, "-lcudart"],
         capture_output=True,
         text=True,
         timeout=300,
