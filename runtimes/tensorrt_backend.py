@@ -1,25 +1,34 @@
-"""TensorRT backend: the artifact built into an engine on the device itself, cached, run with pycuda.
+"""TensorRT backend: the artifact built into an engine on the device itself, cached, run through
+:mod:`runtimes.cuda_memory` (cuda-python, else pycuda); no torch.
 
-Written against TensorRT 10's Python API (``tensorrt`` from NVIDIA's index, or JetPack's ``python3-libnvinfer``)
-and pycuda; no torch.
+Written against TensorRT 10's and 11's Python API (``tensorrt`` from NVIDIA's index, or JetPack's
+``python3-libnvinfer``); :func:`check_tensorrt_version` refuses older ones with what to install (JetPack 6.0 ships
+TensorRT 8.6, which has neither strongly typed networks nor IPluginV3).
 
 Build (first use of an artifact on a device):
 
 1. The MSDA plugin library (``plugins/msda``, built with CMake on the device) is loaded when the artifact has
    ``M2F_MultiscaleDeformableAttn`` nodes; ``trt.init_libnvinfer_plugins`` registers TensorRT's own plugins (the
-   ``MultiscaleDeformableAttnPlugin_TRT`` flavour needs nothing else).
-2. ``OnnxParser.parse_from_file``; parser errors are raised verbatim.
+   ``MultiscaleDeformableAttnPlugin_TRT`` flavour needs nothing else), once per process with the process's one
+   logger (:func:`process_logger`: TensorRT keeps a raw pointer to the logger it was first given).
+2. ``OnnxParser.parse_from_file``; parser errors are raised verbatim (``python -m compile.tensorrt_rules`` checks
+   the parser's rules on the host before a device sees the file).
 3. Builder config: ``WORKSPACE`` memory-pool limit (``workspace_mb``); precision (see :func:`plan_build`); DLA
    (``dla_core``: default device DLA, that core, GPU fallback for what DLA cannot run, MSDA included); an
-   optimisation profile when the artifact has dynamic dims (:func:`profile_shapes`).
+   optimisation profile when the artifact has dynamic dims (:func:`profile_shapes`); the **timing cache**
+   (``timing_cache``: default :func:`timing_cache_path` beside the engine cache, per device and TensorRT version;
+   a path; or False), read before and written after each build so that the next build skips the autotuning it
+   already did (minutes on an Orin).
 4. ``build_serialized_network``; the plan is written to the engine cache and deserialised.
 
 Precision. An artifact's graph already carries its types: an fp16 artifact is an fp16 graph, an int8 artifact a
 Q/DQ graph (explicit quantisation, made with NVIDIA ModelOpt: TensorRT 10 deprecated the implicit-INT8 calibrators
 and TensorRT 11 removed them). Such an artifact is built as a **strongly typed** network (``STRONGLY_TYPED``), no
-precision flags: the engine computes what the graph says. Asking for a precision other than the artifact's (fp16
-from an fp32 artifact) uses TensorRT 10's weak typing (``BuilderFlag.FP16`` / ``BF16``), which TensorRT 11 removed:
-there, export the artifact at that precision instead. fp32 clears ``TF32`` so fp32 means fp32.
+precision flags: the engine computes what the graph says. Asking for a precision other than the artifact's (the
+``jetson`` target's fp16 of an fp32 artifact) uses TensorRT 10's weak typing (``BuilderFlag.FP16`` / ``BF16``),
+which TensorRT 11 removed: there, export the artifact at that precision (``m2f export --target tensorrt
+--precision fp16``: every float tensor fp16, Casts at the uint8 input and the float outputs). fp32 clears ``TF32``
+so fp32 means fp32.
 
 Cache: ``cache_dir`` (default ``$M2F_CACHE/tensorrt``, else ``~/.cache/m2f/tensorrt``) / key / ``model.engine``,
 the key from :func:`runtimes.artifact.engine_cache_key` over (artifact SHA-256, "tensorrt", precision + strongly or
@@ -30,9 +39,12 @@ ignores the cache (after rebuilding the plugin library, say: the key does not co
 The plugin library registers its creator when loaded (the default build). A library built with
 ``-DM2F_MSDA_LOADLIBRARY_ENTRY_POINTS=ON`` registers nothing on load and is not supported here.
 
-Execution: pinned host buffers, device buffers and a stream from pycuda; inputs copied in asynchronously,
-``set_tensor_address`` + ``execute_async_v3``, outputs copied back, one synchronise; tensors by name, output dtypes
-from the engine. Buffers are reallocated only when a dynamic input changes shape.
+Execution and threads: TensorRT allows one ``enqueue`` at a time per execution context, so each calling thread
+gets its **own execution context**, CUDA stream and pinned host + device buffers (made on its first ``run``; the
+engine and its weights are shared). Concurrent ``run`` calls from different threads therefore overlap on the GPU;
+calls from one thread are sequential. Inputs are copied in asynchronously, ``set_tensor_address`` +
+``execute_async_v3``, outputs copied back, one stream synchronise; tensors by name, output dtypes from the engine.
+Buffers are reallocated only when a dynamic input changes shape.
 """
 
 from __future__ import annotations
@@ -41,10 +53,9 @@ import importlib
 import importlib.util
 import json
 import logging
-import mmap
-import os
 import sys
-from collections.abc import Sequence
+import threading
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -52,29 +63,28 @@ from typing import Any
 
 import numpy as np
 
-from runtimes import INSTALL_HINTS
-from runtimes.artifact import PRECISIONS, ArtifactError, artifact_sha256, engine_cache_key, read_metadata
+from runtimes import INSTALL_HINTS, cuda_memory
+from runtimes.artifact import ArtifactError, artifact_sha256, read_metadata
 from runtimes.base import Backend, DeviceNotAvailable, RuntimeNotAvailable, TensorSpec
+from runtimes.tensorrt_build import (
+    check_tensorrt_version,
+    default_cache_dir,
+    device_tag,
+    engine_path,
+    has_weak_typing,
+    numpy_dtype,
+    parse_device,
+    plan_build,
+    profile_shapes,
+    timing_cache_path,
+    uses_plugin_op,
+    write_atomically,
+)
 
 logger = logging.getLogger(__name__)
 
 INSTALL_HINT = f"{INSTALL_HINTS['tensorrt']} (on a Jetson: JetPack's python3-libnvinfer)"
-PYCUDA_HINT = "pip install pycuda (needs the CUDA toolkit's nvcc on PATH to build)"
-ENGINE_FILE = "model.engine"
 METADATA_FILE = "m2f.json"
-PLUGIN_OP = b"M2F_MultiscaleDeformableAttn"  # our plugin's ONNX op type (plugins.msda.tensorrt_plugin.PLUGIN_NAME)
-
-# TensorRT DataType names -> numpy dtypes (BF16, FP8, INT4, FP4 have no numpy dtype)
-TRT_NUMPY_DTYPES: dict[str, np.dtype] = {
-    "FLOAT": np.dtype(np.float32),
-    "HALF": np.dtype(np.float16),
-    "INT8": np.dtype(np.int8),
-    "UINT8": np.dtype(np.uint8),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "BOOL": np.dtype(np.bool_),
-}
-_WEAK_TYPING_FLAG = {"fp16": "FP16", "bf16": "BF16"}  # precision asked of a graph in other types (TensorRT 10)
 _SEVERITY_LEVELS = {
     "INTERNAL_ERROR": logging.CRITICAL,
     "ERROR": logging.ERROR,
@@ -84,140 +94,16 @@ _SEVERITY_LEVELS = {
 }
 
 
-# --------------------------------------------------------------------------------------------- pure helpers
-
-
-def numpy_dtype(trt_dtype: Any) -> np.dtype:
-    """The numpy dtype of a ``tensorrt.DataType`` (by its name); ArtifactError for types numpy cannot hold."""
-    name = getattr(trt_dtype, "name", str(trt_dtype)).split(".")[-1]
-    if name not in TRT_NUMPY_DTYPES:
-        raise ArtifactError(
-            f"the engine has a {name} input or output, which numpy cannot hold: export the artifact with "
-            "float32/float16/integer inputs and outputs (`m2f export`)"
-        )
-    return TRT_NUMPY_DTYPES[name]
-
-
-def default_cache_dir() -> Path:
-    """``$M2F_CACHE/tensorrt``, else ``~/.cache/m2f/tensorrt``."""
-    return Path(os.environ.get("M2F_CACHE", Path.home() / ".cache" / "m2f")) / "tensorrt"
-
-
-def device_tag(name: str, compute_capability: tuple[int, int], dla_core: int | None = None) -> str:
-    """The device part of the engine cache key: GPU name, SM version, DLA core if any ("Orin_sm87_dla0")."""
-    major, minor = compute_capability
-    return f"{name}_sm{major}{minor}" + ("" if dla_core is None else f"_dla{dla_core}")
-
-
-def engine_path(cache_dir: str | Path, artifact_sha: str, precision: str, device: str, tensorrt_version: str) -> Path:
-    """Where the engine of (artifact, precision, device, TensorRT version) lives; ``m2f.json`` sits beside it."""
-    key = engine_cache_key(artifact_sha, "tensorrt", precision, device, tensorrt_version)
-    return Path(cache_dir) / key / ENGINE_FILE
-
-
-@dataclass(frozen=True)
-class BuildPlan:
-    """How to build: a strongly typed network or not, and the builder flags (``tensorrt.BuilderFlag`` names)."""
-
-    strongly_typed: bool
-    flags: tuple[str, ...]
-    clear_flags: tuple[str, ...] = ()
-
-
-def plan_build(
-    precision: str,
-    artifact_precision: str,
-    weak_typing: bool,
-    dla: bool = False,
-    strongly_typed: bool | None = None,
-) -> BuildPlan:
-    """The network kind and builder flags for running an ``artifact_precision`` artifact at ``precision``.
-
-    ``weak_typing``: whether this TensorRT still has the precision builder flags (10.x yes, 11.x no).
-    ``strongly_typed``: force (True) or forbid (False) a strongly typed network; None chooses (see module doc).
-    """
-    if precision not in PRECISIONS or artifact_precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r} / {artifact_precision!r}; use one of {PRECISIONS}")
-    if dla and precision == "fp32":
-        raise ValueError("DLA runs fp16 or int8 only: ask for precision='fp16' (or an int8 artifact), or dla_core=None")
-    if precision == "int8" and artifact_precision != "int8":
-        raise ArtifactError(
-            "int8 on TensorRT needs a Q/DQ artifact (explicit quantisation, made with NVIDIA ModelOpt from the fp32 "
-            f"tensorrt artifact); this artifact is {artifact_precision}"
-        )
-    fallback = ("GPU_FALLBACK",) if dla else ()
-    no_tf32 = ("TF32",) if precision == "fp32" else ()
-    graph = "fp32" if artifact_precision == "bf16" else artifact_precision  # a bf16 artifact is an fp32 graph
-    same = precision == graph
-    if strongly_typed is None:
-        strongly_typed = same or not weak_typing
-    if strongly_typed:
-        if not same:
-            raise ArtifactError(
-                f"a strongly typed engine computes in the artifact's own types ({graph}), not "
-                f"{precision}: export the artifact at {precision} (`m2f export --precision {precision}`)"
-                + ("" if weak_typing else " (this TensorRT has no weak typing: no precision builder flags)")
-            )
-        return BuildPlan(True, fallback, no_tf32)
-    if not weak_typing:
-        raise ArtifactError("this TensorRT builds strongly typed networks only (TensorRT 11 removed weak typing)")
-    if precision == "int8":  # a Q/DQ graph, weakly typed: INT8 for the quantised layers, FP16 for the rest
-        return BuildPlan(False, ("INT8", "FP16", *fallback))
-    flag = _WEAK_TYPING_FLAG.get(precision)
-    return BuildPlan(False, ((flag,) if flag else ()) + fallback, no_tf32)
-
-
-def profile_shapes(shape: Sequence[int], metadata: dict) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
-    """(min, opt, max) of an NHWC image input with dynamic dims (-1), from the artifact's resize policy.
-
-    Batch: 1. Height and width: 32 .. ``max_size`` (4096 when uncapped), optimised for ``min_size`` square.
-    """
-    spec = metadata["input"]
-    longest = spec.get("max_size") or 4096
-    opt_side = min(spec.get("min_size") or 512, longest)
-    ranges = []
-    for axis, dim in enumerate(shape):
-        if dim >= 0:
-            ranges.append((dim, dim, dim))
-        elif axis == 0:
-            ranges.append((1, 1, 1))
-        elif axis in (1, 2):
-            ranges.append((32, opt_side, longest))
-        else:
-            raise ArtifactError(f"input dim {axis} of {tuple(shape)} is dynamic; only batch, height and width may be")
-    low, opt, high = zip(*ranges, strict=True)
-    return tuple(low), tuple(opt), tuple(high)
-
-
-def uses_plugin_op(path: str | Path, op_type: bytes = PLUGIN_OP) -> bool:
-    """Whether the ONNX file names ``op_type`` (node op types are stored as plain bytes); reads no graph."""
-    with Path(path).open("rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        return buf.find(op_type) >= 0
-
-
-def parse_device(device: str) -> int:
-    """ "cuda" / "cuda:N" -> the CUDA device index."""
-    kind, _, index = device.lower().partition(":")
-    if kind not in ("cuda", "gpu") or (index and not index.isdigit()):
-        raise ValueError(f"TensorRT runs on an NVIDIA GPU: device must be 'cuda' or 'cuda:N', got {device!r}")
-    return int(index or 0)
-
-
 # --------------------------------------------------------------------------------------------- imports
 
 
 def _import_tensorrt() -> ModuleType:
     try:
-        return importlib.import_module("tensorrt")
+        trt = importlib.import_module("tensorrt")
     except ImportError as err:
         raise RuntimeNotAvailable(f"the tensorrt backend needs {INSTALL_HINT} ({err})") from err
-
-
-def _import_pycuda() -> ModuleType:
-    try:
-        return importlib.import_module("pycuda.driver")
-    except ImportError as err:
-        raise RuntimeNotAvailable(f"the tensorrt backend moves data with pycuda: {PYCUDA_HINT} ({err})") from err
+    check_tensorrt_version(getattr(trt, "__version__", "unknown"))
+    return trt
 
 
 def tensorrt_plugin_module() -> ModuleType:
@@ -244,22 +130,60 @@ def tensorrt_plugin_module() -> ModuleType:
         return module
 
 
-def _make_logger(trt: ModuleType) -> Any:
-    """A ``trt.ILogger`` that forwards to ``logging`` and keeps the errors for exception messages."""
+_logger_lock = threading.Lock()
+_process_logger: Any = None
 
-    class _Logger(trt.ILogger):  # type: ignore[misc, name-defined]
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-            self.errors: list[str] = []
 
-        def log(self, severity: Any, msg: str) -> None:
-            name = getattr(severity, "name", str(severity)).split(".")[-1]
-            level = _SEVERITY_LEVELS.get(name, logging.INFO)
-            if level >= logging.ERROR:
-                self.errors.append(msg)
-            logger.log(level, "TensorRT: %s", msg)
+def process_logger(trt: ModuleType) -> Any:
+    """The process's one ``trt.ILogger`` (forwarding to ``logging``, keeping recent errors for exception messages),
+    handed to ``init_libnvinfer_plugins`` once: TensorRT keeps a raw pointer to it, so it lives as long as the
+    process. Builders, runtimes and parsers of every backend use it too."""
+    global _process_logger
+    with _logger_lock:
+        if _process_logger is None:
 
-    return _Logger()
+            class _Logger(trt.ILogger):  # type: ignore[misc, name-defined]
+                def __init__(self) -> None:
+                    trt.ILogger.__init__(self)
+                    self.errors: deque[str] = deque(maxlen=50)
+
+                def log(self, severity: Any, msg: str) -> None:
+                    name = getattr(severity, "name", str(severity)).split(".")[-1]
+                    level = _SEVERITY_LEVELS.get(name, logging.INFO)
+                    if level >= logging.ERROR:
+                        self.errors.append(msg)
+                    logger.log(level, "TensorRT: %s", msg)
+
+            instance = _Logger()
+            trt.init_libnvinfer_plugins(instance, "")  # TensorRT's own plugins (MultiscaleDeformableAttn_TRT)
+            _process_logger = instance
+        return _process_logger
+
+
+def tensorrt_status() -> dict[str, str]:
+    """For ``m2f info``: TensorRT (version or why not usable), the CUDA binding, the MSDA plugin library."""
+    try:
+        version = getattr(importlib.import_module("tensorrt"), "__version__", "unknown")
+        check_tensorrt_version(version)
+        trt = f"{version} ({'weakly and strongly' if has_weak_typing(version) else 'strongly'} typed networks)"
+    except RuntimeNotAvailable as err:
+        trt = f"unusable: {err}"
+    except ImportError:
+        trt = f"not installed ({INSTALL_HINT})"
+    plugin = tensorrt_plugin_module()
+    library = plugin.plugin_library_path()
+    built = f"built: {library}" if library.is_file() else f"not built ({library}; {plugin.BUILD_COMMANDS})"
+    return {"tensorrt": trt, "cuda_binding": cuda_memory.binding_status(), "msda_plugin": built}
+
+
+@dataclass
+class _Execution:
+    """One thread's execution context with its stream and (pinned host, device) buffers by tensor name."""
+
+    context: Any
+    stream: cuda_memory.Stream
+    buffers: dict[str, tuple[cuda_memory.HostBuffer, cuda_memory.DeviceBuffer]]
+    shapes: dict[str, tuple[int, ...]]
 
 
 # --------------------------------------------------------------------------------------------- the backend
@@ -269,9 +193,11 @@ class TensorRtBackend(Backend):
     """Run an artifact with TensorRT on an NVIDIA GPU (or a Jetson DLA core), the engine built and cached here.
 
     ``precision``: None for the artifact's own; ``workspace_mb``: builder workspace pool; ``dla_core``: build for
-    that DLA core with GPU fallback; ``cache_dir``: engine cache root; ``plugin_library``: the MSDA plugin library
-    (default ``$M2F_MSDA_TRT_PLUGIN`` or ``build/msda/libm2f_msda_trt.so``); ``strongly_typed``: see
-    :func:`plan_build`; ``rebuild``: ignore a cached engine.
+    that DLA core with GPU fallback; ``cache_dir``: engine cache root; ``timing_cache``: True (default: beside the
+    engine cache), a file path, or False; ``plugin_library``: the MSDA plugin library (default
+    ``$M2F_MSDA_TRT_PLUGIN`` or ``build/msda/libm2f_msda_trt.so``); ``strongly_typed``: see :func:`plan_build`;
+    ``rebuild``: ignore a cached engine; ``cuda_binding``: "cuda-python" or "pycuda" (default: whichever is
+    installed, cuda-python first). Safe to share across threads (an execution context per thread).
     """
 
     name = "tensorrt"
@@ -284,67 +210,57 @@ class TensorRtBackend(Backend):
         workspace_mb: int = 1024,
         dla_core: int | None = None,
         cache_dir: str | Path | None = None,
+        timing_cache: bool | str | Path = True,
         plugin_library: str | Path | None = None,
         strongly_typed: bool | None = None,
         rebuild: bool = False,
+        cuda_binding: str | None = None,
     ) -> None:
         trt = _import_tensorrt()
         super().__init__(read_metadata(artifact), artifact)
         self._trt = trt
-        self._context: Any = None
-        self._buffers: dict[str, tuple[np.ndarray, Any]] = {}
-        self._shapes: dict[str, tuple[int, ...]] = {}
+        self._local = threading.local()
+        self._executions: list[_Execution] = []
+        self._executions_lock = threading.Lock()
         device_index = parse_device(device)
         artifact_precision = self.metadata["precision"]
         self.precision = (precision or artifact_precision).lower()
         if dla_core is not None and (not isinstance(dla_core, int) or dla_core < 0):
             raise ValueError(f"dla_core must be a DLA core index (0, 1, ...) or None, got {dla_core!r}")
-        weak_typing = hasattr(trt, "BuilderFlag") and hasattr(trt.BuilderFlag, "FP16")
+        weak_typing = has_weak_typing(trt.__version__) and hasattr(getattr(trt, "BuilderFlag", None), "FP16")
         self.plan = plan_build(self.precision, artifact_precision, weak_typing, dla_core is not None, strongly_typed)
 
-        self._trt_logger = _make_logger(trt)
-        trt.init_libnvinfer_plugins(self._trt_logger, "")  # TensorRT's own plugins (MultiscaleDeformableAttn_TRT)
+        self._trt_logger = process_logger(trt)
         if uses_plugin_op(self.path):
             # FileNotFoundError with the cmake commands when it is not built
             tensorrt_plugin_module().load_plugin_library(plugin_library)
 
-        self._cuda = _import_pycuda()
-        self._cuda_context = self._open_device(device_index)
+        self._gpu = cuda_memory.open_device(device_index, cuda_binding)
         try:
-            gpu = self._cuda.Device(device_index)
-            self.device = device_tag(gpu.name(), gpu.compute_capability(), dla_core)
-            sha = artifact_sha256(self.path)
-            kind = f"{self.precision}-{'strong' if self.plan.strongly_typed else 'weak'}"  # strongly typed or not
-            self.engine_path = engine_path(cache_dir or default_cache_dir(), sha, kind, self.device, trt.__version__)
-            self._runtime = trt.Runtime(self._trt_logger)
-            if dla_core is not None:
-                self._runtime.DLA_core = dla_core
-            self._engine = None if rebuild else self._load_cached()
-            if self._engine is None:
-                self._engine = self._deserialize(self._build(workspace_mb, dla_core))
-            self._context = self._engine.create_execution_context()
-            self._stream = self._cuda.Stream()
-            self._describe_io()
+            with self._gpu.current():
+                info = self._gpu.info
+                self.device = device_tag(info.name, info.compute_capability, dla_core)
+                sha = artifact_sha256(self.path)
+                kind = f"{self.precision}-{'strong' if self.plan.strongly_typed else 'weak'}"  # strongly typed or not
+                root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+                self.engine_path = engine_path(root, sha, kind, self.device, trt.__version__)
+                if timing_cache is True:
+                    self.timing_cache_path: Path | None = timing_cache_path(root, self.device, trt.__version__)
+                else:
+                    self.timing_cache_path = Path(timing_cache) if timing_cache else None
+                self._runtime = trt.Runtime(self._trt_logger)
+                if dla_core is not None:
+                    self._runtime.DLA_core = dla_core
+                self._engine = None if rebuild else self._load_cached()
+                if self._engine is None:
+                    self._engine = self._deserialize(self._build(workspace_mb, dla_core))
+                self._describe_io()
         except BaseException:
             self._release_device()
             raise
-        self._cuda_context.pop()
         self._check_engine_matches_metadata()
 
-    # ------------------------------------------------------------------ device and engine
-    def _open_device(self, index: int) -> Any:
-        cuda = self._cuda
-        try:
-            cuda.init()
-            count = cuda.Device.count()
-        except Exception as err:  # pycuda raises its own RuntimeError/LogicError without a driver or GPU
-            raise DeviceNotAvailable(f"CUDA cannot start ({err}): no NVIDIA GPU or driver here") from err
-        if index >= count:
-            raise DeviceNotAvailable(f"no CUDA device {index}: {count} device(s) visible (CUDA_VISIBLE_DEVICES?)")
-        context = cuda.Device(index).retain_primary_context()  # the context TensorRT's runtime API uses too
-        context.push()
-        return context
-
+    # ------------------------------------------------------------------ engine
     def _load_cached(self) -> Any:
         if not self.engine_path.is_file():
             return None
@@ -365,7 +281,10 @@ class TensorRtBackend(Backend):
         parser = trt.OnnxParser(network, self._trt_logger)
         if not parser.parse_from_file(str(self.path)):
             errors = "\n".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-            raise ArtifactError(f"TensorRT's ONNX parser rejected {self.path}:\n{errors}")
+            raise ArtifactError(
+                f"TensorRT's ONNX parser rejected {self.path}:\n{errors}\n(check an artifact on the host with "
+                "`python -m compile.tensorrt_rules FILE.onnx`)"
+            )
         config = builder.create_builder_config()
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
         for flag in plan.flags:
@@ -379,16 +298,37 @@ class TensorRtBackend(Backend):
             config.default_device_type = trt.DeviceType.DLA
             config.DLA_core = dla_core
         self._add_profile(builder, network, config)
+        self._read_timing_cache(config)
         logger.info(
             "building the TensorRT engine for %s (%s, %s; minutes on a Jetson)", self.path, self.precision, self.device
         )
         serialized = builder.build_serialized_network(network, config)
         if serialized is None:
-            errors = "\n".join(self._trt_logger.errors[-10:]) or "(no error logged)"
+            errors = "\n".join(list(self._trt_logger.errors)[-10:]) or "(no error logged)"
             raise RuntimeError(f"TensorRT could not build an engine for {self.path}:\n{errors}")
+        self._write_timing_cache(config)
         data = bytes(serialized)
         self._store(data)
         return data
+
+    def _read_timing_cache(self, config: Any) -> None:
+        """Start the build from the persistent timing cache (an unreadable one is replaced after the build)."""
+        if self.timing_cache_path is None:
+            return
+        data = self.timing_cache_path.read_bytes() if self.timing_cache_path.is_file() else b""
+        cache = config.create_timing_cache(data)
+        if cache is None and data:
+            logger.warning("timing cache %s does not load here; starting an empty one", self.timing_cache_path)
+            cache = config.create_timing_cache(b"")
+        config.set_timing_cache(cache, ignore_mismatch=False)
+        logger.info("TensorRT timing cache %s (%d bytes)", self.timing_cache_path, len(data))
+
+    def _write_timing_cache(self, config: Any) -> None:
+        if self.timing_cache_path is None:
+            return
+        cache = config.get_timing_cache()
+        if cache is not None:
+            write_atomically(self.timing_cache_path, bytes(cache.serialize()))
 
     def _add_profile(self, builder: Any, network: Any, config: Any) -> None:
         inputs = [network.get_input(i) for i in range(network.num_inputs)]
@@ -406,9 +346,7 @@ class TensorRtBackend(Backend):
         folder = self.engine_path.parent
         folder.mkdir(parents=True, exist_ok=True)
         (folder / METADATA_FILE).write_text(json.dumps(self.metadata, sort_keys=True, indent=1))
-        partial = self.engine_path.with_suffix(f".partial{os.getpid()}")
-        partial.write_bytes(data)
-        partial.replace(self.engine_path)  # atomic: a concurrent reader sees the old plan or the whole new one
+        write_atomically(self.engine_path, data)
         logger.info("cached TensorRT engine %s (%.1f MB)", self.engine_path, len(data) / 1e6)
 
     def _deserialize(self, data: bytes) -> Any:
@@ -432,52 +370,74 @@ class TensorRtBackend(Backend):
                 self._output_names.append(name)
 
     # ------------------------------------------------------------------ Backend
-    def _allocate(self, inputs: dict[str, np.ndarray]) -> None:
+    def _execution(self) -> _Execution:
+        """This thread's execution context, stream and buffers (made on first use; the device is current)."""
+        execution = getattr(self._local, "execution", None)
+        if execution is None:
+            context = self._engine.create_execution_context()
+            if context is None:
+                raise RuntimeError(f"TensorRT could not create an execution context for {self.path} (GPU memory?)")
+            execution = _Execution(context, self._gpu.stream(), {}, {})
+            with self._executions_lock:
+                self._executions.append(execution)
+            self._local.execution = execution
+        return execution
+
+    def _allocate(self, execution: _Execution, inputs: dict[str, np.ndarray]) -> None:
         """(Re)allocate pinned host + device buffers when an input's shape changed; bind every address."""
         shapes = {name: tuple(array.shape) for name, array in inputs.items()}
-        if shapes == {name: self._shapes.get(name) for name in shapes} and self._buffers:
+        if execution.buffers and shapes == {name: execution.shapes.get(name) for name in shapes}:
             return
+        context = execution.context
         for name, shape in shapes.items():
-            if not self._context.set_input_shape(name, shape):
+            if not context.set_input_shape(name, shape):
                 raise ValueError(f"TensorRT rejects shape {shape} for input {name!r} (outside the engine's profile)")
         for name in [*self._input_specs, *self._output_names]:
-            shape = shapes[name] if name in shapes else tuple(self._context.get_tensor_shape(name))
-            if self._shapes.get(name) != shape:
-                self._buffers.pop(name, None)  # frees the old pair
-                host = self._cuda.pagelocked_empty(shape, self._dtypes[name])
-                device = self._cuda.mem_alloc(max(host.nbytes, 1))
-                self._buffers[name] = (host, device)
-                self._shapes[name] = shape
-            self._context.set_tensor_address(name, int(self._buffers[name][1]))
+            shape = shapes[name] if name in shapes else tuple(context.get_tensor_shape(name))
+            if execution.shapes.get(name) != shape:
+                old = execution.buffers.pop(name, None)
+                if old is not None:
+                    old[0].free(), old[1].free()
+                host = self._gpu.host_buffer(shape, self._dtypes[name])
+                execution.buffers[name] = (host, self._gpu.device_buffer(host.array.nbytes))
+                execution.shapes[name] = shape
+            context.set_tensor_address(name, execution.buffers[name][1].pointer)
 
     def _run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        cuda = self._cuda
-        self._cuda_context.push()
-        try:
-            self._allocate(inputs)
+        with self._gpu.current():
+            execution = self._execution()
+            self._allocate(execution, inputs)
+            stream = execution.stream
             for name, array in inputs.items():
-                host, device = self._buffers[name]
-                np.copyto(host, array)
-                cuda.memcpy_htod_async(device, host, self._stream)
-            if not self._context.execute_async_v3(self._stream.handle):
-                raise RuntimeError(f"TensorRT execution failed: {'; '.join(self._trt_logger.errors[-5:])}")
+                host, device = execution.buffers[name]
+                np.copyto(host.array, array)
+                cuda_memory.copy_to_device(device, host, stream)
+            if not execution.context.execute_async_v3(stream.handle):
+                raise RuntimeError(f"TensorRT execution failed: {'; '.join(list(self._trt_logger.errors)[-5:])}")
             for name in self._output_names:
-                host, device = self._buffers[name]
-                cuda.memcpy_dtoh_async(host, device, self._stream)
-            self._stream.synchronize()
-            return {name: self._buffers[name][0].copy() for name in self._output_names}
-        finally:
-            self._cuda_context.pop()
+                host, device = execution.buffers[name]
+                cuda_memory.copy_to_host(host, device, stream)
+            stream.synchronize()
+            return {name: execution.buffers[name][0].array.copy() for name in self._output_names}
 
     def _close(self) -> None:
-        self._cuda_context.push()
         self._release_device()
 
     def _release_device(self) -> None:
-        """Free the buffers and engine objects (the context is current), then let go of the CUDA context."""
+        """Free every thread's buffers, streams and contexts and the engine objects, then the CUDA context."""
+        gpu = getattr(self, "_gpu", None)
+        if gpu is None:
+            return
         try:
-            self._buffers.clear()
-            self._context = self._engine = self._runtime = self._stream = None
+            with gpu.current():
+                with self._executions_lock:
+                    executions, self._executions = self._executions, []
+                for execution in executions:
+                    for host, device in execution.buffers.values():
+                        host.free(), device.free()
+                    execution.stream.close()
+                    execution.context = None
+                self._engine = self._runtime = None
         finally:
-            self._cuda_context.pop()
-            self._cuda_context.detach()
+            gpu.close()
+            self._gpu = None

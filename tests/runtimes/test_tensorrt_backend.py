@@ -8,8 +8,10 @@ those checks touch. The engine itself is never faked: ``test_engine_*`` skip unl
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import threading
 import types
 from pathlib import Path
 
@@ -19,18 +21,22 @@ import pytest
 from onnx import TensorProto, helper
 
 import runtimes
+from runtimes import cuda_memory
 from runtimes import tensorrt_backend as trt_backend
 from runtimes.artifact import ArtifactError, artifact_sha256, write_metadata
 from runtimes.base import DeviceNotAvailable, RuntimeNotAvailable
-from runtimes.tensorrt_backend import (
+from runtimes.tensorrt_build import (
     BuildPlan,
+    check_tensorrt_version,
     default_cache_dir,
     device_tag,
     engine_path,
+    has_weak_typing,
     numpy_dtype,
     parse_device,
     plan_build,
     profile_shapes,
+    timing_cache_path,
     uses_plugin_op,
 )
 from tests.conftest import REPO_ROOT
@@ -98,7 +104,7 @@ def test_module_imports_no_engine_and_no_torch() -> None:
     code = (
         "import sys; sys.modules['torch'] = None\n"
         "import runtimes.tensorrt_backend\n"
-        "assert 'tensorrt' not in sys.modules and 'pycuda' not in sys.modules\n"
+        "assert not {'tensorrt', 'pycuda', 'cuda.bindings'} & set(sys.modules)\n"
         "from runtimes.tensorrt_backend import tensorrt_plugin_module\n"
         "plugin = tensorrt_plugin_module()\n"
         "print(plugin.PLUGIN_NAME, plugin.PLUGIN_VERSION)\n"
@@ -144,7 +150,11 @@ def test_engine_path_is_keyed_by_artifact_precision_device_and_version(tmp_path:
     sha = artifact_sha256(tiny)
     device = device_tag("NVIDIA Jetson AGX Orin", (8, 7))
     path = engine_path(tmp_path, sha, "fp16", device, "10.3.0")
-    assert path == tmp_path / f"{sha[:16]}-tensorrt-fp16-NVIDIA_Jetson_AGX_Orin_sm87-10.3.0" / "model.engine"
+    # one folder per engine directly under the cache root, the plan always named model.engine
+    assert path.parent.parent == tmp_path and path.name == "model.engine"
+    assert path == engine_path(tmp_path, sha, "fp16", device, "10.3.0")  # the same inputs find the same plan
+    # the folder is a single portable path component: no separators, spaces or other characters to escape
+    assert re.fullmatch(r"[A-Za-z0-9._-]+", path.parent.name), path.parent.name
     others = {
         engine_path(tmp_path, sha, "fp32", device, "10.3.0"),
         engine_path(tmp_path, sha, "fp16", device_tag("NVIDIA Jetson AGX Orin", (8, 7), dla_core=0), "10.3.0"),
@@ -152,8 +162,8 @@ def test_engine_path_is_keyed_by_artifact_precision_device_and_version(tmp_path:
         engine_path(tmp_path, sha, "fp16", device, "10.13.3.9"),
         engine_path(tmp_path, "0" * 64, "fp16", device, "10.3.0"),
     }
-    assert path not in others and len(others) == 5
-    assert {p.name for p in others} == {"model.engine"}
+    assert path not in others and len(others) == 5  # each key part on its own gives another engine
+    assert {p.name for p in others} == {"model.engine"} and {p.parent.parent for p in others} == {tmp_path}
 
 
 def test_device_tag() -> None:
@@ -166,6 +176,45 @@ def test_default_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     assert default_cache_dir() == tmp_path / "tensorrt"
     monkeypatch.delenv("M2F_CACHE")
     assert default_cache_dir() == Path.home() / ".cache" / "m2f" / "tensorrt"
+
+
+@pytest.mark.parametrize(
+    ("version", "major_minor"), [("10.3.0.30", (10, 3)), ("10.13.3.9", (10, 13)), ("11.1.0", (11, 1))]
+)
+def test_tensorrt_version_gate_accepts_10_and_later(version: str, major_minor: tuple[int, int]) -> None:
+    assert check_tensorrt_version(version) == major_minor
+    assert has_weak_typing(version) == (major_minor[0] == 10)  # TensorRT 11 builds strongly typed networks only
+
+
+@pytest.mark.parametrize("version", ["8.6.2.3", "8.5.2", "7.1.3"])
+def test_tensorrt_version_gate_names_jetpack(version: str) -> None:
+    with pytest.raises(RuntimeNotAvailable, match=r"needs TensorRT >= 10 \(JetPack >= 6\.1\); this is TensorRT "):
+        check_tensorrt_version(version)
+    with pytest.raises(RuntimeNotAvailable, match="--system-site-packages"):
+        check_tensorrt_version(version)
+
+
+def test_tensorrt_version_gate_rejects_unreadable_versions() -> None:
+    with pytest.raises(RuntimeNotAvailable, match="cannot read the TensorRT version"):
+        check_tensorrt_version("unknown")
+
+
+def test_backend_refuses_tensorrt_8(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """JetPack 6.0's TensorRT 8.6 (a module object whose only role is its version string) fails at the gate."""
+    _stand_in_tensorrt(monkeypatch).__version__ = "8.6.2.3"
+    with pytest.raises(RuntimeNotAvailable, match=r"JetPack >= 6\.1"):
+        trt_backend.TensorRtBackend(tiny)
+
+
+def test_timing_cache_sits_beside_the_engine_cache(tmp_path: Path, tiny: Path) -> None:
+    device = device_tag("NVIDIA Jetson AGX Orin", (8, 7))
+    cache = timing_cache_path(tmp_path, device, "10.3.0")
+    engine = engine_path(tmp_path, artifact_sha256(tiny), "fp16", device, "10.3.0")
+    assert cache.is_relative_to(tmp_path) and not cache.is_relative_to(engine.parent)  # shared by every artifact
+    assert cache == timing_cache_path(tmp_path, device, "10.3.0")
+    assert cache != timing_cache_path(tmp_path, device, "10.3.1")  # a cache is valid for one TensorRT version
+    assert cache != timing_cache_path(tmp_path, device_tag("NVIDIA H100", (9, 0)), "10.3.0")  # and one device
+    assert re.fullmatch(r"[A-Za-z0-9._-]+", cache.name)
 
 
 @pytest.mark.parametrize(
@@ -253,26 +302,26 @@ def test_unbuilt_plugin_library_names_the_cmake_command(
 
 
 def test_no_gpu_is_device_not_available(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real CUDA binding on a machine without a GPU driver (skips where a GPU is visible)."""
     _stand_in_tensorrt(monkeypatch)
-    driver = types.ModuleType("pycuda.driver")
-
-    def init() -> None:
-        raise RuntimeError("cuInit failed: no CUDA-capable device is detected")
-
-    driver.init = init
-    pycuda = types.ModuleType("pycuda")
-    pycuda.driver = driver
-    monkeypatch.setitem(sys.modules, "pycuda", pycuda)
-    monkeypatch.setitem(sys.modules, "pycuda.driver", driver)
-    with pytest.raises(DeviceNotAvailable, match="no CUDA-capable device"):
+    try:
+        cuda_memory.open_device(0).close()
+    except RuntimeNotAvailable:
+        pytest.skip("no CUDA binding installed")
+    except DeviceNotAvailable:
+        pass
+    else:
+        pytest.skip("a CUDA device is visible here")
+    with pytest.raises(DeviceNotAvailable, match="no NVIDIA GPU or driver"):
         trt_backend.TensorRtBackend(tiny)
 
 
-def test_missing_pycuda_says_how_to_install(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_cuda_binding_says_how_to_install(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _stand_in_tensorrt(monkeypatch)
-    monkeypatch.setitem(sys.modules, "pycuda", None)
-    monkeypatch.setitem(sys.modules, "pycuda.driver", None)
-    with pytest.raises(RuntimeNotAvailable, match="pip install pycuda"):
+    monkeypatch.setattr(cuda_memory, "_bindings", {})
+    for module in ("cuda", "cuda.bindings", "cuda.bindings.driver", "pycuda", "pycuda.driver"):
+        monkeypatch.setitem(sys.modules, module, None)
+    with pytest.raises(RuntimeNotAvailable, match=r"pip install cuda-python.*or pycuda"):
         trt_backend.TensorRtBackend(tiny)
 
 
@@ -290,15 +339,12 @@ def test_bad_options_fail_before_any_device_work(tiny: Path, monkeypatch: pytest
 
 
 def _engine_requirements() -> None:
-    """Skip, saying what is missing, unless TensorRT, pycuda and a GPU are all here."""
+    """Skip, saying what is missing, unless TensorRT, a CUDA binding and a GPU are all here."""
     pytest.importorskip("tensorrt", reason="TensorRT is not installed (NVIDIA's index; JetPack on a Jetson)")
-    driver = pytest.importorskip("pycuda.driver", reason="pycuda is not installed")
     try:
-        driver.init()
-        if driver.Device.count() == 0:
-            pytest.skip("no CUDA device")
-    except Exception as err:
-        pytest.skip(f"no CUDA device ({err})")
+        cuda_memory.open_device(0).close()
+    except (RuntimeNotAvailable, DeviceNotAvailable) as err:
+        pytest.skip(str(err))
 
 
 @pytest.fixture(scope="module")
@@ -337,3 +383,31 @@ def test_engine_matches_torch_and_is_cached(
     with trt_backend.TensorRtBackend(artifact, cache_dir=tmp_path) as again:
         np.testing.assert_array_equal(again.run({"images": image})["pred_logits"], got["pred_logits"])
     assert "TensorRT engine from cache" in caplog.text
+
+
+@pytest.mark.tensorrt
+@pytest.mark.gpu
+def test_engine_runs_from_several_threads_with_a_context_each(
+    tensorrt_artifacts: dict[str, Path], tmp_path: Path
+) -> None:
+    """Four threads, each with its own frames, run one backend at once: each result is its own frame's."""
+    artifact = tensorrt_artifacts["builtin"]
+    rng = np.random.default_rng(2)
+    frames = [rng.integers(0, 256, (1, 96, 128, 3), dtype=np.uint8) for _ in range(4)]
+    with trt_backend.TensorRtBackend(artifact, cache_dir=tmp_path) as backend:
+        alone = [backend.run({"images": f})["pred_logits"] for f in frames]
+        results: dict[int, list[np.ndarray]] = {}
+
+        def work(i: int) -> None:
+            results[i] = [backend.run({"images": frames[i]})["pred_logits"] for _ in range(5)]
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(backend._executions) == 5  # the main thread's context and one per worker
+        assert backend.timing_cache_path is not None and backend.timing_cache_path.is_file()
+    for i, runs in results.items():
+        for got in runs:
+            np.testing.assert_array_equal(got, alone[i])
