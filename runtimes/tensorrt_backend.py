@@ -173,7 +173,7 @@ def tensorrt_status() -> dict[str, str]:
     plugin = tensorrt_plugin_module()
     library = plugin.plugin_library_path()
     built = f"built: {library}" if library.is_file() else f"not built ({library}; {plugin.BUILD_COMMANDS})"
-    return {"tensorrt": trt, "cuda_binding": cuda_memory.binding_status(), "msda_plugin": built}
+    return {"trt_backend": trt, "cuda_binding": cuda_memory.binding_status(), "trt_plugin": built}
 
 
 @dataclass

@@ -78,6 +78,9 @@ def info() -> dict[str, object]:
         except TargetNotAvailable as err:
             targets[name] = f"unavailable: {err}"
     versions["targets"] = targets
+    from runtimes.tensorrt_backend import tensorrt_status  # TensorRT usable?, CUDA binding, MSDA plugin library
+
+    versions.update(tensorrt_status())
     return versions
 
 

@@ -411,3 +411,18 @@ def test_engine_runs_from_several_threads_with_a_context_each(
     for i, runs in results.items():
         for got in runs:
             np.testing.assert_array_equal(got, alone[i])
+
+
+def test_status_for_m2f_info(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """What `m2f info` says about TensorRT, the CUDA binding and the plugin library, from what is really here."""
+    monkeypatch.setenv("M2F_MSDA_TRT_PLUGIN", str(tmp_path / "libm2f_msda_trt.so"))
+    status = trt_backend.tensorrt_status()
+    assert set(status) == {"trt_backend", "cuda_binding", "trt_plugin"}
+    assert status["trt_plugin"].startswith("not built") and "cmake -S plugins/msda" in status["trt_plugin"]
+    (tmp_path / "libm2f_msda_trt.so").write_bytes(b"")
+    assert trt_backend.tensorrt_status()["trt_plugin"] == f"built: {tmp_path / 'libm2f_msda_trt.so'}"
+    assert status["cuda_binding"] == cuda_memory.binding_status()
+    if not TENSORRT_INSTALLED:
+        assert status["trt_backend"].startswith("not installed") and "pypi.nvidia.com" in status["trt_backend"]
+    _stand_in_tensorrt(monkeypatch).__version__ = "8.6.2"  # JetPack 6.0's TensorRT, as a version string only
+    assert "needs TensorRT >= 10 (JetPack >= 6.1)" in trt_backend.tensorrt_status()["trt_backend"]
