@@ -14,6 +14,7 @@ import torch
 from compile.export import export
 from compile.gate import GateError
 from compile.onnx_export import DeployableMask2Former
+from compile.tensorrt_rules import lint
 from runtimes import load_backend
 from runtimes.artifact import read_metadata
 from tests.conftest import REPO_ROOT, data_root
@@ -81,6 +82,7 @@ def _export(checkpoint: Path, tmp: Path, target: str, precision: str, **kwargs) 
 @pytest.mark.parametrize(("target", "tolerance"), [("onnxruntime", 1e-4), ("openvino", 1e-3)])
 def test_fp32_artifact_matches_torch(camvid_model, tmp_path, target, tolerance):
     path, meta = _export(camvid_model, tmp_path, target, "fp32", task="panoptic")
+    assert lint(path) == []  # TensorRT's parser rules hold for every target's fp32 graph
     assert meta["accuracy"]["label_agreement"] >= 0.999
     assert max(meta["accuracy"]["max_abs_diff"].values()) <= tolerance, meta["accuracy"]
     # independently of the gate: raw outputs on a real frame
@@ -113,6 +115,8 @@ def test_reduced_precision_agrees_on_camvid(camvid_model, tmp_path, target, prec
     # is the "<= 1 point" check; here the figures it wrote are checked too
     path, meta = _export(camvid_model, tmp_path, target, precision)
     assert meta["precision"] == precision
+    # TensorRT's parser rules: no uint8 inside the graph; int8 Q/DQ is int8 (asymmetric: not a TensorRT graph)
+    assert {v.rule for v in lint(path)} <= ({"qdq-zero-point"} if precision == "int8" else set())
     assert meta["accuracy"]["label_agreement"] >= 0.99, meta["accuracy"]
     assert meta["accuracy"]["drop"] <= 1.0
     if precision == "int8":  # int8 weights: well under half of the fp32 weights' bytes

@@ -29,6 +29,7 @@ from compile.tensorrt_export import (
     onnxruntime_reference_model,
     plugin_nodes,
 )
+from compile.tensorrt_rules import lint
 from plugins.msda import ms_deform_attn
 from plugins.msda.reference import ms_deform_attn_reference
 from runtimes.artifact import read_metadata, write_metadata
@@ -222,6 +223,26 @@ def test_export_gates_tensorrt_artifact_on_the_reference(artifacts: dict[str, Pa
     assert max(accuracy["max_abs_diff"].values()) < PARITY
 
 
+@pytest.mark.parametrize("plugin", ["m2f", "builtin"])
+def test_tensorrt_artifacts_pass_the_parser_rules(artifacts: dict[str, Path], plugin: str) -> None:
+    """uint8 only at the graph's input and output (cast before the layout change), every op and type in TensorRT
+    10.3's and 11's tables, the plugin nodes known: nothing TensorRT's ONNX parser would reject that we can see."""
+    assert lint(artifacts[plugin]) == []
+    model = onnx.load(str(artifacts[plugin]))
+    first = next(n for n in model.graph.node if "images" in n.input)
+    assert first.op_type == "Cast"  # the uint8 frame is cast before anything else touches it
+
+
+def test_export_gate_refuses_a_graph_tensorrt_rejects(tmp_path: Path) -> None:
+    from compile.export import _check_tensorrt_rules
+    from tests.compile.test_tensorrt_rules import violating_graph
+
+    path = tmp_path / "bad.onnx"
+    onnx.save(violating_graph(), str(path))
+    with pytest.raises(ValueError, match=r"breaks TensorRT's ONNX parser rules \(11\):\n  \[dtype\] Transpose"):
+        _check_tensorrt_rules(path)
+
+
 def test_tensorrt_export_needs_a_static_size() -> None:
     meta = synthetic_meta()
     model = Mask2Former(Mask2FormerConfig.from_dict({"num_classes": meta.num_classes, **TINY})).eval()
@@ -249,5 +270,6 @@ def test_fp16_artifact_feeds_the_plugin_fp16(tmp_path: Path, calib_dir: Path, ar
     for node in nodes:
         assert [types.get(name) for name in node.input] == [TensorProto.FLOAT16, None, None] + [TensorProto.FLOAT16] * 2
         assert {t.name: t.data_type for t in model.graph.initializer}[node.input[1]] == TensorProto.INT32
+    assert lint(out) == []  # the fp16 graph too: Cast(uint8 -> fp16) first, fp16 everywhere TensorRT allows it
     accuracy = read_metadata(out)["accuracy"]  # gated on ONNX Runtime, the plugin by the reference (in float32)
     assert accuracy["label_agreement"] > 0.99 and max(accuracy["max_abs_diff"].values()) < 2e-2
