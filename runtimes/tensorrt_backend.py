@@ -189,6 +189,24 @@ class _Execution:
 # --------------------------------------------------------------------------------------------- the backend
 
 
+# The constructor's options (INTERFACES.md #1/#2): the tensorrt row of runtimes/registry.py takes this set once that
+# table lands; until then it lives here, checked against the signature by the tests.
+BACKEND_OPTIONS: frozenset[str] = frozenset(
+    {
+        "device",
+        "precision",
+        "workspace_mb",
+        "dla_core",
+        "cache_dir",
+        "timing_cache",
+        "plugin_library",
+        "strongly_typed",
+        "rebuild",
+        "cuda_binding",
+    }
+)
+
+
 class TensorRtBackend(Backend):
     """Run an artifact with TensorRT on an NVIDIA GPU (or a Jetson DLA core), the engine built and cached here.
 

@@ -91,6 +91,8 @@ class Segmenter:
             artifact = self._artifact(model, input_size)
             if self.runtime == "openvino" and precision in ("fp16", "bf16"):
                 backend_options.setdefault("precision", precision)  # OpenVINO runs an fp32 artifact in bf16/fp16
+            if self.runtime == "tensorrt":  # the engine is built at the profile's precision (jetson: fp16)
+                backend_options.setdefault("precision", self.precision)
             self.backend = load_backend(self.runtime, artifact, **_runtime_options(self.runtime, backend_options))
             # what actually runs: the artifact's precision unless the runtime was told otherwise
             self.precision = backend_options.get("precision") or self.backend.metadata["precision"]

@@ -426,3 +426,11 @@ def test_status_for_m2f_info(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
         assert status["trt_backend"].startswith("not installed") and "pypi.nvidia.com" in status["trt_backend"]
     _stand_in_tensorrt(monkeypatch).__version__ = "8.6.2"  # JetPack 6.0's TensorRT, as a version string only
     assert "needs TensorRT >= 10 (JetPack >= 6.1)" in trt_backend.tensorrt_status()["trt_backend"]
+
+
+def test_backend_options_match_the_constructor() -> None:
+    import inspect
+
+    parameters = set(inspect.signature(trt_backend.TensorRtBackend).parameters) - {"artifact"}
+    assert parameters == trt_backend.BACKEND_OPTIONS
+    assert {"device", "precision", "workspace_mb", "dla_core", "cache_dir", "timing_cache"} <= parameters
