@@ -392,11 +392,11 @@ class TensorRtBackend(Backend):
         """This thread's execution context, stream and buffers (made on first use; the device is current)."""
         execution = getattr(self._local, "execution", None)
         if execution is None:
-            context = self._engine.create_execution_context()
-            if context is None:
-                raise RuntimeError(f"TensorRT could not create an execution context for {self.path} (GPU memory?)")
-            execution = _Execution(context, self._gpu.stream(), {}, {})
-            with self._executions_lock:
+            with self._executions_lock:  # contexts are made one at a time; each is then used by its thread only
+                context = self._engine.create_execution_context()
+                if context is None:
+                    raise RuntimeError(f"TensorRT could not create an execution context for {self.path} (GPU memory?)")
+                execution = _Execution(context, self._gpu.stream(), {}, {})
                 self._executions.append(execution)
             self._local.execution = execution
         return execution
