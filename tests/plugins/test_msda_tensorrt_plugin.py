@@ -55,7 +55,7 @@ def test_identity_has_one_source():
         assert f'string(JSON M2F_MSDA_PLUGIN_{define} GET "${{M2F_MSDA_PLUGIN_JSON}}" {key})' in cmake
         assert f'"M2F_MSDA_PLUGIN_{define}=\\"${{M2F_MSDA_PLUGIN_{define}}}\\""' in cmake
         assert f'#define M2F_MSDA_PLUGIN_{define} "{identity[key]}"' in PLUGIN_SOURCE.read_text()
-    assert "M2F_MSDA_PLUGIN_NAMESPACE \"\" CACHE" not in cmake  # no second, overridable copy of the namespace
+    assert 'M2F_MSDA_PLUGIN_NAMESPACE "" CACHE' not in cmake  # no second, overridable copy of the namespace
     assert f"add_library({tensorrt_plugin.LIBRARY_NAME.removeprefix('lib').removesuffix('.so')} SHARED" in cmake
 
 
