@@ -145,8 +145,9 @@ def _outside_qdq(path) -> list:
     """TensorRT parser-rule violations of the artifact at ``path`` other than its (CPU-typed) Q/DQ nodes'."""
     from compile.tensorrt_rules import lint
 
-    def qdq(violation) -> bool:
-        return violation.rule.startswith("qdq") or "QuantizeLinear" in f"{violation.where} {violation.message}"
+    def qdq(violation) -> bool:  # a rule on a Q/DQ node, or the uint8 output of a QuantizeLinear
+        text = f"{violation.where} {violation.message}"
+        return violation.rule.startswith("qdq") or "QuantizeLinear" in text or "DequantizeLinear" in text
 
     return [v for v in lint(path) if not qdq(v)]
 
