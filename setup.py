@@ -35,8 +35,10 @@ setup(
         ],
         "onnxruntime": ["onnxruntime>=1.18"],
         "openvino": ["openvino>=2024.4"],
-        # TensorRT and pycuda come from NVIDIA's index (pip install --extra-index-url https://pypi.nvidia.com)
-        "tensorrt": ["tensorrt>=10.0", "pycuda>=2024.1"],
+        # TensorRT comes from NVIDIA's index (pip install --extra-index-url https://pypi.nvidia.com; on a Jetson from
+        # JetPack's apt packages, seen through a --system-site-packages venv); CUDA memory and streams through
+        # cuda-python (wheels for x86-64 and aarch64; runtimes/cuda_memory.py also takes pycuda where installed)
+        "tensorrt": ["tensorrt>=10.0", "cuda-python>=12.3"],
         "dev": [
             "pytest>=8",
             "pytest-xdist>=3.5",
