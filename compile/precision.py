@@ -383,6 +383,9 @@ def quantize_onnxruntime_int8(
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=[t for t in op_types if t not in set(exclude_op_types)],
             per_channel=True,
+            # 7-bit weights: u8 x s8 products summed in pairs saturate int16 (VPMADDUBSW) on x86 CPUs without VNNI
+            # (e.g. AVX2-only EPYC: 98.5 % labels equal to fp32 with 8-bit weights); the file may run on any CPU
+            reduce_range=True,
             activation_type=act_types[activation_type],
             weight_type=QuantType.QInt8,
             nodes_to_exclude=excluded,
