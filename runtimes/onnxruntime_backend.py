@@ -100,6 +100,8 @@ class OnnxRuntimeBackend(Backend):
                 "ONNX Runtime could not start its CUDA provider (no GPU visible, or CUDA/cuDNN libraries missing "
                 "for this onnxruntime-gpu version); use device='cpu' or fix the CUDA install"
             )
+        # the device it really runs on: a CUDA request without the CUDA provider in the session was refused above
+        self.device = "cuda" if "CUDAExecutionProvider" in self._session.get_providers() else "cpu"
         self._input_specs = {}
         for node in self._session.get_inputs():
             if node.type not in _ORT_DTYPES:
