@@ -150,8 +150,7 @@ TARGETS: dict[str, TargetSpec] = {
             "cuda",
             "fp16",
             _frozen({"tensorrt": {"workspace_mb": 1024, "dla_core": None}}),
-            "Jetson (Orin): TensorRT FP16, engine built and cached on the device; INT8 with a calibrated artifact; "
-            "else the torch CUDA runtime (reason logged)",
+            "Jetson (Orin): TensorRT FP16, engine built and cached on the device; else torch on CUDA",
         ),
         TargetSpec(
             "cuda",

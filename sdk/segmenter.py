@@ -60,7 +60,7 @@ def _host(module: str) -> Any:
         return importlib.import_module(module)
     except ImportError as err:
         raise ImportError(
-            f"using a checkpoint needs the host extras (pip install 'm2f-edge[train]'): {err}; "
+            f"using a checkpoint needs the host extras ({RUNTIMES['torch'].install_hint}): {err}; "
             "or pass an artifact made with `m2f export`"
         ) from err
 
@@ -88,15 +88,13 @@ class Segmenter:
         input_size: tuple[int, int] | None = None,
         **options: Any,
     ) -> None:
-        spec, runtime = resolve_target(target)
+        spec, runtime = resolve_target(target, _artifact_target(model))
         backend_options = {**spec.options_for(runtime), **options}
         if "cache_dir" in RUNTIMES[runtime].options:
             backend_options.setdefault("cache_dir", str(cache_dir() / runtime))
         check_options(runtime, backend_options)  # before any compilation: a wrong option fails fast
         wanted = precision or spec.precision
-        if runtime == "torch":
-            if model is None or Path(model).suffix not in CHECKPOINT_SUFFIXES:
-                raise ValueError("the torch target needs a checkpoint (model=...pt)")
+        if runtime == "torch":  # resolve_target chose it for a checkpoint
             module, metadata = _host("compile.export").reference_model(Path(model), task, input_size)
             _set_precision(backend_options, precision, spec.precision, metadata["precision"])
             backend = _host("runtimes.torch_backend").TorchBackend.from_module(module, metadata, **backend_options)
@@ -215,6 +213,18 @@ class Segmenter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _artifact_target(model: str | Path | None) -> str | None:
+    """What ``model`` was compiled for (the packaged default when None); None for a checkpoint, or a file the
+    backend will refuse with its own message."""
+    try:
+        path = default_model("fp32") if model is None else Path(model)
+        if path.suffix in CHECKPOINT_SUFFIXES or not path.is_file():
+            return None
+        return read_metadata(path, validate=False).get("target")
+    except (FileNotFoundError, ValueError, OSError):
+        return None
 
 
 def _compile(checkpoint: Path, runtime: str, precision: str, input_size: tuple[int, int] | None) -> Path:

@@ -71,17 +71,31 @@ def runtime_usable(runtime: str, device: str) -> str | None:
     return None
 
 
-def resolve_target(name: str) -> tuple[TargetSpec, str]:
-    """(the target row, the runtime to use). ``auto``: Jetson, else an NVIDIA GPU, else the CPU."""
+def _opens(runtime: str, artifact_target: str | None) -> str | None:
+    """None if ``runtime`` can open an artifact compiled for ``artifact_target`` (None: a checkpoint), else why."""
+    opens = RUNTIMES[runtime].artifact_targets
+    if artifact_target is None or artifact_target in opens:
+        return None
+    if not opens:
+        return f"runtime {runtime!r} runs a checkpoint, not an artifact (pass model=<checkpoint .pt>)"
+    return f"runtime {runtime!r} cannot open a {artifact_target} artifact (it opens {', '.join(opens)})"
+
+
+def resolve_target(name: str, artifact_target: str | None = None) -> tuple[TargetSpec, str]:
+    """(the target row, the runtime to use). ``auto``: Jetson, else an NVIDIA GPU, else the CPU.
+
+    ``artifact_target``: what the model to run was compiled for (None: a checkpoint, which is compiled for, or run
+    by, whichever runtime is chosen); runtimes that cannot open such an artifact are passed over.
+    """
     if name == "auto":
         if os.environ.get("M2F_TARGET"):
-            return resolve_target(os.environ["M2F_TARGET"])
+            return resolve_target(os.environ["M2F_TARGET"], artifact_target)
         reasons = []
         for candidate in AUTO_ORDER:
             if candidate == "jetson" and not is_jetson():
                 continue
             try:
-                return resolve_target(candidate)
+                return resolve_target(candidate, artifact_target)
             except TargetNotAvailable as err:
                 reasons.append(str(err))
         raise TargetNotAvailable("no target is usable here: " + "; ".join(reasons))
@@ -90,7 +104,7 @@ def resolve_target(name: str) -> tuple[TargetSpec, str]:
     target = TARGETS[name]
     reasons = []
     for runtime in target.runtimes:
-        why = runtime_usable(runtime, target.device)
+        why = runtime_usable(runtime, target.device) or _opens(runtime, artifact_target)
         if why is None:
             if reasons:
                 logger.warning("target %s runs on %s: %s", name, runtime, "; ".join(reasons))
