@@ -270,7 +270,7 @@ def export(
     if target == "tensorrt":
         _check_tensorrt_rules(out)
     if gate_set:
-        backend = _gate_backend(target, precision, out)
+        backend = _gate_backend(target, out)
         reference = DeployableMask2Former(loaded.model, loaded.meta, task)
         try:
             metadata["accuracy"] = run_gate(reference, backend, gate_set, precision, max_drop)
@@ -303,7 +303,7 @@ def _graph_exporter(target: str) -> Callable[..., Path]:
     return export_onnx
 
 
-def _gate_backend(target: str, precision: str, path: Path) -> Backend:
+def _gate_backend(target: str, path: Path) -> Backend:
     """The backend the gate runs the artifact with on this host: the target's own runtime (tensorrt: ONNX Runtime,
     plugin nodes by the MSDA reference; the engine itself is built on the device)."""
     if target == "tensorrt":

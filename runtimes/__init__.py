@@ -40,6 +40,7 @@ __all__ = [
     "artifact_sha256",
     "available_runtimes",
     "check_options",
+    "device_unavailable",
     "load_backend",
     "read_metadata",
     "validate_metadata",
@@ -60,6 +61,22 @@ def _spec_exists(module: str) -> bool:
 def available_runtimes() -> dict[str, bool]:
     """{runtime name: whether its package and backend module are installed}, without importing either."""
     return {name: _spec_exists(spec.package) and _spec_exists(spec.module) for name, spec in RUNTIMES.items()}
+
+
+def device_unavailable(name: str, device: str) -> str | None:
+    """None if installed runtime ``name`` can reach ``device``, else why not. Imports the backend module (and its
+    engine) only for a device other than the CPU, and asks its ``device_unavailable(device)`` where it has one."""
+    spec = runtime_spec(name)
+    if device not in spec.devices:
+        return f"runtime {name!r} does not run on {device} (it runs on {', '.join(spec.devices)})"
+    if device == "cpu":
+        return None
+    try:
+        module = importlib.import_module(spec.module)
+    except ImportError as err:
+        return f"runtime {name!r} failed to import ({err}): {spec.install_hint}"
+    check = getattr(module, "device_unavailable", None)
+    return check(device) if check is not None else None
 
 
 def _check_artifact_target(spec: RuntimeSpec, artifact: Any) -> None:

@@ -41,6 +41,15 @@ def _import_onnxruntime() -> Any:
     return onnxruntime
 
 
+def device_unavailable(device: str) -> str | None:
+    """None if this ONNX Runtime build has the providers of ``device``, else why not (see ``runtimes``)."""
+    if device.lower() not in _DEVICE_PROVIDERS:
+        return f"onnxruntime has no device {device!r} (it has {', '.join(_DEVICE_PROVIDERS)})"
+    available = _import_onnxruntime().get_available_providers()
+    missing = [p for p in _DEVICE_PROVIDERS[device.lower()] if p not in available]
+    return f"onnxruntime has no {', '.join(missing)} (pip install onnxruntime-gpu)" if missing else None
+
+
 class OnnxRuntimeBackend(Backend):
     """Run an artifact with ONNX Runtime.
 

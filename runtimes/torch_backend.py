@@ -269,3 +269,12 @@ def _to_numpy(tensor: torch.Tensor, inputs: list[np.ndarray]) -> np.ndarray:
         return tensor.cpu().numpy()
     array = tensor.numpy()
     return array.copy() if any(np.may_share_memory(array, x) for x in inputs) else array
+
+
+def device_unavailable(device: str) -> str | None:
+    """None if this torch can run on ``device`` ("cpu", "cuda", "cuda:N"), else why not (``runtimes``'s check)."""
+    try:
+        _torch_device(device)
+    except (DeviceNotAvailable, ValueError) as err:
+        return str(err)
+    return None

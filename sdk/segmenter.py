@@ -95,6 +95,8 @@ class Segmenter:
         check_options(runtime, backend_options)  # before any compilation: a wrong option fails fast
         wanted = precision or spec.precision
         if runtime == "torch":  # resolve_target chose it for a checkpoint
+            if model is None:
+                raise ValueError("the torch target runs a checkpoint: pass model=<checkpoint .pt>")
             module, metadata = _host("compile.export").reference_model(Path(model), task, input_size)
             _set_precision(backend_options, precision, spec.precision, metadata["precision"])
             backend = _host("runtimes.torch_backend").TorchBackend.from_module(module, metadata, **backend_options)

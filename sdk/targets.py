@@ -13,7 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
-from runtimes import available_runtimes
+from runtimes import available_runtimes, device_unavailable
 from runtimes.registry import AUTO_ORDER, RUNTIMES, TARGETS, TargetSpec
 
 __all__ = ["AUTO_ORDER", "TARGETS", "Target", "TargetNotAvailable", "resolve_target", "runtime_usable"]
@@ -51,24 +51,11 @@ def cpu_flags() -> set[str]:
 
 def runtime_usable(runtime: str, device: str) -> str | None:
     """None if ``runtime`` can run on ``device`` here, else why not (without loading a model)."""
-    spec = RUNTIMES[runtime]
     if not available_runtimes().get(runtime, False):
-        return f"runtime {runtime!r} is not installed ({spec.install_hint})"
-    if device not in spec.devices:
-        return f"runtime {runtime!r} does not run on {device} (it runs on {', '.join(spec.devices)})"
+        return f"runtime {runtime!r} is not installed ({RUNTIMES[runtime].install_hint})"
     if device == "cuda" and not has_cuda_device():
         return "no NVIDIA GPU is visible (no /dev/nvidia0, no nvidia-smi)"
-    if runtime == "onnxruntime" and device == "cuda":
-        import onnxruntime
-
-        if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-            return "onnxruntime has no CUDA provider (pip install onnxruntime-gpu)"
-    if runtime == "torch" and device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            return f"torch {torch.__version__} cannot use the GPU (a CPU-only build, or no CUDA driver)"
-    return None
+    return device_unavailable(runtime, device)
 
 
 def _opens(runtime: str, artifact_target: str | None) -> str | None:

@@ -122,3 +122,15 @@ def test_each_fact_lives_in_the_registry_only() -> None:
     for gone in ("RUNTIME_PACKAGES", "_runtime_options", "GATE_RUNTIME", "LABELS = {"):  # the old copies
         assert _files_with(gone) == [], gone
     assert _files_with('"CUDAExecutionProvider", "CPUExecutionProvider"') == ["runtimes/onnxruntime_backend.py"]
+
+
+def test_device_unavailable_asks_the_engine() -> None:
+    import onnxruntime
+
+    assert runtimes.device_unavailable("onnxruntime", "cpu") is None
+    assert runtimes.device_unavailable("openvino", "cuda") == "runtime 'openvino' does not run on cuda (it runs on cpu)"
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():  # this CPU-only build
+        assert "onnxruntime has no CUDAExecutionProvider" in runtimes.device_unavailable("onnxruntime", "cuda")
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        assert "cannot use the GPU" in runtimes.device_unavailable("torch", "cuda")
