@@ -10,6 +10,7 @@ import numpy as np
 
 from runtimes.artifact import ArtifactError, read_metadata
 from runtimes.base import Backend, DeviceNotAvailable, RuntimeNotAvailable, TensorSpec
+from runtimes.registry import RUNTIMES
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ def _import_onnxruntime() -> Any:
         import onnxruntime
     except ImportError as err:
         raise RuntimeNotAvailable(
-            f"the onnxruntime backend needs ONNX Runtime: pip install onnxruntime (or onnxruntime-gpu) ({err})"
+            f"the onnxruntime backend needs ONNX Runtime: {RUNTIMES['onnxruntime'].install_hint} ({err})"
         ) from err
     return onnxruntime
 
