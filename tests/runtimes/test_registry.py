@@ -133,4 +133,4 @@ def test_device_unavailable_asks_the_engine() -> None:
         assert "onnxruntime has no CUDAExecutionProvider" in runtimes.device_unavailable("onnxruntime", "cuda")
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
-        assert "cannot use the GPU" in runtimes.device_unavailable("torch", "cuda")
+        assert "sees no CUDA GPU" in runtimes.device_unavailable("torch", "cuda")
