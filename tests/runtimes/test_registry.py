@@ -62,7 +62,7 @@ def test_unknown_option_raises_naming_the_accepted_ones() -> None:
 
 def test_load_backend_refuses_an_unknown_option(tmp_path: Path) -> None:
     path = build_tiny_artifact(tmp_path / "tiny.onnx")
-    with pytest.raises(ValueError, match=r"does not take option\(s\) workspace_mb; it accepts .*performance_hint"):
+    with pytest.raises(ValueError, match=r"does not take option\(s\) workspace_mb; it accepts .*performance_mode"):
         runtimes.load_backend("openvino", path, workspace_mb=512)
 
 
