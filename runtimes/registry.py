@@ -116,9 +116,11 @@ RUNTIMES: dict[str, RuntimeSpec] = {
                     "workspace_mb",
                     "dla_core",
                     "cache_dir",
+                    "timing_cache",
                     "plugin_library",
                     "strongly_typed",
                     "rebuild",
+                    "cuda_binding",
                 }
             ),
             # standard-op artifacts too: TensorRT parses the MSDA-as-ops graph; its own has the plugin node

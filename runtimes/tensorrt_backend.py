@@ -66,6 +66,7 @@ import numpy as np
 from runtimes import INSTALL_HINTS, cuda_memory
 from runtimes.artifact import ArtifactError, artifact_sha256, read_metadata
 from runtimes.base import Backend, DeviceNotAvailable, RuntimeNotAvailable, TensorSpec
+from runtimes.registry import RUNTIMES
 from runtimes.tensorrt_build import (
     check_tensorrt_version,
     default_cache_dir,
@@ -189,22 +190,7 @@ class _Execution:
 # --------------------------------------------------------------------------------------------- the backend
 
 
-# The constructor's options (INTERFACES.md #1/#2): the tensorrt row of runtimes/registry.py takes this set once that
-# table lands; until then it lives here, checked against the signature by the tests.
-BACKEND_OPTIONS: frozenset[str] = frozenset(
-    {
-        "device",
-        "precision",
-        "workspace_mb",
-        "dla_core",
-        "cache_dir",
-        "timing_cache",
-        "plugin_library",
-        "strongly_typed",
-        "rebuild",
-        "cuda_binding",
-    }
-)
+BACKEND_OPTIONS: frozenset[str] = RUNTIMES["tensorrt"].options  # the tensorrt row of runtimes/registry.py
 
 
 class TensorRtBackend(Backend):
