@@ -138,9 +138,9 @@ CASES = {
         PANOPTIC,
         {"panoptic": [1, 2, 2, 2, 2, 2], "segments_info": [seg(1, True, 0, 0.95, 1), seg(2, False, 3, 0.9, 5)]},
     ),
-    # a thing list that is empty makes every class stuff: two class-0 queries merge
+    # a thing list that is empty makes every class stuff: two class-0 queries merge (score: the best, here the first)
     "no-things-all-stuff": Case(
-        [(0, 0.9, "++--"), (0, 0.95, "--++")],
+        [(0, 0.95, "++--"), (0, 0.9, "--++")],
         PANOPTIC,
         {"panoptic": [1, 1, 1, 1], "segments_info": [seg(1, False, 0, 0.95, 4)]},
         things=[],
