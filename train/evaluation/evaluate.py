@@ -6,8 +6,6 @@ import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from train.evaluation.instance import InstanceEvaluator
 from train.evaluation.panoptic import PanopticEvaluator
 from train.evaluation.semantic import SemanticEvaluator, as_numpy, semantic_gt_from_sample
