@@ -13,12 +13,12 @@ import cv2
 import numpy as np
 import onnx
 
-from compile.gate import GateImage, run_gate
+from compile.gate import GateImage, gate_image, run_gate
 from compile.onnx_export import DEFAULT_OPSET, INPUT_NAME, OUTPUTS, DeployableMask2Former, export_onnx
 from runtimes import Backend, load_backend
 from runtimes.artifact import ARTIFACT_FORMAT_VERSION, write_metadata
+from runtimes.geometry import fit_to_input
 from runtimes.registry import ARTIFACT_TARGETS, export_precisions
-from sdk.preprocess import Geometry, fit_to_input
 from train.evaluation.semantic import semantic_gt_from_sample
 from train.model import LoadedModel, load_pretrained
 from train.model.checkpoint import file_sha256
@@ -46,15 +46,6 @@ def _images_in(folder: Path, limit: int, seed: int = 0) -> list[np.ndarray]:
     return images
 
 
-def _labels_like(labels: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """Ground truth placed into the model input the way the image was (nearest resize, 255 in the padding)."""
-    rh, rw = geometry.resized_size
-    resized = cv2.resize(labels.astype(np.uint8), (rw, rh), interpolation=cv2.INTER_NEAREST)
-    out = np.full(geometry.input_size, 255, dtype=np.int64)
-    out[:rh, :rw] = resized
-    return out
-
-
 def _validation_images(loaded: LoadedModel, spec: dict, input_spec: dict, limit: int) -> list[GateImage]:
     from train.data import build_dataset
 
@@ -63,10 +54,9 @@ def _validation_images(loaded: LoadedModel, spec: dict, input_spec: dict, limit:
     for i in range(min(limit, len(dataset))):
         sample = dataset[i]
         bgr = np.ascontiguousarray(sample["image"].permute(1, 2, 0).numpy()[..., ::-1])
-        image, geometry = fit_to_input(bgr, input_spec)
         h, w = bgr.shape[:2]
         gt = semantic_gt_from_sample(sample["labels"], sample["masks"], sample["iscrowd"], h, w, 255)
-        items.append(GateImage(image, _labels_like(gt, geometry)))
+        items.append(gate_image(bgr, input_spec, gt))
     return items
 
 

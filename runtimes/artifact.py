@@ -13,7 +13,7 @@ Schema, ``format_version`` 1 (every field required unless marked optional)::
         dtype           "uint8"
         layout          "NHWC"
         channel_order   "BGR"
-        resize_policy   "letterbox" | "shortest_edge"   (see sdk.preprocess)
+        resize_policy   "letterbox" | "shortest_edge"   (see runtimes.geometry)
         size            [H, W] | null     null when H or W is dynamic
         pad_bgr         [b, g, r]         letterbox only: the padding colour
         min_size        int               shortest_edge only: the short side's target length
