@@ -256,14 +256,14 @@ def bench_hf(info: dict[str, Any], input_size: tuple[int, int], device: str, pre
     import torch
 
     from benchmarks import peers
-    from benchmarks.worker import _input_spec
+    from compile.export import input_spec
     from sdk.postprocess import semantic_from_labels
     from sdk.preprocess import fit_to_input
     from train.model import load_pretrained
 
     meta = load_pretrained(info["checkpoint"]).meta
     processor = peers.hf_processor(meta.pixel_mean, meta.pixel_std, info["hf_dir"])
-    spec = _input_spec(meta, input_size)
+    spec = input_spec(meta, input_size)
     run = peers.hf_runner(peers.load_hf_model(info["hf_dir"]), device, precision, to_host=False)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 

@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from runtimes.registry import PRECISIONS, RUNTIMES, RuntimeSpec
 from sdk.sources import evenly_spaced, read_video_frames
 
 logger = logging.getLogger(__name__)
@@ -42,38 +43,45 @@ DATA_FORMATS = ("auto", "camvid", "ade20k", "cityscapes", "images")
 
 @dataclass(frozen=True)
 class TargetKind:
-    """One benchmark target: who made it (``m2f`` or the ``hf`` peer), its runtime and the precisions it takes."""
+    """One benchmark target: who made it (``m2f`` or the ``hf`` peer), its runtime, the devices and precisions it
+    runs on, and its label. Ours are rows of ``runtimes.registry`` (a runtime or device added there appears here)."""
 
     family: str
     runtime: str
-    precisions: tuple[str, ...]
+    devices: tuple[str, ...]
+    precisions: dict[str, tuple[str, ...]]  # device -> precisions
     needs: tuple[str, ...]  # Python packages
-    description: str
+    label: str
 
 
-# target name -> kind; m2f precisions mirror compile.export.SUPPORTED (tests/benchmarks check they agree)
-TARGETS: dict[str, TargetKind] = {
-    "torch": TargetKind("m2f", "torch", ("fp32",), ("torch",), "our model in eager PyTorch: the fp32 reference"),
-    "hf-eager": TargetKind("hf", "eager", ("fp32",), ("torch", "transformers"), "HF Mask2Former, eager PyTorch"),
+def _ours(spec: RuntimeSpec) -> TargetKind:
+    """Our runtime's row: the artifact is exported (or the reference model built) with torch."""
+    precisions = {device: spec.precisions_on(device) for device in spec.devices}
+    needs = tuple(dict.fromkeys(("torch", spec.package)))
+    return TargetKind("m2f", spec.name, spec.devices, precisions, needs, f"m2f {spec.label}")
+
+
+_PEERS: dict[str, TargetKind] = {  # the same architecture and weights, run the HF user's way
+    "hf-eager": TargetKind(
+        "hf", "eager", ("cpu",), {"cpu": ("fp32",)}, ("torch", "transformers"), "HF transformers (eager)"
+    ),
     "hf-openvino": TargetKind(
-        "hf", "openvino", ("fp32",), ("torch", "transformers", "onnxruntime", "openvino"), "HF's ONNX on OpenVINO"
+        "hf",
+        "openvino",
+        ("cpu",),
+        {"cpu": ("fp32",)},
+        ("torch", "transformers", "onnxruntime", "openvino"),
+        "HF → ONNX → OpenVINO",
     ),
-    "onnxruntime": TargetKind("m2f", "onnxruntime", ("fp32", "int8"), ("torch", "onnxruntime"), "our artifact, ORT"),
-    "openvino": TargetKind(
-        "m2f", "openvino", ("fp32", "fp16", "bf16", "int8"), ("torch", "openvino"), "our artifact, OpenVINO"
-    ),
-    "tensorrt": TargetKind("m2f", "tensorrt", ("fp32", "fp16", "int8"), ("torch", "tensorrt"), "our artifact, TRT"),
 }
-REFERENCE = ("torch", "fp32")
-DEFAULT_PRECISIONS = ("fp32", "bf16", "int8")  # fp16 joins when a GPU target runs
-LABELS = {
-    "torch": "m2f torch (eager)",
-    "hf-eager": "HF transformers (eager)",
-    "hf-openvino": "HF → ONNX → OpenVINO",
-    "onnxruntime": "m2f ONNX Runtime",
-    "openvino": "m2f OpenVINO",
-    "tensorrt": "m2f TensorRT",
+# target name -> kind: the reference (our torch) first, then the peers, then our other runtimes in table order
+TARGETS: dict[str, TargetKind] = {
+    "torch": _ours(RUNTIMES["torch"]),
+    **_PEERS,
+    **{name: _ours(spec) for name, spec in RUNTIMES.items() if name != "torch"},
 }
+REFERENCE = ("torch", "cpu", "fp32")
+DEFAULT_PRECISIONS = ("fp32", "bf16", "int8")  # fp16 joins when a GPU row runs
 
 
 @dataclass
@@ -157,53 +165,68 @@ def _last_line(path: Path) -> str:
 # ---------------------------------------------------------------------------------------------- planning
 
 
-def target_available(name: str) -> str | None:
-    """None when ``name`` can run here, else why not."""
-    missing = [m for m in TARGETS[name].needs if importlib.util.find_spec(m) is None]
+def target_available(name: str, device: str | None = None) -> str | None:
+    """None when ``name`` can run here (on ``device``, default its first), else why not."""
+    kind = TARGETS[name]
+    missing = [m for m in kind.needs if importlib.util.find_spec(m) is None]
     if missing:
         return f"{name} needs {', '.join(missing)} (not installed)"
-    if TARGETS[name].runtime == "tensorrt":
-        from sdk.targets import TargetNotAvailable, resolve_target
+    if kind.family == "m2f":
+        from sdk.targets import runtime_usable
 
-        try:
-            resolve_target("tensorrt")
-        except TargetNotAvailable as err:
-            return str(err)
+        return runtime_usable(kind.runtime, device or kind.devices[0])
     return None
 
 
-def plan_rows(targets: Sequence[str] | None, precisions: Sequence[str] | None) -> list[dict]:
-    """The rows to run, reference first: ``{"id", "target", "family", "runtime", "precision", "label"}``.
+def row_id(name: str, device: str, precision: str) -> str:
+    """``m2f-openvino-int8``, ``hf-eager-fp32``; a device other than the target's first is named:
+    ``m2f-torch-cuda-fp16``."""
+    kind = TARGETS[name]
+    where = "" if device == kind.devices[0] else f"-{device}"
+    return f"{kind.family}-{name.removeprefix('hf-')}{where}-{precision}"
 
-    ``targets=None`` means every available target (unavailable ones named explicitly become error rows).
+
+def plan_rows(targets: Sequence[str] | None, precisions: Sequence[str] | None) -> list[dict]:
+    """The rows to run, reference first: ``{"id", "target", "family", "runtime", "device", "precision", "label"}``.
+
+    ``targets=None`` means every available target x device (unavailable ones named explicitly become error rows on
+    their first device; their other devices join where available).
     """
     unknown = [t for t in targets or () if t not in TARGETS]
     if unknown:
         raise ValueError(f"unknown target(s) {unknown}; expected some of {', '.join(TARGETS)}")
+    named = targets is not None
     if targets is None:
         targets = [t for t in TARGETS if target_available(t) is None]
         skipped = [t for t in TARGETS if t not in targets]
         if skipped:
             logger.info("not available here, skipped: %s", ", ".join(skipped))
+    places = [
+        (t, device)
+        for t in TARGETS  # table order, not command-line order
+        if t in targets
+        for i, device in enumerate(TARGETS[t].devices)
+        if (i == 0 and named) or target_available(t, device) is None
+    ]
     if precisions is None:
-        precisions = DEFAULT_PRECISIONS + (("fp16",) if "tensorrt" in targets else ())
-    bad = [p for p in precisions if p not in ("fp32", "fp16", "bf16", "int8")]
+        precisions = DEFAULT_PRECISIONS + (("fp16",) if any(device == "cuda" for _, device in places) else ())
+    bad = [p for p in precisions if p not in PRECISIONS]
     if bad:
-        raise ValueError(f"unknown precision(s) {bad}; expected some of fp32, fp16, bf16, int8")
-    pairs = [REFERENCE]
-    for target in TARGETS:  # table order, not command-line order
-        if target in targets:
-            pairs += [(target, p) for p in TARGETS[target].precisions if p in precisions and (target, p) != REFERENCE]
+        raise ValueError(f"unknown precision(s) {bad}; expected some of {', '.join(PRECISIONS)}")
+    rows = [REFERENCE]
+    for target, device in places:
+        rows += [(target, device, p) for p in TARGETS[target].precisions[device] if p in precisions]
     return [
         {
-            "id": f"{TARGETS[t].family}-{t.removeprefix('hf-')}-{p}",
+            "id": row_id(t, d, p),
             "target": t,
             "family": TARGETS[t].family,
             "runtime": TARGETS[t].runtime,
+            "device": d,
             "precision": p,
-            "label": LABELS[t],
+            "label": TARGETS[t].label + ("" if d == TARGETS[t].devices[0] else f" on {d.upper()}"),
         }
-        for t, p in pairs
+        for t, d, p in dict.fromkeys(rows)  # the reference once
     ]
 
 
@@ -397,12 +420,12 @@ def _run_row(
     row: dict, common: dict, model: dict, artifacts: Path, work: Path, opts: BenchmarkOptions, calib: Path | None
 ) -> dict:
     """Build what the row needs (artifact / HF export, cached), then measure it; errors become the row's error."""
-    why = target_available(row["target"])
+    why = target_available(row["target"], row["device"])
     if why is not None:
         return {"error": why}
     if row["family"] == "hf" and not model.get("hf_dir"):
         return {"error": model.get("peer_error", "no HF model for this --model")}
-    spec = {**common, "row": row, "write_reference": (row["target"], row["precision"]) == REFERENCE}
+    spec = {**common, "row": row, "write_reference": (row["target"], row["device"], row["precision"]) == REFERENCE}
     size = "x".join(map(str, opts.input_size))
     extra: dict[str, Any] = {}
     if row["target"] == "hf-openvino":

@@ -227,41 +227,17 @@ class _SegmenterPipeline:
         return result.semantic, {k: v for k, v in result.timings.items() if k.endswith("_ms")}
 
 
-def _input_spec(meta: Any, input_size: tuple[int, int]) -> dict:
-    from compile.export import _input_spec
-
-    return _input_spec(meta, input_size, 512, 2048)
-
-
 def _torch_segmenter(spec: dict) -> Any:
-    """A Segmenter whose backend is our eager torch model behind the same letterboxed input as the artifacts."""
-    from compile.export import build_metadata
-    from compile.onnx_export import DEFAULT_OPSET, DeployableMask2Former
+    """A Segmenter over our eager torch model behind the same letterboxed input as the artifacts, on the row's
+    device and precision."""
+    from compile.export import reference_model
     from runtimes.torch_backend import TorchBackend
     from sdk.segmenter import Segmenter
-    from sdk.targets import TARGETS
-    from train.model import load_pretrained
 
-    checkpoint = Path(spec["checkpoint"])
-    loaded = load_pretrained(checkpoint)
-    module = DeployableMask2Former(loaded.model, loaded.meta, spec["task"]).eval()
-    input_spec = _input_spec(loaded.meta, tuple(spec["input_size"]))
-    metadata = build_metadata(loaded, spec["task"], "onnxruntime", "fp32", input_spec, checkpoint, DEFAULT_OPSET)
     row = spec["row"]  # the torch runtime runs the fp32 module on the row's device, in the row's precision
+    module, metadata = reference_model(spec["checkpoint"], spec["task"], tuple(spec["input_size"]))
     options = {"device": row.get("device", "cpu"), "precision": row["precision"], "cuda_graph": row.get("cuda_graph")}
-    backend = TorchBackend.from_module(module, metadata, **options)
-
-    class TorchSegmenter(Segmenter):
-        """``Segmenter`` over a ready backend (the torch target otherwise compiles a dynamic-size model)."""
-
-        def __init__(self, backend: Any) -> None:
-            self.target, self.runtime, self.precision = TARGETS["torch"], "torch", backend.precision
-            self.backend = backend
-            self.metadata = backend.metadata
-            self.task = self.metadata["task"]
-            self.input_name = self.metadata["input"]["name"]
-
-    return TorchSegmenter(backend)
+    return Segmenter.from_backend(TorchBackend.from_module(module, metadata, **options), target="torch")
 
 
 def build_pipeline(spec: dict) -> tuple[Any, dict]:
@@ -277,30 +253,31 @@ def build_pipeline(spec: dict) -> tuple[Any, dict]:
         else:
             from sdk.segmenter import Segmenter
 
-            options: dict[str, Any] = {"threads": threads}
+            options: dict[str, Any] = {"threads": threads, "device": row["device"]}
             if row["runtime"] == "openvino":
                 options["cache_dir"] = None  # compile every time: the cache would change the peak memory
-            segmenter = Segmenter(row["runtime"], model=spec["artifact"], **options)
+            segmenter = Segmenter(row["runtime"], model=spec["artifact"], precision=row["precision"], **options)
             if row["runtime"] == "openvino":
                 want, got = OV_HINT[row["precision"]], segmenter.backend.inference_precision
                 facts["ov_inference_precision"] = got
                 if want != got:
                     raise RuntimeError(f"OpenVINO ran the {row['precision']} artifact in {got} (this CPU lacks {want})")
-        facts["runtime"] = segmenter.runtime
+        facts.update(runtime=segmenter.runtime, device=segmenter.device, run_precision=segmenter.precision)
         return _SegmenterPipeline(segmenter), facts
 
     import torch
 
     from benchmarks import peers
+    from compile.export import input_spec
     from train.model import load_pretrained
 
     torch.set_num_threads(threads)
     meta = load_pretrained(spec["checkpoint"]).meta  # normalisation and input spec, as our rows
     processor = peers.hf_processor(meta.pixel_mean, meta.pixel_std, spec["hf_dir"])
-    input_spec = _input_spec(meta, tuple(spec["input_size"]))
+    resize = input_spec(meta, tuple(spec["input_size"]))
     if row["runtime"] == "eager":
         run_eager = peers.hf_runner(peers.load_hf_model(spec["hf_dir"]), row.get("device", "cpu"), row["precision"])
-        return _HfPipeline(run_eager, processor, input_spec), facts
+        return _HfPipeline(run_eager, processor, resize), facts
 
     import openvino as ov
 
@@ -315,7 +292,7 @@ def build_pipeline(spec: dict) -> tuple[Any, dict]:
         return torch.from_numpy(result[outputs[0]]), torch.from_numpy(result[outputs[1]])
 
     facts["exporter"] = spec.get("exporter")
-    return _HfPipeline(run_openvino, processor, input_spec), facts
+    return _HfPipeline(run_openvino, processor, resize), facts
 
 
 # ---------------------------------------------------------------------------------------------- measure

@@ -13,24 +13,22 @@ import cv2
 import numpy as np
 import onnx
 
-from compile.gate import GateImage, run_gate
+from compile.gate import GateImage, gate_image, run_gate
 from compile.onnx_export import DEFAULT_OPSET, INPUT_NAME, OUTPUTS, DeployableMask2Former, export_onnx
 from runtimes import Backend, load_backend
 from runtimes.artifact import ARTIFACT_FORMAT_VERSION, write_metadata
-from sdk.preprocess import Geometry, fit_to_input
+from runtimes.geometry import fit_to_input
+from runtimes.registry import ARTIFACT_TARGETS, export_precisions
 from train.evaluation.semantic import semantic_gt_from_sample
 from train.model import LoadedModel, load_pretrained
 from train.model.checkpoint import file_sha256
 
 logger = logging.getLogger(__name__)
 
-# target -> precisions it accepts; which runtime checks the artifact in the gate, per precision
-SUPPORTED: dict[str, tuple[str, ...]] = {
-    "onnxruntime": ("fp32", "int8"),
-    "openvino": ("fp32", "fp16", "bf16", "int8"),
-    "tensorrt": ("fp32", "fp16", "int8"),
-}
-GATE_RUNTIME = {"onnxruntime": "onnxruntime", "openvino": "openvino", "tensorrt": "onnxruntime"}
+# artifact target -> the precisions the export makes for it (a view of runtimes.registry)
+SUPPORTED: dict[str, tuple[str, ...]] = {target: export_precisions(target) for target in ARTIFACT_TARGETS}
+FIXED_SIZE_TARGETS = ("tensorrt",)  # exported at one static input size (TensorRT builds one engine per size)
+DEFAULT_MIN_SIZE, DEFAULT_MAX_SIZE = 512, 2048  # shortest-edge resize of a dynamic-size export
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 
@@ -48,15 +46,6 @@ def _images_in(folder: Path, limit: int, seed: int = 0) -> list[np.ndarray]:
     return images
 
 
-def _labels_like(labels: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """Ground truth placed into the model input the way the image was (nearest resize, 255 in the padding)."""
-    rh, rw = geometry.resized_size
-    resized = cv2.resize(labels.astype(np.uint8), (rw, rh), interpolation=cv2.INTER_NEAREST)
-    out = np.full(geometry.input_size, 255, dtype=np.int64)
-    out[:rh, :rw] = resized
-    return out
-
-
 def _validation_images(loaded: LoadedModel, spec: dict, input_spec: dict, limit: int) -> list[GateImage]:
     from train.data import build_dataset
 
@@ -65,18 +54,63 @@ def _validation_images(loaded: LoadedModel, spec: dict, input_spec: dict, limit:
     for i in range(min(limit, len(dataset))):
         sample = dataset[i]
         bgr = np.ascontiguousarray(sample["image"].permute(1, 2, 0).numpy()[..., ::-1])
-        image, geometry = fit_to_input(bgr, input_spec)
         h, w = bgr.shape[:2]
         gt = semantic_gt_from_sample(sample["labels"], sample["masks"], sample["iscrowd"], h, w, 255)
-        items.append(GateImage(image, _labels_like(gt, geometry)))
+        items.append(gate_image(bgr, input_spec, gt))
     return items
 
 
-def _input_spec(meta: Any, input_size: tuple[int, int] | None, min_size: int, max_size: int) -> dict:
+def input_spec(
+    meta: Any,
+    input_size: tuple[int, int] | None,
+    min_size: int = DEFAULT_MIN_SIZE,
+    max_size: int = DEFAULT_MAX_SIZE,
+) -> dict:
+    """The artifact's resize fields: ``letterbox`` into ``input_size`` (H, W), or ``shortest_edge`` when None."""
     pad = [round(v) for v in reversed(meta.pixel_mean)]  # BGR mean: normalises to ~0 like the official padding
     if input_size is None:
         return {"resize_policy": "shortest_edge", "size": None, "min_size": min_size, "max_size": max_size}
     return {"resize_policy": "letterbox", "size": list(input_size), "pad_bgr": pad}
+
+
+def default_input_size(checkpoint: str | Path) -> tuple[int, int]:
+    """The static (H, W) a fixed-size export of ``checkpoint`` gets when none is given: a square of the test-time
+    short side its training evaluated at (``eval_resize.min_size``), else its zoo dataset's official test resize,
+    else ``DEFAULT_MIN_SIZE``; frames are letterboxed into it."""
+    from train.model.zoo import inference_resize
+
+    payload = _m2f_payload(Path(checkpoint)) or {}
+    side = ((payload.get("train_config") or {}).get("eval_resize") or {}).get("min_size")
+    if side is None:
+        resize = inference_resize((payload.get("meta") or {}).get("dataset", ""))
+        side = resize.min_size if resize else DEFAULT_MIN_SIZE
+    return int(side), int(side)
+
+
+def reference_model(
+    checkpoint: str | Path,
+    task: str | None = None,
+    input_size: tuple[int, int] | None = None,
+    min_size: int = DEFAULT_MIN_SIZE,
+    max_size: int = DEFAULT_MAX_SIZE,
+) -> tuple[DeployableMask2Former, dict]:
+    """(the checkpoint's deployable torch module, the metadata of the artifact it stands for): the model every
+    artifact is measured against, runnable with ``runtimes.torch_backend.TorchBackend.from_module``.
+
+    The module is what ``export`` would put in an fp32 ONNX Runtime artifact (uint8 BGR in, pre/post-processing
+    inside), with the same input spec for ``input_size`` (None: dynamic, shortest edge ``min_size``/``max_size``).
+    """
+    checkpoint = Path(checkpoint)
+    loaded = load_pretrained(checkpoint)
+    task = task or default_task(checkpoint, loaded)
+    module = DeployableMask2Former(loaded.model, loaded.meta, task).eval()
+    spec = input_spec(loaded.meta, input_size, min_size, max_size)
+    return module, build_metadata(loaded, task, "onnxruntime", "fp32", spec, checkpoint, DEFAULT_OPSET)
+
+
+def default_task(checkpoint: Path, loaded: LoadedModel) -> str:
+    """The task the checkpoint was trained for, else panoptic when it has thing classes, else semantic."""
+    return stored_task(checkpoint) or ("panoptic" if loaded.meta.thing_ids else "semantic")
 
 
 def build_metadata(
@@ -174,8 +208,8 @@ def export(
     max_drop: float = 1.0,
     gate_images: int = 32,
     calib_images: int = 64,
-    min_size: int = 512,
-    max_size: int = 2048,
+    min_size: int = DEFAULT_MIN_SIZE,
+    max_size: int = DEFAULT_MAX_SIZE,
     opset: int = DEFAULT_OPSET,
     compact: bool = False,
 ) -> Path:
@@ -191,20 +225,20 @@ def export(
     """
     if target not in SUPPORTED:
         raise ValueError(f"unknown target {target!r}; expected one of {sorted(SUPPORTED)}")
-    if precision not in SUPPORTED[target]:
-        raise ValueError(f"{target} does not take {precision}; it takes {', '.join(SUPPORTED[target])}")
-    if target == "tensorrt":
+    if target == "tensorrt":  # first: it says how to make what the export does not (an int8 Q/DQ artifact)
         from compile.tensorrt_export import check_tensorrt_request
 
         check_tensorrt_request(precision, input_size)
+    if precision not in SUPPORTED[target]:
+        raise ValueError(f"{target} does not take {precision}; it takes {', '.join(SUPPORTED[target])}")
     checkpoint, out = Path(checkpoint), Path(out)
     loaded = load_pretrained(checkpoint)
-    task = task or stored_task(checkpoint) or ("panoptic" if loaded.meta.thing_ids else "semantic")
-    input_spec = _input_spec(loaded.meta, input_size, min_size, max_size)
+    task = task or default_task(checkpoint, loaded)
+    resize = input_spec(loaded.meta, input_size, min_size, max_size)
     calibration = None
     if calib_dir is not None:
-        calibration = [fit_to_input(img, input_spec)[0] for img in _images_in(Path(calib_dir), calib_images)]
-    gate_set = _validation_images(loaded, val_data, input_spec, gate_images) if val_data else []
+        calibration = [fit_to_input(img, resize)[0] for img in _images_in(Path(calib_dir), calib_images)]
+    gate_set = _validation_images(loaded, val_data, resize, gate_images) if val_data else []
     if not gate_set and calibration:
         gate_set = [GateImage(img) for img in calibration[:gate_images]]
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -214,7 +248,7 @@ def export(
         fp32 = Path(tmp) / "fp32.onnx"
         onnx.save(_simplify(raw), str(fp32))
         _apply_precision(fp32, out, target, precision, calibration)
-    metadata = build_metadata(loaded, task, target, precision, input_spec, checkpoint, opset)
+    metadata = build_metadata(loaded, task, target, precision, resize, checkpoint, opset)
     if compact:
         from compile.precision import compact_storage
 
@@ -226,7 +260,7 @@ def export(
     if target == "tensorrt":
         _check_tensorrt_rules(out)
     if gate_set:
-        backend = _gate_backend(target, precision, out)
+        backend = _gate_backend(target, out)
         reference = DeployableMask2Former(loaded.model, loaded.meta, task)
         try:
             metadata["accuracy"] = run_gate(reference, backend, gate_set, precision, max_drop)
@@ -259,14 +293,14 @@ def _graph_exporter(target: str) -> Callable[..., Path]:
     return export_onnx
 
 
-def _gate_backend(target: str, precision: str, path: Path) -> Backend:
-    """The backend the gate runs the artifact with on this host (tensorrt: ONNX Runtime, plugin nodes by the
-    MSDA reference; the engine itself is built on the device)."""
+def _gate_backend(target: str, path: Path) -> Backend:
+    """The backend the gate runs the artifact with on this host: the target's own runtime (tensorrt: ONNX Runtime,
+    plugin nodes by the MSDA reference; the engine itself is built on the device)."""
     if target == "tensorrt":
         from compile.tensorrt_export import PluginReferenceBackend
 
         return PluginReferenceBackend(path)
-    return load_backend("openvino" if precision in ("fp16", "bf16") else GATE_RUNTIME[target], path)
+    return load_backend(target, path)
 
 
 def _write(path: Path, metadata: dict, transform: Callable[[onnx.ModelProto], onnx.ModelProto] | None = None) -> None:
@@ -278,9 +312,16 @@ def _write(path: Path, metadata: dict, transform: Callable[[onnx.ModelProto], on
     onnx.save(model, str(path))
 
 
-def stored_task(checkpoint: Path) -> str | None:
-    """The task the checkpoint was trained for, if it was trained by m2f."""
+def _m2f_payload(checkpoint: Path) -> dict | None:
+    """The contents of a checkpoint in our format (weights, config, meta, train_config), else None."""
     import torch
 
+    if checkpoint.suffix not in (".pt", ".pth") or not checkpoint.is_file():
+        return None
     payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    return (payload.get("train_config") or {}).get("task") if isinstance(payload, dict) else None
+    return payload if isinstance(payload, dict) else None
+
+
+def stored_task(checkpoint: Path) -> str | None:
+    """The task the checkpoint was trained for, if it was trained by m2f."""
+    return ((_m2f_payload(Path(checkpoint)) or {}).get("train_config") or {}).get("task")

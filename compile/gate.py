@@ -8,17 +8,20 @@ or an fp32 export that disagrees with torch, fails with ``GateError``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from compile.onnx_export import INPUT_NAME, DeployableMask2Former
 from runtimes.base import Backend
+from runtimes.geometry import fit_to_input
 from train.evaluation.semantic import SemanticEvaluator
-from train.model.inference import semantic_inference
+from train.model.inference import semantic_labels
 
 logger = logging.getLogger(__name__)
 
@@ -37,15 +40,24 @@ class GateImage:
     labels: np.ndarray | None = None  # (H, W) int
 
 
+def gate_image(frame: np.ndarray, input_spec: Mapping[str, Any], labels: np.ndarray | None = None) -> GateImage:
+    """An (h, w, 3) uint8 BGR frame placed into the model input as the SDK places it (``runtimes.geometry``), and
+    its (h, w) ground truth likewise (nearest resize, ``255`` = ignore in the padding)."""
+    image, geometry = fit_to_input(frame, input_spec)  # (H, W, 3)
+    if labels is None:
+        return GateImage(image)
+    rh, rw = geometry.resized_size
+    placed = np.full(geometry.input_size, 255, dtype=np.int64)  # (H, W)
+    placed[:rh, :rw] = cv2.resize(labels.astype(np.uint8), (rw, rh), interpolation=cv2.INTER_NEAREST)
+    return GateImage(image, placed)
+
+
 def _semantic_view(outputs: Sequence[np.ndarray], task: str, size: tuple[int, int]) -> np.ndarray:
-    """(H, W) labels from either kind of output (label map, or logits + low-resolution masks)."""
+    """(H, W) int64 labels from either kind of output (label map, or logits + low-resolution masks)."""
     if task == "semantic":
         return np.asarray(outputs[0])[0].astype(np.int64)
-    logits, masks = (torch.from_numpy(np.asarray(o, dtype=np.float32))[0] for o in outputs)
-    masks = torch.nn.functional.interpolate(
-        masks[None], size=(masks.shape[-2] * 4, masks.shape[-1] * 4), mode="bilinear", align_corners=False
-    )[0, :, : size[0], : size[1]]
-    return semantic_inference(logits, masks).argmax(0).numpy()
+    logits, masks = (torch.from_numpy(np.asarray(o, dtype=np.float32)) for o in outputs)  # (1, Q, K+1), (1, Q, h, w)
+    return semantic_labels(logits, masks, size)[0].numpy().astype(np.int64)
 
 
 def run_gate(

@@ -17,10 +17,10 @@ import logging
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from train.model import Mask2Former, ModelMeta
+from train.model.inference import semantic_labels
 
 logger = logging.getLogger(__name__)
 
@@ -62,12 +62,7 @@ class DeployableMask2Former(nn.Module):
         logits, masks = out["pred_logits"], out["pred_masks"]  # (B, Q, K+1), (B, Q, Hp/4, Wp/4)
         if self.task != "semantic":
             return logits, masks
-        H, W = images.shape[1], images.shape[2]
-        padded = (masks.shape[-2] * 4, masks.shape[-1] * 4)
-        masks = F.interpolate(masks, size=padded, mode="bilinear", align_corners=False)[:, :, :H, :W]
-        probs = logits.softmax(-1)[..., :-1]  # (B, Q, K)
-        scores = torch.einsum("bqk,bqhw->bkhw", probs, masks.sigmoid())  # (B, K, H, W)
-        return (scores.argmax(1).to(torch.uint8),)
+        return (semantic_labels(logits, masks, (images.shape[1], images.shape[2])),)  # (B, H, W) uint8
 
 
 def export_onnx(

@@ -13,7 +13,7 @@ Schema, ``format_version`` 1 (every field required unless marked optional)::
         dtype           "uint8"
         layout          "NHWC"
         channel_order   "BGR"
-        resize_policy   "letterbox" | "shortest_edge"   (see sdk.preprocess)
+        resize_policy   "letterbox" | "shortest_edge"   (see runtimes.geometry)
         size            [H, W] | null     null when H or W is dynamic
         pad_bgr         [b, g, r]         letterbox only: the padding colour
         min_size        int               shortest_edge only: the short side's target length
@@ -21,7 +21,7 @@ Schema, ``format_version`` 1 (every field required unless marked optional)::
     }
     normalization   {mean: [3 floats], std: [3 floats], in_graph: true}
     precision       "fp32" | "fp16" | "bf16" | "int8"
-    target          "onnxruntime" | "openvino" | "tensorrt"
+    target          "onnxruntime" | "openvino" | "tensorrt"   (runtimes.registry.ARTIFACT_TARGETS)
     opset           int
     source          {checkpoint_sha256: str | null, name: str}
     outputs         {output name: what it means, ...}
@@ -44,12 +44,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from runtimes.registry import ARTIFACT_TARGETS, PRECISIONS
+
 ARTIFACT_FORMAT_VERSION = 1
 METADATA_KEY = "m2f"
 
 TASKS = ("semantic", "instance", "panoptic")
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
-TARGETS = ("onnxruntime", "openvino", "tensorrt")
+TARGETS = ARTIFACT_TARGETS  # what an artifact can be compiled for: runtimes.registry
 RESIZE_POLICIES = ("letterbox", "shortest_edge")
 
 _EXPORT_HINT = "re-export it with `m2f export`"

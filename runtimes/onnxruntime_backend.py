@@ -10,6 +10,7 @@ import numpy as np
 
 from runtimes.artifact import ArtifactError, read_metadata
 from runtimes.base import Backend, DeviceNotAvailable, RuntimeNotAvailable, TensorSpec
+from runtimes.registry import RUNTIMES
 
 logger = logging.getLogger(__name__)
 
@@ -36,9 +37,18 @@ def _import_onnxruntime() -> Any:
         import onnxruntime
     except ImportError as err:
         raise RuntimeNotAvailable(
-            f"the onnxruntime backend needs ONNX Runtime: pip install onnxruntime (or onnxruntime-gpu) ({err})"
+            f"the onnxruntime backend needs ONNX Runtime: {RUNTIMES['onnxruntime'].install_hint} ({err})"
         ) from err
     return onnxruntime
+
+
+def device_unavailable(device: str) -> str | None:
+    """None if this ONNX Runtime build has the providers of ``device``, else why not (see ``runtimes``)."""
+    if device.lower() not in _DEVICE_PROVIDERS:
+        return f"onnxruntime has no device {device!r} (it has {', '.join(_DEVICE_PROVIDERS)})"
+    available = _import_onnxruntime().get_available_providers()
+    missing = [p for p in _DEVICE_PROVIDERS[device.lower()] if p not in available]
+    return f"onnxruntime has no {', '.join(missing)} (pip install onnxruntime-gpu)" if missing else None
 
 
 class OnnxRuntimeBackend(Backend):
@@ -100,6 +110,8 @@ class OnnxRuntimeBackend(Backend):
                 "ONNX Runtime could not start its CUDA provider (no GPU visible, or CUDA/cuDNN libraries missing "
                 "for this onnxruntime-gpu version); use device='cpu' or fix the CUDA install"
             )
+        # the device it really runs on: a CUDA request without the CUDA provider in the session was refused above
+        self.device = "cuda" if "CUDAExecutionProvider" in self._session.get_providers() else "cpu"
         self._input_specs = {}
         for node in self._session.get_inputs():
             if node.type not in _ORT_DTYPES:

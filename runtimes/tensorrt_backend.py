@@ -50,10 +50,8 @@ Buffers are reallocated only when a dynamic input changes shape.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import json
 import logging
-import sys
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -63,9 +61,11 @@ from typing import Any
 
 import numpy as np
 
+from plugins.msda import tensorrt_plugin  # stdlib only: the package imports no torch
 from runtimes import INSTALL_HINTS, cuda_memory
 from runtimes.artifact import ArtifactError, artifact_sha256, read_metadata
 from runtimes.base import Backend, DeviceNotAvailable, RuntimeNotAvailable, TensorSpec
+from runtimes.registry import RUNTIMES
 from runtimes.tensorrt_build import (
     check_tensorrt_version,
     default_cache_dir,
@@ -104,30 +104,6 @@ def _import_tensorrt() -> ModuleType:
         raise RuntimeNotAvailable(f"the tensorrt backend needs {INSTALL_HINT} ({err})") from err
     check_tensorrt_version(getattr(trt, "__version__", "unknown"))
     return trt
-
-
-def tensorrt_plugin_module() -> ModuleType:
-    """``plugins.msda.tensorrt_plugin`` (stdlib only). Where torch is absent (an edge install) the package's
-    ``__init__`` cannot import, so the file is loaded on its own."""
-    name = "plugins.msda.tensorrt_plugin"
-    try:
-        return importlib.import_module(name)
-    except ImportError as err:
-        spec = importlib.util.find_spec("plugins")
-        if spec is None or spec.origin is None:
-            raise
-        file = Path(spec.origin).parent / "msda" / "tensorrt_plugin.py"
-        logger.debug("importing %s failed (%s); loading %s directly", name, err, file)
-        alias = "_m2f_msda_tensorrt_plugin"
-        if alias in sys.modules:
-            return sys.modules[alias]
-        file_spec = importlib.util.spec_from_file_location(alias, file)
-        if file_spec is None or file_spec.loader is None:
-            raise
-        module = importlib.util.module_from_spec(file_spec)
-        sys.modules[alias] = module
-        file_spec.loader.exec_module(module)
-        return module
 
 
 _logger_lock = threading.Lock()
@@ -170,9 +146,8 @@ def tensorrt_status() -> dict[str, str]:
         trt = f"unusable: {err}"
     except ImportError:
         trt = f"not installed ({INSTALL_HINT})"
-    plugin = tensorrt_plugin_module()
-    library = plugin.plugin_library_path()
-    built = f"built: {library}" if library.is_file() else f"not built ({library}; {plugin.BUILD_COMMANDS})"
+    library = tensorrt_plugin.plugin_library_path()
+    built = f"built: {library}" if library.is_file() else f"not built ({library}; {tensorrt_plugin.BUILD_COMMANDS})"
     return {"trt_backend": trt, "cuda_binding": cuda_memory.binding_status(), "trt_plugin": built}
 
 
@@ -189,22 +164,7 @@ class _Execution:
 # --------------------------------------------------------------------------------------------- the backend
 
 
-# The constructor's options (INTERFACES.md #1/#2): the tensorrt row of runtimes/registry.py takes this set once that
-# table lands; until then it lives here, checked against the signature by the tests.
-BACKEND_OPTIONS: frozenset[str] = frozenset(
-    {
-        "device",
-        "precision",
-        "workspace_mb",
-        "dla_core",
-        "cache_dir",
-        "timing_cache",
-        "plugin_library",
-        "strongly_typed",
-        "rebuild",
-        "cuda_binding",
-    }
-)
+BACKEND_OPTIONS: frozenset[str] = RUNTIMES["tensorrt"].options  # the tensorrt row of runtimes/registry.py
 
 
 class TensorRtBackend(Backend):
@@ -251,7 +211,7 @@ class TensorRtBackend(Backend):
         self._trt_logger = process_logger(trt)
         if uses_plugin_op(self.path):
             # FileNotFoundError with the cmake commands when it is not built
-            tensorrt_plugin_module().load_plugin_library(plugin_library)
+            tensorrt_plugin.load_plugin_library(plugin_library)
 
         self._gpu = cuda_memory.open_device(device_index, cuda_binding)
         try:

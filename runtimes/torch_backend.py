@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from runtimes.base import Backend, DeviceNotAvailable, RuntimeNotAvailable, TensorSpec
+from runtimes.registry import RUNTIMES
 
 try:
     import torch
@@ -34,9 +35,7 @@ except ImportError as err:
 
 logger = logging.getLogger(__name__)
 
-# The backend options (INTERFACES.md #2). TODO(merge): the "torch" row of runtimes/registry.py lists the same names;
-# once that lands it is the single source and this constant goes.
-TORCH_OPTIONS = frozenset({"device", "precision", "cuda_graph", "threads"})
+TORCH_OPTIONS = RUNTIMES["torch"].options  # the backend options: the "torch" row of runtimes/registry.py
 AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 GRAPH_WARMUP_RUNS = 2  # eager runs on a side stream before capture: lazy inits, cuDNN/cuBLAS handles, lru caches
 GRAPH_CACHE_SIZE = 4  # captured shapes kept (least recently used goes); each holds its own memory pool
@@ -269,3 +268,12 @@ def _to_numpy(tensor: torch.Tensor, inputs: list[np.ndarray]) -> np.ndarray:
         return tensor.cpu().numpy()
     array = tensor.numpy()
     return array.copy() if any(np.may_share_memory(array, x) for x in inputs) else array
+
+
+def device_unavailable(device: str) -> str | None:
+    """None if this torch can run on ``device`` ("cpu", "cuda", "cuda:N"), else why not (``runtimes``'s check)."""
+    try:
+        _torch_device(device)
+    except (DeviceNotAvailable, ValueError) as err:
+        return str(err)
+    return None

@@ -1,9 +1,11 @@
 """Artifact outputs -> results at the original frame size in plain numpy, with the official Mask2Former semantics.
 
-Mirrors ``train/model/inference.py`` (the torch oracle) without torch. Resolutions: the graph gives mask logits at
-1/4 of the *padded* input (Hp, Wp = input size padded up to a multiple of 32). The official order is: bilinear
-(``align_corners=False``) to (Hp, Wp), crop the top-left ``geometry.resized_size`` (the frame inside the input),
-bilinear to ``geometry.frame_size``, then inference.
+Mirrors ``train/model/inference.py`` (the torch oracle) without torch, with the same result keys and segment fields;
+the two are held to one table of hand-made edge cases (``tests/test_postprocess_edge_cases.py``).
+
+Resolutions: the graph gives mask logits at 1/4 of the *padded* input (Hp, Wp = input size padded up to a multiple
+of 32). The official order is: bilinear (``align_corners=False``) to (Hp, Wp), crop the top-left
+``geometry.resized_size`` (the frame inside the input), bilinear to ``geometry.frame_size``, then inference.
 
 Doing it here is about cost: panoptic decides which queries it keeps from the class logits alone and upsamples only
 those; instance takes the top-k (query, class) pairs first and upsamples only their queries. Stage one only
@@ -22,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from sdk.preprocess import Geometry
+from runtimes.geometry import Geometry
 
 logger = logging.getLogger(__name__)
 
@@ -226,7 +228,7 @@ def semantic_from_outputs(logits: np.ndarray, masks: np.ndarray, geometry: Geome
     sig = sigmoid(resize_bilinear(masks, _padded_size(masks), crop=(rh, rw)))  # (Q, rh, rw)
     scores = (probs.T @ sig.reshape(Q, -1)).reshape(K, rh, rw)  # (K, rh, rw)
     scores = _resize_axis(scores, 2, rw, w)  # (K, rh, w)
-    dtype = np.uint8 if K < 255 else np.int32  # as the semantic graph's labels
+    dtype = np.uint8 if K <= 255 else np.int32  # as the semantic graph's labels
     if rh == h:
         return scores.argmax(0).astype(dtype)
     labels = np.empty((h, w), dtype=dtype)
@@ -362,7 +364,8 @@ def instance_from_outputs(
 
     The ``topk`` best (query, class) pairs of the flattened (Q * K) class probabilities (no-object dropped); with
     ``thing_ids`` only thing classes are kept (after the top-k, as official). Mask = logits > 0; score = class
-    probability x mean sigmoid inside the mask (0 when empty). Sorted by score, descending.
+    probability x mean sigmoid inside the mask (0 when empty). Sorted by score, descending, equal scores by (query,
+    class).
 
     Returns ``masks`` (N, h, w) bool, ``scores`` (N,) float32, ``labels`` (N,) int64, ``boxes`` (N, 4) float32 xyxy.
     """
@@ -372,7 +375,7 @@ def instance_from_outputs(
     flat = probs.ravel()  # (Q*K,)
     k = min(int(topk), flat.size)
     top = np.argpartition(-flat, k - 1)[:k] if k < flat.size else np.arange(flat.size)
-    top = top[np.argsort(-flat[top], kind="stable")]  # (k,) by probability, descending
+    top = np.sort(top)  # (k,) in (query, class) order: how equal scores are ordered below
     labels = top % num_classes
     query_idx = top // num_classes
     if thing_ids is not None:
@@ -438,7 +441,7 @@ def postprocess(
     ``task`` defaults to ``metadata["task"]``; a panoptic artifact (query outputs) can also give ``"semantic"``
     (official semantic inference from the queries) or ``"instance"``. Returns ``{"task": ...}`` plus
     ``"semantic"`` (h, w) ids, or ``"panoptic"`` (h, w) int32 + ``"segments_info"``, or ``"instances"``
-    (see :func:`instance_from_outputs`).
+    (see :func:`instance_from_outputs`): the keys ``train.model.inference.postprocess`` returns.
     """
     task = task or metadata["task"]
     if task not in TASKS:

@@ -1,21 +1,28 @@
-"""Frames in: validation, conversion to HxWx3 uint8 BGR, and fitting into the artifact's input size (numpy + cv2).
+"""Frames in: validation and conversion to HxWx3 uint8 BGR (numpy + cv2).
 
-Resize policies (artifact metadata ``input.resize_policy``):
-
-- ``letterbox`` (static input size): scale to fit inside (H, W) keeping the aspect ratio, pad bottom/right with
-  the mean colour so the padding normalises to ~0, as the official zero padding after normalisation;
-- ``shortest_edge`` (dynamic input size): the official test-time resize, shortest edge to ``min_size`` with the
-  long edge at most ``max_size``; the graph pads to a multiple of 32 itself.
+Placing a frame into the model input (resize policies, :class:`Geometry`) is ``runtimes.geometry``, the one
+definition the evaluation, the compiler's gate and the benchmarks share with the SDK; its names are re-exported here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import cv2
 import numpy as np
 
-RESIZE_POLICIES = ("letterbox", "shortest_edge")
+from runtimes.geometry import RESIZE_POLICIES, Geometry, fit_to_input, letterbox, resize_shortest_edge
+
+__all__ = [
+    "MAX_ASPECT_RATIO",
+    "MIN_FRAME_SIDE",
+    "RESIZE_POLICIES",
+    "FrameError",
+    "Geometry",
+    "as_bgr",
+    "check_frame",
+    "fit_to_input",
+    "letterbox",
+    "resize_shortest_edge",
+]
 
 
 class FrameError(ValueError):
@@ -87,58 +94,3 @@ def as_bgr(frame: np.ndarray) -> np.ndarray:
     if frame.shape[2] == 4:
         return cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
     return np.ascontiguousarray(frame)
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """How a frame was placed into the model input: the frame's size and the resized region's size."""
-
-    frame_size: tuple[int, int]  # (h, w) of the original frame
-    resized_size: tuple[int, int]  # (h, w) of the frame inside the model input (top-left)
-    input_size: tuple[int, int]  # (H, W) of the model input
-
-
-def letterbox(frame: np.ndarray, size: tuple[int, int], pad_bgr: tuple[int, int, int]) -> tuple[np.ndarray, Geometry]:
-    """Fit a BGR frame into ``size`` keeping its aspect ratio; pad bottom/right with ``pad_bgr``."""
-    h, w = frame.shape[:2]
-    H, W = size
-    scale = min(H / h, W / w)
-    rh, rw = min(H, max(1, round(h * scale))), min(W, max(1, round(w * scale)))
-    resized = frame if (rh, rw) == (h, w) else cv2.resize(frame, (rw, rh), interpolation=cv2.INTER_LINEAR)
-    if (rh, rw) == (H, W):
-        return np.ascontiguousarray(resized), Geometry((h, w), (rh, rw), (H, W))
-    canvas = np.empty((H, W, 3), dtype=np.uint8)
-    canvas[:] = np.asarray(pad_bgr, dtype=np.uint8)
-    canvas[:rh, :rw] = resized
-    return canvas, Geometry((h, w), (rh, rw), (H, W))
-
-
-def resize_shortest_edge(frame: np.ndarray, min_size: int, max_size: int = 0) -> tuple[np.ndarray, Geometry]:
-    """Shortest edge to ``min_size``, longest at most ``max_size`` (0: no limit), as the official test resize."""
-    h, w = frame.shape[:2]
-    scale = min_size / min(h, w)
-    if max_size and max(h, w) * scale > max_size:
-        scale = max_size / max(h, w)
-    rh, rw = max(1, round(h * scale)), max(1, round(w * scale))
-    resized = frame if (rh, rw) == (h, w) else cv2.resize(frame, (rw, rh), interpolation=cv2.INTER_LINEAR)
-    return np.ascontiguousarray(resized), Geometry((h, w), (rh, rw), (rh, rw))
-
-
-def fit_to_input(frame: np.ndarray, input_spec: dict) -> tuple[np.ndarray, Geometry]:
-    """A validated BGR frame -> the model input image (H, W, 3) uint8 per the artifact's ``input`` metadata."""
-    policy = input_spec.get("resize_policy")
-    if policy == "letterbox":
-        return letterbox(frame, tuple(input_spec["size"]), tuple(input_spec["pad_bgr"]))
-    if policy == "shortest_edge":
-        return resize_shortest_edge(frame, int(input_spec["min_size"]), int(input_spec.get("max_size", 0)))
-    raise ValueError(f"unknown resize policy {policy!r}; expected one of {RESIZE_POLICIES}")
-
-
-def labels_to_frame(labels: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """(H, W) label map of the model input -> (h, w) of the original frame (crop padding, nearest resize)."""
-    rh, rw = geometry.resized_size
-    cropped = labels[:rh, :rw]
-    h, w = geometry.frame_size
-    if (rh, rw) == (h, w):
-        return np.ascontiguousarray(cropped)
-    return cv2.resize(cropped, (w, h), interpolation=cv2.INTER_NEAREST)

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from runtimes import load_backend
+from runtimes import Backend, check_options, load_backend, read_metadata
+from runtimes.registry import RUNTIMES, TARGETS, TargetSpec, export_precisions
 from sdk.postprocess import postprocess
 from sdk.preprocess import Geometry, as_bgr, fit_to_input
 from sdk.results import SegmentationResult
@@ -59,7 +60,7 @@ def _host(module: str) -> Any:
         return importlib.import_module(module)
     except ImportError as err:
         raise ImportError(
-            f"using a checkpoint needs the host extras (pip install 'm2f-edge[train]'): {err}; "
+            f"using a checkpoint needs the host extras ({RUNTIMES['torch'].install_hint}): {err}; "
             "or pass an artifact made with `m2f export`"
         ) from err
 
@@ -70,7 +71,12 @@ class Segmenter:
     ``target``: a name from ``sdk.targets.TARGETS`` or ``"auto"``. ``model``: an artifact (.onnx), a checkpoint
     (.pt; compiled for the target on first use and cached), or None for the packaged default. ``task``: the
     artifact's own task by default; a panoptic artifact can also give ``"semantic"`` or ``"instance"`` views.
-    ``input_size``: (H, W) used when a checkpoint is compiled (default: dynamic size).
+    ``precision``: what to run at (default: the target's where the runtime can lower an fp32 artifact, else the
+    artifact's own). ``input_size``: (H, W) used when a checkpoint is compiled or run by torch (default: dynamic
+    size; for TensorRT, whose export is fixed-size, ``compile.export.default_input_size``). ``options``: backend
+    options of the chosen runtime (``runtimes.registry``; one it does not accept raises ValueError).
+
+    ``runtime``, ``device`` and ``precision`` say what really runs.
     """
 
     def __init__(
@@ -82,34 +88,62 @@ class Segmenter:
         input_size: tuple[int, int] | None = None,
         **options: Any,
     ) -> None:
-        self.target, self.runtime = resolve_target(target)
-        self.precision = precision or self.target.precision
-        backend_options = {**self.target.options, **options}
-        if self.runtime == "torch":
-            self.backend = self._torch_backend(model, task)
+        spec, runtime = resolve_target(target, _artifact_target(model))
+        backend_options = {**spec.options_for(runtime), **options}
+        if "cache_dir" in RUNTIMES[runtime].options:
+            backend_options.setdefault("cache_dir", str(cache_dir() / runtime))
+        check_options(runtime, backend_options)  # before any compilation: a wrong option fails fast
+        wanted = precision or spec.precision
+        if runtime == "torch":  # resolve_target chose it for a checkpoint
+            if model is None:
+                raise ValueError("the torch target runs a checkpoint: pass model=<checkpoint .pt>")
+            module, metadata = _host("compile.export").reference_model(Path(model), task, input_size)
+            _set_precision(backend_options, precision, spec.precision, metadata["precision"])
+            backend = _host("runtimes.torch_backend").TorchBackend.from_module(module, metadata, **backend_options)
         else:
-            artifact = self._artifact(model, input_size)
-            if self.runtime == "openvino" and precision in ("fp16", "bf16"):
-                backend_options.setdefault("precision", precision)  # OpenVINO runs an fp32 artifact in bf16/fp16
-            if self.runtime == "tensorrt":  # the engine is built at the profile's precision (jetson: fp16)
-                backend_options.setdefault("precision", self.precision)
-            self.backend = load_backend(self.runtime, artifact, **_runtime_options(self.runtime, backend_options))
-            # what actually runs: the artifact's precision unless the runtime was told otherwise
-            self.precision = backend_options.get("precision") or self.backend.metadata["precision"]
-            if precision and precision != self.precision:
-                logger.warning("asked for %s, but %s is a %s artifact: running it as is", precision, artifact,
-                               self.precision)  # fmt: skip
-        self.metadata = self.backend.metadata
+            artifact = self._artifact(model, runtime, wanted, input_size)
+            artifact_precision = read_metadata(artifact)["precision"]
+            if "precision" in RUNTIMES[runtime].options:
+                _set_precision(backend_options, precision, spec.precision, artifact_precision)
+            backend = load_backend(runtime, artifact, **backend_options)
+        self._attach(backend, task, spec, backend_options.get("device", spec.device))
+        if precision and precision != self.precision:
+            logger.warning("asked for %s, but %s runs this %s artifact as %s", precision, runtime,
+                           self.metadata["precision"], self.precision)  # fmt: skip
+
+    @classmethod
+    def from_backend(
+        cls, backend: Backend, task: str | None = None, target: str | None = None, device: str | None = None
+    ) -> Segmenter:
+        """A Segmenter over a backend that is already open (e.g. ``TorchBackend.from_module`` over a reference
+        model). ``target``: the profile it stands for (default: the one named after the backend's runtime)."""
+        segmenter = cls.__new__(cls)
+        spec = TARGETS[target or backend.name]
+        known = _device_name(getattr(backend, "device", spec.device))  # torch, ONNX Runtime, OpenVINO say it
+        segmenter._attach(backend, task, spec, device or (known if known in ("cpu", "cuda") else spec.device))
+        return segmenter
+
+    def _attach(self, backend: Backend, task: str | None, spec: TargetSpec, device: str) -> None:
+        """Take ``backend`` as the engine and record what really runs."""
+        self.target = spec
+        self.runtime = backend.name
+        self.backend = backend
+        self.device = _device_name(device)  # the backend refuses a device it cannot reach
+        self.metadata = backend.metadata
+        self.precision = _precision_in_use(backend)
         self.task = task or self.metadata["task"]
         if self.task != self.metadata["task"] and self.metadata["task"] != "panoptic":
             raise ValueError(f"a {self.metadata['task']} artifact cannot give {self.task} results")
         self.input_name = self.metadata["input"]["name"]
-        logger.info("Segmenter: target %s via %s, %s %s", self.target.name, self.runtime, self.task, self.precision)
+        logger.info("Segmenter: target %s via %s on %s, %s %s", spec.name, self.runtime, self.device, self.task,
+                    self.precision)  # fmt: skip
 
     # ------------------------------------------------------------------ model resolution
-    def _artifact(self, model: str | Path | None, input_size: tuple[int, int] | None) -> Path:
+    def _artifact(
+        self, model: str | Path | None, runtime: str, precision: str, input_size: tuple[int, int] | None
+    ) -> Path:
         if model is None:
-            return default_model(self.precision)
+            return default_model(precision)
         path = Path(model)
         if not path.exists():
             raise FileNotFoundError(f"no model at {path}")
@@ -119,30 +153,7 @@ class Segmenter:
             raise ValueError(f"{path} is a directory: pass an artifact (.onnx) or a checkpoint file inside it")
         if path.suffix not in CHECKPOINT_SUFFIXES:
             raise ValueError(f"{path}: expected an artifact (.onnx) or a checkpoint ({', '.join(CHECKPOINT_SUFFIXES)})")
-        return self._compile(path, input_size)
-
-    def _compile(self, checkpoint: Path, input_size: tuple[int, int] | None) -> Path:
-        digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()[:16]
-        size = "x".join(map(str, input_size)) if input_size else "dynamic"
-        target = "tensorrt" if self.runtime == "tensorrt" else self.runtime
-        out = cache_dir() / "artifacts" / f"{digest}-{target}-{self.precision}-{size}.onnx"
-        if out.exists():
-            return out
-        logger.info("compiling %s for %s %s (cached as %s)", checkpoint, target, self.precision, out)
-        _host("compile.export").export(checkpoint, target, self.precision, out, input_size=input_size)
-        return out
-
-    def _torch_backend(self, model: str | Path | None, task: str | None) -> Any:
-        if model is None or Path(model).suffix not in CHECKPOINT_SUFFIXES:
-            raise ValueError("the torch target needs a checkpoint (model=...pt)")
-        checkpoint = Path(model)
-        export = _host("compile.export")
-        loaded = _host("train.model").load_pretrained(checkpoint)
-        task = task or export.stored_task(checkpoint) or "semantic"
-        module = _host("compile.onnx_export").DeployableMask2Former(loaded.model, loaded.meta, task)
-        spec = export._input_spec(loaded.meta, None, 512, 2048)
-        metadata = export.build_metadata(loaded, task, "onnxruntime", "fp32", spec, checkpoint, 0)
-        return _host("runtimes.torch_backend").TorchBackend.from_module(module, metadata)
+        return _compile(path, runtime, precision, input_size)
 
     # ------------------------------------------------------------------ stages (used by stream())
     def prepare(self, frame: np.ndarray) -> tuple[dict[str, np.ndarray], tuple[Geometry, dict[str, float]]]:
@@ -206,13 +217,60 @@ class Segmenter:
         self.close()
 
 
-def _runtime_options(runtime: str, options: dict[str, Any]) -> dict[str, Any]:
-    """Profile options a runtime understands (the jetson row's TensorRT options mean nothing to the others)."""
-    if runtime == "openvino":
-        accepted = ("device", "precision", "threads", "cache_dir", "num_requests", "performance_mode")
-        options = {k: v for k, v in options.items() if k in accepted}
-        options.setdefault("cache_dir", str(cache_dir() / "openvino"))
-        return options
-    if runtime == "onnxruntime":
-        return {k: v for k, v in options.items() if k in ("device", "threads", "providers")}
-    return options
+def _artifact_target(model: str | Path | None) -> str | None:
+    """What ``model`` was compiled for (the packaged default when None); None for a checkpoint, or a file the
+    backend will refuse with its own message."""
+    try:
+        path = default_model("fp32") if model is None else Path(model)
+        if path.suffix in CHECKPOINT_SUFFIXES or not path.is_file():
+            return None
+        return read_metadata(path, validate=False).get("target")
+    except (FileNotFoundError, ValueError, OSError):
+        return None
+
+
+def _compile(checkpoint: Path, runtime: str, precision: str, input_size: tuple[int, int] | None) -> Path:
+    """The checkpoint's artifact for ``runtime`` (the artifact target named after it), compiled once and cached.
+
+    The artifact is made at ``precision`` where the export makes it for that target, else at fp32 (which the
+    runtime then lowers where it can). A fixed-size export (TensorRT) without ``input_size`` gets the checkpoint's.
+    """
+    export = _host("compile.export")
+    if precision not in export_precisions(runtime):
+        precision = "fp32"
+    if input_size is None and runtime in export.FIXED_SIZE_TARGETS:
+        input_size = export.default_input_size(checkpoint)
+    digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()[:16]
+    size = "x".join(map(str, input_size)) if input_size else "dynamic"
+    out = cache_dir() / "artifacts" / f"{digest}-{runtime}-{precision}-{size}.onnx"
+    if out.exists():
+        return out
+    logger.info("compiling %s for %s %s (cached as %s)", checkpoint, runtime, precision, out)
+    export.export(checkpoint, runtime, precision, out, input_size=input_size)
+    return out
+
+
+def _set_precision(options: dict[str, Any], asked: str | None, default: str, artifact: str) -> None:
+    """Tell the backend what to run at when that is not the artifact's own precision: what was asked, else the
+    target's default where the artifact is fp32 (an fp32 artifact can be lowered; a reduced one runs as it is)."""
+    want = asked or (default if artifact == "fp32" else artifact)
+    if want != artifact:
+        options.setdefault("precision", want)
+
+
+def _precision_in_use(backend: Backend) -> str:
+    """The precision the engine really computes in: its own report where it has one, else the artifact's."""
+    artifact = backend.metadata["precision"]
+    reported = getattr(backend, "precision", None)  # TensorRT, torch
+    if isinstance(reported, str) and reported:
+        return reported
+    hint = getattr(backend, "inference_precision", None)  # OpenVINO's hint; an int8 graph carries its own types
+    if isinstance(hint, str) and artifact != "int8":
+        return {"f32": "fp32", "f16": "fp16"}.get(hint, hint)
+    return artifact
+
+
+def _device_name(device: Any) -> str:
+    """Our name of a device ("cpu", "cuda") from a backend's or a caller's ("CPU", torch.device("cuda:0"), ...)."""
+    name = str(device).lower()
+    return "cuda" if name.startswith("cuda") else name

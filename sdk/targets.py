@@ -1,52 +1,30 @@
-"""Target profiles: one row per name, saying which runtime, device, precision and options it means.
+"""Target profiles: which runtime, device, precision and options a target name means, and which one runs here.
 
-``resolve_target(name)`` picks the first runtime of the row that is installed and has its device, and says
-exactly which package or device is missing otherwise.
+The rows live in ``runtimes.registry`` (the one table of runtimes and targets); this module decides, on this
+machine, which runtime of a row can run: ``resolve_target(name)`` picks the first one that is installed and has
+its device (logging why it skipped the ones before it), and says exactly which package or device is missing
+otherwise.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import logging
 import os
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from runtimes import INSTALL_HINTS, available_runtimes
+from runtimes import available_runtimes, device_unavailable
+from runtimes.registry import AUTO_ORDER, RUNTIMES, TARGETS, TargetSpec
+
+__all__ = ["AUTO_ORDER", "TARGETS", "Target", "TargetNotAvailable", "resolve_target", "runtime_usable"]
+
+logger = logging.getLogger(__name__)
+
+Target = TargetSpec  # the row type, under the name this module always gave it
 
 
 class TargetNotAvailable(RuntimeError):
     """The target's runtime or device is missing on this machine; the message says which."""
-
-
-@dataclass(frozen=True)
-class Target:
-    name: str
-    runtimes: tuple[str, ...]  # in order of preference
-    device: str  # "cpu" or "cuda"
-    precision: str  # default precision of the artifact it compiles / expects
-    options: dict[str, Any] = field(default_factory=dict)  # backend options
-    description: str = ""
-
-
-TARGETS: dict[str, Target] = {
-    "jetson": Target(
-        "jetson",
-        ("tensorrt",),
-        "cuda",
-        "fp16",
-        {"workspace_mb": 1024, "dla_core": None},
-        "Jetson (Orin): TensorRT FP16, engine built and cached on the device; INT8 with a calibrated artifact",
-    ),
-    "cuda": Target("cuda", ("tensorrt", "onnxruntime"), "cuda", "fp16", {}, "NVIDIA GPU: TensorRT, else ORT CUDA"),
-    "cpu": Target("cpu", ("openvino", "onnxruntime"), "cpu", "fp32", {}, "CPU: OpenVINO if installed, else ORT"),
-    "openvino": Target("openvino", ("openvino",), "cpu", "fp32", {}, "OpenVINO on the CPU"),
-    "onnxruntime": Target("onnxruntime", ("onnxruntime",), "cpu", "fp32", {}, "ONNX Runtime on the CPU"),
-    "tensorrt": Target("tensorrt", ("tensorrt",), "cuda", "fp16", {}, "TensorRT on an NVIDIA GPU"),
-    "torch": Target("torch", ("torch",), "cpu", "fp32", {}, "the PyTorch model itself (host installs)"),
-}
-AUTO_ORDER = ("jetson", "cuda", "cpu")
 
 
 def is_jetson() -> bool:
@@ -71,31 +49,40 @@ def cpu_flags() -> set[str]:
     return set()
 
 
-def _runtime_usable(runtime: str, device: str) -> str | None:
-    """None if usable, else why not."""
+def runtime_usable(runtime: str, device: str) -> str | None:
+    """None if ``runtime`` can run on ``device`` here, else why not (without loading a model)."""
     if not available_runtimes().get(runtime, False):
-        return f"runtime {runtime!r} is not installed ({INSTALL_HINTS.get(runtime, '')})"
+        return f"runtime {runtime!r} is not installed ({RUNTIMES[runtime].install_hint})"
     if device == "cuda" and not has_cuda_device():
         return "no NVIDIA GPU is visible (no /dev/nvidia0, no nvidia-smi)"
-    if runtime == "onnxruntime" and device == "cuda" and importlib.util.find_spec("onnxruntime") is not None:
-        import onnxruntime
-
-        if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-            return "onnxruntime has no CUDA provider (pip install onnxruntime-gpu)"
-    return None
+    return device_unavailable(runtime, device)
 
 
-def resolve_target(name: str) -> tuple[Target, str]:
-    """(the target row, the runtime to use). ``auto``: Jetson, else an NVIDIA GPU, else the CPU."""
+def _opens(runtime: str, artifact_target: str | None) -> str | None:
+    """None if ``runtime`` can open an artifact compiled for ``artifact_target`` (None: a checkpoint), else why."""
+    opens = RUNTIMES[runtime].artifact_targets
+    if artifact_target is None or artifact_target in opens:
+        return None
+    if not opens:
+        return f"runtime {runtime!r} runs a checkpoint, not an artifact (pass model=<checkpoint .pt>)"
+    return f"runtime {runtime!r} cannot open a {artifact_target} artifact (it opens {', '.join(opens)})"
+
+
+def resolve_target(name: str, artifact_target: str | None = None) -> tuple[TargetSpec, str]:
+    """(the target row, the runtime to use). ``auto``: Jetson, else an NVIDIA GPU, else the CPU.
+
+    ``artifact_target``: what the model to run was compiled for (None: a checkpoint, which is compiled for, or run
+    by, whichever runtime is chosen); runtimes that cannot open such an artifact are passed over.
+    """
     if name == "auto":
         if os.environ.get("M2F_TARGET"):
-            return resolve_target(os.environ["M2F_TARGET"])
+            return resolve_target(os.environ["M2F_TARGET"], artifact_target)
         reasons = []
         for candidate in AUTO_ORDER:
             if candidate == "jetson" and not is_jetson():
                 continue
             try:
-                return resolve_target(candidate)
+                return resolve_target(candidate, artifact_target)
             except TargetNotAvailable as err:
                 reasons.append(str(err))
         raise TargetNotAvailable("no target is usable here: " + "; ".join(reasons))
@@ -104,8 +91,10 @@ def resolve_target(name: str) -> tuple[Target, str]:
     target = TARGETS[name]
     reasons = []
     for runtime in target.runtimes:
-        why = _runtime_usable(runtime, target.device)
+        why = runtime_usable(runtime, target.device) or _opens(runtime, artifact_target)
         if why is None:
+            if reasons:
+                logger.warning("target %s runs on %s: %s", name, runtime, "; ".join(reasons))
             return target, runtime
         reasons.append(why)
     raise TargetNotAvailable(f"target {name!r} cannot run here: " + "; ".join(reasons))

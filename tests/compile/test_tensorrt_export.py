@@ -60,12 +60,12 @@ def export_tiny_tensorrt(folder: Path, plugin: str, calib_dir: Path | None = Non
     out = folder / f"{plugin}.onnx"
     if plugin == "m2f":
         return export(checkpoint, "tensorrt", "fp32", out, input_size=INPUT, task=TASK, calib_dir=calib_dir)
-    from compile.export import _input_spec, build_metadata
+    from compile.export import build_metadata, input_spec
 
     loaded = load_pretrained(checkpoint)
     export_tensorrt_onnx(loaded.model, loaded.meta, TASK, out, INPUT, plugin=plugin)
     graph = onnx.load(str(out))
-    spec = _input_spec(loaded.meta, INPUT, 512, 2048)
+    spec = input_spec(loaded.meta, INPUT)
     write_metadata(graph, build_metadata(loaded, TASK, "tensorrt", "fp32", spec, checkpoint, 18))
     onnx.save(graph, str(out))
     return out

@@ -167,10 +167,16 @@ def test_metadata_must_match_the_graph(tmp_path: Path) -> None:
             runtimes.load_backend(name, path)
 
 
-def test_artifact_sha256(artifacts: dict[str, Path]) -> None:
-    import hashlib
-
-    assert artifact_sha256(artifacts["static"]) == hashlib.sha256(artifacts["static"].read_bytes()).hexdigest()
+def test_artifact_sha256(tmp_path: Path) -> None:
+    """Against published SHA-256 test vectors (FIPS 180-2), and across the 1 MiB read chunks."""
+    (tmp_path / "abc").write_bytes(b"abc")
+    assert artifact_sha256(tmp_path / "abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    (tmp_path / "empty").write_bytes(b"")
+    assert artifact_sha256(tmp_path / "empty") == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    (tmp_path / "million_a").write_bytes(b"a" * 1_000_000)
+    assert artifact_sha256(tmp_path / "million_a") == (
+        "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0"
+    )
 
 
 # --- backends against the numpy reference -----------------------------------------------------------------------
@@ -233,10 +239,32 @@ def test_closed_backend_refuses_to_run(artifacts: dict[str, Path]) -> None:
 # --- the registry -----------------------------------------------------------------------------------------------
 
 
-def test_available_runtimes() -> None:
-    available = runtimes.available_runtimes()
-    assert set(available) == set(runtimes.RUNTIMES)
-    assert available["onnxruntime"] and available["openvino"]
+def test_available_runtimes_follow_what_imports() -> None:
+    """Each runtime is available exactly when its package imports here; blocking one makes only it unavailable."""
+    code = (
+        "import importlib, json, sys\n"
+        "if sys.argv[1]: sys.modules[sys.argv[1]] = None\n"
+        "import runtimes\n"
+        "def imports(name):\n"
+        "    try:\n"
+        "        importlib.import_module(name)\n"
+        "        return True\n"
+        "    except ImportError:\n"
+        "        return False\n"
+        "print(json.dumps([runtimes.available_runtimes(), {n: imports(n) for n in ('onnxruntime', 'openvino',"
+        " 'tensorrt', 'torch')}]))\n"
+    )
+
+    def run(blocked: str) -> tuple[dict, dict]:
+        done = subprocess.run([sys.executable, "-c", code, blocked], cwd=REPO_ROOT, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return tuple(json.loads(done.stdout))
+
+    available, imports = run("")
+    assert available == imports
+    assert available["onnxruntime"] and available["openvino"]  # this project's CI installs both
+    blocked, _ = run("openvino")
+    assert blocked == {**available, "openvino": False}
 
 
 def test_tensorrt_missing_names_nvidia_index(artifacts: dict[str, Path]) -> None:
@@ -247,8 +275,11 @@ def test_tensorrt_missing_names_nvidia_index(artifacts: dict[str, Path]) -> None
 
 
 def test_missing_backend_module_is_not_available(monkeypatch: pytest.MonkeyPatch, artifacts: dict[str, Path]) -> None:
-    monkeypatch.setitem(runtimes.RUNTIMES, "tensorrt", "runtimes.no_such_backend:Nothing")
-    monkeypatch.setitem(runtimes.RUNTIME_PACKAGES, "tensorrt", "numpy")  # the package is there, the module not
+    import dataclasses
+
+    spec = runtimes.RUNTIMES["tensorrt"]  # the package is there (numpy), the module not
+    fake = dataclasses.replace(spec, backend="runtimes.no_such_backend:Nothing", package="numpy")
+    monkeypatch.setitem(runtimes.RUNTIMES, "tensorrt", fake)
     assert runtimes.available_runtimes()["tensorrt"] is False
     with pytest.raises(RuntimeNotAvailable, match=r"runtimes\.no_such_backend"):
         runtimes.load_backend("tensorrt", artifacts["static"])

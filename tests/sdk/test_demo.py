@@ -8,6 +8,7 @@ import cv2
 import pytest
 
 from sdk import demo
+from sdk.segmenter import Segmenter
 from sdk.sources import read_video_frames
 from tests.conftest import data_root
 
@@ -28,7 +29,15 @@ def test_demo_streams_writes_the_video_and_tables_every_cpu_target(artifacts, tm
     capture.release()
     rows = {(r["target"], r["precision"]): r for r in figures["table"]}
     assert set(rows) == {("openvino", "fp32"), ("onnxruntime", "fp32")}
-    assert rows["openvino", "fp32"]["agreement"] == 100.0  # the first row is the reference
+    # agreement of each row with the first (OpenVINO), recomputed here from our own predictions on the same frames
+    table_frames = read_video_frames(CLIP, 3)
+    labels = {}
+    for target in ("openvino", "onnxruntime"):
+        with Segmenter(target, model=artifacts["semantic"], precision="fp32") as seg:
+            labels[target] = [seg.predict(frame).semantic for frame in table_frames]
+    same = sum(int((a == b).sum()) for a, b in zip(labels["openvino"], labels["onnxruntime"], strict=True))
+    expected = 100.0 * same / sum(a.size for a in labels["openvino"])
+    assert rows["onnxruntime", "fp32"]["agreement"] == pytest.approx(expected, abs=0.05)
     assert rows["onnxruntime", "fp32"]["agreement"] > 99.0  # the same fp32 artifact on another runtime
     assert all(r["p50_ms"] > 0 and not r["error"] for r in rows.values())
     assert "| onnxruntime | onnxruntime | fp32 |" in printed

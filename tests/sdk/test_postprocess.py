@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 
 import sdk.postprocess as pp
-from sdk.preprocess import Geometry
+from runtimes.geometry import Geometry
 from train.model.config import InferenceConfig
 from train.model.inference import postprocess as oracle_postprocess
-from train.model.inference import upsample_masks
+from train.model.inference import semantic_labels, upsample_masks
 
 NUM_CLASSES = 10
 THING_IDS = [0, 1, 2, 3, 4]
@@ -63,12 +63,9 @@ def oracle(logits: np.ndarray, masks: np.ndarray, geometry: Geometry, task: str)
 
 
 def graph_labels(logits: np.ndarray, masks: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """What the semantic graph returns (compile/onnx_export.py): (H, W) uint8 at the input size."""
-    H, W = geometry.input_size
-    m = torch.from_numpy(masks)[None]
-    m = F.interpolate(m, size=(m.shape[-2] * 4, m.shape[-1] * 4), mode="bilinear", align_corners=False)[..., :H, :W]
-    probs = torch.from_numpy(logits)[None].softmax(-1)[..., :-1]
-    return torch.einsum("bqk,bqhw->bkhw", probs, m.sigmoid()).argmax(1).to(torch.uint8)[0].numpy()
+    """What the semantic graph returns (its tail is ``semantic_labels``): (H, W) uint8 at the input size."""
+    labels = semantic_labels(torch.from_numpy(logits)[None], torch.from_numpy(masks)[None], geometry.input_size)
+    return labels[0].numpy()
 
 
 params = pytest.mark.parametrize(("seed", "name"), [(s, n) for s in range(3) for n in GEOMETRIES])
@@ -155,7 +152,7 @@ def test_nearest_indices_equal_torch(src, dst):
 def test_semantic_from_outputs_matches_official_argmax(seed, name):
     geometry = GEOMETRIES[name]
     logits, masks = make_outputs(seed)
-    expected = oracle(logits, masks, geometry, "semantic")["sem_seg"].argmax(0).numpy()
+    expected = oracle(logits, masks, geometry, "semantic")["semantic"].numpy()
     got = pp.semantic_from_outputs(logits, masks, geometry)
     assert got.shape == geometry.frame_size
     assert (got == expected).mean() >= 0.999  # measured: 1.0 in every case
@@ -189,7 +186,7 @@ def test_panoptic_matches_oracle(seed, name):
     assert seg.dtype == np.int32 and seg.shape == geometry.frame_size
     assert len(info) >= 3  # the data makes several segments, things and stuff
     assert {s["isthing"] for s in info} == {True, False} or name == "letterbox"
-    assert_panoptic_equal(seg, info, expected["panoptic_seg"].numpy(), expected["segments_info"])
+    assert_panoptic_equal(seg, info, expected["panoptic"].numpy(), expected["segments_info"])
     probs = pp.softmax(logits, -1)
     for segment in info:
         assert segment["area"] == int((seg == segment["id"]).sum()) > 0

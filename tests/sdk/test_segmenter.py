@@ -174,14 +174,18 @@ def test_cli_stream_json_last_line(artifacts, tmp_path):
 def test_precision_says_what_runs(artifacts):
     with Segmenter("onnxruntime", model=artifacts["semantic"], precision="int8") as seg:
         assert seg.precision == "fp32"  # the artifact's own precision, whatever was asked
-    import openvino
-
-    if "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+    if _cpu_has_bf16():
         with Segmenter("openvino", model=artifacts["semantic"], precision="bf16") as seg:
             assert seg.precision == "bf16" and seg.backend.inference_precision == "bf16"
     else:  # e.g. an AVX2-only CPU: asked for bf16 explicitly, it says so instead of running something else
         with pytest.raises(DeviceNotAvailable, match="no BF16 support"):
             Segmenter("openvino", model=artifacts["semantic"], precision="bf16")
+
+
+def _cpu_has_bf16() -> bool:
+    import openvino
+
+    return "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 def test_compact_export_is_smaller_and_segments_alike(checkpoint, artifacts, tmp_path):
@@ -213,3 +217,155 @@ def test_bgra_and_grey_segment_as_their_bgr_equivalents(target):
     # the comparison means something: several classes, and the grey frame segments differently from the colour one
     assert len(np.unique(from_bgr.semantic)) > 3
     assert (from_bgr.semantic != from_replicated.semantic).mean() > 0.05
+
+
+# --- targets from runtimes.registry: what reaches the backend, what really runs ------------------------------------
+
+
+def test_torch_target_builds_from_a_checkpoint_and_agrees_with_the_artifact(checkpoint, artifacts):
+    """Regression: Segmenter("torch", model=ckpt) failed on every machine (metadata with opset 0)."""
+    frame = frames()["bgr"]
+    with Segmenter("torch", model=checkpoint, task="semantic", input_size=(128, 160)) as seg:
+        assert (seg.runtime, seg.device, seg.precision) == ("torch", "cpu", "fp32")
+        assert seg.metadata["opset"] > 0 and seg.metadata["input"]["size"] == [128, 160]
+        labels = seg.predict(frame).semantic
+    with Segmenter("onnxruntime", model=artifacts["semantic"]) as artifact:
+        assert (labels == artifact.predict(frame).semantic).mean() > 0.99  # the same model, exported
+    with Segmenter("torch", model=checkpoint) as dynamic:  # no size: the dynamic shortest-edge input
+        assert dynamic.metadata["input"]["resize_policy"] == "shortest_edge"
+        assert dynamic.predict(frame).semantic.shape == (100, 200)
+
+
+def test_what_runs_is_reported(artifacts):
+    with Segmenter("onnxruntime", model=artifacts["semantic"]) as seg:
+        assert (seg.target.name, seg.runtime, seg.device, seg.precision) == (
+            "onnxruntime",
+            "onnxruntime",
+            "cpu",
+            "fp32",
+        )
+        assert seg.backend.providers == ["CPUExecutionProvider"]
+    with Segmenter("cpu", model=artifacts["semantic"]) as seg:
+        assert (seg.runtime, seg.device, seg.precision) == ("openvino", "cpu", "fp32")
+        assert seg.backend.device == "CPU" and seg.backend.inference_precision == "f32"
+
+
+def test_unknown_backend_option_raises_with_the_accepted_ones(artifacts):
+    with pytest.raises(ValueError, match=r"'openvino' does not take option\(s\) workspace_mb; it accepts cache_dir"):
+        Segmenter("openvino", model=artifacts["semantic"], workspace_mb=64)
+    with Segmenter("openvino", model=artifacts["semantic"], threads=1, cache_dir=None) as seg:  # accepted ones pass
+        assert seg.backend.cache_dir is None
+
+
+def test_cuda_target_on_onnxruntime_sets_the_cuda_provider(artifacts, monkeypatch):
+    """Regression: the cuda target's ONNX Runtime fallback opened a CPU session. Here every runtime but ONNX Runtime
+    is declared unusable, so the cuda target resolves to it: the target's device must reach the backend, and this
+    CPU-only ONNX Runtime must refuse, not run on the CPU."""
+    import onnxruntime
+
+    import sdk.targets
+    from runtimes import DeviceNotAvailable, RuntimeNotAvailable
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA: see the gpu-marked test")
+    monkeypatch.setattr(
+        sdk.targets, "runtime_usable", lambda runtime, device: None if runtime == "onnxruntime" else "x"
+    )
+    with pytest.raises((RuntimeNotAvailable, DeviceNotAvailable), match="CUDAExecutionProvider"):
+        Segmenter("cuda", model=artifacts["semantic"])
+
+
+@pytest.mark.gpu
+def test_cuda_target_runs_on_the_gpu_and_says_so(checkpoint):
+    """On a GPU machine: the cuda target (TensorRT, else torch on CUDA, else ONNX Runtime CUDA) runs a checkpoint on
+    the GPU, reports it, and labels like the torch target on the CPU."""
+    from sdk.targets import has_cuda_device
+
+    if not has_cuda_device():
+        pytest.skip("no CUDA device")
+    frame = frames()["bgr"]
+    with Segmenter("torch", model=checkpoint, task="semantic", input_size=(128, 160)) as cpu:
+        want = cpu.predict(frame).semantic
+    with Segmenter("cuda", model=checkpoint, task="semantic", input_size=(128, 160)) as seg:
+        assert seg.device == "cuda" and seg.target.name == "cuda"
+        if seg.runtime == "onnxruntime":
+            assert seg.backend.providers[0] == "CUDAExecutionProvider"
+        if seg.runtime == "torch":
+            assert seg.precision == "fp16"  # the profile's precision reached the torch backend
+        assert (seg.predict(frame).semantic == want).mean() >= 0.99
+
+
+def test_torch_target_runs_checkpoints_not_artifacts(artifacts):
+    with pytest.raises(TargetNotAvailable, match="runtime 'torch' runs a checkpoint, not an artifact"):
+        Segmenter("torch", model=artifacts["semantic"])
+
+
+def test_profile_precision_reaches_the_backend(artifacts, monkeypatch):
+    """A target's default precision lowers an fp32 artifact on a runtime that takes ``precision``; a reduced
+    artifact runs as it is; an explicit precision wins."""
+    from runtimes.registry import TARGETS, TargetSpec
+    from sdk.segmenter import _set_precision
+
+    for asked, default, artifact, sent in [
+        (None, "fp16", "fp32", "fp16"),  # jetson / cuda on an fp32 artifact
+        (None, "fp16", "int8", None),  # a calibrated artifact keeps its int8
+        (None, "fp32", "bf16", None),  # cpu on a bf16 artifact: the artifact's own
+        ("fp32", "fp16", "fp32", None),  # asked for what the artifact is: nothing to change
+        ("bf16", "fp32", "fp32", "bf16"),
+    ]:
+        options: dict = {}
+        _set_precision(options, asked, default, artifact)
+        assert options.get("precision") == sent, (asked, default, artifact)
+    if not _cpu_has_bf16():
+        pytest.skip("this CPU has no BF16")
+    monkeypatch.setitem(TARGETS, "cpu-bf16", TargetSpec("cpu-bf16", ("openvino",), "cpu", "bf16"))
+    with Segmenter("cpu-bf16", model=artifacts["semantic"]) as seg:
+        assert seg.precision == "bf16" and seg.backend.inference_precision == "bf16"
+
+
+def test_from_backend_is_a_segmenter_over_an_open_backend(artifacts):
+    from runtimes import load_backend
+
+    frame = frames()["bgr"]
+    with Segmenter("onnxruntime", model=artifacts["semantic"]) as seg:
+        want = seg.predict(frame).semantic
+    seg = Segmenter.from_backend(load_backend("onnxruntime", artifacts["semantic"]))
+    with seg:
+        assert (seg.target.name, seg.runtime, seg.device, seg.precision) == (
+            "onnxruntime",
+            "onnxruntime",
+            "cpu",
+            "fp32",
+        )
+        np.testing.assert_array_equal(seg.predict(frame).semantic, want)
+
+
+def test_fixed_size_target_defaults_to_the_checkpoints_input_size(tmp_path, monkeypatch):
+    """The TensorRT export is fixed-size: a checkpoint without input_size gets its own (here the eval_resize it was
+    trained with), not a ValueError. TensorRT cannot run here, so the artifact the jetson target would build is
+    made and checked directly."""
+    pytest.importorskip("torch")
+    from compile.export import default_input_size
+    from runtimes.artifact import read_metadata
+    from sdk.segmenter import _compile
+    from tests.sdk.conftest import TINY
+    from train.data.synthetic import synthetic_meta
+    from train.model import Mask2Former, Mask2FormerConfig, save_checkpoint
+    from train.model.zoo import dataset_meta
+
+    meta = synthetic_meta()
+    model = Mask2Former(Mask2FormerConfig.from_dict({"num_classes": meta.num_classes, **TINY})).eval()
+    plain = save_checkpoint(tmp_path / "plain.pt", model, meta)
+    assert default_input_size(plain) == (512, 512)  # nothing known: the export's default short side
+    trained = save_checkpoint(
+        tmp_path / "trained.pt", model, meta, {"train_config": {"task": "semantic", "eval_resize": {"min_size": 64}}}
+    )
+    assert default_input_size(trained) == (64, 64)
+    city = dataset_meta("cityscapes_semantic")
+    city_model = Mask2Former(Mask2FormerConfig.from_dict({"num_classes": city.num_classes, **TINY})).eval()
+    assert default_input_size(save_checkpoint(tmp_path / "city.pt", city_model, city)) == (1024, 1024)  # official
+
+    monkeypatch.setenv("M2F_CACHE", str(tmp_path / "cache"))
+    artifact = _compile(trained, "tensorrt", "fp16", None)
+    meta_out = read_metadata(artifact)
+    assert (meta_out["target"], meta_out["precision"], meta_out["input"]["size"]) == ("tensorrt", "fp16", [64, 64])

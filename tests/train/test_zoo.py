@@ -29,8 +29,18 @@ EXPECTED_COUNTS = {
 CITYSCAPES_THINGS = ("person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle")
 
 
-def test_classes_file_is_package_data() -> None:
-    assert CLASSES_FILE.parent == Path(__file__).resolve().parents[2] / "train" / "model"
+def test_classes_file_is_package_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    """zoo_classes.json ships in the distribution: setup.py declares it as package data of the package reading it."""
+    import fnmatch
+    import importlib
+
+    import setuptools  # noqa: F401  (first: it provides distutils)
+
+    monkeypatch.chdir(REPO)
+    dist = importlib.import_module("distutils.core").run_setup(str(REPO / "setup.py"), stop_after="config")
+    package = CLASSES_FILE.parent.relative_to(REPO).as_posix().replace("/", ".")
+    assert package in dist.packages
+    assert any(fnmatch.fnmatch(CLASSES_FILE.name, pattern) for pattern in dist.package_data.get(package, ()))
     assert set(json.loads(CLASSES_FILE.read_text(encoding="utf-8"))) == set(EXPECTED_COUNTS)
     assert set(dataset_names()) == set(EXPECTED_COUNTS)
 
@@ -197,17 +207,58 @@ def test_queries_and_classes_per_entry() -> None:
         assert entry.config.num_classes == classes[key], name
 
 
+# download links and config files as published in facebookresearch/Mask2Former MODEL_ZOO.md (written out in full,
+# not assembled the way the zoo module assembles them)
+PUBLISHED = {
+    "coco-panoptic-r50": (
+        "https://dl.fbaipublicfiles.com/maskformer/mask2former/coco/panoptic/maskformer2_R50_bs16_50ep/"
+        "model_final_94dc52.pkl",
+        "configs/coco/panoptic-segmentation/maskformer2_R50_bs16_50ep.yaml",
+    ),
+    "coco-panoptic-swin-l": (
+        "https://dl.fbaipublicfiles.com/maskformer/mask2former/coco/panoptic/maskformer2_swin_large_IN21k_384_bs16_100ep/"
+        "model_final_f07440.pkl",
+        "configs/coco/panoptic-segmentation/swin/maskformer2_swin_large_IN21k_384_bs16_100ep.yaml",
+    ),
+    "ade20k-semantic-swin-l": (
+        "https://dl.fbaipublicfiles.com/maskformer/mask2former/ade20k/semantic/"
+        "maskformer2_swin_large_IN21k_384_bs16_160k_res640/model_final_6b4a3a.pkl",
+        "configs/ade20k/semantic-segmentation/swin/maskformer2_swin_large_IN21k_384_bs16_160k_res640.yaml",
+    ),
+    "cityscapes-semantic-r50": (
+        "https://dl.fbaipublicfiles.com/maskformer/mask2former/cityscapes/semantic/maskformer2_R50_bs16_90k/"
+        "model_final_cc1b1f.pkl",
+        "configs/cityscapes/semantic-segmentation/maskformer2_R50_bs16_90k.yaml",
+    ),
+}
+# INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST of the official yaml files (detectron2's 800/1333 where COCO sets none)
+PUBLISHED_TEST_RESIZE = {
+    "coco-panoptic-r50": (800, 1333),
+    "ade20k-semantic-r50": (512, 2048),
+    "ade20k-semantic-swin-l": (640, 2560),
+    "ade20k-panoptic-r50": (640, 2560),
+    "cityscapes-semantic-swin-t": (1024, 2048),
+}
+
+
 def test_known_checkpoints() -> None:
-    assert get_zoo_entry("coco-panoptic-r50").checkpoint == "model_final_94dc52.pkl"
-    assert get_zoo_entry("coco-panoptic-swin-l").checkpoint == "model_final_f07440.pkl"
-    assert get_zoo_entry("coco-instance-swin-b").checkpoint == "model_final_83d103.pkl"
-    assert get_zoo_entry("ade20k-semantic-swin-l").checkpoint == "model_final_6b4a3a.pkl"
-    assert get_zoo_entry("cityscapes-semantic-swin-l").config.decoder.num_queries == 100
+    for name, (url, config_file) in PUBLISHED.items():
+        entry = get_zoo_entry(name)
+        assert (entry.url, entry.config_file) == (url, config_file), name
+        assert url.endswith("/" + entry.checkpoint)
+    for name, (min_size, max_size) in PUBLISHED_TEST_RESIZE.items():
+        resize = get_zoo_entry(name).test_resize
+        assert (resize.min_size, resize.max_size) == (min_size, max_size), name
+        assert f"shortest edge {min_size}, max {max_size}" in get_zoo_entry(name).notes
     assert get_zoo_entry("cityscapes-instance-r50").meta.class_names == CITYSCAPES_THINGS
-    assert "IN21k" in get_zoo_entry("coco-panoptic-swin-b").config_file
-    assert "IN21k" not in get_zoo_entry("coco-panoptic-swin-b-in1k").config_file
-    assert "640" in get_zoo_entry("ade20k-semantic-swin-b").notes
-    assert "512" in get_zoo_entry("ade20k-semantic-r50").notes
+
+
+def test_inference_resize_by_dataset() -> None:
+    from train.model.zoo import inference_resize
+
+    assert inference_resize("ade20k_semantic") == get_zoo_entry("ade20k-semantic-r50").test_resize
+    assert inference_resize("cityscapes_panoptic").min_size == 1024
+    assert inference_resize("camvid") is None  # not a zoo dataset
 
 
 def test_expected_names_present() -> None:

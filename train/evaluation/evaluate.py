@@ -6,8 +6,6 @@ import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from train.evaluation.instance import InstanceEvaluator
 from train.evaluation.panoptic import PanopticEvaluator
 from train.evaluation.semantic import SemanticEvaluator, as_numpy, semantic_gt_from_sample
@@ -19,7 +17,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 TASKS = ("semantic", "instance", "panoptic")
-REQUIRED = {"semantic": "sem_seg", "instance": "instances", "panoptic": "panoptic_seg"}
+REQUIRED = {"semantic": "semantic", "instance": "instances", "panoptic": "panoptic"}
 
 
 def evaluate(
@@ -32,10 +30,10 @@ def evaluate(
 
     Each output must be at its sample's (H, W). By task:
 
-    * ``"semantic"``: ``sem_seg`` (K, H, W) scores, argmax against :func:`semantic_gt_from_sample` -> ``mIoU``,
+    * ``"semantic"``: ``semantic`` (H, W) class ids against :func:`semantic_gt_from_sample` -> ``mIoU``,
       ``fwIoU``, ``mACC``, ``pACC``, ``IoU-<name>``, ``ACC-<name>``;
-    * ``"panoptic"``: ``panoptic_seg`` + ``segments_info`` -> ``PQ``, ``SQ``, ``RQ`` (and ``_th``/``_st``,
-      per class), plus the semantic metrics when outputs also carry ``sem_seg``;
+    * ``"panoptic"``: ``panoptic`` + ``segments_info`` -> ``PQ``, ``SQ``, ``RQ`` (and ``_th``/``_st``,
+      per class), plus the semantic metrics when outputs also carry ``semantic``;
     * ``"instance"``: ``instances`` (masks, scores, labels) -> ``AP``, ``AP50``, ... and ``AP-<name>``; with
       ``meta.thing_ids`` set only thing classes are scored (COCO instance GT), otherwise every class.
 
@@ -60,15 +58,15 @@ def evaluate(
         masks = masks.reshape(-1, h, w)
         labels, iscrowd = as_numpy(sample["labels"]), as_numpy(sample["iscrowd"])
 
-        if "sem_seg" in output and task in ("semantic", "panoptic"):
-            scores = as_numpy(output["sem_seg"])  # (K, H, W)
-            _check_size(scores.shape[-2:], (h, w), "sem_seg", sample)
+        if "semantic" in output and task in ("semantic", "panoptic"):
+            pred = as_numpy(output["semantic"])  # (H, W) class ids
+            _check_size(pred.shape, (h, w), "semantic", sample)
             gt = semantic_gt_from_sample(labels, masks, iscrowd, h, w, ignore_index)  # (H, W)
-            semantic.update(np.argmax(scores, axis=0), gt)
+            semantic.update(pred, gt)
             use_semantic = True
         if panoptic is not None:
-            seg = as_numpy(output["panoptic_seg"])  # (H, W)
-            _check_size(seg.shape, (h, w), "panoptic_seg", sample)
+            seg = as_numpy(output["panoptic"])  # (H, W)
+            _check_size(seg.shape, (h, w), "panoptic", sample)
             panoptic.update(seg, output["segments_info"], labels, masks, iscrowd)
         if instance is not None:
             inst = output["instances"]

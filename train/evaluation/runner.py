@@ -1,4 +1,8 @@
-"""Run a model over a dataset with the official post-processing and score it."""
+"""Run a model over a dataset with the official post-processing and score it.
+
+Frames are resized with ``runtimes.geometry``, the SDK's own pre-processing (OpenCV bilinear), so the figures
+measure the model inputs the SDK ships.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,12 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import torch
-import torchvision.transforms.v2.functional as TF
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from runtimes.geometry import resize_shortest_edge
 from train.data.sample import Sample, SegmentationDataset
 from train.evaluation.evaluate import evaluate
 from train.model.config import ModelMeta
@@ -34,14 +39,15 @@ def normalize_images(images: Tensor, image_sizes: list[tuple[int, int]], meta: M
     return x
 
 
-def resize_shortest_edge(image: Tensor, min_size: int, max_size: int) -> Tensor:
-    """(3, H, W) uint8 -> shortest edge ``min_size``, longest at most ``max_size`` (0: unlimited)."""
-    h, w = image.shape[-2:]
-    scale = min_size / min(h, w)
-    if max_size and max(h, w) * scale > max_size:
-        scale = max_size / max(h, w)
-    size = (round(h * scale), round(w * scale))
-    return image if size == (h, w) else TF.resize(image, list(size), antialias=True)
+def model_image(image: Tensor, eval_resize: dict[str, Any] | None) -> Tensor:
+    """(3, H, W) uint8 RGB -> the (3, h, w) uint8 image the model sees: shortest edge to ``eval_resize["min_size"]``,
+    longest at most ``max_size``, by ``runtimes.geometry`` as the SDK's ``shortest_edge`` policy; unchanged when
+    ``eval_resize`` is empty."""
+    if not eval_resize:
+        return image
+    frame = np.ascontiguousarray(image.permute(1, 2, 0).cpu().numpy())  # (H, W, 3)
+    resized, _ = resize_shortest_edge(frame, int(eval_resize["min_size"]), int(eval_resize.get("max_size", 0)))
+    return torch.from_numpy(resized).permute(2, 0, 1)  # (3, h, w)
 
 
 @torch.no_grad()
@@ -49,10 +55,8 @@ def predict_sample(
     model: nn.Module, sample: Sample, meta: ModelMeta, task: str, eval_resize: dict[str, Any] | None
 ) -> dict[str, Any]:
     """One sample through the model; the post-processed output is at the sample's own (H, W)."""
-    image = sample["image"]
-    h, w = image.shape[-2:]
-    if eval_resize:
-        image = resize_shortest_edge(image, int(eval_resize["min_size"]), int(eval_resize.get("max_size", 0)))
+    h, w = sample["image"].shape[-2:]
+    image = model_image(sample["image"], eval_resize)  # (3, h', w') uint8
     device = next(model.parameters()).device
     size = (int(image.shape[-2]), int(image.shape[-1]))
     x = normalize_images(image[None].to(device), [size], meta)

@@ -14,6 +14,11 @@ unpadded image) and resizes bilinearly to the requested output size. What is res
 Sigmoid does not commute with resizing, so the two orders give slightly different numbers; each task here uses its
 official order. (A model with panoptic or instance inference on computes its semantic output from the resized
 logits too; call :func:`semantic_inference` on :func:`upsample_masks` output to get that variant.)
+
+The numpy twin ``sdk/postprocess.py`` (the SDK, without torch) returns the same result keys and segment fields, and
+both are held to one table of hand-made edge cases (``tests/test_postprocess_edge_cases.py``).
+:func:`semantic_scores` / :func:`semantic_labels` are the one torch definition of semantic labels from query
+outputs: the exported semantic graph (``compile.onnx_export``) and the accuracy gate use them too.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from torch import Tensor
 from train.model.config import InferenceConfig
 
 TASKS = ("semantic", "instance", "panoptic")
+MASK_STRIDE = 4  # pred_masks are at 1/4 of the padded input
 
 
 def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
@@ -59,11 +65,39 @@ def upsample_masks(
 def semantic_inference(mask_cls: Tensor, mask_pred: Tensor) -> Tensor:
     """Per-class scores: softmax class probs (no-object column dropped) times sigmoid masks, summed over queries.
 
-    ``mask_cls`` (Q, K+1) logits, ``mask_pred`` (Q, H, W) logits -> (K, H, W) scores.
+    ``mask_cls`` (..., Q, K+1) logits, ``mask_pred`` (..., Q, H, W) logits -> (..., K, H, W) scores.
     """
-    probs = F.softmax(mask_cls, dim=-1)[:, :-1]  # (Q, K)
-    masks = mask_pred.sigmoid()  # (Q, H, W)
-    return torch.einsum("qc,qhw->chw", probs.to(masks.dtype), masks)  # (K, H, W)
+    probs = F.softmax(mask_cls, dim=-1)[..., :-1]  # (..., Q, K)
+    masks = mask_pred.sigmoid()  # (..., Q, H, W)
+    return torch.einsum("...qk,...qhw->...khw", probs.to(masks.dtype), masks)  # (..., K, H, W)
+
+
+def semantic_scores(
+    mask_cls: Tensor, mask_pred: Tensor, padded_size: tuple[int, int], image_size: tuple[int, int]
+) -> Tensor:
+    """Official semantic-only scores at the unpadded input: masks bilinear to ``padded_size``, crop the top-left
+    ``image_size``, then :func:`semantic_inference` (pixel by pixel, so cropping first changes nothing).
+
+    ``mask_cls`` (B, Q, K+1), ``mask_pred`` (B, Q, h, w) logits -> (B, K, H, W) scores, H, W = ``image_size``.
+    """
+    h, w = image_size
+    masks = F.interpolate(mask_pred, size=tuple(padded_size), mode="bilinear", align_corners=False)  # (B, Q, Hp, Wp)
+    return semantic_inference(mask_cls, masks[..., :h, :w])  # (B, K, H, W)
+
+
+def label_map(scores: Tensor) -> Tensor:
+    """(..., K, H, W) class scores -> (..., H, W) class ids (first class on ties); uint8 for up to 255 classes."""
+    dtype = torch.uint8 if scores.shape[-3] <= 255 else torch.int32
+    return scores.argmax(-3).to(dtype)
+
+
+def semantic_labels(mask_cls: Tensor, mask_pred: Tensor, image_size: tuple[int, int]) -> Tensor:
+    """Official semantic labels at the unpadded input from query outputs, as the semantic graph returns them.
+
+    ``mask_cls`` (B, Q, K+1), ``mask_pred`` (B, Q, Hp/4, Wp/4) -> (B, H, W) class ids (see :func:`label_map`).
+    """
+    padded = (mask_pred.shape[-2] * MASK_STRIDE, mask_pred.shape[-1] * MASK_STRIDE)
+    return label_map(semantic_scores(mask_cls, mask_pred, padded, image_size))
 
 
 def panoptic_inference(
@@ -81,7 +115,8 @@ def panoptic_inference(
     ``overlap_threshold`` of its own (>= 0.5) mask. Stuff queries of the same class are merged into one segment.
 
     ``mask_cls`` (Q, K+1) logits, ``mask_pred`` (Q, H, W) logits. Returns an (H, W) int32 segment-id map
-    (0 = void) and one ``{"id", "isthing", "category_id"}`` dict per segment (ids 1, 2, ... in order).
+    (0 = void) and one dict per segment (ids 1, 2, ... in order): ``id``, ``isthing``, ``category_id``, ``score``
+    (class probability; the highest of merged stuff queries) and ``area`` (pixels).
     """
     num_classes = mask_cls.shape[-1] - 1
     things = {int(i) for i in thing_ids}
@@ -99,9 +134,8 @@ def panoptic_inference(
     if cur_masks.shape[0] == 0:
         return panoptic_seg, segments_info
 
-    cur_mask_ids = (cur_scores.view(-1, 1, 1) * cur_masks).argmax(0)  # (H, W)
-    stuff_segment_ids: dict[int, int] = {}
-    current_segment_id = 0
+    cur_mask_ids = (cur_scores.view(-1, 1, 1) * cur_masks).argmax(0)  # (H, W), first query on ties
+    stuff_segments: dict[int, dict[str, Any]] = {}
     for k, pred_class in enumerate(cur_classes.tolist()):
         isthing = pred_class in things
         won = cur_mask_ids == k  # (H, W)
@@ -109,18 +143,24 @@ def panoptic_inference(
         mask_area = int(won.sum())
         original_area = int(confident.sum())
         mask = won & confident  # (H, W)
-        if mask_area == 0 or original_area == 0 or not bool(mask.any()):
+        area = int(mask.sum())
+        if mask_area == 0 or original_area == 0 or area == 0:
             continue
         if mask_area / original_area < overlap_threshold:
             continue
+        score = float(cur_scores[k])
+        if not isthing and pred_class in stuff_segments:
+            info = stuff_segments[pred_class]
+            info["score"] = max(info["score"], score)
+            info["area"] += area
+            panoptic_seg[mask] = info["id"]
+            continue
+        info = {"id": len(segments_info) + 1, "isthing": isthing, "category_id": int(pred_class), "score": score,
+                "area": area}  # fmt: skip
+        panoptic_seg[mask] = info["id"]
+        segments_info.append(info)
         if not isthing:
-            if pred_class in stuff_segment_ids:
-                panoptic_seg[mask] = stuff_segment_ids[pred_class]
-                continue
-            stuff_segment_ids[pred_class] = current_segment_id + 1
-        current_segment_id += 1
-        panoptic_seg[mask] = current_segment_id
-        segments_info.append({"id": current_segment_id, "isthing": isthing, "category_id": int(pred_class)})
+            stuff_segments[pred_class] = info
     return panoptic_seg, segments_info
 
 
@@ -159,9 +199,9 @@ def instance_inference(
     is on). Masks are ``logits > 0``; a score is the class probability times the mean sigmoid mask inside the
     binary mask (``sum / (area + 1e-6)``, so 0 for an empty mask; empty masks are kept, as official).
 
-    Differences from the official output: results are sorted by score, descending (the official uses
-    ``topk(sorted=False)`` and returns them in that unspecified order), and ``boxes`` are the tight boxes of the
-    binary masks (see :func:`masks_to_boxes`) where the official returns all-zero boxes.
+    Differences from the official output: results are sorted by score, descending, equal scores by (query, class)
+    (the official uses ``topk(sorted=False)`` and returns them in that unspecified order), and ``boxes`` are the
+    tight boxes of the binary masks (see :func:`masks_to_boxes`) where the official returns all-zero boxes.
 
     ``mask_cls`` (Q, K+1) logits, ``mask_pred`` (Q, H, W) logits. Returns ``masks`` (N, H, W) bool, ``scores``
     (N,), ``labels`` (N,) int64 and ``boxes`` (N, 4) float32 xyxy.
@@ -169,7 +209,8 @@ def instance_inference(
     num_queries, num_classes = mask_cls.shape[0], mask_cls.shape[-1] - 1
     probs = F.softmax(mask_cls, dim=-1)[:, :-1]  # (Q, K)
     k = min(topk, num_queries * num_classes)
-    top_scores, top_idx = probs.flatten().topk(k, sorted=False)  # (k,), (k,)
+    top_idx = probs.flatten().topk(k, sorted=False).indices.sort().values  # (k,) in (query, class) order
+    top_scores = probs.flatten()[top_idx]  # (k,)
     labels = top_idx % num_classes  # (k,)
     query_idx = top_idx // num_classes  # (k,)
 
@@ -210,12 +251,14 @@ def postprocess(
     size). ``image_sizes`` are the unpadded (H, W) of each image inside the padded batch; ``output_sizes`` (default:
     ``image_sizes``) the sizes to return results at.
 
-    * ``"semantic"``: ``{"sem_seg": (K, H_out, W_out) scores}``; scores computed at the padded size, then cropped
-      and resized (official semantic-only order).
+    Each result is ``{"task": task}`` plus, as ``sdk.postprocess.postprocess`` returns them:
+
+    * ``"semantic"``: ``{"semantic": (H_out, W_out) class ids}`` (:func:`label_map`) of the scores computed at the
+      padded size, cropped and resized (official semantic-only order; :func:`semantic_scores`);
     * ``"instance"``: ``{"instances": instance_inference(...)}`` on cropped and resized logits, with
       ``config.topk_per_image``; ``thing_ids`` (when non-empty) restricts to thing classes as the official does
-      for a panoptic model, pass ``None`` for an instance-only model.
-    * ``"panoptic"``: ``{"panoptic_seg": (H_out, W_out) int32, "segments_info": [...]}`` on cropped and resized
+      for a panoptic model, pass ``None`` for an instance-only model;
+    * ``"panoptic"``: ``{"panoptic": (H_out, W_out) int32, "segments_info": [...]}`` on cropped and resized
       logits, with the thresholds of ``config``; ``None`` thing_ids means every class is stuff.
     """
     if task not in TASKS:
@@ -246,14 +289,16 @@ def postprocess(
         pred_logits, pred_masks, image_sizes, output_sizes, strict=True
     ):
         if task == "semantic":
-            padded = _resize(mask_pred, padded_size)  # (Q, Hp, Wp)
-            scores = semantic_inference(mask_cls, padded)  # (K, Hp, Wp)
-            results.append({"sem_seg": crop_and_resize(scores, image_size, output_size)})
+            scores = semantic_scores(mask_cls[None], mask_pred[None], padded_size, image_size)[0]  # (K, H, W)
+            if tuple(output_size) != tuple(image_size):
+                scores = _resize(scores, output_size)  # (K, H_out, W_out)
+            results.append({"task": task, "semantic": label_map(scores)})
             continue
         logits = upsample_masks(mask_pred, padded_size, image_size, output_size)  # (Q, H_out, W_out)
         if task == "instance":
             things = thing_ids if thing_ids else None
-            results.append({"instances": instance_inference(mask_cls, logits, config.topk_per_image, things)})
+            instances = instance_inference(mask_cls, logits, config.topk_per_image, things)
+            results.append({"task": task, "instances": instances})
         else:
             seg, info = panoptic_inference(
                 mask_cls,
@@ -262,5 +307,5 @@ def postprocess(
                 object_mask_threshold=config.object_mask_threshold,
                 overlap_threshold=config.overlap_threshold,
             )
-            results.append({"panoptic_seg": seg, "segments_info": info})
+            results.append({"task": task, "panoptic": seg, "segments_info": info})
     return results

@@ -42,6 +42,18 @@ TASKS = ("panoptic", "instance", "semantic")
 
 
 @dataclass(frozen=True)
+class InferenceResize:
+    """The official test-time resize: the short side to ``min_size``, the long side capped at ``max_size``
+    (detectron2's ``INPUT.MIN_SIZE_TEST`` / ``INPUT.MAX_SIZE_TEST``)."""
+
+    min_size: int
+    max_size: int
+
+    def describe(self) -> str:
+        return f"test: shortest edge {self.min_size}, max {self.max_size}"
+
+
+@dataclass(frozen=True)
 class ZooEntry:
     """One official checkpoint: its architecture, what its classes mean, and where it comes from."""
 
@@ -50,6 +62,7 @@ class ZooEntry:
     meta: ModelMeta
     task: str  # "panoptic" | "instance" | "semantic"
     checkpoint: str  # official file name, e.g. "model_final_94dc52.pkl"
+    test_resize: InferenceResize
     notes: str = ""
     url: str = ""  # full download address of ``checkpoint``
     config_file: str = ""  # official yaml, relative to the Mask2Former repo root
@@ -141,11 +154,13 @@ class _Dataset:
     task: str
     meta_name: str  # key of zoo_classes.json
     num_classes: int
-    resize: str  # test-time resize of the official config
+    test_resize: InferenceResize  # of the official config
 
 
-_COCO_RESIZE = "test: shortest edge 800, max 1333 (detectron2 defaults; trained with 1024 LSJ)"
-_CITYSCAPES_RESIZE = "test: shortest edge 1024, max 2048"
+_COCO_RESIZE = InferenceResize(800, 1333)  # detectron2's defaults (trained with 1024 LSJ)
+_ADE20K_RESIZE = InferenceResize(512, 2048)
+_ADE20K_640_RESIZE = InferenceResize(640, 2560)  # ADE20K panoptic/instance; the semantic Swin-B/L "res640" yamls
+_CITYSCAPES_RESIZE = InferenceResize(1024, 2048)
 _DATASETS: dict[str, _Dataset] = {
     "coco-panoptic": _Dataset(
         "coco/panoptic-segmentation", "coco/panoptic", "panoptic", "coco_panoptic", 133, _COCO_RESIZE
@@ -159,7 +174,7 @@ _DATASETS: dict[str, _Dataset] = {
         "semantic",
         "ade20k_semantic",
         150,
-        "test: shortest edge 512, max 2048",
+        _ADE20K_RESIZE,
     ),
     "ade20k-panoptic": _Dataset(
         "ade20k/panoptic-segmentation",
@@ -167,7 +182,7 @@ _DATASETS: dict[str, _Dataset] = {
         "panoptic",
         "ade20k_panoptic",
         150,
-        "test: shortest edge 640, max 2560",
+        _ADE20K_640_RESIZE,
     ),
     "ade20k-instance": _Dataset(
         "ade20k/instance-segmentation",
@@ -175,7 +190,7 @@ _DATASETS: dict[str, _Dataset] = {
         "instance",
         "ade20k_instance",
         100,
-        "test: shortest edge 640, max 2560",
+        _ADE20K_640_RESIZE,
     ),
     "cityscapes-semantic": _Dataset(
         "cityscapes/semantic-segmentation",
@@ -259,11 +274,9 @@ _OFFICIAL: dict[tuple[str, str], tuple[str, str, int, str]] = {
 def _build_entry(dataset: str, backbone: str) -> ZooEntry:
     schedule, checkpoint, queries, extra = _OFFICIAL[(dataset, backbone)]
     ds = _DATASETS[dataset]
-    resize = ds.resize
     backbone_cfg, stem, remark = _BACKBONES[backbone]
     stem = stem.format(sched=schedule)
-    if schedule.endswith("res640"):  # the ADE20K semantic Swin-B/L yaml files override the input size
-        resize = "test: shortest edge 640, max 2560"
+    resize = _ADE20K_640_RESIZE if schedule.endswith("res640") else ds.test_resize  # those yaml files override it
     config = Mask2FormerConfig(
         num_classes=ds.num_classes,
         backbone=backbone_cfg,
@@ -271,13 +284,14 @@ def _build_entry(dataset: str, backbone: str) -> ZooEntry:
         decoder=TransformerDecoderConfig(num_queries=queries, num_layers=9, hidden_dim=256, ffn_dim=2048),
         size_divisibility=32,
     )
-    notes = "; ".join(s for s in (remark, f"{queries} queries", resize, extra) if s)
+    notes = "; ".join(s for s in (remark, f"{queries} queries", resize.describe(), extra) if s)
     return ZooEntry(
         name=f"{dataset}-{backbone}",
         config=config,
         meta=dataset_meta(ds.meta_name),
         task=ds.task,
         checkpoint=checkpoint,
+        test_resize=resize,
         notes=notes,
         url=f"{DOWNLOAD_ROOT}/{ds.url_dir}/{stem.rsplit('/', 1)[-1]}/{checkpoint}",
         config_file=f"configs/{ds.yaml_dir}/{stem}.yaml",
@@ -285,6 +299,12 @@ def _build_entry(dataset: str, backbone: str) -> ZooEntry:
 
 
 MODEL_ZOO: dict[str, ZooEntry] = {f"{d}-{b}": _build_entry(d, b) for d, b in _OFFICIAL}
+
+
+def inference_resize(dataset_name: str) -> InferenceResize | None:
+    """The official test-time resize of a zoo dataset (``ModelMeta.dataset``, e.g. ``"ade20k_semantic"``), or None
+    for a dataset outside the zoo."""
+    return next((ds.test_resize for ds in _DATASETS.values() if ds.meta_name == dataset_name), None)
 
 
 def get_zoo_entry(name: str) -> ZooEntry:

@@ -1,0 +1,198 @@
+"""The one table of runtimes and targets: what each engine is and what each target profile means.
+
+Every other module reads these rows (``runtimes.load_backend``, ``sdk.targets``, ``sdk.segmenter``,
+``compile.export``, ``benchmarks.harness``, ``runtimes.artifact``); no option whitelist, device list, precision
+list or label is written anywhere else. Adding a runtime or a target is adding a row here.
+
+Two kinds of name:
+
+- a **runtime** is an engine behind the ``Backend`` interface (``runtimes/<name>_backend.py``);
+- an **artifact target** is what an artifact was compiled for (its metadata ``target``; ``m2f export --target``).
+  Each one is named after the runtime it is compiled for: a runtime whose ``artifact_targets`` include its own name
+  is an artifact target, and its ``precisions`` are exactly what ``m2f export`` makes for it.
+
+Imports nothing but the standard library (``runtimes.artifact`` reads it to validate metadata).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+
+
+@dataclass(frozen=True)
+class RuntimeSpec:
+    """One engine.
+
+    ``options``: the keyword arguments its backend's constructor accepts (anything else raises ValueError in
+    :func:`check_options`); ``passthrough``: where the backend also accepts attribute names of an engine object
+    (checked by the backend itself), or None. ``devices``: ours ("cpu", "cuda"), the first is its default.
+    ``artifact_targets``: the artifact targets it can open (a checkpoint-based runtime has none). ``precisions``:
+    what it runs (for an artifact target: what the export makes); ``device_precisions`` narrows them per device.
+    """
+
+    name: str
+    backend: str  # "module:Class", imported only when loaded
+    package: str  # the top-level Python package the engine needs
+    install_hint: str
+    devices: tuple[str, ...]
+    options: frozenset[str]
+    artifact_targets: tuple[str, ...]
+    precisions: tuple[str, ...]
+    label: str  # for tables and reports
+    device_precisions: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
+    passthrough: str | None = None
+
+    @property
+    def module(self) -> str:
+        return self.backend.split(":")[0]
+
+    def precisions_on(self, device: str) -> tuple[str, ...]:
+        """The precisions it runs on ``device``."""
+        return tuple(self.device_precisions.get(device, self.precisions))
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """One target profile: runtimes in order of preference, the device, the default precision, and per runtime the
+    backend options the profile sets (``options[runtime]``; a runtime's row says which options it accepts)."""
+
+    name: str
+    runtimes: tuple[str, ...]
+    device: str  # "cpu" or "cuda": passed to the backend as option ``device``
+    precision: str  # what to run (and compile a checkpoint) at, where the runtime can
+    options: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: MappingProxyType({}))
+    description: str = ""
+
+    def options_for(self, runtime: str) -> dict[str, Any]:
+        """The profile's backend options for ``runtime``, the device included."""
+        return {"device": self.device, **self.options.get(runtime, {})}
+
+
+def _frozen(options: dict[str, dict[str, Any]]) -> Mapping[str, Mapping[str, Any]]:
+    return MappingProxyType({runtime: MappingProxyType(dict(opts)) for runtime, opts in options.items()})
+
+
+RUNTIMES: dict[str, RuntimeSpec] = {
+    spec.name: spec
+    for spec in (
+        RuntimeSpec(
+            name="onnxruntime",
+            backend="runtimes.onnxruntime_backend:OnnxRuntimeBackend",
+            package="onnxruntime",
+            install_hint="pip install onnxruntime (onnxruntime-gpu for CUDA)",
+            devices=("cpu", "cuda"),
+            options=frozenset({"device", "threads", "providers"}),
+            artifact_targets=("onnxruntime", "openvino"),
+            precisions=("fp32", "int8"),
+            label="ONNX Runtime",
+            passthrough="onnxruntime.SessionOptions attributes",
+        ),
+        RuntimeSpec(
+            name="openvino",
+            backend="runtimes.openvino_backend:OpenVinoBackend",
+            package="openvino",
+            install_hint="pip install openvino",
+            devices=("cpu",),
+            options=frozenset({"device", "precision", "threads", "cache_dir", "num_requests", "performance_mode"}),
+            artifact_targets=("openvino", "onnxruntime"),
+            precisions=("fp32", "fp16", "bf16", "int8"),
+            label="OpenVINO",
+        ),
+        RuntimeSpec(
+            name="tensorrt",
+            backend="runtimes.tensorrt_backend:TensorRtBackend",
+            package="tensorrt",
+            install_hint="TensorRT from NVIDIA's index: pip install tensorrt --extra-index-url https://pypi.nvidia.com",
+            devices=("cuda",),
+            options=frozenset(
+                {
+                    "device",
+                    "precision",
+                    "workspace_mb",
+                    "dla_core",
+                    "cache_dir",
+                    "timing_cache",
+                    "plugin_library",
+                    "strongly_typed",
+                    "rebuild",
+                    "cuda_binding",
+                }
+            ),
+            # standard-op artifacts too: TensorRT parses the MSDA-as-ops graph; its own has the plugin node
+            artifact_targets=("tensorrt", "onnxruntime", "openvino"),
+            precisions=("fp32", "fp16"),  # int8 is a ModelOpt Q/DQ artifact the export does not make (see compile)
+            label="TensorRT",
+        ),
+        RuntimeSpec(
+            name="torch",
+            backend="runtimes.torch_backend:TorchBackend",
+            package="torch",
+            install_hint="pip install 'm2f-edge[train]'",
+            devices=("cpu", "cuda"),
+            options=frozenset({"device", "precision", "cuda_graph", "threads"}),
+            artifact_targets=(),  # runs the checkpoint's own model (compile.export.reference_model)
+            precisions=("fp32", "fp16", "bf16"),
+            device_precisions=MappingProxyType({"cpu": ("fp32",)}),
+            label="torch (eager)",
+        ),
+    )
+}
+
+TARGETS: dict[str, TargetSpec] = {
+    spec.name: spec
+    for spec in (
+        TargetSpec(
+            "jetson",
+            ("tensorrt", "torch"),
+            "cuda",
+            "fp16",
+            _frozen({"tensorrt": {"workspace_mb": 1024, "dla_core": None}}),
+            "Jetson (Orin): TensorRT FP16, engine built and cached on the device; else torch on CUDA",
+        ),
+        TargetSpec(
+            "cuda",
+            ("tensorrt", "torch", "onnxruntime"),
+            "cuda",
+            "fp16",
+            description="NVIDIA GPU: TensorRT, else torch on CUDA with CUDA graphs, else ONNX Runtime's CUDA provider",
+        ),
+        TargetSpec("cpu", ("openvino", "onnxruntime"), "cpu", "fp32", description="CPU: OpenVINO, else ONNX Runtime"),
+        TargetSpec("openvino", ("openvino",), "cpu", "fp32", description="OpenVINO on the CPU"),
+        TargetSpec("onnxruntime", ("onnxruntime",), "cpu", "fp32", description="ONNX Runtime on the CPU"),
+        TargetSpec("tensorrt", ("tensorrt",), "cuda", "fp16", description="TensorRT on an NVIDIA GPU"),
+        TargetSpec("torch", ("torch",), "cpu", "fp32", description="the PyTorch model itself (host installs)"),
+    )
+}
+AUTO_ORDER = ("jetson", "cuda", "cpu")  # what target "auto" tries, in order
+
+ARTIFACT_TARGETS: tuple[str, ...] = tuple(name for name, spec in RUNTIMES.items() if name in spec.artifact_targets)
+
+
+def runtime_spec(name: str) -> RuntimeSpec:
+    """The row of runtime ``name``; ValueError naming the known runtimes otherwise."""
+    if name not in RUNTIMES:
+        raise ValueError(f"unknown runtime {name!r}; known runtimes: {', '.join(RUNTIMES)}")
+    return RUNTIMES[name]
+
+
+def export_precisions(target: str) -> tuple[str, ...]:
+    """What ``m2f export --target target`` makes; ValueError for an unknown artifact target."""
+    if target not in ARTIFACT_TARGETS:
+        raise ValueError(f"unknown artifact target {target!r}; expected one of {', '.join(ARTIFACT_TARGETS)}")
+    return RUNTIMES[target].precisions
+
+
+def check_options(runtime: str, options: Mapping[str, Any]) -> None:
+    """Raise ValueError for an option runtime ``runtime`` does not accept, naming the ones it does."""
+    spec = runtime_spec(runtime)
+    if spec.passthrough is not None:
+        return  # the backend checks the rest against its engine object and raises on an unknown name
+    unknown = sorted(set(options) - spec.options)
+    if unknown:
+        accepted = ", ".join(sorted(spec.options))
+        raise ValueError(f"runtime {runtime!r} does not take option(s) {', '.join(unknown)}; it accepts {accepted}")
