@@ -135,15 +135,13 @@ def evaluate_by_sequence(
     model: Any, spec: dict, meta: Any, task: str, eval_resize: dict | None
 ) -> dict[str, dict[str, float]]:
     """{video sequence: metrics} for a dataset spec whose format knows sequences (CamVid, semantic folders)."""
+    from train.cross_validate import dataset_sequences
     from train.data import build_dataset
     from train.evaluation.runner import evaluate_model
 
-    dataset = build_dataset(spec)
-    if not hasattr(dataset, "sequences"):
-        raise ValueError(f"dataset format {spec.get('format')!r} does not know video sequences")
     return {
         sequence: evaluate_model(model, build_dataset({**spec, "sequences": [sequence]}), meta, task, eval_resize)
-        for sequence in sorted(dataset.sequences())
+        for sequence in dataset_sequences(spec)
     }
 
 

@@ -55,12 +55,17 @@ def hold_out(config: TrainConfig, sequence: str) -> TrainConfig:
     )
 
 
+def dataset_sequences(spec: dict[str, Any]) -> dict[str, int]:
+    """{video sequence: frames} of a dataset spec, in name order; ValueError for a format without sequences."""
+    dataset = build_dataset(spec)
+    if not hasattr(dataset, "sequences"):
+        raise ValueError(f"dataset format {spec.get('format')!r} does not know video sequences")
+    return dict(sorted(dataset.sequences().items()))
+
+
 def pool_sequences(config: TrainConfig) -> dict[str, int]:
     """{sequence: labelled frames} of the pool, in name order."""
-    dataset = build_dataset(labelled_pool(config))
-    if not hasattr(dataset, "sequences"):
-        raise ValueError(f"dataset format {config.train_data.get('format')!r} does not know video sequences")
-    return dict(sorted(dataset.sequences().items()))
+    return dataset_sequences(labelled_pool(config))
 
 
 def cross_validate(
