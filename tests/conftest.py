@@ -30,3 +30,22 @@ def _seed() -> None:
     except ImportError:
         return
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_sigchld_handler():
+    """Fail a test that leaves a process-wide SIGCHLD handler behind, and restore the default.
+
+    Iterating a multi-worker torch DataLoader installs one for the life of the process. In a test worker that had
+    also run OpenVINO, every later child-process exit (any subprocess a test starts) then risked heap corruption
+    and a segfault that took the xdist worker down (reproduced: test_backend_threads, then an in-process
+    num_workers>0 training run, then subprocess.run). Tests that train with workers do it in a child process.
+    """
+    import signal
+
+    before = signal.getsignal(signal.SIGCHLD)
+    yield
+    after = signal.getsignal(signal.SIGCHLD)
+    if after is not before:
+        signal.signal(signal.SIGCHLD, before)
+        pytest.fail(f"the test left a SIGCHLD handler installed ({after!r}); run multi-worker loaders in a child")
