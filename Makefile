@@ -20,8 +20,10 @@ install: $(STAMP)
 lint: install
 	$(PY) -m ruff check .
 
+# --max-worker-restart=0: a worker that dies ends the run naming its test (a restarted worker under
+# --dist loadfile can leave xdist waiting forever: pytest-dev/pytest-xdist#784, #1378)
 test: install lint
-	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --max-worker-restart=0 -q
 
 # the street-scene demo: DEMO_ARGS="path/to/clip.mp4 --target onnxruntime" to change source or target
 demo: install

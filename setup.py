@@ -42,6 +42,7 @@ setup(
         "dev": [
             "pytest>=8",
             "pytest-xdist>=3.5",
+            "pytest-timeout>=2.3",
             "pytest-benchmark>=4",
             "ruff>=0.6",
             "transformers>=4.45",
