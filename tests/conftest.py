@@ -10,6 +10,22 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+# Runs ``python -m MODULE ARGS`` with SIGINT raising KeyboardInterrupt even when this test process was started
+# with SIGINT ignored (a background job of a non-interactive shell: the ignore is inherited through exec, and Python
+# then keeps it), so tests that send Ctrl-C to a CLI test the CLI, not how the suite was launched.
+_INTERRUPTIBLE = (
+    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "runpy.run_module(sys.argv.pop(1), run_name='__main__', alter_sys=True)"
+)
+
+
+def interruptible(argv: list[str]) -> list[str]:
+    """``[python, "-m", module, *args]`` made to take Ctrl-C (SIGINT) however the suite was started."""
+    if argv[1] != "-m":
+        raise ValueError(f"expected [python, '-m', module, ...], got {argv[:3]}")
+    return [argv[0], "-c", _INTERRUPTIBLE, *argv[2:]]
+
+
 def data_root() -> Path:
     """The shared data folder: $M2F_DATA, else ../shared/data beside the repository."""
     return Path(os.environ.get("M2F_DATA", REPO_ROOT.parent / "shared" / "data"))

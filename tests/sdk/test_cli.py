@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from sdk.cli_predict import find_images, output_paths
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, interruptible
 
 TARGET = ("--target", "onnxruntime")
 
@@ -129,7 +129,7 @@ def test_ctrl_c_stops_the_batch_reports_and_exits_130(tmp_path):
     for i in range(30):
         _image(tmp_path / "many" / f"{i:02d}.jpg", i)
     process = subprocess.Popen(
-        [sys.executable, "-m", "sdk.cli", "predict", "many", "--out", "out", *TARGET],
+        interruptible([sys.executable, "-m", "sdk.cli", "predict", "many", "--out", "out", *TARGET]),
         cwd=tmp_path,
         env=_env(tmp_path),
         stdout=subprocess.PIPE,

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from sdk import cli
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, interruptible
 from tests.sdk.clips import header_and_decoded, over_counting_clip, write_clip
 
 SUMMARY = "mean ms per stage"  # a phrase of StreamStats.summary()
@@ -65,7 +65,9 @@ def test_ctrl_c_stops_cleanly_finishes_the_video_and_prints_the_stats(artifacts,
     clip = write_clip(tmp_path / "long.mp4", 2000)
     out = tmp_path / "out.mp4"
     argv = m2f_stream(clip, "--model", artifacts["semantic"], "--target", "onnxruntime", "--out", out, "--json")
-    process = subprocess.Popen(argv, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        interruptible(argv), env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     err_lines: list[str] = []
     writing = threading.Event()
 
@@ -82,14 +84,15 @@ def test_ctrl_c_stops_cleanly_finishes_the_video_and_prints_the_stats(artifacts,
         assert writing.wait(120), "".join(err_lines)
         time.sleep(0.3)
         process.send_signal(signal.SIGINT)
-        stdout, _ = process.communicate(timeout=60)
+        process.wait(timeout=60)
+        stdout = process.stdout.read()  # not communicate(): it would read stderr too, racing the reader thread
     finally:
         process.kill()
     reader.join(10)
     stderr = "".join(err_lines)
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
-    assert "m2f stream: interrupted after" in stderr and stderr.count(SUMMARY) == 1
+    assert "m2f stream: interrupted after" in stderr and stderr.count(SUMMARY) == 1, stderr
     figures = json.loads(stdout.strip().splitlines()[-1])
     assert figures["interrupted"] and 0 < figures["frames"] < 2000
     assert header_and_decoded(out) == (figures["written"], figures["written"])  # a finished, readable video
