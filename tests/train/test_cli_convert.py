@@ -31,3 +31,6 @@ def test_convert_lists_zoo_and_reports_errors(tmp_path, capsys):
     (tmp_path / "model_final.pkl").write_bytes(b"x")
     assert main(["convert", str(tmp_path / "model_final.pkl"), "--config", "coco-panoptc-r50", "--out", "x.pt"]) == 2
     assert "coco-panoptic-r50" in capsys.readouterr().err  # the close-name suggestion
+    # the right name and a corrupt pickle: a message, not pickle's traceback
+    assert main(["convert", str(tmp_path / "model_final.pkl"), "--config", "coco-panoptic-r50", "--out", "x.pt"]) == 2
+    assert "is not a readable detectron2 pickle" in capsys.readouterr().err

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from train.model.config import IMAGENET_MEAN, IMAGENET_STD, Mask2FormerConfig, ModelMeta
 from train.model.mask2former import Mask2Former
+from train.model.zoo import get_zoo_entry
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +92,10 @@ def _read_detectron2(path: Path, payload: Any = None) -> dict[str, Any]:
     """The state dict of an official detectron2 checkpoint (``payload``: the already loaded .pth, None for .pkl)."""
     if path.suffix == ".pkl":
         with path.open("rb") as f:
-            payload = pickle.load(f, encoding="latin1")
+            try:
+                payload = pickle.load(f, encoding="latin1")
+            except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError) as err:
+                raise ValueError(f"{path} is not a readable detectron2 pickle ({err}). {ACCEPTED}") from err
     data = payload
     if isinstance(data, dict) and "model" in data and isinstance(data["model"], dict):
         data = data["model"]
@@ -132,8 +136,6 @@ def _load_weights(model: Mask2Former, state: dict[str, Tensor], source: Path) ->
 
 def _resolve_config(config: str | Mask2FormerConfig | None, meta: ModelMeta | None, path: Path):
     if isinstance(config, str):
-        from train.model.zoo import get_zoo_entry
-
         entry = get_zoo_entry(config)
         return entry.config, meta or entry.meta
     if config is None:
@@ -215,6 +217,8 @@ def load_pretrained(
             state = dict(payload["state_dict"])
             source = "m2f"
         else:
+            if isinstance(config, str):
+                get_zoo_entry(config)  # a misspelt zoo name is reported before a large pickle is read
             official = _read_detectron2(path, payload)
             cfg, meta_ = _resolve_config(config, meta, path)
             state = state_dict_from_detectron2(official)
