@@ -26,6 +26,7 @@ setup(
             "pycocotools>=2.0.8",
             "pyyaml>=6",
             "tensorboard>=2.15",
+            "tflite>=2.10",  # pretrained weights from LiteRT files (the schema in pure Python)
             # the compiler (host side): export, simplify, quantize, gate TensorRT graphs on ONNX Runtime
             "onnx>=1.16",
             "onnxscript>=0.1",
@@ -48,6 +49,7 @@ setup(
             "transformers>=4.45",
             "matplotlib>=3.8",
             "psutil>=5.9",
+            "ai-edge-litert>=1.2",  # LiteRT's interpreter: the oracle for .tflite weights and the peer model's runtime
         ],
     },
     entry_points={"console_scripts": ["m2f=sdk.cli:main"]},

@@ -39,6 +39,19 @@ def shared_data() -> Path:
     return root
 
 
+def pretrained_root() -> Path:
+    """The shared pretrained weights (LiteRT files): $M2F_PRETRAINED, else ../shared/third_party/pretrained."""
+    return Path(os.environ.get("M2F_PRETRAINED", REPO_ROOT.parent / "shared" / "third_party" / "pretrained"))
+
+
+@pytest.fixture
+def pretrained_dir() -> Path:
+    root = pretrained_root()
+    if not root.is_dir():
+        pytest.skip(f"pretrained weights folder {root} is absent (set M2F_PRETRAINED)")
+    return root
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     try:

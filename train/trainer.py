@@ -191,6 +191,12 @@ def build_model(config: TrainConfig, dataset_meta: ModelMeta) -> tuple[Mask2Form
     if arch.num_classes != dataset_meta.num_classes:
         raise ValueError(f"model has {arch.num_classes} classes, the dataset {dataset_meta.num_classes}")
     model = Mask2Former(arch)
+    load_weights = getattr(model.backbone, "load_weights", None)  # a backbone that names a local pretrained file
+    normalisation = load_weights() if load_weights is not None else None
+    if normalisation is not None:  # the file's own input normalisation travels with its weights
+        meta = dataclasses.replace(meta, pixel_mean=normalisation[0], pixel_std=normalisation[1])
+        logger.info("backbone weights from %s (input normalisation mean %s std %s)", arch.backbone.weights,
+                    normalisation[0], normalisation[1])  # fmt: skip
     if spec.get("init"):
         source = load_pretrained(spec["init"], config=spec.get("init_config")).model.state_dict()
         own = model.state_dict()

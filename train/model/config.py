@@ -51,11 +51,16 @@ class TimmConfig:
     """Any timm model with ``features_only=True`` that has feature maps at strides 4, 8, 16, 32.
 
     ``out_indices=None`` picks them from timm's ``feature_info``; explicit indices must give exactly those strides.
+    ``weights``: a local pretrained file (``.tflite``: BatchNorm folded, TF padding; the network is built TF-style
+    to match, see ``train.model.backbones.tflite_weights``). It is read when training starts (``build_model``),
+    never when a trained checkpoint is rebuilt, so the path need not exist where the checkpoint is used.
+    ``pretrained=True`` is timm's hub download, which cannot work offline.
     """
 
     model_name: str = "resnet18"
     out_indices: tuple[int, ...] | None = None
     pretrained: bool = False
+    weights: str | None = None
     kind: str = "timm"
 
 

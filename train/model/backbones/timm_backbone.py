@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from torch import Tensor, nn
 
+from train.model.backbones.tflite_weights import TFLITE_SUFFIX, load_tflite_weights, read_tflite_weights, tf_style
 from train.model.config import TimmConfig
 
 
@@ -21,7 +24,14 @@ class TimmBackbone(nn.Module):
         if config.model_name not in timm.list_models():
             raise ValueError(f"timm has no model {config.model_name!r}")
         kwargs = {"out_indices": config.out_indices} if config.out_indices is not None else {}
+        if config.weights is not None and Path(config.weights).suffix != TFLITE_SUFFIX:
+            raise ValueError(f"backbone weights {config.weights!r}: only {TFLITE_SUFFIX} files are read")
+        if config.weights is not None and config.pretrained:
+            raise ValueError("backbone: give either weights (a local file) or pretrained=True (timm's download)")
+        self.config = config
         self.body = timm.create_model(config.model_name, features_only=True, pretrained=config.pretrained, **kwargs)
+        if config.weights is not None:
+            tf_style(self.body)  # the architecture the file's weights were trained in
         reductions = list(self.body.feature_info.reduction())
         if config.out_indices is None:  # pick the last map at each of the strides 4, 8, 16, 32
             picks = [max((i for i, r in enumerate(reductions) if r == s), default=-1) for s in self.strides]
@@ -35,6 +45,14 @@ class TimmBackbone(nn.Module):
         self.picks = picks
         channels = self.body.feature_info.channels()
         self.channels = tuple(channels[i] for i in picks)
+
+    def load_weights(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        """Load ``config.weights`` into the body; returns the (mean, std) normalisation the file expects, or None."""
+        if self.config.weights is None:
+            return None
+        weights = read_tflite_weights(self.config.weights)
+        load_tflite_weights(self.body, weights, require_all=False)  # the file's classifier head stays unused
+        return weights.pixel_mean, weights.pixel_std
 
     def forward(self, x: Tensor) -> list[Tensor]:
         features = self.body(x)
