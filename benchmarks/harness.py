@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from benchmarks.litert_peer import PEER_LABEL, default_peer_path
 from runtimes.registry import PRECISIONS, RUNTIMES, RuntimeSpec
 from sdk.sources import evenly_spaced, read_video_frames
 
@@ -73,6 +74,9 @@ _PEERS: dict[str, TargetKind] = {  # the same architecture and weights, run the 
         ("torch", "transformers", "onnxruntime", "openvino"),
         "HF → ONNX → OpenVINO",
     ),
+    # what a street-scene user would pick instead: an off-the-shelf int8 model (benchmarks.litert_peer); its
+    # classes are mapped onto CamVid's, so it joins evaluations with CamVid's classes only
+    "litert-deeplab": TargetKind("litert", "litert", ("cpu",), {"cpu": ("int8",)}, ("ai_edge_litert",), PEER_LABEL),
 }
 # target name -> kind: the reference (our torch) first, then the peers, then our other runtimes in table order
 TARGETS: dict[str, TargetKind] = {
@@ -108,6 +112,7 @@ class BenchmarkOptions:
     seed: int = 0
     cache: Path | None = None
     timeout_s: float = 3600.0
+    peer_model: Path = field(default_factory=default_peer_path)  # the LiteRT peer's .tflite
     profile: bool = False
     stream: bool = True
     title: str | None = None
@@ -183,7 +188,7 @@ def row_id(name: str, device: str, precision: str) -> str:
     ``m2f-torch-cuda-fp16``."""
     kind = TARGETS[name]
     where = "" if device == kind.devices[0] else f"-{device}"
-    return f"{kind.family}-{name.removeprefix('hf-')}{where}-{precision}"
+    return f"{kind.family}-{name.removeprefix(kind.family + '-')}{where}-{precision}"
 
 
 def plan_rows(targets: Sequence[str] | None, precisions: Sequence[str] | None) -> list[dict]:
@@ -359,6 +364,8 @@ def run_benchmark(opts: BenchmarkOptions) -> list[dict]:
     )
     if evaluation["has_labels"] and not match:
         logger.warning("no mIoU: the model has %d classes, the dataset %d", num_classes, len(evaluation["class_names"]))
+    if opts.targets is None and not _camvid_classes(evaluation["class_names"]):
+        rows = [row for row in rows if row["family"] != "litert"]  # the peer's classes map onto CamVid's only
     calib = opts.calib
     if calib is None and opts.data is not None and _detect_format(opts.data, "train") == "camvid":
         calib = opts.data / "train"
@@ -379,6 +386,8 @@ def run_benchmark(opts: BenchmarkOptions) -> list[dict]:
         "num_classes_match": match,
         "stream": opts.stream,
         "profile": opts.profile,
+        "class_names": evaluation["class_names"],
+        "peer_model": str(opts.peer_model),
     }
     artifacts = cache / "artifacts" / key
     results = []
@@ -409,6 +418,16 @@ def run_benchmark(opts: BenchmarkOptions) -> list[dict]:
     return results
 
 
+def _camvid_classes(class_names: Sequence[str] | None) -> bool:
+    from benchmarks.litert_peer import PeerNotAvailable, camvid_lookup
+
+    try:
+        camvid_lookup(list(class_names or ()))
+    except PeerNotAvailable:
+        return False
+    return True
+
+
 def _num_classes(checkpoint: str) -> int:
     import torch
 
@@ -425,6 +444,8 @@ def _run_row(
         return {"error": why}
     if row["family"] == "hf" and not model.get("hf_dir"):
         return {"error": model.get("peer_error", "no HF model for this --model")}
+    if row["family"] == "litert" and not _camvid_classes(common["class_names"]):
+        return {"error": "the Cityscapes peer maps onto CamVid's 11 classes: evaluate on CamVid-labelled frames"}
     spec = {**common, "row": row, "write_reference": (row["target"], row["device"], row["precision"]) == REFERENCE}
     size = "x".join(map(str, opts.input_size))
     extra: dict[str, Any] = {}

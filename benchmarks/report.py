@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 BASELINE = "hf-eager-fp32"
 SECOND_BASELINE = "hf-openvino-fp32"
+PEER_BASELINE = "litert-deeplab-int8"  # the off-the-shelf street model (benchmarks.litert_peer)
 FIGURES = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "cpu_ms", "fps", "stream_fps", "peak_rss_mb", "rss_delta_mb")
 CSV_COLUMNS = (
     "id",
@@ -44,6 +45,8 @@ CSV_COLUMNS = (
     "p50_speedup_vs_hf_openvino",
     "mIoU_minus_hf_eager",
     "agreement_minus_hf_eager",
+    "p50_speedup_vs_litert_peer",
+    "mIoU_minus_litert_peer",
     "exporter",
     "ov_inference_precision",
     "load_avg_1min",
@@ -84,7 +87,7 @@ def environment(threads: int) -> dict[str, Any]:
 def add_ratios(rows: list[dict]) -> None:
     """Fill ``<figure>_vs_hf_eager`` (row / HF eager) and the p50 speed-ups (baseline / row) in place."""
     by_id = {r["id"]: r for r in rows if "error" not in r}
-    base, second = by_id.get(BASELINE), by_id.get(SECOND_BASELINE)
+    base, second, peer = by_id.get(BASELINE), by_id.get(SECOND_BASELINE), by_id.get(PEER_BASELINE)
     for row in rows:
         row["status"] = "error" if "error" in row else "ok"
         if "error" in row:
@@ -99,6 +102,10 @@ def add_ratios(rows: list[dict]) -> None:
         for key in ("mIoU", "agreement"):
             if base and _num(row.get(key)) and _num(base.get(key)):
                 row[f"{key}_minus_hf_eager"] = row[key] - base[key]
+        if peer and _num(peer.get("p50_ms")):
+            row["p50_speedup_vs_litert_peer"] = peer["p50_ms"] / row["p50_ms"]
+        if peer and _num(row.get("mIoU")) and _num(peer.get("mIoU")):
+            row["mIoU_minus_litert_peer"] = row["mIoU"] - peer["mIoU"]
 
 
 def _num(value: Any) -> bool:
@@ -128,6 +135,13 @@ def _notes(row: dict) -> str:
     return "; ".join(notes)
 
 
+def _vs_peer(row: dict) -> str:
+    if row.get("p50_speedup_vs_litert_peer") is None or row["id"] == PEER_BASELINE:
+        return "–"
+    delta = row.get("mIoU_minus_litert_peer")
+    return f"{row['p50_speedup_vs_litert_peer']:.2f}×" + (f", {delta:+.2f}" if isinstance(delta, float) else "")
+
+
 def _one_line(text: str, limit: int) -> str:
     line = " ".join(re.sub(r"Exception from src/\S+:\d+:", "", str(text)).split())
     return (line[: limit - 1] + "…") if len(line) > limit else line
@@ -137,9 +151,10 @@ def markdown_table(rows: Sequence[dict]) -> str:
     """The performance table (one line per row; errors in the notes column)."""
     header = (
         "| runtime | precision | p50 ms | p90 ms | p99 ms | CPU s / frame | FPS | stream FPS | peak RSS MB (Δ) "
-        "| agreement % | mIoU | speed-up vs HF eager | vs HF→OpenVINO | memory vs HF eager | notes |"
+        "| agreement % | mIoU | speed-up vs HF eager | vs HF→OpenVINO | memory vs HF eager "
+        "| vs LiteRT peer: speed-up, mIoU ± | notes |"
     )
-    lines = [header, "|" + "---|" * 15]
+    lines = [header, "|" + "---|" * 16]
     for r in rows:
         ok = "error" not in r
         memory = f"{_f(r.get('peak_rss_mb'), '.0f')} ({_f(r.get('rss_delta_mb'), '.0f')})" if ok else "–"
@@ -161,6 +176,7 @@ def markdown_table(rows: Sequence[dict]) -> str:
                     _f(r.get("p50_speedup_vs_hf_eager"), ".2f", "×"),
                     _f(r.get("p50_speedup_vs_hf_openvino"), ".2f", "×"),
                     _f(r.get("rss_delta_mb_vs_hf_eager"), ".2f", "×"),
+                    _vs_peer(r),
                     _notes(r),
                 ]
             )

@@ -264,6 +264,12 @@ def build_pipeline(spec: dict) -> tuple[Any, dict]:
                     raise RuntimeError(f"OpenVINO ran the {row['precision']} artifact in {got} (this CPU lacks {want})")
         facts.update(runtime=segmenter.runtime, device=segmenter.device, run_precision=segmenter.precision)
         return _SegmenterPipeline(segmenter), facts
+    if row["family"] == "litert":
+        from benchmarks.litert_peer import LiteRtDeepLab
+
+        peer = LiteRtDeepLab(spec["peer_model"], spec["class_names"], threads=threads)
+        facts.update(runtime="litert", device="cpu", run_precision="int8", peer_model=spec["peer_model"])
+        return peer, facts
 
     import torch
 
@@ -423,7 +429,9 @@ def _preimport(row: dict) -> None:
         import train.model  # noqa: F401
     if row["family"] == "hf":
         import transformers  # noqa: F401
-    if row["runtime"] in ("openvino", "onnxruntime"):
+    if row["family"] == "litert":
+        import ai_edge_litert.interpreter  # noqa: F401
+    elif row["runtime"] in ("openvino", "onnxruntime"):
         import importlib
 
         importlib.import_module(row["runtime"])
@@ -444,6 +452,8 @@ def _profile(spec: dict, pipeline: Any, frame: np.ndarray) -> dict:
     from sdk.preprocess import fit_to_input
 
     row, threads = spec["row"], int(spec["threads"])
+    if row["family"] == "litert":
+        raise NotImplementedError("no per-op profile of the LiteRT peer")
     if row["family"] == "m2f":
         segmenter = pipeline.segmenter
         feed = {segmenter.input_name: fit_to_input(frame, segmenter.metadata["input"])[0][None]}

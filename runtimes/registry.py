@@ -46,6 +46,9 @@ class RuntimeSpec:
     label: str  # for tables and reports
     device_precisions: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
     passthrough: str | None = None
+    # fastest first, on a CPU: (precision, the runtimes.cpu_features.CpuFeatures flag it needs to be fast, "" for
+    # none). A profile given no precision runs the first whose artifact passed the gate (sdk.targets).
+    cpu_speed_order: tuple[tuple[str, str], ...] = (("fp32", ""),)
 
     @property
     def module(self) -> str:
@@ -91,6 +94,8 @@ RUNTIMES: dict[str, RuntimeSpec] = {
             precisions=("fp32", "int8"),
             label="ONNX Runtime",
             passthrough="onnxruntime.SessionOptions attributes",
+            # its u8 x s8 kernels need VNNI to beat fp32 (7-bit weights keep them exact without it, not fast)
+            cpu_speed_order=(("int8", "vnni"), ("fp32", "")),
         ),
         RuntimeSpec(
             name="openvino",
@@ -102,6 +107,14 @@ RUNTIMES: dict[str, RuntimeSpec] = {
             artifact_targets=("openvino", "onnxruntime"),
             precisions=("fp32", "fp16", "bf16", "int8"),
             label="OpenVINO",
+            # AMX runs int8 and bf16 tiles; without AMX, AVX512-BF16 and VNNI (README: "Precision by default")
+            cpu_speed_order=(
+                ("int8", "amx_int8"),
+                ("bf16", "amx_bf16"),
+                ("int8", "vnni"),
+                ("bf16", "avx512_bf16"),
+                ("fp32", ""),
+            ),
         ),
         RuntimeSpec(
             name="tensorrt",

@@ -26,7 +26,7 @@ from runtimes.registry import RUNTIMES, TARGETS, TargetSpec, export_precisions
 from sdk.postprocess import postprocess
 from sdk.preprocess import Geometry, as_bgr, fit_to_input
 from sdk.results import SegmentationResult
-from sdk.targets import resolve_target
+from sdk.targets import PrecisionChoice, choose_precision, resolve_target
 
 if TYPE_CHECKING:
     from sdk.sources import Source
@@ -43,15 +43,55 @@ def cache_dir() -> Path:
     return Path(os.environ.get("M2F_CACHE", Path.home() / ".cache" / "m2f"))
 
 
-def default_model(precision: str) -> Path:
-    """The packaged default artifact for a precision (falls back to fp32)."""
-    for name in (f"default_{precision}.onnx", "default_fp32.onnx"):
-        path = DEFAULT_MODELS_DIR / name
-        if path.exists():
-            return path
-    raise FileNotFoundError(
-        f"no default model is packaged in this build ({DEFAULT_MODELS_DIR}): pass model=<artifact .onnx or checkpoint>"
-    )
+def packaged_artifacts() -> list[tuple[Path, dict]]:
+    """(path, metadata) of every artifact packaged in ``sdk/models``, by file name."""
+    found = [(path, read_metadata(path)) for path in sorted(DEFAULT_MODELS_DIR.glob("*.onnx"))]
+    if not found:
+        raise FileNotFoundError(
+            f"no default model is packaged in this build ({DEFAULT_MODELS_DIR}): pass model=<artifact .onnx or "
+            "checkpoint>"
+        )
+    return found
+
+
+def default_model(precision: str, runtime: str = "openvino") -> Path:
+    """The packaged artifact ``runtime`` runs ``precision`` from (see :func:`artifact_for`)."""
+    return artifact_for(packaged_artifacts(), runtime, precision)
+
+
+def artifact_for(artifacts: list[tuple[Path, dict]], runtime: str, precision: str) -> Path:
+    """The artifact to run ``precision`` from: one made at that precision (compiled for ``runtime`` first), else an
+    fp32 one (runtimes with a ``precision`` option lower it), else the first ``runtime`` opens."""
+    opens = [(path, meta) for path, meta in artifacts if meta["target"] in RUNTIMES[runtime].artifact_targets]
+    if not opens:
+        raise ValueError(f"none of {[str(p) for p, _ in artifacts]} can be opened by {runtime}")
+
+    def rank(item: tuple[Path, dict]) -> tuple[int, int]:
+        meta = item[1]
+        return (0 if meta["precision"] == precision else 1 if meta["precision"] == "fp32" else 2,
+                0 if meta["target"] == runtime else 1)  # fmt: skip
+
+    return min(opens, key=rank)[0]
+
+
+def gated_offers(artifacts: list[tuple[Path, dict]], runtime: str) -> dict[str, Path]:
+    """precision -> artifact, for each precision whose accuracy gate passed for ``runtime``.
+
+    An artifact offers its own precision when its metadata carries the gate's record (an export whose gate fails
+    is never written); an int8 artifact only to the runtime it was quantised for (NNCF's Q/DQ layout runs slower
+    than fp32 on ONNX Runtime, ORT's is not what OpenVINO fuses best). An fp32 artifact also offers the
+    precisions the gate verified the runtime lowering it to (``verified_precisions``, e.g. OpenVINO bf16).
+    """
+    offers: dict[str, Path] = {}
+    for path, meta in sorted(artifacts, key=lambda item: item[1]["target"] != runtime):
+        if meta["target"] not in RUNTIMES[runtime].artifact_targets or "accuracy" not in meta:
+            continue
+        if meta["precision"] != "int8" or meta["target"] == runtime:
+            offers.setdefault(meta["precision"], path)
+        for lowered, record in (meta.get("verified_precisions") or {}).items():
+            if record.get("runtime") == runtime:
+                offers.setdefault(lowered, path)
+    return offers
 
 
 def _host(module: str) -> Any:
@@ -93,19 +133,21 @@ class Segmenter:
         if "cache_dir" in RUNTIMES[runtime].options:
             backend_options.setdefault("cache_dir", str(cache_dir() / runtime))
         check_options(runtime, backend_options)  # before any compilation: a wrong option fails fast
-        wanted = precision or spec.precision
         if runtime == "torch":  # resolve_target chose it for a checkpoint
             if model is None:
                 raise ValueError("the torch target runs a checkpoint: pass model=<checkpoint .pt>")
             module, metadata = _host("compile.export").reference_model(Path(model), task, input_size)
             _set_precision(backend_options, precision, spec.precision, metadata["precision"])
             backend = _host("runtimes.torch_backend").TorchBackend.from_module(module, metadata, **backend_options)
+            choice = PrecisionChoice(precision or spec.precision, Path(model), _asked(precision, spec))
         else:
-            artifact = self._artifact(model, runtime, wanted, input_size)
-            artifact_precision = read_metadata(artifact)["precision"]
+            choice = self._choose(model, runtime, precision, spec, input_size)
+            artifact_precision = read_metadata(choice.artifact)["precision"]
             if "precision" in RUNTIMES[runtime].options:
-                _set_precision(backend_options, precision, spec.precision, artifact_precision)
-            backend = load_backend(runtime, artifact, **backend_options)
+                _set_precision(backend_options, choice.precision, spec.precision, artifact_precision)
+            backend = load_backend(runtime, choice.artifact, **backend_options)
+        self.model_path = choice.artifact
+        self.precision_reason = choice.reason
         self._attach(backend, task, spec, backend_options.get("device", spec.device))
         if precision and precision != self.precision:
             logger.warning("asked for %s, but %s runs this %s artifact as %s", precision, runtime,
@@ -139,21 +181,41 @@ class Segmenter:
                     self.precision)  # fmt: skip
 
     # ------------------------------------------------------------------ model resolution
-    def _artifact(
-        self, model: str | Path | None, runtime: str, precision: str, input_size: tuple[int, int] | None
-    ) -> Path:
+    def _choose(
+        self,
+        model: str | Path | None,
+        runtime: str,
+        precision: str | None,
+        spec: TargetSpec,
+        input_size: tuple[int, int] | None,
+    ) -> PrecisionChoice:
+        """The artifact and precision to run: as asked; else on a CPU the fastest gated one (``choose_precision``);
+        else the profile's precision. A checkpoint is compiled at the asked or the profile's precision."""
         if model is None:
-            return default_model(precision)
-        path = Path(model)
-        if not path.exists():
-            raise FileNotFoundError(f"no model at {path}")
-        if path.suffix == ".onnx":
-            return path  # read_metadata names a directory or damaged file
-        if path.is_dir():
-            raise ValueError(f"{path} is a directory: pass an artifact (.onnx) or a checkpoint file inside it")
-        if path.suffix not in CHECKPOINT_SUFFIXES:
-            raise ValueError(f"{path}: expected an artifact (.onnx) or a checkpoint ({', '.join(CHECKPOINT_SUFFIXES)})")
-        return _compile(path, runtime, precision, input_size)
+            artifacts = packaged_artifacts()
+        else:
+            path = Path(model)
+            if not path.exists():
+                raise FileNotFoundError(f"no model at {path}")
+            if path.is_dir():
+                raise ValueError(f"{path} is a directory: pass an artifact (.onnx) or a checkpoint file inside it")
+            if path.suffix != ".onnx":
+                if path.suffix not in CHECKPOINT_SUFFIXES:
+                    raise ValueError(
+                        f"{path}: expected an artifact (.onnx) or a checkpoint ({', '.join(CHECKPOINT_SUFFIXES)})"
+                    )
+                wanted = precision or spec.precision
+                return PrecisionChoice(wanted, _compile(path, runtime, wanted, input_size), _asked(precision, spec))
+            artifacts = [(path, read_metadata(path))]  # names a damaged file or a foreign model
+        if precision is not None:
+            return PrecisionChoice(precision, artifact_for(artifacts, runtime, precision), "asked for")
+        offers = gated_offers(artifacts, runtime)
+        if spec.device == "cpu" and offers:
+            return choose_precision(runtime, offers)
+        return PrecisionChoice(
+            spec.precision, artifact_for(artifacts, runtime, spec.precision),
+            _asked(None, spec) + ("" if offers else " (no artifact with a passed accuracy gate to choose from)"),
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ stages (used by stream())
     def prepare(self, frame: np.ndarray) -> tuple[dict[str, np.ndarray], tuple[Geometry, dict[str, float]]]:
@@ -210,6 +272,16 @@ class Segmenter:
     def close(self) -> None:
         self.backend.close()
 
+    def __repr__(self) -> str:
+        size = self.metadata["input"].get("size")
+        model = getattr(self, "model_path", None)
+        return (
+            f"Segmenter(profile={self.target.name!r}, runtime={self.runtime!r}, device={self.device!r}, "
+            f"precision={self.precision!r}, model={model.name if model else None!r}, "
+            f"input={'x'.join(map(str, size)) if size else 'dynamic'}, task={self.task!r}; "
+            f"precision: {getattr(self, 'precision_reason', 'set by the caller of from_backend')})"
+        )
+
     def __enter__(self) -> Segmenter:
         return self
 
@@ -218,15 +290,21 @@ class Segmenter:
 
 
 def _artifact_target(model: str | Path | None) -> str | None:
-    """What ``model`` was compiled for (the packaged default when None); None for a checkpoint, or a file the
-    backend will refuse with its own message."""
+    """What ``model`` was compiled for (the packaged fp32 artifact's target when None); None for a checkpoint, or a
+    file the backend will refuse with its own message."""
     try:
-        path = default_model("fp32") if model is None else Path(model)
+        if model is None:
+            return next(meta["target"] for _, meta in packaged_artifacts() if meta["precision"] == "fp32")
+        path = Path(model)
         if path.suffix in CHECKPOINT_SUFFIXES or not path.is_file():
             return None
         return read_metadata(path, validate=False).get("target")
-    except (FileNotFoundError, ValueError, OSError):
+    except (FileNotFoundError, ValueError, OSError, StopIteration):
         return None
+
+
+def _asked(precision: str | None, spec: TargetSpec) -> str:
+    return "asked for" if precision else f"profile {spec.name}'s default"
 
 
 def _compile(checkpoint: Path, runtime: str, precision: str, input_size: tuple[int, int] | None) -> Path:

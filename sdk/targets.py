@@ -11,12 +11,24 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from runtimes import available_runtimes, device_unavailable
+from runtimes.cpu_features import FEATURE_NAMES, CpuFeatures, cpu_features
 from runtimes.registry import AUTO_ORDER, RUNTIMES, TARGETS, TargetSpec
 
-__all__ = ["AUTO_ORDER", "TARGETS", "Target", "TargetNotAvailable", "resolve_target", "runtime_usable"]
+__all__ = [
+    "AUTO_ORDER",
+    "TARGETS",
+    "PrecisionChoice",
+    "Target",
+    "TargetNotAvailable",
+    "choose_precision",
+    "resolve_target",
+    "runtime_usable",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -35,18 +47,6 @@ def is_jetson() -> bool:
 def has_cuda_device() -> bool:
     """An NVIDIA GPU is visible (driver device node or nvidia-smi), without importing any framework."""
     return Path("/dev/nvidia0").exists() or Path("/dev/nvhost-gpu").exists() or shutil.which("nvidia-smi") is not None
-
-
-def cpu_flags() -> set[str]:
-    """CPU feature flags (Linux), e.g. to choose BF16/INT8 where AMX/VNNI exist."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
 
 
 def runtime_usable(runtime: str, device: str) -> str | None:
@@ -98,3 +98,42 @@ def resolve_target(name: str, artifact_target: str | None = None) -> tuple[Targe
             return target, runtime
         reasons.append(why)
     raise TargetNotAvailable(f"target {name!r} cannot run here: " + "; ".join(reasons))
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """What to run at, from which artifact, and why (shown by ``Segmenter``'s repr and ``m2f info``)."""
+
+    precision: str
+    artifact: Path | None
+    reason: str
+
+
+def choose_precision(runtime: str, offers: Mapping[str, Path], features: CpuFeatures | None = None) -> PrecisionChoice:
+    """The fastest precision on this CPU among ``offers`` (precision -> an artifact whose gate passed at it).
+
+    Walks the runtime's ``cpu_speed_order`` (``runtimes.registry``): the first precision that is offered and whose
+    CPU feature is present wins; the reason names the CPU, what it has, and the faster choices passed over.
+    """
+    if not offers:
+        raise ValueError(f"no gated artifact to choose a precision from for {runtime}")
+    features = features or cpu_features()
+    needs: dict[str, list[str]] = {}  # faster precisions offered, and the features they would need
+    unoffered: list[str] = []
+    for precision, flag in RUNTIMES[runtime].cpu_speed_order:
+        if flag and not getattr(features, flag):
+            if precision in offers:
+                needs.setdefault(precision, []).append(FEATURE_NAMES.get(flag, flag))
+            continue
+        if precision not in offers:
+            if precision != "fp32" and precision not in unoffered:
+                unoffered.append(precision)
+            continue
+        passed = [f"{p} needs {' or '.join(flags)}" for p, flags in needs.items()]
+        passed += [f"no gated {p} artifact" for p in unoffered]
+        why = f"fastest gated precision for {runtime} on {features.describe()}"
+        if passed:
+            why += f" ({'; '.join(passed)})"
+        return PrecisionChoice(precision, offers[precision], why)
+    precision = next(iter(offers))  # nothing in the speed order is offered: run what there is
+    return PrecisionChoice(precision, offers[precision], f"the only gated precision offered to {runtime}")
