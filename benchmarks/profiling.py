@@ -1,124 +1,15 @@
-"""Where the time goes: per-op-type profiles of one model on OpenVINO, ONNX Runtime or eager torch.
-
-Each function runs the model ``runs`` times after one warm-up and returns the same shape of result::
-
-    {"engine": ..., "per_inference_ms": float, "ops": [{"op", "ms", "share", "count", "exec"}...],
-     "nodes": [{"name", "op", "ms"}...]}
-
-``ms`` are per inference (summed over the nodes of that type), ``share`` is of the profiled total. Sessions are
-separate from the timed ones, so the profiling overhead never reaches the latency figures.
+"""Where the time goes: per-op-type profiles of one model on OpenVINO, ONNX Runtime (``runtimes.profiling``, the
+engines' own profilers) or eager torch (``torch.profiler``), all in the same result shape.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import tempfile
-from collections import Counter, defaultdict
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-import numpy as np
+from runtimes.profiling import profile_onnxruntime, profile_openvino, summarise
 
-logger = logging.getLogger(__name__)
-
-TOP_OPS = 12
-TOP_NODES = 10
-
-
-def _summarise(
-    engine: str, per_node: list[tuple[str, str, float, str]], runs: int, wall_ms: float | None = None
-) -> dict[str, Any]:
-    """(name, op type, total µs over ``runs``, exec type) per node -> the profile dict."""
-    by_op: dict[str, float] = defaultdict(float)
-    count: Counter[str] = Counter()
-    execs: dict[str, Counter[str]] = defaultdict(Counter)
-    by_node: dict[tuple[str, str], float] = defaultdict(float)
-    for name, op, us, exec_type in per_node:
-        by_op[op] += us
-        count[op] += 1
-        if exec_type:
-            execs[op][exec_type] += 1
-        by_node[(name, op)] += us
-    total = sum(by_op.values()) or 1.0
-    ops = [
-        {
-            "op": op,
-            "ms": us / runs / 1000,
-            "share": us / total,
-            "count": count[op] // runs if count[op] >= runs else count[op],
-            "exec": ", ".join(e for e, _ in execs[op].most_common(2)),
-        }
-        for op, us in sorted(by_op.items(), key=lambda kv: -kv[1])[:TOP_OPS]
-    ]
-    nodes = [
-        {"name": name, "op": op, "ms": us / runs / 1000}
-        for (name, op), us in sorted(by_node.items(), key=lambda kv: -kv[1])[:TOP_NODES]
-    ]
-    result = {"engine": engine, "per_inference_ms": total / runs / 1000, "ops": ops, "nodes": nodes}
-    if wall_ms is not None:
-        result["wall_ms"] = wall_ms
-    return result
-
-
-def profile_openvino(
-    model_path: str | Path, feed: dict[str, np.ndarray], precision_hint: str, threads: int | None, runs: int = 3
-) -> dict[str, Any]:
-    """OpenVINO CPU per-node execution times (``PERF_COUNT``), aggregated by the executed layer type."""
-    import openvino as ov
-
-    config: dict[str, Any] = {
-        "INFERENCE_PRECISION_HINT": precision_hint,
-        "PERFORMANCE_HINT": "LATENCY",
-        "PERF_COUNT": True,
-    }
-    if threads:
-        config["INFERENCE_NUM_THREADS"] = int(threads)
-    compiled = ov.Core().compile_model(str(model_path), "CPU", config)
-    request = compiled.create_infer_request()
-    request.infer(feed)
-    per_node = []
-    for _ in range(runs):
-        request.infer(feed)
-        for info in request.get_profiling_info():
-            if info.status != info.Status.EXECUTED:
-                continue
-            per_node.append((info.node_name, info.node_type, info.real_time.total_seconds() * 1e6, info.exec_type))
-    return _summarise(f"openvino {ov.get_version().split('-')[0]} ({precision_hint})", per_node, runs)
-
-
-def profile_onnxruntime(
-    model_path: str | Path, feed: dict[str, np.ndarray], threads: int | None, runs: int = 3
-) -> dict[str, Any]:
-    """ONNX Runtime's profiling JSON (kernel time per node), aggregated by op type."""
-    import onnxruntime as ort
-
-    with tempfile.TemporaryDirectory() as tmp:
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            options.intra_op_num_threads = int(threads)
-        options.enable_profiling = True
-        options.profile_file_prefix = str(Path(tmp) / "ort")
-        session = ort.InferenceSession(str(model_path), sess_options=options, providers=["CPUExecutionProvider"])
-        session.run(None, feed)  # warm-up: also profiled, skipped below by counting runs
-        for _ in range(runs):
-            session.run(None, feed)
-        events = json.loads(Path(session.end_profiling()).read_text())
-    nodes = [e for e in events if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")]
-    runs_seen = [e for e in events if e.get("name") == "model_run"]
-    skip = len(nodes) // len(runs_seen) if runs_seen else 0  # the warm-up's nodes come first
-    per_node = [
-        (
-            e["name"].removesuffix("_kernel_time"),
-            e["args"].get("op_name", "?"),
-            float(e["dur"]),
-            e["args"].get("provider", ""),
-        )
-        for e in nodes[skip:]
-    ]
-    return _summarise(f"onnxruntime {ort.__version__}", per_node, runs)
+__all__ = ["profile_onnxruntime", "profile_openvino", "profile_torch"]
 
 
 def profile_torch(call: Callable[[], Any], runs: int = 1) -> dict[str, Any]:
@@ -136,7 +27,7 @@ def profile_torch(call: Callable[[], Any], runs: int = 1) -> dict[str, Any]:
         if evt.self_cpu_time_total > 0
     ]
     # key_averages already sums over calls: one "node" per op; counts come from the averages
-    result = _summarise(f"torch {torch.__version__} eager", per_node, runs)
+    result = summarise(f"torch {torch.__version__} eager", per_node, runs)
     calls = {evt.key: evt.count // max(runs, 1) for evt in prof.key_averages()}
     for op in result["ops"]:
         op["count"] = calls.get(op["op"], op["count"])

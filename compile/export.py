@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import onnx
 
-from compile.gate import GateImage, gate_image, run_gate
+from compile.gate import GateError, GateImage, check_int8_execution, gate_image, run_gate
 from compile.onnx_export import DEFAULT_OPSET, INPUT_NAME, OUTPUTS, DeployableMask2Former, export_onnx
 from runtimes import Backend, load_backend
 from runtimes.artifact import ARTIFACT_FORMAT_VERSION, write_metadata
@@ -266,11 +266,38 @@ def export(
             metadata["accuracy"] = run_gate(reference, backend, gate_set, precision, max_drop)
         finally:
             backend.close()
+        if precision == "int8":  # the gate's accuracy is worth nothing if the file still computes in float
+            metadata["accuracy"]["int8_execution"] = check_int8_execution(target, str(out), gate_set[0].image)
+        lowered = _verify_lowered(target, precision, out, reference, gate_set, max_drop)
+        if lowered:
+            metadata["verified_precisions"] = lowered
         _write(out, metadata)
     else:
         logger.warning("no gate images (pass --calib or --val-data): %s is not verified against torch", out)
     logger.info("wrote %s (%s, %s, %s)", out, target, precision, task)
     return out
+
+
+def _verify_lowered(
+    target: str, precision: str, path: Path, reference: DeployableMask2Former, images: list, max_drop: float
+) -> dict:
+    """Gate records of the precisions the runtime can lower this fp32 artifact to on this CPU (OpenVINO bf16 where
+    the CPU computes bf16 natively), so ``Segmenter`` may pick them by default; a lowering over budget is logged and
+    left out, never a failed export."""
+    from runtimes.cpu_features import cpu_features
+
+    features = cpu_features()
+    if target != "openvino" or precision != "fp32" or not features.native_bf16:
+        return {}
+    backend = load_backend(target, path, precision="bf16")
+    try:
+        record = run_gate(reference, backend, images, "bf16", max_drop)
+    except GateError as err:
+        logger.warning("bf16 on OpenVINO not verified for %s: %s", path, err)
+        return {}
+    finally:
+        backend.close()
+    return {"bf16": {**record, "runtime": target, "cpu": features.describe()}}
 
 
 def _check_tensorrt_rules(path: Path) -> None:

@@ -26,6 +26,12 @@ from train.model.inference import semantic_labels
 logger = logging.getLogger(__name__)
 
 FP32_MIN_AGREEMENT = 0.999
+# An int8 artifact must spend at least this share of its profiled kernel time in int8 kernels on its own runtime,
+# else it is an fp32 model with conversions (quantised ops not fused): refused. Measured (2-core AMD EPYC, AVX512
+# VNNI): OpenVINO 28.7 % (ResNet-18 CamVid default), 31.1 % (MobileNetV2 360x480), 37.6 % (the tests' tiny model),
+# 0.9 % for an fp32 file; ONNX Runtime 25.1 % (MobileNetV2), 11.7 % (tiny), 2.2 % for NNCF's int8 file. The ops
+# that stay float (deformable sampling, softmax, norms, the resize/argmax tail) bound what Mask2Former reaches.
+INT8_SHARE_FLOOR = {"openvino": 0.15, "onnxruntime": 0.06}
 
 
 class GateError(RuntimeError):
@@ -109,5 +115,35 @@ def run_gate(
             f"{precision} artifact loses {result['drop']:.2f} mIoU ({result['reference']:.2f} -> "
             f"{result['artifact']:.2f}), over the budget of {drop_budget:.2f}: calibrate on more or better images, "
             "exclude more layers from quantization, or raise --max-drop"
+        )
+    return result
+
+
+def check_int8_execution(target: str, path: str, image: np.ndarray, floor: float | None = None) -> dict:
+    """Profile the int8 artifact at ``path`` on its runtime with one model-input-sized BGR ``image``; returns
+    ``{"int8_share", "profiled_ms", "engine"}`` and raises :class:`GateError` below ``floor``
+    (default ``INT8_SHARE_FLOOR[target]``)."""
+    from runtimes import profiling
+
+    feed = {INPUT_NAME: image[None]}
+    if target == "openvino":
+        profile = profiling.profile_openvino(path, feed, "f32", threads=None, runs=2)
+    elif target == "onnxruntime":
+        profile = profiling.profile_onnxruntime(path, feed, threads=None, runs=2)
+    else:
+        raise ValueError(f"no int8 execution check for target {target!r}")
+    result = {
+        "int8_share": round(profile["int8_share"], 4),
+        "profiled_ms": round(profile["per_inference_ms"], 1),
+        "engine": profile["engine"],
+    }
+    floor = INT8_SHARE_FLOOR[target] if floor is None else floor
+    logger.info("int8 execution on %s: %.1f%% of kernel time in int8 kernels", target, 100 * profile["int8_share"])
+    if profile["int8_share"] < floor:
+        float_ops = ", ".join(f"{o['op']} {o['ms']:.1f} ms ({o['exec']})" for o in profile["ops"][:5])
+        raise GateError(
+            f"int8 artifact {path} spends {100 * profile['int8_share']:.1f}% of its time on {profile['engine']} in "
+            f"int8 kernels (floor {100 * floor:.0f}%): its quantised operators are not fused, so it runs as fp32 "
+            f"with extra conversions. Top ops: {float_ops}"
         )
     return result

@@ -26,7 +26,10 @@ Schema, ``format_version`` 1 (every field required unless marked optional)::
     source          {checkpoint_sha256: str | null, name: str}
     outputs         {output name: what it means, ...}
     inference       {object_mask_threshold: float, overlap_threshold: float, topk_per_image: int}
-    accuracy        optional dict, written by the compiler's parity/accuracy gate
+    accuracy        optional dict, written by the compiler's parity/accuracy gate (for int8 also
+                    ``int8_execution``: the share of profiled kernel time in int8 kernels on the target runtime)
+    verified_precisions  optional {precision: gate record + "runtime" + "cpu"}: lower precisions the gate verified
+                    the runtime running this fp32 artifact at (OpenVINO bf16), offered by ``Segmenter`` by default
 
 Reading needs no ``onnx`` package: :func:`read_metadata` walks the protobuf wire format and skips the graph, so
 an edge install with only a runtime can read a large artifact in microseconds.
@@ -140,6 +143,10 @@ _FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
 _OPTIONAL: dict[str, tuple[Callable[[Any], bool], str]] = {
     "accuracy": (lambda x: isinstance(x, dict), "an object"),
     "weight_storage": _one_of("fp16", "int8", "fp32", "bf16"),
+    "verified_precisions": (
+        lambda x: isinstance(x, dict) and all(k in PRECISIONS and isinstance(v, dict) for k, v in x.items()),
+        "an object {precision: gate record}",
+    ),
 }
 REQUIRED_FIELDS: tuple[str, ...] = tuple(_FIELDS)
 

@@ -71,12 +71,24 @@ def info() -> dict[str, object]:
             versions[name] = getattr(importlib.import_module(name), "__version__", "unknown")
         except Exception as err:  # a broken install is still worth reporting, not crashing on
             versions[name] = f"error: {err}"
+    from runtimes.cpu_features import cpu_features
+    from sdk.segmenter import choose_artifact
+
+    versions["cpu"] = cpu_features().describe()
     targets = {}
     for name in TARGETS:
         try:
-            targets[name] = resolve_target(name)[1]
+            spec, runtime = resolve_target(name)
         except TargetNotAvailable as err:
             targets[name] = f"unavailable: {err}"
+            continue
+        targets[name] = runtime
+        if spec.device == "cpu" and runtime != "torch":  # what the packaged model runs at, and why
+            try:
+                choice = choose_artifact(None, runtime, None, spec, None)
+                targets[name] = f"{runtime} {choice.precision} ({choice.artifact.name}: {choice.reason})"
+            except (FileNotFoundError, ValueError) as err:
+                targets[name] = f"{runtime} (packaged model: {err})"
     versions["targets"] = targets
     from runtimes.tensorrt_backend import tensorrt_status  # TensorRT usable?, CUDA binding, MSDA plugin library
 
@@ -124,7 +136,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(versions))
         else:
             for key, value in versions.items():
-                print(f"{key:>14}: {value if value is not None else 'not installed'}")
+                if isinstance(value, dict):
+                    print(f"{key:>14}:")
+                    for name, what in value.items():
+                        print(f"{name:>16}: {what}")
+                else:
+                    print(f"{key:>14}: {value if value is not None else 'not installed'}")
     return 0
 
 

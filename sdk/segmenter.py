@@ -141,7 +141,7 @@ class Segmenter:
             backend = _host("runtimes.torch_backend").TorchBackend.from_module(module, metadata, **backend_options)
             choice = PrecisionChoice(precision or spec.precision, Path(model), _asked(precision, spec))
         else:
-            choice = self._choose(model, runtime, precision, spec, input_size)
+            choice = choose_artifact(model, runtime, precision, spec, input_size)
             artifact_precision = read_metadata(choice.artifact)["precision"]
             if "precision" in RUNTIMES[runtime].options:
                 _set_precision(backend_options, choice.precision, spec.precision, artifact_precision)
@@ -179,43 +179,6 @@ class Segmenter:
         self.input_name = self.metadata["input"]["name"]
         logger.info("Segmenter: target %s via %s on %s, %s %s", spec.name, self.runtime, self.device, self.task,
                     self.precision)  # fmt: skip
-
-    # ------------------------------------------------------------------ model resolution
-    def _choose(
-        self,
-        model: str | Path | None,
-        runtime: str,
-        precision: str | None,
-        spec: TargetSpec,
-        input_size: tuple[int, int] | None,
-    ) -> PrecisionChoice:
-        """The artifact and precision to run: as asked; else on a CPU the fastest gated one (``choose_precision``);
-        else the profile's precision. A checkpoint is compiled at the asked or the profile's precision."""
-        if model is None:
-            artifacts = packaged_artifacts()
-        else:
-            path = Path(model)
-            if not path.exists():
-                raise FileNotFoundError(f"no model at {path}")
-            if path.is_dir():
-                raise ValueError(f"{path} is a directory: pass an artifact (.onnx) or a checkpoint file inside it")
-            if path.suffix != ".onnx":
-                if path.suffix not in CHECKPOINT_SUFFIXES:
-                    raise ValueError(
-                        f"{path}: expected an artifact (.onnx) or a checkpoint ({', '.join(CHECKPOINT_SUFFIXES)})"
-                    )
-                wanted = precision or spec.precision
-                return PrecisionChoice(wanted, _compile(path, runtime, wanted, input_size), _asked(precision, spec))
-            artifacts = [(path, read_metadata(path))]  # names a damaged file or a foreign model
-        if precision is not None:
-            return PrecisionChoice(precision, artifact_for(artifacts, runtime, precision), "asked for")
-        offers = gated_offers(artifacts, runtime)
-        if spec.device == "cpu" and offers:
-            return choose_precision(runtime, offers)
-        return PrecisionChoice(
-            spec.precision, artifact_for(artifacts, runtime, spec.precision),
-            _asked(None, spec) + ("" if offers else " (no artifact with a passed accuracy gate to choose from)"),
-        )  # fmt: skip
 
     # ------------------------------------------------------------------ stages (used by stream())
     def prepare(self, frame: np.ndarray) -> tuple[dict[str, np.ndarray], tuple[Geometry, dict[str, float]]]:
@@ -287,6 +250,42 @@ class Segmenter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def choose_artifact(
+    model: str | Path | None,
+    runtime: str,
+    precision: str | None,
+    spec: TargetSpec,
+    input_size: tuple[int, int] | None,
+) -> PrecisionChoice:
+    """The artifact and precision to run: as asked; else on a CPU the fastest gated one (``choose_precision``);
+    else the profile's precision. A checkpoint is compiled at the asked or the profile's precision."""
+    if model is None:
+        artifacts = packaged_artifacts()
+    else:
+        path = Path(model)
+        if not path.exists():
+            raise FileNotFoundError(f"no model at {path}")
+        if path.suffix != ".onnx":
+            if path.is_dir():
+                raise ValueError(f"{path} is a directory: pass an artifact (.onnx) or a checkpoint file inside it")
+            if path.suffix not in CHECKPOINT_SUFFIXES:
+                raise ValueError(
+                    f"{path}: expected an artifact (.onnx) or a checkpoint ({', '.join(CHECKPOINT_SUFFIXES)})"
+                )
+            wanted = precision or spec.precision
+            return PrecisionChoice(wanted, _compile(path, runtime, wanted, input_size), _asked(precision, spec))
+        artifacts = [(path, read_metadata(path))]  # names a damaged file or a foreign model
+    if precision is not None:
+        return PrecisionChoice(precision, artifact_for(artifacts, runtime, precision), "asked for")
+    offers = gated_offers(artifacts, runtime)
+    if spec.device == "cpu" and offers:
+        return choose_precision(runtime, offers)
+    return PrecisionChoice(
+        spec.precision, artifact_for(artifacts, runtime, spec.precision),
+        _asked(None, spec) + ("" if offers else " (no artifact with a passed accuracy gate to choose from)"),
+    )  # fmt: skip
 
 
 def _artifact_target(model: str | Path | None) -> str | None:

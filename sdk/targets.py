@@ -129,7 +129,7 @@ def choose_precision(runtime: str, offers: Mapping[str, Path], features: CpuFeat
             if precision != "fp32" and precision not in unoffered:
                 unoffered.append(precision)
             continue
-        passed = [f"{p} needs {' or '.join(flags)}" for p, flags in needs.items()]
+        passed = [f"{p} needs {' or '.join(flags)}" for p, flags in needs.items() if p != precision]
         passed += [f"no gated {p} artifact" for p in unoffered]
         why = f"fastest gated precision for {runtime} on {features.describe()}"
         if passed:

@@ -195,6 +195,25 @@ def test_openvino_int8_runs_int8_kernels_and_agrees(scenes, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("target", ["onnxruntime", "openvino"])
+def test_int8_execution_check_tells_int8_from_float(scenes, tmp_path, target):
+    """The runtime's own profiler: each quantiser's artifact spends most of its time in int8 kernels on its own
+    runtime; the fp32 file and the other quantiser's file on the wrong runtime fall below the floor."""
+    from compile.gate import INT8_SHARE_FLOOR, GateError, check_int8_execution
+
+    src = scenes["semantic"]
+    calibration = list(precision.calibration_inputs(scenes["train"][:16]))
+    quantize = precision.quantize_openvino_int8 if target == "openvino" else precision.quantize_onnxruntime_int8
+    dst = quantize(src, tmp_path / f"{target}_int8.onnx", calibration)
+    image = scenes["val"][0]
+    record = check_int8_execution(target, str(dst), image)
+    logging.getLogger(__name__).info("%s int8 execution: %s", target, record)
+    assert record["int8_share"] >= INT8_SHARE_FLOOR[target]
+    with pytest.raises(GateError, match="not fused"):
+        check_int8_execution(target, str(src), image)  # an fp32 graph: no int8 kernel at all
+
+
+@pytest.mark.slow
 def test_keep_float_rules_find_the_image_conv_and_attention_products(scenes, tmp_path):
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
