@@ -37,8 +37,12 @@ def score_folds(
     precision: str,
     input_size: tuple[int, int] | None,
     calib_images: int = 64,
+    peer: bool = True,
 ) -> dict[str, Any]:
-    """{"folds": {sequence: {"frames", "torch_fp32", "artifact", "drop"}}, "mean_artifact", "mean_torch_fp32"}."""
+    """{"folds": {sequence: {"frames", "torch_fp32", "artifact", "drop", "peer"}}, "mean_artifact", ...}.
+
+    ``peer``: also score the off-the-shelf LiteRT street model (``benchmarks.litert_peer``) on each held-out
+    sequence, when LiteRT and its file are here (else the report says why not)."""
     checkpoints = sorted(run_dir.glob(f"fold_*/{FINAL_CHECKPOINT}"))
     if not checkpoints:
         raise FileNotFoundError(f"no fold_*/{FINAL_CHECKPOINT} under {run_dir}: run `m2f cross-validate` first")
@@ -46,7 +50,8 @@ def score_folds(
     for checkpoint in checkpoints:
         sequence = checkpoint.parent.name.removeprefix("fold_")
         fold = hold_out(config, sequence)
-        held_out = len(build_dataset(fold.val_data))
+        held_out_set = build_dataset(fold.val_data)
+        held_out = len(held_out_set)
         out = checkpoint.parent / f"{target}_{precision}.onnx"
         with tempfile.TemporaryDirectory() as calib:
             for image, _, _ in build_dataset(fold.train_data).items:  # calibrate on frames the fold trained on
@@ -63,24 +68,49 @@ def score_folds(
             "drop": accuracy["drop"],
             "label_agreement": accuracy["label_agreement"],
         }
+        if peer:
+            folds[sequence]["peer"] = _peer_score(held_out_set)
         logger.info("fold %s: torch %.2f, %s %s %.2f", sequence, accuracy["reference"], target, precision,
                     accuracy["artifact"])  # fmt: skip
+    peers = [f["peer"]["mIoU"] for f in folds.values() if "mIoU" in f.get("peer", {})]
     return {
         "target": target,
         "precision": precision,
         "folds": folds,
+        "mean_peer": sum(peers) / len(peers) if peers and len(peers) == len(folds) else None,
         "mean_torch_fp32": sum(f["torch_fp32"] for f in folds.values()) / len(folds),
         "mean_artifact": sum(f["artifact"] for f in folds.values()) / len(folds),
     }
 
 
+def _peer_score(dataset: Any) -> dict[str, Any]:
+    from benchmarks.litert_peer import PeerNotAvailable, score_peer
+
+    try:
+        return score_peer(dataset, threads=1)
+    except PeerNotAvailable as err:
+        return {"error": str(err)}
+
+
 def markdown(report: dict[str, Any]) -> str:
     name = f"{report['target']} {report['precision']}"
-    lines = [f"| held-out sequence | frames | torch fp32 mIoU | {name} mIoU | drop |", "|---|---|---|---|---|"]
+    lines = [
+        f"| held-out sequence | frames | torch fp32 mIoU | {name} mIoU | drop | LiteRT peer mIoU | ours - peer |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for sequence, fold in report["folds"].items():
         figures = f"{fold['torch_fp32']:.2f} | {fold['artifact']:.2f} | {fold['drop']:.2f}"
-        lines.append(f"| {sequence} | {fold['frames']} | {figures} |")
-    lines.append(f"| **mean of folds** | | **{report['mean_torch_fp32']:.2f}** | **{report['mean_artifact']:.2f}** | |")
+        peer = fold.get("peer", {})
+        vs = f"{peer['mIoU']:.2f} | {fold['artifact'] - peer['mIoU']:+.2f}" if "mIoU" in peer else "– | –"
+        lines.append(f"| {sequence} | {fold['frames']} | {figures} | {vs} |")
+    mean_peer = report.get("mean_peer")
+    peer_cell = f"**{mean_peer:.2f}** | {report['mean_artifact'] - mean_peer:+.2f}" if mean_peer else "– | –"
+    lines.append(
+        f"| **mean of folds** | | **{report['mean_torch_fp32']:.2f}** | **{report['mean_artifact']:.2f}** | "
+        f"| {peer_cell} |"
+    )
+    errors = {f.get("peer", {}).get("error") for f in report["folds"].values()} - {None}
+    lines += [f"\nLiteRT peer not scored: {e}" for e in errors]
     return "\n".join(lines) + "\n"
 
 
@@ -93,6 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--precision", default="int8", choices=("fp32", "fp16", "bf16", "int8"))
     parser.add_argument("--input-size", help="HxW of a fixed-size export (default: dynamic)")
     parser.add_argument("--calib-images", type=int, default=64)
+    parser.add_argument("--no-peer", action="store_true", help="do not score the LiteRT peer on the held-out frames")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -100,7 +131,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if size is not None and len(size) != 2:
             raise ValueError(f"--input-size takes HxW, got {args.input_size!r}")
         config = load_train_config(args.config).with_overrides(args.data_root)
-        report = score_folds(args.run_dir, config, args.target, args.precision, size, args.calib_images)
+        report = score_folds(
+            args.run_dir, config, args.target, args.precision, size, args.calib_images, peer=not args.no_peer
+        )
     except (ValueError, FileNotFoundError) as err:
         print(f"fold_artifacts: {err}", file=sys.stderr)
         return 2

@@ -21,6 +21,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -114,3 +115,53 @@ class LiteRtDeepLab:
         t3 = time.perf_counter()
         return labels, {"preprocess_ms": (t1 - t0) * 1e3, "inference_ms": (t2 - t1) * 1e3,
                         "postprocess_ms": (t3 - t2) * 1e3}  # fmt: skip
+
+
+def score_peer(dataset: Any, path: str | Path | None = None, threads: int | None = None) -> dict[str, float]:
+    """The peer's mIoU (and per-class IoU) on a labelled ``train.data`` dataset with CamVid's classes, every frame
+    at its own size; plus its median inference ms."""
+    from train.evaluation.semantic import SemanticEvaluator, semantic_gt_from_sample
+
+    peer = LiteRtDeepLab(path or default_peer_path(), dataset.meta.class_names, threads=threads)
+    evaluator = SemanticEvaluator(len(dataset.meta.class_names), 255)
+    times = []
+    for i in range(len(dataset)):
+        sample = dataset[i]
+        frame = np.ascontiguousarray(sample["image"].permute(1, 2, 0).numpy()[..., ::-1])  # RGB tensor -> BGR
+        h, w = frame.shape[:2]
+        labels, stages = peer.predict(frame)
+        times.append(stages["inference_ms"])
+        evaluator.update(labels, semantic_gt_from_sample(sample["labels"], sample["masks"], sample["iscrowd"], h, w))
+    metrics = evaluator.compute()
+    return {"mIoU": metrics["mIoU"], "frames": len(dataset), "inference_ms_p50": float(np.median(times))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m benchmarks.litert_peer --data-root DIR``: the peer's mIoU per CamVid sequence (every frame)."""
+    import argparse
+    import json
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.litert_peer", description=main.__doc__)
+    parser.add_argument("--data-root", required=True, help="CamVid root (SegNet layout)")
+    parser.add_argument("--model", type=Path, default=None, help=f"the peer's .tflite (default: {default_peer_path()})")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    from train.cross_validate import dataset_sequences
+    from train.data import build_dataset
+
+    spec = {"format": "camvid", "root": args.data_root, "split": "trainval"}
+    try:
+        scores = {
+            sequence: score_peer(build_dataset({**spec, "sequences": [sequence]}), args.model, args.threads)
+            for sequence in dataset_sequences(spec)
+        }
+    except (PeerNotAvailable, FileNotFoundError, ValueError) as err:
+        print(f"litert_peer: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps({"model": str(args.model or default_peer_path()), "sequences": scores}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -217,7 +217,17 @@ def attention_matmuls(model: onnx.ModelProto) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] not in constants]
 
 
-_RULES = {"image_conv": image_convs, "attention_matmul": attention_matmuls}
+def depthwise_convs(model: onnx.ModelProto) -> list[str]:
+    """Convolutions with one group per channel (MobileNet's depthwise 3x3s): few FLOPs, per-channel ranges that a
+    per-tensor int8 activation grid serves badly."""
+    return [
+        n.name
+        for n in model.graph.node
+        if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute)
+    ]
+
+
+_RULES = {"image_conv": image_convs, "attention_matmul": attention_matmuls, "depthwise_conv": depthwise_convs}
 
 
 def keep_float_nodes(model: onnx.ModelProto, rules: Iterable[str] = KEEP_FLOAT) -> list[str]:
