@@ -225,6 +225,7 @@ def test_keep_float_rules_find_the_image_conv_and_attention_products(scenes, tmp
     assert convs == [first_conv.name]
     # 3 decoder layers x (masked cross-attention + self-attention) x (Q.K^T, softmax.V)
     assert len(precision.attention_matmuls(model)) == 12
+    assert precision.linear_bottlenecks(model) == [] and precision.depthwise_convs(model) == []  # a ResNet has none
     with pytest.raises(ValueError, match="unknown keep-float rule"):
         precision.keep_float_nodes(model, ["stem"])
 
@@ -292,3 +293,33 @@ def test_compact_storage_folds_uniform_constants_and_halves_weights():
     np.testing.assert_allclose(after, before, rtol=1e-2, atol=1e-2)  # weights rounded to fp16
     exact = precision.compact_storage(onnx.load_from_string(original), fp16_weights=False)
     assert np.array_equal(ort.InferenceSession(exact.SerializeToString()).run(None, feed)[0], before)
+
+
+def test_linear_bottleneck_rule_finds_mobilenet_projections():
+    """depthwise -> ReLU6 -> 1x1 projection -> residual Add: the projection; the expand conv (activated) is not."""
+    from onnx import TensorProto, helper
+
+    def conv(name, x, y, c_in, c_out, group=1, k=1):
+        weight = helper.make_tensor(
+            f"{name}_w", TensorProto.FLOAT, [c_out, c_in // group, k, k], [0.1] * (c_out * c_in // group * k * k)
+        )
+        return helper.make_node("Conv", [x, weight.name], [y], name=name, group=group, pads=[k // 2] * 4), weight
+
+    nodes, inits = [], []
+    for args in [("expand", "x", "e", 8, 16), ("dw", "e6", "d", 16, 16, 16, 3), ("project", "d6", "p", 16, 8)]:
+        node, weight = conv(*args)
+        nodes.append(node)
+        inits.append(weight)
+    nodes.insert(1, helper.make_node("Clip", ["e"], ["e6"], name="relu6_e"))
+    nodes.insert(3, helper.make_node("Clip", ["d"], ["d6"], name="relu6_d"))
+    nodes.append(helper.make_node("Add", ["p", "x"], ["y"], name="residual"))
+    graph = helper.make_graph(
+        nodes, "block",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 4, 4])],
+        inits,
+    )  # fmt: skip
+    model = helper.make_model(graph)
+    assert precision.linear_bottlenecks(model) == ["project"]
+    assert precision.depthwise_convs(model) == ["dw"]
+    assert "project" in precision.keep_float_nodes(model)  # a default rule
