@@ -55,11 +55,15 @@ class PeerNotAvailable(RuntimeError):
     """The peer cannot run here (LiteRT or its file missing, or the evaluation's classes are not CamVid's)."""
 
 
-def default_peer_path() -> Path:
-    """$M2F_PRETRAINED/<file>, else ../shared/third_party/pretrained/<file> beside the repository."""
+def pretrained_dir() -> Path:
+    """The LiteRT files' folder: $M2F_PRETRAINED, else ../shared/third_party/pretrained beside the repository."""
     root = os.environ.get("M2F_PRETRAINED")
-    folder = Path(root) if root else Path(__file__).resolve().parents[2] / "shared" / "third_party" / "pretrained"
-    return folder / PEER_FILE
+    return Path(root) if root else Path(__file__).resolve().parents[2] / "shared" / "third_party" / "pretrained"
+
+
+def default_peer_path() -> Path:
+    """The peer model in :func:`pretrained_dir`."""
+    return pretrained_dir() / PEER_FILE
 
 
 def camvid_lookup(class_names: tuple[str, ...] | list[str]) -> np.ndarray:

@@ -31,25 +31,23 @@ def data_root() -> Path:
     return Path(os.environ.get("M2F_DATA", REPO_ROOT.parent / "shared" / "data"))
 
 
-@pytest.fixture
-def shared_data() -> Path:
-    root = data_root()
+def _existing(root: Path, what: str, variable: str) -> Path:
     if not root.is_dir():
-        pytest.skip(f"real data folder {root} is absent (set M2F_DATA)")
+        pytest.skip(f"{what} {root} is absent (set {variable})")
     return root
 
 
-def pretrained_root() -> Path:
-    """The shared pretrained weights (LiteRT files): $M2F_PRETRAINED, else ../shared/third_party/pretrained."""
-    return Path(os.environ.get("M2F_PRETRAINED", REPO_ROOT.parent / "shared" / "third_party" / "pretrained"))
+@pytest.fixture
+def shared_data() -> Path:
+    return _existing(data_root(), "real data folder", "M2F_DATA")
 
 
 @pytest.fixture
 def pretrained_dir() -> Path:
-    root = pretrained_root()
-    if not root.is_dir():
-        pytest.skip(f"pretrained weights folder {root} is absent (set M2F_PRETRAINED)")
-    return root
+    """The shared pretrained weights (LiteRT files), ``benchmarks.litert_peer.pretrained_dir``."""
+    from benchmarks.litert_peer import pretrained_dir
+
+    return _existing(pretrained_dir(), "pretrained weights folder", "M2F_PRETRAINED")
 
 
 @pytest.fixture(autouse=True)
