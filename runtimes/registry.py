@@ -94,8 +94,10 @@ RUNTIMES: dict[str, RuntimeSpec] = {
             precisions=("fp32", "int8"),
             label="ONNX Runtime",
             passthrough="onnxruntime.SessionOptions attributes",
-            # its u8 x s8 kernels need VNNI to beat fp32 (7-bit weights keep them exact without it, not fast)
-            cpu_speed_order=(("int8", "vnni"), ("fp32", "")),
+            # fp32 first: its int8 was slower than its fp32 on the MobileNetV2 model (idle 2-core EPYC with VNNI,
+            # benchmarks/results/cpu_precisions: 120.7 vs 102.7 ms) though faster on the ResNet-18 default
+            # (86.5 vs 107.8 ms); int8 when asked for
+            cpu_speed_order=(("fp32", ""), ("int8", "")),
         ),
         RuntimeSpec(
             name="openvino",
@@ -107,9 +109,9 @@ RUNTIMES: dict[str, RuntimeSpec] = {
             artifact_targets=("openvino", "onnxruntime"),
             precisions=("fp32", "fp16", "bf16", "int8"),
             label="OpenVINO",
-            # AMX runs int8 and bf16 tiles. Without AMX, int8 and AVX512-BF16 tie (2-core EPYC, one run, inference
-            # ms int8 / bf16 / fp32: 198.8 / 201.9 / 283.4 MobileNetV2, 456 / 442 / 663 ResNet-18), and bf16 is
-            # the closer to fp32: bf16 first; int8 where VNNI is all there is (README: "Precision by default")
+            # AMX runs int8 and bf16 tiles. Without AMX bf16 is first: on an idle 2-core EPYC (AVX512-BF16, VNNI)
+            # MobileNetV2 inference took bf16 54.9, int8 63.4, fp32 80.7 ms (benchmarks/results/cpu_precisions),
+            # ResNet-18 442 / 456 / 663 under load; int8 where VNNI is all there is (README: "Precision by default")
             cpu_speed_order=(
                 ("int8", "amx_int8"),
                 ("bf16", "amx_bf16"),
