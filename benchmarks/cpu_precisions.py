@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+from benchmarks.harness import IMAGE_SUFFIXES
 
 
 def _rows(args: argparse.Namespace) -> dict[str, tuple[str, Path, str | None]]:
@@ -41,6 +41,7 @@ def _rows(args: argparse.Namespace) -> dict[str, tuple[str, Path, str | None]]:
 def measure(args: argparse.Namespace) -> dict:
     import sdk
     from benchmarks.litert_peer import LiteRtDeepLab, PeerNotAvailable, default_peer_path
+    from runtimes import read_metadata
     from runtimes.cpu_features import cpu_features
 
     files = sorted(p for p in Path(args.images).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -52,7 +53,7 @@ def measure(args: argparse.Namespace) -> dict:
         segmenter = sdk.Segmenter(runtime, model=path, precision=precision, threads=args.threads)
         runners[label] = lambda f, s=segmenter: s.predict(f).timings["inference_ms"]
     try:
-        names = sdk.Segmenter("onnxruntime", model=args.fp32).metadata["class_names"]
+        names = read_metadata(args.fp32)["class_names"]
         peer = LiteRtDeepLab(default_peer_path(), names, threads=args.threads)
         runners["LiteRT peer (int8)"] = lambda f: peer.predict(f)[1]["inference_ms"]
     except PeerNotAvailable as err:

@@ -42,10 +42,6 @@ class CpuFeatures:
     def native_bf16(self) -> bool:
         return self.amx_bf16 or self.avx512_bf16
 
-    @property
-    def native_int8(self) -> bool:
-        return self.amx_int8 or self.vnni
-
     def describe(self) -> str:
         """E.g. "AMD EPYC: AVX512-BF16, AVX512-VNNI (no AMX)"."""
         names = [label for flag, label in FEATURE_NAMES.items() if getattr(self, flag)]
