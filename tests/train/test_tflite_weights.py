@@ -86,6 +86,68 @@ def test_symmetric_padding_fails_the_correlation_bar(pretrained_dir: Path) -> No
     assert min(correlations) < 0.99, correlations
 
 
+SEGMENTER = "deeplabv3_mnv2_pascal_quant.tflite"  # DeepLabV3 on PASCAL VOC: MobileNetV2 at output stride 16
+
+
+def _litert_op_output(model_path: Path, rgb: np.ndarray, op_index: int) -> tuple[np.ndarray, np.ndarray]:
+    """(dequantized output of operator ``op_index`` (NHWC), the model's final output) for one uint8 RGB image."""
+    interpreter_mod = pytest.importorskip("ai_edge_litert.interpreter")
+    interpreter = interpreter_mod.Interpreter(str(model_path), experimental_preserve_all_tensors=True)
+    interpreter.allocate_tensors()
+    inp = interpreter.get_input_details()[0]
+    interpreter.set_tensor(inp["index"], rgb[None].astype(inp["dtype"]))
+    interpreter.invoke()
+    out_index = interpreter._get_ops_details()[op_index]["outputs"][0]
+    detail = next(t for t in interpreter.get_tensor_details() if t["index"] == out_index)
+    scale, zero = detail["quantization"]
+    feature = (interpreter.get_tensor(out_index).astype(np.float32) - zero) * scale
+    return feature[0], interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[0]
+
+
+@pytest.mark.data
+def test_segmentation_backbone_matches_litert(pretrained_dir: Path) -> None:
+    """DeepLab's dilated MobileNetV2 built as the file runs it (timm ``output_stride=16``, 513x513: odd sizes, so
+    TF "SAME" pads 1/1 there) gives LiteRT's last backbone features; the file's own labels are sane too."""
+    path = pretrained_dir / SEGMENTER
+    weights = read_tflite_weights(path)
+    model = tf_style(timm.create_model("mobilenetv2_100", features_only=True, output_stride=16)).eval()
+    assert load_tflite_weights(model, weights, require_all=False) == 51  # the ASPP head stays in the file
+    last = weights.layers[50]
+    assert last.name.endswith("expanded_conv_16/project/Conv2D_Fold")
+    for image, label in {"grace_hopper.bmp": 15, "cat.bmp": 8}.items():  # PASCAL VOC: person, cat
+        rgb = cv2.resize(cv2.imread(str(pretrained_dir / image))[:, :, ::-1], (513, 513))
+        theirs, labels = _litert_op_output(path, rgb, last.index)
+        x = (torch.from_numpy(rgb.astype(np.float32)) - weights.pixel_mean[0]) / weights.pixel_std[0]
+        with torch.no_grad():
+            ours = model(x.permute(2, 0, 1)[None])[-1][0].permute(1, 2, 0).numpy()
+        assert ours.shape == theirs.shape == (33, 33, 320)
+        assert np.corrcoef(ours.ravel(), theirs.ravel())[0, 1] >= 0.99, image
+        assert (labels == label).mean() > 0.3, image
+
+
+@pytest.mark.data
+def test_dilated_file_loads_undilated_only_when_asked(pretrained_dir: Path) -> None:
+    """Mask2Former wants stride 32: the file's stride-1 + dilation-2 stage goes into the plain network only with
+    ``undilate=True`` (same weights, half the resolution); without it the error names the layer and the way out."""
+    weights = read_tflite_weights(pretrained_dir / SEGMENTER)
+    model = tf_style(timm.create_model("mobilenetv2_100", features_only=True))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"expanded_conv_13/depthwise.*stride \(1, 1\).*undilate=True"):
+        load_tflite_weights(model, weights, require_all=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert load_tflite_weights(model, weights, require_all=False, undilate=True) == 51
+    dw = model.blocks[5][1].conv_dw  # a dilated kernel in the file, a plain one here: same weights
+    src = next(layer for layer in weights.layers if layer.name.endswith("expanded_conv_14/depthwise/depthwise_Fold"))
+    assert src.dilation == (2, 2) and tuple(dw.dilation) == (1, 1)
+    assert np.array_equal(dw.weight.detach().numpy(), src.weight)
+    classifier = read_tflite_weights(pretrained_dir / CLASSIFIERS[0])  # undilate never excuses a real mismatch
+    with pytest.raises(ValueError, match="stride"):
+        load_tflite_weights(
+            tf_style(timm.create_model("mobilenetv2_100", features_only=True, output_stride=16)),
+            classifier, require_all=False, undilate=True,
+        )  # fmt: skip
+
+
 @pytest.mark.data
 def test_wrong_architecture_names_the_first_differing_layer(pretrained_dir: Path) -> None:
     weights = read_tflite_weights(pretrained_dir / "deeplab_mobilenet_edgetpu_slim_cityscapes_quant.tflite")

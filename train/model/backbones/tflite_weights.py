@@ -45,6 +45,7 @@ class TFLiteLayer:
     bias: np.ndarray | None  # (O,)
     stride: tuple[int, int]
     padding: str  # "SAME" or "VALID"
+    dilation: tuple[int, int] = (1, 1)
 
 
 @dataclass(frozen=True)
@@ -101,19 +102,20 @@ def read_tflite_weights(path: str | Path) -> TFLiteWeights:
         if len(inputs) > 2 and inputs[2] >= 0:
             raw_b, b_tensor = tensor_array(inputs[2])
             bias = _dequantize(raw_b, b_tensor)
-        stride, padding = (1, 1), "VALID"
+        stride, padding, dilation = (1, 1), "VALID", (1, 1)
         if kind != "fully_connected":
             options_cls = tflite.Conv2DOptions if kind == "conv" else tflite.DepthwiseConv2DOptions
             options = options_cls()
             table = op.BuiltinOptions()
             options.Init(table.Bytes, table.Pos)
             stride, padding = (options.StrideH(), options.StrideW()), _TF_PADDING[options.Padding()]
+            dilation = (options.DilationHFactor(), options.DilationWFactor())
         if kind == "conv":  # OHWI -> OIHW
             weight = weight.transpose(0, 3, 1, 2)
         elif kind == "depthwise":  # 1HWC -> C1HW
             weight = weight.transpose(3, 0, 1, 2)
         name = w_tensor.Name().decode().split(";")[0]
-        layers.append(TFLiteLayer(i, kind, name, np.ascontiguousarray(weight), bias, stride, padding))
+        layers.append(TFLiteLayer(i, kind, name, np.ascontiguousarray(weight), bias, stride, padding, dilation))
 
     in_tensor = graph.Tensors(graph.Inputs(0))
     mean, std = _input_normalisation(in_tensor)
@@ -145,15 +147,20 @@ def _input_normalisation(tensor: object) -> tuple[float, float]:
 
 
 class Conv2dTFSame(nn.Conv2d):
-    """A stride-2 convolution with TF "SAME" padding for even input sizes: ``k - s`` zeros, the extra one after.
+    """A strided convolution with TF "SAME" padding: ``ceil(n / s)`` outputs, the odd zero after, never before.
 
-    Exact wherever the size is a multiple of the stride (inside Mask2Former always: its input is padded to 32).
+    On sizes that are a multiple of the stride a 3x3 stride-2 conv pads ``(0, 1)``. Inside Mask2Former the input is
+    padded to a multiple of 32, so a symbolic size (a dynamic-shape export) takes that case and the graph keeps
+    constant pads; concrete sizes (eager, fixed-size exports, odd sizes like DeepLab's 513) are computed exactly.
     """
 
     def forward(self, x: Tensor) -> Tensor:
         pads = []
-        for k, s in zip(reversed(self.kernel_size), reversed(self.stride), strict=True):
-            total = max(k - s, 0)
+        sizes = (x.shape[-1], x.shape[-2])
+        for n, k, s, d in zip(sizes, reversed(self.kernel_size), reversed(self.stride), reversed(self.dilation),
+                              strict=True):  # fmt: skip
+            span = (k - 1) * d + 1
+            total = max((-(-n // s) - 1) * s + span - n, 0) if isinstance(n, int) else max(span - s, 0)
             pads += [total // 2, total - total // 2]
         return self._conv_forward(F.pad(x, pads), self.weight, self.bias)
 
@@ -204,12 +211,17 @@ def tf_style(module: nn.Module) -> nn.Module:
     return module
 
 
-def load_tflite_weights(module: nn.Module, weights: TFLiteWeights, require_all: bool = True) -> int:
+def load_tflite_weights(
+    module: nn.Module, weights: TFLiteWeights, require_all: bool = True, undilate: bool = False
+) -> int:
     """Copy the file's layers, in graph order, into ``module``'s Conv2d/Linear layers in module order.
 
     The BatchNorm (frozen, see ``tf_style``) after each conv takes the file's folded bias. Raises ``ValueError``
-    naming the first layer whose kind, shape or stride differs, or when the counts differ (``require_all=False``
-    lets the file have more layers than the module, e.g. a classifier's head behind a ``features_only`` body).
+    naming the first layer whose kind, shape, stride or dilation differs, or when the counts differ
+    (``require_all=False`` lets the file have more layers than the module, e.g. a classifier's head behind a
+    ``features_only`` body). ``undilate=True`` loads a segmentation file's atrous stages (DeepLab drops a stride
+    to 1 and dilates every later kernel by 2: output stride 16) into the plain network (the stride kept, no
+    dilation): the same weights at half the resolution, DeepLab's own equivalence run backwards (logged).
     Returns the number of layers loaded.
     """
     targets = _weighted_layers(module)
@@ -218,8 +230,9 @@ def load_tflite_weights(module: nn.Module, weights: TFLiteWeights, require_all: 
             f"{weights.path} has {len(weights.layers)} conv/fully-connected layers, the network "
             f"{len(targets)}: not the same architecture"
         )
+    scale = 1  # the module's output stride over the file's, so far
     for position, ((name, layer, norm), src) in enumerate(zip(targets, weights.layers, strict=False)):
-        _check_layer(position, name, layer, src, weights.path)
+        scale = _check_layer(position, name, layer, src, weights.path, undilate, scale)
         if norm is None and layer.bias is None and src.bias is not None and np.any(src.bias):
             raise ValueError(f"{weights.path}: layer {src.name} has a bias, {name} has neither bias nor norm")
     with torch.no_grad():
@@ -234,6 +247,8 @@ def load_tflite_weights(module: nn.Module, weights: TFLiteWeights, require_all: 
             elif layer.bias is not None:
                 layer.bias.copy_(bias)
     logger.info("loaded %d layers from %s", len(targets), weights.path)
+    if scale > 1:
+        logger.info("the file's dilated layers loaded undilated: the module's output stride is %dx the file's", scale)
     return len(targets)
 
 
@@ -257,7 +272,12 @@ def _as_torch(src: TFLiteLayer, layer: nn.Module) -> np.ndarray:
     return src.weight
 
 
-def _check_layer(position: int, name: str, layer: nn.Module, src: TFLiteLayer, path: str) -> None:
+def _check_layer(
+    position: int, name: str, layer: nn.Module, src: TFLiteLayer, path: str, undilate: bool, scale: int
+) -> int:
+    """Raise on the first difference; returns how much lower the file's resolution is here than the module's after
+    this layer (1 unless ``undilate`` took a stride the file had replaced by dilation, see ``load_tflite_weights``).
+    """
     where = f"{path}: layer {position} ({src.kind} {src.name}, operator {src.index}) vs {name}"
     if isinstance(layer, nn.Linear):  # a classifier may be stored as a 1x1 conv after the pooling
         expected_kind = ("fully_connected",) + (("conv",) if src.weight.shape[2:] == (1, 1) else ())
@@ -269,8 +289,20 @@ def _check_layer(position: int, name: str, layer: nn.Module, src: TFLiteLayer, p
         raise ValueError(f"{where}: the file has a {src.kind} layer, the network a {expected_kind[0]}")
     if tuple(layer.weight.shape) != _as_torch(src, layer).shape:
         raise ValueError(f"{where}: weight shape {src.weight.shape} in the file, {tuple(layer.weight.shape)} here")
-    if isinstance(layer, nn.Conv2d) and tuple(layer.stride) != src.stride:
-        raise ValueError(f"{where}: stride {src.stride} in the file, {tuple(layer.stride)} here")
-    same_stride2 = isinstance(layer, nn.Conv2d) and src.padding == "SAME" and max(layer.stride) > 1
-    if same_stride2 and not isinstance(layer, Conv2dTFSame):
-        raise ValueError(f"{where}: TF 'SAME' stride-2 padding needs tf_style() (asymmetric padding)")
+    if not isinstance(layer, nn.Conv2d):
+        return scale
+    stride, dilation = tuple(layer.stride), tuple(layer.dilation)
+    pointwise = tuple(layer.kernel_size) == (1, 1)  # a 1x1 kernel's dilation means nothing
+    dilation_ok = pointwise or src.dilation == tuple(d * scale for d in dilation)
+    gain = stride[0] // src.stride[0] if stride[0] % src.stride[0] == 0 and stride[0] == stride[1] else 0
+    if not (dilation_ok and (stride == src.stride or (undilate and gain > 1))):
+        atrous = gain > 1 or max(src.dilation) > 1
+        hint = " (a dilated segmentation backbone? load it with undilate=True)" if atrous else ""
+        raise ValueError(
+            f"{where}: stride {src.stride} dilation {src.dilation} in the file, "
+            f"stride {stride} dilation {dilation} here{hint}"
+        )
+    same_strided = src.padding == "SAME" and max(stride) > 1
+    if same_strided and not isinstance(layer, Conv2dTFSame):
+        raise ValueError(f"{where}: TF 'SAME' strided padding needs tf_style() (asymmetric padding)")
+    return scale * max(gain, 1)

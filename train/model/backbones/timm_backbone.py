@@ -51,7 +51,8 @@ class TimmBackbone(nn.Module):
         if self.config.weights is None:
             return None
         weights = read_tflite_weights(self.config.weights)
-        load_tflite_weights(self.body, weights, require_all=False)  # the file's classifier head stays unused
+        # a classifier's or DeepLab's head in the file stays unused; DeepLab's atrous last stage loads at stride 32
+        load_tflite_weights(self.body, weights, require_all=False, undilate=True)
         return weights.pixel_mean, weights.pixel_std
 
     def forward(self, x: Tensor) -> list[Tensor]:
