@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from runtimes.errors import M2FError
 from runtimes.geometry import fit_to_input
 from sdk.postprocess import semantic_from_labels
 
@@ -51,8 +52,9 @@ CITYSCAPES_TO_CAMVID: dict[str, tuple[str, ...]] = {
 }
 
 
-class PeerNotAvailable(RuntimeError):
-    """The peer cannot run here (LiteRT or its file missing, or the evaluation's classes are not CamVid's)."""
+class PeerNotAvailable(M2FError, RuntimeError):
+    """A peer cannot run here: LiteRT, transformers or a file missing, an architecture HF lacks, or classes that
+    are not CamVid's (one class for the HF peers of `benchmarks.peers` and the LiteRT one)."""
 
 
 def pretrained_dir() -> Path:

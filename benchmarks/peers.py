@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.litert_peer import PeerNotAvailable
 from train.model.config import Mask2FormerConfig, ResNetConfig, SwinConfig
 
 logger = logging.getLogger(__name__)
@@ -28,10 +29,6 @@ logger = logging.getLogger(__name__)
 STAGES = ["stage1", "stage2", "stage3", "stage4"]
 HF_OUTPUTS = ("class_queries_logits", "masks_queries_logits")
 HF_INPUT = "pixel_values"
-
-
-class PeerNotAvailable(RuntimeError):
-    """The HF peer cannot be built for this model (transformers missing, or an architecture HF does not have)."""
 
 
 def import_transformers() -> Any:

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from compile.onnx_export import INPUT_NAME, DeployableMask2Former
 from runtimes.base import Backend
+from runtimes.errors import M2FError
 from runtimes.geometry import fit_to_input
 from train.evaluation.semantic import SemanticEvaluator
 from train.model.inference import semantic_labels
@@ -34,7 +35,7 @@ FP32_MIN_AGREEMENT = 0.999
 INT8_SHARE_FLOOR = {"openvino": 0.15, "onnxruntime": 0.06}
 
 
-class GateError(RuntimeError):
+class GateError(M2FError, RuntimeError):
     """The artifact does not meet its accuracy budget; the message says by how much."""
 
 

@@ -47,6 +47,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from runtimes.errors import M2FError
 from runtimes.registry import ARTIFACT_TARGETS, PRECISIONS
 
 ARTIFACT_FORMAT_VERSION = 1
@@ -59,7 +60,7 @@ RESIZE_POLICIES = ("letterbox", "shortest_edge")
 _EXPORT_HINT = "re-export it with `m2f export`"
 
 
-class ArtifactError(ValueError):
+class ArtifactError(M2FError, ValueError):
     """The file is not a usable m2f artifact; the message says why and what to do."""
 
 

@@ -15,21 +15,22 @@ from typing import ClassVar, Generic, TypeVar
 import numpy as np
 
 from runtimes.artifact import ArtifactError, engine_reads, validate_metadata
+from runtimes.errors import M2FError
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 
-class BackendInputError(ValueError):
+class BackendInputError(M2FError, ValueError):
     """The inputs given to :meth:`Backend.run` do not match what the artifact expects."""
 
 
-class RuntimeNotAvailable(ImportError):
+class RuntimeNotAvailable(M2FError, ImportError):
     """The runtime's Python package (or its backend module) is not installed; the message says what to install."""
 
 
-class DeviceNotAvailable(RuntimeError):
+class DeviceNotAvailable(M2FError, RuntimeError):
     """The runtime is installed but cannot reach the asked-for device (no GPU, wrong build, driver missing)."""
 
 

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from runtimes.base import DeviceNotAvailable, RuntimeNotAvailable
+from runtimes.errors import M2FError
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ INSTALL_HINT = (
 )
 
 
-class CudaError(RuntimeError):
+class CudaError(M2FError, RuntimeError):
     """A CUDA driver call failed; the message names the call and CUDA's error."""
 
 

@@ -5,12 +5,39 @@ Never imports torch, train/ or compile/: an edge device installs sdk + one runti
     import sdk
     seg = sdk.Segmenter("cpu", model="street.onnx")
     result = seg.predict(frame)
+
+Every error the SDK raises for a user's frame, file, machine or stream is an ``sdk.M2FError`` (one ``except``).
 """
 
 __version__ = "0.1.0"
 
+from runtimes.artifact import ArtifactError
+from runtimes.base import BackendInputError, DeviceNotAvailable, RuntimeNotAvailable
+from runtimes.errors import M2FError
+from sdk.postprocess import OutputsError
+from sdk.preprocess import FrameError
 from sdk.results import Instances, SegmentationResult
 from sdk.segmenter import Segmenter
+from sdk.sources import SourceError, StreamError, StreamTimeoutError
+from sdk.stream_pipeline import StageError
 from sdk.targets import TARGETS, TargetNotAvailable
 
-__all__ = ["TARGETS", "Instances", "SegmentationResult", "Segmenter", "TargetNotAvailable", "__version__"]
+__all__ = [
+    "TARGETS",
+    "ArtifactError",
+    "BackendInputError",
+    "DeviceNotAvailable",
+    "FrameError",
+    "Instances",
+    "M2FError",
+    "OutputsError",
+    "RuntimeNotAvailable",
+    "SegmentationResult",
+    "Segmenter",
+    "SourceError",
+    "StageError",
+    "StreamError",
+    "StreamTimeoutError",
+    "TargetNotAvailable",
+    "__version__",
+]

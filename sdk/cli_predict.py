@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from runtimes.errors import M2FError
+
 IMAGE_SUFFIXES = frozenset(
     {".bmp", ".dib", ".jpg", ".jpeg", ".jpe", ".jp2", ".png", ".webp", ".pbm", ".pgm", ".ppm", ".pnm", ".tif", ".tiff"}
 )
@@ -54,11 +56,11 @@ examples:
   m2f predict "runs/**/*.png" --json > results.jsonl"""
 
 
-class ImageError(Exception):
+class ImageError(M2FError):
     """One input image that cannot be read, segmented or written; the message says why."""
 
 
-class StdoutClosed(Exception):
+class _StdoutClosed(Exception):
     """Whoever read stdout went away (``m2f predict ... | head -1``): stop quietly."""
 
 
@@ -192,7 +194,7 @@ def predict_main(args: argparse.Namespace) -> int:
     """Run ``m2f predict`` from parsed arguments; the exit status."""
     try:
         return _predict(args)
-    except StdoutClosed:
+    except _StdoutClosed:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes at exit
         return EXIT_SOME_FAILED
     except KeyboardInterrupt:  # before the batch started (listing folders, loading the model)
@@ -279,7 +281,7 @@ def _emit(bar: Any, line: str) -> None:
         bar.write(line, file=sys.stdout)
         sys.stdout.flush()
     except BrokenPipeError as err:
-        raise StdoutClosed from err
+        raise _StdoutClosed from err
 
 
 def _summary(

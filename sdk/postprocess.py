@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from runtimes.errors import M2FError
 from runtimes.geometry import Geometry
 
 logger = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ MASK_STRIDE = 4  # pred_masks are at 1/4 of the padded input
 _CHUNK_ELEMENTS = 1 << 22  # ~16 MB of float32 per chunk of work
 
 
-class OutputsError(ValueError):
+class OutputsError(M2FError, ValueError):
     """The runtime's outputs do not match what the artifact's task needs."""
 
 

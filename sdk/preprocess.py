@@ -9,6 +9,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from runtimes.errors import M2FError
 from runtimes.geometry import RESIZE_POLICIES, Geometry, fit_to_input, letterbox, resize_shortest_edge
 
 __all__ = [
@@ -25,7 +26,7 @@ __all__ = [
 ]
 
 
-class FrameError(ValueError):
+class FrameError(M2FError, ValueError):
     """A frame the SDK cannot turn into a BGR image, with what was wrong."""
 
 

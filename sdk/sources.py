@@ -45,13 +45,15 @@ from typing import Any, Protocol, runtime_checkable
 import cv2
 import numpy as np
 
+from runtimes.errors import M2FError
+
 logger = logging.getLogger(__name__)
 
 URL_RE = re.compile(r"^(rtsps?|rtmps?|https?|udp|tcp|srt|rtp)://", re.IGNORECASE)
 PROBES_AFTER_FAILURE = 8  # seeks tried after a file stops decoding early, to tell corruption from an over-count
 
 
-class StreamError(RuntimeError):
+class StreamError(M2FError, RuntimeError):
     """A video source or the streaming pipeline failed."""
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from runtimes import available_runtimes, device_unavailable
 from runtimes.cpu_features import FEATURE_NAMES, CpuFeatures, cpu_features
+from runtimes.errors import M2FError
 from runtimes.registry import AUTO_ORDER, RUNTIMES, TARGETS, TargetSpec
 
 __all__ = [
@@ -35,7 +36,7 @@ logger = logging.getLogger(__name__)
 Target = TargetSpec  # the row type, under the name this module always gave it
 
 
-class TargetNotAvailable(RuntimeError):
+class TargetNotAvailable(M2FError, RuntimeError):
     """The target's runtime or device is missing on this machine; the message says which."""
 
 

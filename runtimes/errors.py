@@ -1,0 +1,13 @@
+"""The base of every error this project raises for a user's input, files or machine: ``except sdk.M2FError``.
+
+Each concrete error also keeps the builtin base it always had (``FrameError`` is a ``ValueError``,
+``StreamTimeoutError`` a ``TimeoutError``, ``RuntimeNotAvailable`` an ``ImportError``), so existing handlers keep
+working. A leaf: it imports nothing, so every package (train aside, which raises builtins) can use it.
+"""
+
+from __future__ import annotations
+
+
+class M2FError(Exception):
+    """Something this project detected and explained: a bad frame, a damaged artifact, a missing runtime or
+    device, a dead stream, a failed accuracy gate. Bugs stay builtin exceptions with tracebacks."""
