@@ -67,13 +67,13 @@ def test_a_damaged_artifact_is_an_m2f_error(artifacts: dict[str, Path], tmp_path
     damaged = tmp_path / "damaged.onnx"
     data = artifacts["semantic"].read_bytes()
     damaged.write_bytes(data[: len(data) // 2])
-    with pytest.raises(sdk.M2FError, match="damaged|truncated|not a|checksum|hash"):
+    with pytest.raises(sdk.M2FError, match=r"damaged|truncated|not a|checksum|hash"):
         sdk.Segmenter("onnxruntime", model=damaged)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
 def test_a_missing_runtime_is_an_m2f_error(artifacts: dict[str, Path]) -> None:
-    with pytest.raises(sdk.M2FError, match="(?i)tensorrt"):
+    with pytest.raises(sdk.M2FError, match=r"(?i)tensorrt"):
         sdk.Segmenter("tensorrt", model=artifacts["semantic"])
 
 
