@@ -17,7 +17,7 @@ from pathlib import Path
 
 from sdk.segmenter import Segmenter
 from sdk.sources import read_video_frames
-from sdk.stream import StreamOptions
+from sdk.stream_options import StreamOptions
 
 
 def backend_fps(seg: Segmenter, frame, runs: int, warmup: int = 5) -> float:

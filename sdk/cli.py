@@ -23,7 +23,8 @@ from sdk import cli_predict
 
 if TYPE_CHECKING:
     from sdk.segmenter import Segmenter
-    from sdk.stream import StreamOptions, StreamStats
+    from sdk.stream_options import StreamOptions
+    from sdk.stream_stats import StreamStats
 
 # command -> (entry point "module:function" taking argv, one-line help, pip extra it needs)
 HOST_COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -184,7 +185,7 @@ def add_stream_parser(sub: Any) -> None:
 def stream_main(args: argparse.Namespace) -> int:
     """``m2f stream``: 0 done, 2 error (a message, no traceback), 130 Ctrl-C (stats so far, the video finished)."""
     from sdk.segmenter import Segmenter
-    from sdk.stream import StreamOptions
+    from sdk.stream_options import StreamOptions
 
     try:
         options = StreamOptions(output=args.out, max_frames=args.max_frames, live=args.live, strict=args.strict)

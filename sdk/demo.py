@@ -25,7 +25,7 @@ import numpy as np
 from sdk.cli import drain_stream
 from sdk.segmenter import DEFAULT_MODELS_DIR, Segmenter
 from sdk.sources import read_video_frames
-from sdk.stream import StreamOptions
+from sdk.stream_options import StreamOptions
 from sdk.targets import TargetNotAvailable
 
 logger = logging.getLogger(__name__)

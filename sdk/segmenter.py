@@ -30,7 +30,8 @@ from sdk.targets import PrecisionChoice, choose_precision, resolve_target
 
 if TYPE_CHECKING:
     from sdk.sources import Source
-    from sdk.stream import Stream, StreamOptions
+    from sdk.stream import Stream
+    from sdk.stream_options import StreamOptions
 
 logger = logging.getLogger(__name__)
 

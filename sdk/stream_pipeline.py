@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
@@ -29,18 +29,13 @@ from sdk.sources import (
     readable_frame_after,
     release,
 )
+from sdk.stream_options import HEALTHY_CONNECTION_S, Annotate, StreamOptions
 from sdk.stream_stats import StatsRecorder
-
-if TYPE_CHECKING:
-    from sdk.stream import StreamOptions
 
 logger = logging.getLogger(__name__)
 
 JOIN_TIMEOUT_S = 3.0  # close() waits at most this long for all threads together
-HEALTHY_CONNECTION_S = 30.0  # a connection that delivered frames this long resets the reconnect count
 POLL_S = 0.05  # how often blocked threads look at the stop flag / the supervisor looks for stalls
-
-Annotate = Callable[[Any, np.ndarray], np.ndarray]
 
 
 class StageError(StreamError):

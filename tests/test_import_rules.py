@@ -115,3 +115,41 @@ def test_host_command_without_torch_names_the_extra():
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert "[train] extra" in done.stderr
+
+
+def _module_level_imports(path: Path) -> set[str]:
+    """Modules imported at module level (``if TYPE_CHECKING:`` blocks included: they are a cycle in disguise)."""
+    names = set()
+    for node in ast.parse(path.read_text(), filename=str(path)).body:
+        blocks = [node] + (node.body if isinstance(node, ast.If) else [])
+        for stmt in blocks:
+            if isinstance(stmt, ast.Import):
+                names.update(alias.name for alias in stmt.names)
+            elif isinstance(stmt, ast.ImportFrom) and stmt.module and stmt.level == 0:
+                names.add(stmt.module)
+    return names
+
+
+def test_no_import_cycles_between_modules():
+    """Modules of ours import each other one way (the streaming options got a leaf module for this)."""
+    graph = {}
+    for package in OURS:
+        for path in sorted((REPO_ROOT / package).rglob("*.py")):
+            name = ".".join(path.relative_to(REPO_ROOT).with_suffix("").parts).removesuffix(".__init__")
+            graph[name] = {m for m in _module_level_imports(path) if m.split(".")[0] in OURS}
+    cycles = set()
+
+    def visit(node: str, trail: list[str]) -> None:
+        for dep in sorted(graph.get(node, ())):
+            if dep == node:
+                continue  # a package importing its own name
+            if dep in trail:
+                cycle = trail[trail.index(dep) :]
+                if not any(m.startswith(c + ".") for c in cycle for m in cycle):  # a package and its own modules
+                    cycles.add(" -> ".join([*cycle, dep]))
+            elif len(trail) < 12:
+                visit(dep, [*trail, dep])
+
+    for start in sorted(graph):
+        visit(start, [start])
+    assert sorted(cycles) == []

@@ -1,0 +1,76 @@
+"""How to stream: ``StreamOptions``, the one definition ``sdk.stream``, ``sdk.stream_pipeline``, ``Segmenter.stream``,
+``m2f stream`` and ``m2f demo`` read. A leaf of the streaming code: it imports none of the other stream modules."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HEALTHY_CONNECTION_S = 30.0  # a connection that delivered frames this long resets the reconnect count
+
+Annotate = Callable[[Any, np.ndarray], np.ndarray]  # (result, frame) -> the frame to write
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    """How to stream; one definition for ``stream()``, ``Segmenter.stream``, ``m2f stream`` and ``m2f demo``.
+
+    ``live``: default False for files, True otherwise. ``keep_latest`` (live only, default True): process the
+    newest frame and drop the rest. ``queue_size``: frames buffered between stages (files; live sources buffer
+    one). ``read_timeout_s``: a read that takes longer is a stall; live sources then reconnect up to
+    ``reconnect`` times (``reconnect_delay_s`` apart; the count starts again after a connection that worked for
+    ``HEALTHY_CONNECTION_S``), files fail. ``open_timeout_s``: for URLs. ``max_frames``: stop after that many
+    results. ``output``: write each processed frame to this video (``fourcc``, at ``output_fps`` or the source's
+    fps; live sources write only the frames not dropped), drawn by ``annotate(result, frame)``; default
+    ``result.overlay(frame)`` when results have one (a ``SegmentationResult`` does), else the frame as decoded.
+    ``strict``: a file whose decoded frame count differs from its header's is an error instead of a warning.
+    """
+
+    live: bool | None = None
+    keep_latest: bool | None = None
+    queue_size: int = 4
+    read_timeout_s: float = 5.0
+    open_timeout_s: float = 10.0
+    reconnect: int = 3
+    reconnect_delay_s: float = 1.0
+    max_frames: int | None = None
+    output: str | Path | None = None
+    annotate: Annotate | None = None
+    output_fps: float | None = None
+    fourcc: str = "mp4v"
+    strict: bool = False
+
+    def __post_init__(self) -> None:
+        if self.queue_size < 1:
+            raise ValueError(f"queue_size must be >= 1, got {self.queue_size}")
+        if self.read_timeout_s <= 0 or self.open_timeout_s <= 0:
+            raise ValueError("read_timeout_s and open_timeout_s must be > 0")
+        if self.reconnect < 0 or self.reconnect_delay_s < 0:
+            raise ValueError("reconnect and reconnect_delay_s must be >= 0")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise ValueError(f"max_frames must be >= 1, got {self.max_frames}")
+        if self.output_fps is not None and self.output_fps <= 0:
+            raise ValueError(f"output_fps must be > 0, got {self.output_fps}")
+        if len(self.fourcc) != 4:
+            raise ValueError(f"fourcc must be 4 characters, got {self.fourcc!r}")
+        if self.keep_latest and self.live is False:
+            raise ValueError("keep_latest drops frames and is only for live sources (live=True)")
+
+    @classmethod
+    def of(cls, options: StreamOptions | None = None, **overrides: Any) -> StreamOptions:
+        """``options`` (default: the defaults) with ``overrides``; an unknown name raises listing the known ones."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(overrides) - set(names))
+        if unknown:
+            raise TypeError(f"unknown stream option(s) {', '.join(unknown)}; the options are: {', '.join(names)}")
+        return dataclasses.replace(options or cls(), **overrides)
+
+    def for_source(self, kind: str) -> StreamOptions:
+        """These options with ``live`` and ``keep_latest`` decided for a source of this kind (``source_kind``)."""
+        live = kind != "file" if self.live is None else self.live
+        return dataclasses.replace(self, live=live, keep_latest=live if self.keep_latest is None else self.keep_latest)
