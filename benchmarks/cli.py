@@ -14,17 +14,11 @@ import logging
 import sys
 from pathlib import Path
 
-from benchmarks.harness import DATA_FORMATS, TARGETS, BenchmarkOptions, run_benchmark
+from benchmarks.harness import BENCHMARK_TARGETS, DATA_FORMATS, BenchmarkOptions, run_benchmark
+from runtimes.geometry import parse_input_size
+from runtimes.vocabulary import PRECISIONS
 
 logger = logging.getLogger(__name__)
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected HxW such as 512x512, got {text!r}") from err
-    return h, w
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,10 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="model-zoo name or HF config.json (random seeded weights; HF peers get the same), an HF folder with "
         "weights, or our .pt checkpoint (no HF peers) [ade20k-semantic-swin-t]",
     )
-    parser.add_argument("--targets", nargs="+", choices=list(TARGETS), help="default: every available target")
-    parser.add_argument(
-        "--precisions", nargs="+", choices=("fp32", "fp16", "bf16", "int8"), help="default: fp32 bf16 int8"
-    )
+    parser.add_argument("--targets", nargs="+", choices=list(BENCHMARK_TARGETS), help="default: every available target")
+    parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, help="default: fp32 bf16 int8")
     parser.add_argument(
         "--data", type=Path, help="CamVid/ADE20K/Cityscapes root (labelled: mIoU) or a folder of images"
     )
@@ -48,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", default="val", help="dataset split for the frames [val]")
     parser.add_argument("--video", type=Path, help="take the frames from a video file instead")
     parser.add_argument("--images", type=int, default=10, help="frames for timing, agreement and mIoU [10]")
-    parser.add_argument("--input-size", type=_size, default=(512, 512), help="model input HxW [512x512]")
+    parser.add_argument("--input-size", type=parse_input_size, default=(512, 512), help="model input HxW [512x512]")
     parser.add_argument("--runs", type=int, default=10, help="timed runs per row [10]")
     parser.add_argument("--warmup", type=int, default=3, help="untimed runs first [3]")
     parser.add_argument("--threads", type=int, help="threads per engine [all cores]")

@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from benchmarks.harness import IMAGE_SUFFIXES
+from runtimes.vocabulary import IMAGE_SUFFIXES
 
 
 def _rows(args: argparse.Namespace) -> dict[str, tuple[str, Path, str | None]]:

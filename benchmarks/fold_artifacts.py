@@ -22,6 +22,9 @@ from typing import Any
 
 from compile.export import export
 from runtimes import read_metadata
+from runtimes.geometry import parse_input_size
+from runtimes.registry import TARGETS
+from runtimes.vocabulary import PRECISIONS
 from train.cross_validate import hold_out
 from train.data import build_dataset
 from train.train_config import TrainConfig, load_train_config
@@ -119,20 +122,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("run_dir", type=Path, help="an `m2f cross-validate` output folder")
     parser.add_argument("--config", required=True, help="the training config the folds were trained with")
     parser.add_argument("--data-root", help="replaces the dataset root of the config")
-    parser.add_argument("--target", default="openvino", choices=("openvino", "onnxruntime"))
-    parser.add_argument("--precision", default="int8", choices=("fp32", "fp16", "bf16", "int8"))
-    parser.add_argument("--input-size", help="HxW of a fixed-size export (default: dynamic)")
+    parser.add_argument("--target", default="openvino", choices=TARGETS["cpu"].runtimes)
+    parser.add_argument("--precision", default="int8", choices=PRECISIONS)
+    parser.add_argument("--input-size", type=parse_input_size, help="HxW of a fixed-size export (default: dynamic)")
     parser.add_argument("--calib-images", type=int, default=64)
     parser.add_argument("--no-peer", action="store_true", help="do not score the LiteRT peer on the held-out frames")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        size = tuple(int(v) for v in args.input_size.lower().split("x")) if args.input_size else None
-        if size is not None and len(size) != 2:
-            raise ValueError(f"--input-size takes HxW, got {args.input_size!r}")
         config = load_train_config(args.config).with_overrides(args.data_root)
         report = score_folds(
-            args.run_dir, config, args.target, args.precision, size, args.calib_images, peer=not args.no_peer
+            args.run_dir, config, args.target, args.precision, args.input_size, args.calib_images, peer=not args.no_peer
         )
     except (ValueError, FileNotFoundError) as err:
         print(f"fold_artifacts: {err}", file=sys.stderr)

@@ -41,7 +41,7 @@ logger = logging.getLogger("benchmarks.gpu_check")
 
 REPO = Path(__file__).resolve().parents[1]
 EDGE_CONFIG = REPO / "configs" / "camvid_edge.yaml"
-SWIN_T = "ade20k-semantic-swin-t"
+SWIN_T_MODEL = "ade20k-semantic-swin-t"
 FRAME_SIZE = (360, 480)  # CamVid-like camera frames, letterboxed to each model's input
 # (label, kind, precision, cuda_graph): our rows are the torch runtime, HF's are transformers eager
 ROWS = (
@@ -53,7 +53,7 @@ ROWS = (
     ("HF eager fp16", "hf", "fp16", False),
     ("Segmenter('cuda')", "sdk", "", False),  # what the SDK's cuda target picks (runtime/precision in the row)
 )
-BASELINE = "HF eager fp16"
+GPU_BASELINE = "HF eager fp16"
 
 
 class Report:
@@ -190,7 +190,7 @@ def prepare_swin(work: Path, tiny: bool) -> dict[str, Any]:
     """Our checkpoint and the HF folder with the same seeded random weights (``benchmarks.worker.prepare_model``)."""
     from benchmarks.worker import prepare_model
 
-    model = SWIN_T
+    model = SWIN_T_MODEL
     if tiny:
         from benchmarks.peers import hf_config_dict
         from train.model import Mask2FormerConfig
@@ -364,12 +364,13 @@ def render_markdown(data: dict[str, Any]) -> str:
         ]
     for name, model in data["latency"].items():
         rows = model.get("rows", {})
-        base = rows.get(BASELINE, {})
+        base = rows.get(GPU_BASELINE, {})
         lines += [
             "",
             f"### {name}: input {model.get('input_size')}, frames {model.get('frame_size')} (median ms)",
             "",
-            f"| row | end to end ms | model only ms | x {BASELINE} e2e | x {BASELINE} model | labels = fp32 eager |",
+            f"| row | end to end ms | model only ms | x {GPU_BASELINE} e2e | x {GPU_BASELINE} model "
+            "| labels = fp32 eager |",
             "|---|---|---|---|---|---|",
         ]
         for label, row in rows.items():
@@ -406,6 +407,9 @@ def machine_facts(device: str) -> dict[str, Any]:
     }
 
 
+GPU_CHECK_PARTS = ("kernel", "tests", "train", "latency")  # what --skip can leave out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "gpu_check")
@@ -414,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-iters", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--runs", type=int, default=30)
-    parser.add_argument("--skip", action="append", default=[], choices=["kernel", "tests", "train", "latency"])
+    parser.add_argument("--skip", action="append", default=[], choices=GPU_CHECK_PARTS)
     parser.add_argument("--tests-timeout", type=int, default=300, help="seconds for pytest -m gpu")
     parser.add_argument(
         "--absent",

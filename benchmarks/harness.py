@@ -32,13 +32,12 @@ import numpy as np
 from tqdm import tqdm
 
 from benchmarks.litert_peer import PEER_LABEL, default_peer_path
-from runtimes.registry import PRECISIONS, RUNTIMES, RuntimeSpec
+from runtimes.registry import RUNTIMES, RuntimeSpec
+from runtimes.vocabulary import IMAGE_SUFFIXES, PRECISIONS, REPO_ROOT
 from sdk.sources import evenly_spaced, read_video_frames
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 DATA_FORMATS = ("auto", "camvid", "ade20k", "cityscapes", "images")
 
 
@@ -79,7 +78,7 @@ _PEERS: dict[str, TargetKind] = {  # the same architecture and weights, run the 
     "litert-deeplab": TargetKind("litert", "litert", ("cpu",), {"cpu": ("int8",)}, ("ai_edge_litert",), PEER_LABEL),
 }
 # target name -> kind: the reference (our torch) first, then the peers, then our other runtimes in table order
-TARGETS: dict[str, TargetKind] = {
+BENCHMARK_TARGETS: dict[str, TargetKind] = {
     "torch": _ours(RUNTIMES["torch"]),
     **_PEERS,
     **{name: _ours(spec) for name, spec in RUNTIMES.items() if name != "torch"},
@@ -172,7 +171,7 @@ def _last_line(path: Path) -> str:
 
 def target_available(name: str, device: str | None = None) -> str | None:
     """None when ``name`` can run here (on ``device``, default its first), else why not."""
-    kind = TARGETS[name]
+    kind = BENCHMARK_TARGETS[name]
     missing = [m for m in kind.needs if importlib.util.find_spec(m) is None]
     if missing:
         return f"{name} needs {', '.join(missing)} (not installed)"
@@ -186,7 +185,7 @@ def target_available(name: str, device: str | None = None) -> str | None:
 def row_id(name: str, device: str, precision: str) -> str:
     """``m2f-openvino-int8``, ``hf-eager-fp32``; a device other than the target's first is named:
     ``m2f-torch-cuda-fp16``."""
-    kind = TARGETS[name]
+    kind = BENCHMARK_TARGETS[name]
     where = "" if device == kind.devices[0] else f"-{device}"
     return f"{kind.family}-{name.removeprefix(kind.family + '-')}{where}-{precision}"
 
@@ -197,20 +196,20 @@ def plan_rows(targets: Sequence[str] | None, precisions: Sequence[str] | None) -
     ``targets=None`` means every available target x device (unavailable ones named explicitly become error rows on
     their first device; their other devices join where available).
     """
-    unknown = [t for t in targets or () if t not in TARGETS]
+    unknown = [t for t in targets or () if t not in BENCHMARK_TARGETS]
     if unknown:
-        raise ValueError(f"unknown target(s) {unknown}; expected some of {', '.join(TARGETS)}")
+        raise ValueError(f"unknown target(s) {unknown}; expected some of {', '.join(BENCHMARK_TARGETS)}")
     named = targets is not None
     if targets is None:
-        targets = [t for t in TARGETS if target_available(t) is None]
-        skipped = [t for t in TARGETS if t not in targets]
+        targets = [t for t in BENCHMARK_TARGETS if target_available(t) is None]
+        skipped = [t for t in BENCHMARK_TARGETS if t not in targets]
         if skipped:
             logger.info("not available here, skipped: %s", ", ".join(skipped))
     places = [
         (t, device)
-        for t in TARGETS  # table order, not command-line order
+        for t in BENCHMARK_TARGETS  # table order, not command-line order
         if t in targets
-        for i, device in enumerate(TARGETS[t].devices)
+        for i, device in enumerate(BENCHMARK_TARGETS[t].devices)
         if (i == 0 and named) or target_available(t, device) is None
     ]
     if precisions is None:
@@ -220,16 +219,16 @@ def plan_rows(targets: Sequence[str] | None, precisions: Sequence[str] | None) -
         raise ValueError(f"unknown precision(s) {bad}; expected some of {', '.join(PRECISIONS)}")
     rows = [REFERENCE]
     for target, device in places:
-        rows += [(target, device, p) for p in TARGETS[target].precisions[device] if p in precisions]
+        rows += [(target, device, p) for p in BENCHMARK_TARGETS[target].precisions[device] if p in precisions]
     return [
         {
             "id": row_id(t, d, p),
             "target": t,
-            "family": TARGETS[t].family,
-            "runtime": TARGETS[t].runtime,
+            "family": BENCHMARK_TARGETS[t].family,
+            "runtime": BENCHMARK_TARGETS[t].runtime,
             "device": d,
             "precision": p,
-            "label": TARGETS[t].label + ("" if d == TARGETS[t].devices[0] else f" on {d.upper()}"),
+            "label": BENCHMARK_TARGETS[t].label + ("" if d == BENCHMARK_TARGETS[t].devices[0] else f" on {d.upper()}"),
         }
         for t, d, p in dict.fromkeys(rows)  # the reference once
     ]
@@ -268,7 +267,7 @@ def prepare_eval_set(
         if fmt == "images":
             files = sorted(p for p in data.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
             if not files:
-                raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {data}")
+                raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {data}")
             for i in evenly_spaced(len(files), count):
                 image = cv2.imread(str(files[i]), cv2.IMREAD_COLOR)
                 if image is None:

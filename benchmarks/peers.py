@@ -26,7 +26,7 @@ from train.model.config import Mask2FormerConfig, ResNetConfig, SwinConfig
 
 logger = logging.getLogger(__name__)
 
-STAGES = ["stage1", "stage2", "stage3", "stage4"]
+HF_STAGES = ["stage1", "stage2", "stage3", "stage4"]
 HF_OUTPUTS = ("class_queries_logits", "masks_queries_logits")
 HF_INPUT = "pixel_values"
 
@@ -59,7 +59,7 @@ def hf_config_dict(config: Mask2FormerConfig, class_names: Sequence[str]) -> dic
             "drop_path_rate": bb.drop_path_rate,
             "use_absolute_embeddings": bb.absolute_pos_embed,
             "image_size": bb.pretrain_img_size,
-            "out_features": STAGES,
+            "out_features": HF_STAGES,
         }
     elif isinstance(bb, ResNetConfig):
         if bb.bottleneck_channels * 4 != bb.out_channels:
@@ -71,7 +71,7 @@ def hf_config_dict(config: Mask2FormerConfig, class_names: Sequence[str]) -> dic
             "depths": list(bb.depths),
             "layer_type": "bottleneck",
             "downsample_in_bottleneck": bb.stride_in_1x1,
-            "out_features": STAGES,
+            "out_features": HF_STAGES,
         }
     else:
         raise PeerNotAvailable(f"HF transformers has no Mask2Former with a {bb.kind!r} backbone (swin, resnet)")
@@ -109,7 +109,7 @@ def hf_config(config_dict: dict[str, Any]) -> Any:
     bb_cls = {"swin": transformers.SwinConfig, "resnet": transformers.ResNetConfig}.get(kind)
     if bb_cls is None:
         raise PeerNotAvailable(f"HF Mask2Former backbone {kind!r} is not supported here (swin, resnet)")
-    bb.setdefault("out_features", STAGES)
+    bb.setdefault("out_features", HF_STAGES)
     data.pop("model_type", None)
     data["id2label"] = {int(k): v for k, v in data.get("id2label", {}).items()}
     known = set(transformers.Mask2FormerConfig().to_dict())

@@ -23,11 +23,11 @@ from typing import Any
 
 import numpy as np
 
+from runtimes.openvino_backend import OV_INFERENCE_PRECISION
+
 logger = logging.getLogger("benchmarks.worker")
 
 REFERENCE_ROW = "m2f-torch-fp32"
-# our precision names -> OpenVINO INFERENCE_PRECISION_HINT
-OV_HINT = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f32"}
 
 
 def _proc_status_mb(field: str) -> float | None:
@@ -258,7 +258,7 @@ def build_pipeline(spec: dict) -> tuple[Any, dict]:
                 options["cache_dir"] = None  # compile every time: the cache would change the peak memory
             segmenter = Segmenter(row["runtime"], model=spec["artifact"], precision=row["precision"], **options)
             if row["runtime"] == "openvino":
-                want, got = OV_HINT[row["precision"]], segmenter.backend.inference_precision
+                want, got = OV_INFERENCE_PRECISION[row["precision"]], segmenter.backend.inference_precision
                 facts["ov_inference_precision"] = got
                 if want != got:
                     raise RuntimeError(f"OpenVINO ran the {row['precision']} artifact in {got} (this CPU lacks {want})")
@@ -458,7 +458,7 @@ def _profile(spec: dict, pipeline: Any, frame: np.ndarray) -> dict:
         segmenter = pipeline.segmenter
         feed = {segmenter.input_name: fit_to_input(frame, segmenter.metadata["input"])[0][None]}
         if row["runtime"] == "openvino":
-            return profiling.profile_openvino(spec["artifact"], feed, OV_HINT[row["precision"]], threads)
+            return profiling.profile_openvino(spec["artifact"], feed, OV_INFERENCE_PRECISION[row["precision"]], threads)
         if row["runtime"] == "onnxruntime":
             return profiling.profile_onnxruntime(spec["artifact"], feed, threads)
         return profiling.profile_torch(lambda: segmenter.backend.run(feed))

@@ -8,17 +8,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from runtimes.geometry import parse_input_size
+from runtimes.vocabulary import PRECISIONS, TASKS
+
 logger = logging.getLogger(__name__)
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW such as 360x480, got {text!r}") from None
-    if h < 32 or w < 32:
-        raise argparse.ArgumentTypeError(f"input size {h}x{w} is below 32x32")
-    return h, w
 
 
 def export_main(argv: Sequence[str]) -> int:
@@ -29,9 +22,9 @@ def export_main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="m2f export", description=export_main.__doc__)
     parser.add_argument("checkpoint", help="our .pt (m2f train output or `m2f convert` result)")
     parser.add_argument("--target", required=True, choices=sorted(SUPPORTED))
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16", "int8"))
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
     size = parser.add_mutually_exclusive_group(required=True)
-    size.add_argument("--input-size", type=_size, help="static HxW (frames are letterboxed into it)")
+    size.add_argument("--input-size", type=parse_input_size, help="static HxW (frames are letterboxed into it)")
     size.add_argument("--dynamic", action="store_true", help="any H and W (frames resized by shortest edge)")
     parser.add_argument("--calib", help="folder of real images for int8 calibration (and the gate without --val-data)")
     parser.add_argument("--val-data", help="dataset root for the checkpoint's validation spec, or a JSON spec")
@@ -41,7 +34,7 @@ def export_main(argv: Sequence[str]) -> int:
     parser.add_argument(
         "--compact", action="store_true", help="smaller file: uniform constants folded, fp32 weights stored as fp16"
     )
-    parser.add_argument("--task", choices=("semantic", "instance", "panoptic"))
+    parser.add_argument("--task", choices=TASKS)
     parser.add_argument("--out", required=True, help="artifact path (.onnx)")
     args = parser.parse_args(list(argv))
     try:

@@ -19,6 +19,7 @@ from runtimes import Backend, load_backend
 from runtimes.artifact import ARTIFACT_FORMAT_VERSION, write_metadata
 from runtimes.geometry import fit_to_input
 from runtimes.registry import ARTIFACT_TARGETS, export_precisions
+from runtimes.vocabulary import IMAGE_SUFFIXES
 from train.evaluation.semantic import semantic_gt_from_sample
 from train.model import LoadedModel, load_pretrained
 from train.model.checkpoint import file_sha256
@@ -29,13 +30,12 @@ logger = logging.getLogger(__name__)
 SUPPORTED: dict[str, tuple[str, ...]] = {target: export_precisions(target) for target in ARTIFACT_TARGETS}
 FIXED_SIZE_TARGETS = ("tensorrt",)  # exported at one static input size (TensorRT builds one engine per size)
 DEFAULT_MIN_SIZE, DEFAULT_MAX_SIZE = 512, 2048  # shortest-edge resize of a dynamic-size export
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 
 def _images_in(folder: Path, limit: int, seed: int = 0) -> list[np.ndarray]:
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
+        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {folder}")
     random.Random(seed).shuffle(files)
     images = []
     for path in files[:limit]:

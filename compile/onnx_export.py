@@ -19,12 +19,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from runtimes.vocabulary import INPUT_NAME
 from train.model import Mask2Former, ModelMeta
 from train.model.inference import semantic_labels
 
 logger = logging.getLogger(__name__)
 
-INPUT_NAME = "images"
 OUTPUTS = {
     "semantic": {"labels": "(B, H, W) uint8 class id per pixel at input resolution (official semantic inference)"},
     "panoptic": {

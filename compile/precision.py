@@ -55,12 +55,13 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from runtimes.vocabulary import INPUT_NAME
+
 if TYPE_CHECKING:
     import nncf
 
 logger = logging.getLogger(__name__)
 
-INPUT_NAME = "images"
 
 # convert_float_to_float16's own default block list names ML-classical and integer-ish ops (TreeEnsemble, TopK,
 # Range, CumSum, Min/Max, ...), none of which occurs in our graph; we add nothing. fp16 storage of every tensor

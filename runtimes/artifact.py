@@ -48,14 +48,13 @@ from pathlib import Path
 from typing import Any
 
 from runtimes.errors import M2FError
-from runtimes.registry import ARTIFACT_TARGETS, PRECISIONS
+from runtimes.geometry import RESIZE_POLICIES
+from runtimes.registry import ARTIFACT_TARGETS
+from runtimes.vocabulary import PRECISIONS, TASKS
 
 ARTIFACT_FORMAT_VERSION = 1
 METADATA_KEY = "m2f"
 
-TASKS = ("semantic", "instance", "panoptic")
-TARGETS = ARTIFACT_TARGETS  # what an artifact can be compiled for: runtimes.registry
-RESIZE_POLICIES = ("letterbox", "shortest_edge")
 
 _EXPORT_HINT = "re-export it with `m2f export`"
 
@@ -127,7 +126,7 @@ _FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "normalization.std": (lambda x: _is_triple(x) and all(v > 0 for v in x), "3 positive numbers"),
     "normalization.in_graph": (lambda x: x is True, "true (uint8 in, normalisation in the graph)"),
     "precision": _one_of(*PRECISIONS),
-    "target": _one_of(*TARGETS),
+    "target": _one_of(*ARTIFACT_TARGETS),
     "opset": (lambda x: _is_int(x) and x > 0, "a positive int"),
     "source": (lambda x: isinstance(x, dict), "an object"),
     "source.checkpoint_sha256": (lambda x: x is None or isinstance(x, str), "a str or null"),

@@ -33,7 +33,7 @@ from runtimes.errors import M2FError
 logger = logging.getLogger(__name__)
 
 BINDINGS = ("cuda-python", "pycuda")  # in order of preference
-INSTALL_HINT = (
+CUDA_BINDING_HINT = (
     "pip install cuda-python (NVIDIA's CUDA bindings; wheels for x86-64 and aarch64), or pycuda (built from source: "
     "the CUDA toolkit's nvcc on PATH and the Python headers)"
 )
@@ -231,7 +231,7 @@ def cuda_binding(prefer: str | None = None) -> _CudaPython | _PyCuda:
                 errors.append(f"{name}: {err}")
                 continue
             return _bindings[name]
-    raise RuntimeNotAvailable(f"no CUDA binding for Python ({'; '.join(errors)}): {INSTALL_HINT}")
+    raise RuntimeNotAvailable(f"no CUDA binding for Python ({'; '.join(errors)}): {CUDA_BINDING_HINT}")
 
 
 def binding_status() -> str:

@@ -18,12 +18,15 @@ frame does not matter.
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import cv2
 import numpy as np
+
+from runtimes.errors import M2FError
 
 RESIZE_POLICIES = ("letterbox", "shortest_edge")
 
@@ -35,6 +38,24 @@ class Geometry:
     frame_size: tuple[int, int]  # (h, w) of the original frame
     resized_size: tuple[int, int]  # (h, w) of the frame inside the model input (top-left)
     input_size: tuple[int, int]  # (H, W) of the model input
+
+
+MIN_INPUT_SIDE = 32  # the network pads to a multiple of 32; smaller model inputs are refused
+
+
+class InputSizeError(M2FError, argparse.ArgumentTypeError, ValueError):
+    """Not an ``HxW`` model input size (a ``ValueError``; as an argparse ``type``, a usage error with this message)."""
+
+
+def parse_input_size(text: str) -> tuple[int, int]:
+    """``"360x480"`` -> ``(360, 480)``: the one parser of every ``--input-size``."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise InputSizeError(f"expected HxW such as 360x480, got {text!r}") from None
+    if h < MIN_INPUT_SIDE or w < MIN_INPUT_SIDE:
+        raise InputSizeError(f"input size {h}x{w} is below {MIN_INPUT_SIDE}x{MIN_INPUT_SIDE}")
+    return h, w
 
 
 def _resize(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -27,13 +27,14 @@ from typing import Any
 
 import numpy as np
 
-from runtimes.artifact import PRECISIONS, ArtifactError, artifact_sha256, engine_cache_key, read_io_names, read_metadata
+from runtimes.artifact import ArtifactError, artifact_sha256, engine_cache_key, read_io_names, read_metadata
 from runtimes.base import Backend, DeviceNotAvailable, ExclusivePool, RuntimeNotAvailable, TensorSpec
+from runtimes.vocabulary import PRECISIONS
 
 logger = logging.getLogger(__name__)
 
 # our precision names -> OpenVINO INFERENCE_PRECISION_HINT values
-_INFERENCE_PRECISION = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f32"}
+OV_INFERENCE_PRECISION = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f32"}
 _ALIASES = {"f32": "fp32", "f16": "fp16", "float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 _CAPABILITY = {"bf16": "BF16", "f16": "FP16"}  # hint value -> OPTIMIZATION_CAPABILITIES entry it needs
 _VIRTUAL_DEVICES = {"AUTO", "MULTI", "HETERO", "BATCH"}
@@ -152,7 +153,7 @@ class OpenVinoBackend(Backend):
         name = _ALIASES.get(name, name)
         if name not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; use one of {PRECISIONS}")
-        ov_precision = _INFERENCE_PRECISION[name]
+        ov_precision = OV_INFERENCE_PRECISION[name]
         needed = _CAPABILITY.get(ov_precision)
         if needed is None:
             return ov_precision

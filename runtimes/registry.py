@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+from runtimes.vocabulary import PRECISIONS
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ RUNTIMES: dict[str, RuntimeSpec] = {
             devices=("cpu",),
             options=frozenset({"device", "precision", "threads", "cache_dir", "num_requests", "performance_mode"}),
             artifact_targets=("openvino", "onnxruntime"),
-            precisions=("fp32", "fp16", "bf16", "int8"),
+            precisions=PRECISIONS,
             label="OpenVINO",
             # AMX runs int8 and bf16 tiles. Without AMX bf16 is first: on an idle 2-core EPYC (AVX512-BF16, VNNI)
             # MobileNetV2 inference took bf16 54.9, int8 63.4, fp32 80.7 ms (benchmarks/results/cpu_precisions),

@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 
 from runtimes import INSTALL_HINTS
-from runtimes.artifact import PRECISIONS, ArtifactError, engine_cache_key
+from runtimes.artifact import ArtifactError, engine_cache_key
 from runtimes.base import RuntimeNotAvailable
+from runtimes.vocabulary import PRECISIONS
 
 MIN_TENSORRT_MAJOR = 10
 UPGRADE_HINT = (

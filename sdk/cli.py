@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import sdk
+from runtimes.vocabulary import TASKS
 from sdk import cli_predict
 
 if TYPE_CHECKING:
@@ -42,12 +43,12 @@ HOST_COMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": ("sdk.demo:demo_main", "stream a street clip through the default model; per-target table", "openvino"),
 }
 
-DESCRIPTION = (
+M2F_DESCRIPTION = (
     "Mask2Former from training to the edge. On the host (needs the [train] extra): "
     + ", ".join(name for name, (_, _, extra) in HOST_COMMANDS.items() if extra == "train")
     + ". On the device (no torch needed): info, predict, stream, demo."
 )
-EPILOG = """\
+M2F_EPILOG = """\
 `m2f COMMAND -h` shows a command's own options.
 
 examples:
@@ -115,8 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_host_command(argv[0], argv[1:])
     parser = argparse.ArgumentParser(
         prog="m2f",
-        description=textwrap.fill(DESCRIPTION, 110, break_on_hyphens=False),
-        epilog=EPILOG,
+        description=textwrap.fill(M2F_DESCRIPTION, 110, break_on_hyphens=False),
+        epilog=M2F_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -174,7 +175,7 @@ def add_stream_parser(sub: Any) -> None:
     p.add_argument("source", help="video file, camera index (0), URL (rtsp://, http://, ...) or GStreamer pipeline")
     p.add_argument("--target", default="auto", help="target profile (default: auto, the best one here)")
     p.add_argument("--model", help="artifact (.onnx) or checkpoint; default: the packaged model")
-    p.add_argument("--task", choices=("semantic", "instance", "panoptic"))
+    p.add_argument("--task", choices=TASKS)
     p.add_argument("--out", help="write the annotated video to this file (e.g. out.mp4)")
     p.add_argument("--max-frames", type=int, help="stop after N frames")
     p.add_argument("--live", action="store_true", default=None, help="live: newest frame only, older dropped")

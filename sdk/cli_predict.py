@@ -31,13 +31,11 @@ from typing import Any
 import numpy as np
 
 from runtimes.errors import M2FError
+from runtimes.vocabulary import IMAGE_SUFFIXES, TASKS
 
-IMAGE_SUFFIXES = frozenset(
-    {".bmp", ".dib", ".jpg", ".jpeg", ".jpe", ".jp2", ".png", ".webp", ".pbm", ".pgm", ".ppm", ".pnm", ".tif", ".tiff"}
-)
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
-DESCRIPTION = """\
+PREDICT_DESCRIPTION = """\
 Segment images with a model on a target; print one line per image (--json: one JSON object per line).
 
 SOURCE is an image file, a folder (searched recursively for images) or a glob pattern such as "shots/**/*.jpg"
@@ -46,7 +44,7 @@ SOURCE is an image file, a folder (searched recursively for images) or a glob pa
 mirroring the folders of the inputs; two inputs with the same name keep their extension in the output name
 instead of overwriting each other. Images that cannot be read or segmented are reported and skipped."""
 
-EPILOG = """\
+PREDICT_EPILOG = """\
 exit status: 0 every image segmented, 1 some images failed (listed on stderr), 2 nothing segmented
 (bad arguments, model or --out), 130 interrupted (Ctrl-C; the summary so far is printed).
 
@@ -69,14 +67,14 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     parser = sub.add_parser(
         "predict",
         help="segment image files, folders or globs",
-        description=DESCRIPTION.format(suffixes="\n  " + " ".join(sorted(IMAGE_SUFFIXES))),
-        epilog=EPILOG,
+        description=PREDICT_DESCRIPTION.format(suffixes="\n  " + " ".join(sorted(IMAGE_SUFFIXES))),
+        epilog=PREDICT_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("source", nargs="+", help="image file, folder or glob pattern (several allowed)")
     parser.add_argument("--target", default="auto", help="target profile: cpu, cuda, jetson, openvino, ... (auto)")
     parser.add_argument("--model", help="artifact (.onnx) or checkpoint (.pt); default: the packaged model")
-    parser.add_argument("--task", choices=("semantic", "instance", "panoptic"), help="default: the model's own")
+    parser.add_argument("--task", choices=TASKS, help="default: the model's own")
     parser.add_argument("--out", help="folder for the overlays (created; mirrors the input folders)")
     parser.add_argument("--json", action="store_true", help="stdout: one JSON object per image, one per line")
     return parser

@@ -26,11 +26,10 @@ import numpy as np
 
 from runtimes.errors import M2FError
 from runtimes.geometry import Geometry
+from runtimes.vocabulary import MASK_STRIDE, TASKS
 
 logger = logging.getLogger(__name__)
 
-TASKS = ("semantic", "instance", "panoptic")
-MASK_STRIDE = 4  # pred_masks are at 1/4 of the padded input
 _CHUNK_ELEMENTS = 1 << 22  # ~16 MB of float32 per chunk of work
 
 

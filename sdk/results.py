@@ -16,13 +16,11 @@ from typing import Any
 import cv2
 import numpy as np
 
+from runtimes.vocabulary import TASKS, VOID
 from sdk.postprocess import masks_to_boxes
 from sdk.preprocess import as_bgr
 
 logger = logging.getLogger(__name__)
-
-VOID = 255  # semantic id of pixels no segment covers (panoptic-derived maps)
-TASKS = ("semantic", "instance", "panoptic")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from runtimes.vocabulary import TASKS
 from train.evaluation.runner import HEADLINE
 from train.model import load_pretrained, save_checkpoint
 from train.model.checkpoint import file_sha256
@@ -89,7 +90,7 @@ def eval_main(argv: Sequence[str]) -> int:
     parser.add_argument("checkpoint", help="our .pt (a training output or `m2f convert` result)")
     parser.add_argument("--data-root", help="replaces the dataset root stored in the checkpoint")
     parser.add_argument("--data", help='dataset spec as JSON, e.g. \'{"format": "camvid", "split": "val"}\'')
-    parser.add_argument("--task", choices=("semantic", "instance", "panoptic"), help="default: the training task")
+    parser.add_argument("--task", choices=TASKS, help="default: the training task")
     parser.add_argument("--max-images", type=int, help="evaluate on the first N images only")
     parser.add_argument("--json", action="store_true", help="print the metrics as one JSON object, last line")
     parser.add_argument(

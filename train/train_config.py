@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-TASKS = ("semantic", "instance", "panoptic")
+from runtimes.vocabulary import TASKS
+
 AMP_MODES = ("none", "bf16", "fp16")
 
 

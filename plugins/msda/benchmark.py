@@ -129,10 +129,13 @@ def benchmark_case(
     }
 
 
+DTYPES = ("float32", "float16")  # the kernel's two types
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: benchmark the cases, log a table, optionally write JSON; 2 when no kernel can run."""
     parser = argparse.ArgumentParser(prog="python -m plugins.msda.benchmark", description=__doc__.splitlines()[0])
-    parser.add_argument("--dtype", nargs="+", choices=("float32", "float16"), default=["float32", "float16"])
+    parser.add_argument("--dtype", nargs="+", choices=DTYPES, default=list(DTYPES))
     parser.add_argument("--backward", action="store_true", help="time forward + backward (float32 only)")
     parser.add_argument("--cases", nargs="+", choices=[c.name for c in CASES], help="default: all")
     parser.add_argument("--warmup", type=int, default=10)

@@ -21,6 +21,8 @@ import os
 import threading
 from pathlib import Path
 
+from runtimes.vocabulary import REPO_ROOT
+
 __all__ = [
     "BUILD_COMMANDS",
     "BUILTIN_PLUGIN_NAME",
@@ -46,7 +48,7 @@ BUILTIN_PLUGIN_NAME = "MultiscaleDeformableAttnPlugin_TRT"
 BUILTIN_PLUGIN_VERSION = "1"  # IPluginV2DynamicExt; "2" is the IPluginV3 port, TensorRT >= 10.11
 
 LIBRARY_NAME = "libm2f_msda_trt.so"
-REPO_ROOT = SOURCE_DIR.parents[1]
+
 BUILD_COMMANDS = "cmake -S plugins/msda -B build/msda && cmake --build build/msda"
 ENV_PATH = "M2F_MSDA_TRT_PLUGIN"
 

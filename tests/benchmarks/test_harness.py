@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from benchmarks.harness import TARGETS, plan_rows, prepare_eval_set, run_job
+from benchmarks.harness import BENCHMARK_TARGETS, plan_rows, prepare_eval_set, run_job
 from tests.conftest import REPO_ROOT
 
 # A very small HF Mask2Former (Swin backbone) with 3 classes: the harness builds it with seeded random weights.
@@ -114,10 +114,10 @@ def test_tensorrt_rows_take_what_the_export_makes():
     pytest.importorskip("torch")
     from compile.tensorrt_export import check_tensorrt_request
 
-    assert TARGETS["tensorrt"].precisions == {"cuda": ("fp32", "fp16")}
+    assert BENCHMARK_TARGETS["tensorrt"].precisions == {"cuda": ("fp32", "fp16")}
     with pytest.raises(ValueError, match="ModelOpt"):
         check_tensorrt_request("int8", (64, 64))
-    for precision in TARGETS["tensorrt"].precisions["cuda"]:
+    for precision in BENCHMARK_TARGETS["tensorrt"].precisions["cuda"]:
         check_tensorrt_request(precision, (64, 64))
 
 
@@ -220,8 +220,10 @@ def test_tiny_model_end_to_end(tmp_path, monkeypatch, capsys):
     from benchmarks.cli import benchmark_main
 
     # a deliberately failing target: the compiler refuses fp16 for onnxruntime inside the export job
-    kind = TARGETS["onnxruntime"]
-    monkeypatch.setitem(TARGETS, "onnxruntime", dataclasses.replace(kind, precisions={"cpu": ("fp32", "fp16")}))
+    kind = BENCHMARK_TARGETS["onnxruntime"]
+    monkeypatch.setitem(
+        BENCHMARK_TARGETS, "onnxruntime", dataclasses.replace(kind, precisions={"cpu": ("fp32", "fp16")})
+    )
     config = tmp_path / "tiny_config.json"
     config.write_text(json.dumps(TINY_HF_CONFIG))
     data = _fake_camvid(tmp_path / "camvid")

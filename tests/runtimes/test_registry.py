@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 import runtimes
-from runtimes.artifact import TARGETS as ARTIFACT_SCHEMA_TARGETS
 from runtimes.artifact import ArtifactError
 from runtimes.registry import (
     ARTIFACT_TARGETS,
@@ -20,6 +19,7 @@ from runtimes.registry import (
     check_options,
     export_precisions,
 )
+from runtimes.registry import ARTIFACT_TARGETS as ARTIFACT_SCHEMA_TARGETS
 from tests.conftest import REPO_ROOT
 from tests.runtimes.tiny_artifact import build_tiny_artifact
 

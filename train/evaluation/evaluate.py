@@ -6,6 +6,7 @@ import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from runtimes.vocabulary import TASKS
 from train.evaluation.instance import InstanceEvaluator
 from train.evaluation.panoptic import PanopticEvaluator
 from train.evaluation.semantic import SemanticEvaluator, as_numpy, semantic_gt_from_sample
@@ -16,7 +17,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-TASKS = ("semantic", "instance", "panoptic")
 REQUIRED = {"semantic": "semantic", "instance": "instances", "panoptic": "panoptic"}
 
 

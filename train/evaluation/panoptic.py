@@ -27,11 +27,11 @@ from train.evaluation.semantic import as_numpy, default_class_names
 
 logger = logging.getLogger(__name__)
 
-VOID = 0
+VOID_ID = 0
 
 
 def panoptic_gt_from_sample(labels: Any, masks: Any, iscrowd: Any) -> tuple[np.ndarray, dict[int, tuple[int, bool]]]:
-    """Turn a ``Sample``'s segments into an (H, W) int64 id map (0 = VOID) and ``{id: (category, iscrowd)}``.
+    """Turn a ``Sample``'s segments into an (H, W) int64 id map (0 = void) and ``{id: (category, iscrowd)}``.
 
     Non-crowd segment i gets id i + 1. All crowd segments of one category share one id, so there is one crowd
     region per category, which is what panopticapi assumes (its ``crowd_labels_dict`` keeps one crowd id per
@@ -52,7 +52,7 @@ def panoptic_gt_from_sample(labels: Any, masks: Any, iscrowd: Any) -> tuple[np.n
         seg_id = crowd_ids.setdefault(label, i + 1) if crowd else i + 1
         id_map[mask] = seg_id
     segments: dict[int, tuple[int, bool]] = {}
-    present = set(np.unique(id_map).tolist()) - {VOID}
+    present = set(np.unique(id_map).tolist()) - {VOID_ID}
     for i, (label, crowd) in enumerate(zip(labels_np.tolist(), crowd_np.tolist(), strict=True)):
         if i + 1 in present:
             segments[i + 1] = (label, crowd)
@@ -94,7 +94,7 @@ class PanopticEvaluator:
     ) -> None:
         """Add one image.
 
-        ``pred_seg`` (H, W) segment ids (0 = VOID) with ``pred_segments`` ``[{"id", "category_id", ...}]``;
+        ``pred_seg`` (H, W) segment ids (0 = void) with ``pred_segments`` ``[{"id", "category_id", ...}]``;
         ground truth in ``Sample`` form: ``gt_labels`` (N,), ``gt_masks`` (N, H, W) bool, ``gt_iscrowd`` (N,).
         A pixel id missing from ``pred_segments`` is an error (panopticapi raises too); a listed segment with no
         pixel is skipped (panopticapi raises; resizing a map can legitimately erase a tiny segment).
@@ -104,13 +104,13 @@ class PanopticEvaluator:
         if pan_pred.shape != pan_gt.shape:
             raise ValueError(f"prediction {pan_pred.shape} and ground truth {pan_gt.shape} differ in shape")
         if pan_pred.size and pan_pred.min() < 0:
-            raise ValueError("predicted segment ids must be >= 0 (0 = VOID)")
+            raise ValueError("predicted segment ids must be >= 0 (0 = void)")
 
         pred_cats: dict[int, int] = {}
         for seg in pred_segments:
             seg_id, cat = int(seg["id"]), int(seg["category_id"])
-            if seg_id == VOID or seg_id in pred_cats:
-                raise ValueError(f"predicted segment id {seg_id} is VOID or repeated")
+            if seg_id == VOID_ID or seg_id in pred_cats:
+                raise ValueError(f"predicted segment id {seg_id} is void (0) or repeated")
             if not 0 <= cat < self.num_classes:
                 raise ValueError(f"predicted segment {seg_id} has unknown category_id {cat}")
             pred_cats[seg_id] = cat
@@ -118,7 +118,7 @@ class PanopticEvaluator:
         ids, counts = np.unique(pan_pred, return_counts=True)
         pred_area: dict[int, int] = {}
         for seg_id, count in zip(ids.tolist(), counts.tolist(), strict=True):
-            if seg_id == VOID:
+            if seg_id == VOID_ID:
                 continue
             if seg_id not in pred_cats:
                 raise ValueError(f"segment id {seg_id} is in the predicted map but not in its segments list")
@@ -129,7 +129,7 @@ class PanopticEvaluator:
         gt_ids, gt_counts = np.unique(pan_gt, return_counts=True)
         gt_area = dict(zip(gt_ids.tolist(), gt_counts.tolist(), strict=True))
 
-        # intersections of every (gt id, pred id) pair present, VOID included on both sides
+        # intersections of every (gt id, pred id) pair present, VOID_ID included on both sides
         offset = int(pan_pred.max(initial=0)) + 1
         pairs, inter = np.unique(pan_gt * offset + pan_pred, return_counts=True)
         gt_pred_map = {(p // offset, p % offset): n for p, n in zip(pairs.tolist(), inter.tolist(), strict=True)}
@@ -142,7 +142,7 @@ class PanopticEvaluator:
             gt_cat, gt_crowd = gt_segms[gt_id]
             if gt_crowd or gt_cat != pred_cats[pred_id]:
                 continue
-            union = pred_area[pred_id] + gt_area[gt_id] - intersection - gt_pred_map.get((VOID, pred_id), 0)
+            union = pred_area[pred_id] + gt_area[gt_id] - intersection - gt_pred_map.get((VOID_ID, pred_id), 0)
             iou = intersection / union
             if iou > 0.5:
                 self.tp[gt_cat] += 1
@@ -163,7 +163,7 @@ class PanopticEvaluator:
             if pred_id in pred_matched:
                 continue
             cat = pred_cats[pred_id]
-            ignored = gt_pred_map.get((VOID, pred_id), 0)
+            ignored = gt_pred_map.get((VOID_ID, pred_id), 0)
             if cat in crowd_by_cat:
                 ignored += gt_pred_map.get((crowd_by_cat[cat], pred_id), 0)
             if ignored / area > 0.5:

@@ -30,10 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from runtimes.vocabulary import MASK_STRIDE, TASKS
 from train.model.config import InferenceConfig
-
-TASKS = ("semantic", "instance", "panoptic")
-MASK_STRIDE = 4  # pred_masks are at 1/4 of the padded input
 
 
 def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:

@@ -38,7 +38,6 @@ from train.model.config import (
 
 CLASSES_FILE = Path(__file__).with_name("zoo_classes.json")
 DOWNLOAD_ROOT = "https://dl.fbaipublicfiles.com/maskformer/mask2former"
-TASKS = ("panoptic", "instance", "semantic")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,18 @@
+"""The project's words and fixed facts, defined once: tasks, precisions, the model's input name, its mask stride,
+the void label, the image files we read, where the checkout is. A torch-free leaf (it imports nothing of ours), so
+the device side (sdk, runtimes), the host side (train, compile), the benchmarks, plugins and every CLI's
+``choices`` read the same values. ``tests/test_one_definition.py`` keeps it the only place they are written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+TASKS = ("semantic", "instance", "panoptic")  # what a Mask2Former artifact outputs
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")  # what an artifact is compiled at or a runtime lowers it to
+INPUT_NAME = "images"  # the artifact's one input: (N, H, W, 3) uint8 BGR
+MASK_STRIDE = 4  # pred_masks are at 1/4 of the padded input
+VOID = 255  # the semantic label of pixels without a class (CamVid void, pixels no panoptic segment covers)
+IMAGE_SUFFIXES = frozenset(  # the still-image files OpenCV reads, lower case
+    {".bmp", ".dib", ".jpg", ".jpeg", ".jpe", ".jp2", ".png", ".webp", ".pbm", ".pgm", ".ppm", ".pnm", ".tif", ".tiff"}
+)
+REPO_ROOT = Path(__file__).resolve().parents[1]  # this checkout (sdk/models, build/, ../shared beside it)
