@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import sdk
-from runtimes.vocabulary import TASKS
 from sdk import cli_predict
 
 if TYPE_CHECKING:
@@ -173,9 +172,7 @@ def add_stream_parser(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("source", help="video file, camera index (0), URL (rtsp://, http://, ...) or GStreamer pipeline")
-    p.add_argument("--target", default="auto", help="target profile (default: auto, the best one here)")
-    p.add_argument("--model", help="artifact (.onnx) or checkpoint; default: the packaged model")
-    p.add_argument("--task", choices=TASKS)
+    cli_predict.add_model_arguments(p)
     p.add_argument("--out", help="write the annotated video to this file (e.g. out.mp4)")
     p.add_argument("--max-frames", type=int, help="stop after N frames")
     p.add_argument("--live", action="store_true", default=None, help="live: newest frame only, older dropped")
@@ -185,12 +182,11 @@ def add_stream_parser(sub: Any) -> None:
 
 def stream_main(args: argparse.Namespace) -> int:
     """``m2f stream``: 0 done, 2 error (a message, no traceback), 130 Ctrl-C (stats so far, the video finished)."""
-    from sdk.segmenter import Segmenter
     from sdk.stream_options import StreamOptions
 
     try:
         options = StreamOptions(output=args.out, max_frames=args.max_frames, live=args.live, strict=args.strict)
-        seg = Segmenter(args.target, model=args.model, task=args.task)
+        seg = cli_predict.segmenter_from_args(args)
     except (ValueError, FileNotFoundError, RuntimeError, ImportError) as err:
         print(f"m2f stream: {err}", file=sys.stderr)
         return 2
@@ -216,6 +212,7 @@ def stream_main(args: argparse.Namespace) -> int:
             "latency_ms_p99": round(lat.get("p99", 0.0), 2),
             "target": seg.target.name,
             "runtime": seg.runtime,
+            "precision": seg.precision,
             "output": args.out,
             "interrupted": code == INTERRUPTED,
         }

@@ -26,12 +26,16 @@ from collections import Counter
 from collections.abc import Sequence
 from itertools import takewhile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from runtimes.errors import M2FError
-from runtimes.vocabulary import IMAGE_SUFFIXES, TASKS
+from runtimes.geometry import parse_input_size
+from runtimes.vocabulary import IMAGE_SUFFIXES, PRECISIONS, TASKS
+
+if TYPE_CHECKING:
+    from sdk.segmenter import Segmenter
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -72,12 +76,36 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("source", nargs="+", help="image file, folder or glob pattern (several allowed)")
-    parser.add_argument("--target", default="auto", help="target profile: cpu, cuda, jetson, openvino, ... (auto)")
-    parser.add_argument("--model", help="artifact (.onnx) or checkpoint (.pt); default: the packaged model")
-    parser.add_argument("--task", choices=TASKS, help="default: the model's own")
+    add_model_arguments(parser)
     parser.add_argument("--out", help="folder for the overlays (created; mirrors the input folders)")
     parser.add_argument("--json", action="store_true", help="stdout: one JSON object per image, one per line")
     return parser
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``Segmenter(target, model, task, precision, input_size)`` arguments, one spelling for predict and stream."""
+    parser.add_argument("--target", default="auto", help="target profile: cpu, cuda, jetson, openvino, ... (auto)")
+    parser.add_argument("--model", help="artifact (.onnx) or checkpoint (.pt); default: the packaged model")
+    parser.add_argument("--task", choices=TASKS, help="default: the model's own")
+    parser.add_argument("--precision", choices=PRECISIONS, help="default: the fastest verified one here (m2f info)")
+    parser.add_argument(
+        "--input-size", type=parse_input_size, help="HxW to compile a .pt checkpoint at (default: dynamic size)"
+    )
+
+
+def segmenter_from_args(args: argparse.Namespace) -> Segmenter:
+    """The ``Segmenter`` that ``add_model_arguments``' arguments describe."""
+    from sdk.segmenter import Segmenter
+
+    return Segmenter(
+        args.target, model=args.model, task=args.task, precision=args.precision, input_size=args.input_size
+    )
+
+
+def describe(seg: Segmenter) -> str:
+    """One line on what runs: model, runtime, device, precision and why that precision."""
+    model = seg.model_path.name if seg.model_path else "the model"
+    return f"{model} on {seg.runtime} ({seg.device}), {seg.precision}: {seg.precision_reason}"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -223,14 +251,14 @@ def _segment_all(
     from tqdm import tqdm
 
     from sdk.preprocess import FrameError
-    from sdk.segmenter import Segmenter
 
     try:
-        seg = Segmenter(args.target, model=args.model, task=args.task)
+        seg = segmenter_from_args(args)
     except (ValueError, FileNotFoundError, RuntimeError, ImportError) as err:
         print(f"m2f predict: {err}", file=sys.stderr)
         return EXIT_USAGE
     loaded = time.perf_counter()
+    print(f"m2f predict: {describe(seg)}", file=sys.stderr)
     segmented, failed = 0, []
     interrupted = False
     bar = tqdm(total=len(images), unit="image", file=sys.stderr, disable=not sys.stderr.isatty(), leave=False)

@@ -164,6 +164,7 @@ class Segmenter:
         spec = TARGETS[target or backend.name]
         known = _device_name(getattr(backend, "device", spec.device))  # torch, ONNX Runtime, OpenVINO say it
         segmenter._attach(backend, task, spec, device or (known if known in ("cpu", "cuda") else spec.device))
+        segmenter.model_path, segmenter.precision_reason = None, "the backend's own (from_backend)"
         return segmenter
 
     def _attach(self, backend: Backend, task: str | None, spec: TargetSpec, device: str) -> None:
@@ -238,12 +239,12 @@ class Segmenter:
 
     def __repr__(self) -> str:
         size = self.metadata["input"].get("size")
-        model = getattr(self, "model_path", None)
+        model = self.model_path
         return (
             f"Segmenter(profile={self.target.name!r}, runtime={self.runtime!r}, device={self.device!r}, "
             f"precision={self.precision!r}, model={model.name if model else None!r}, "
             f"input={'x'.join(map(str, size)) if size else 'dynamic'}, task={self.task!r}; "
-            f"precision: {getattr(self, 'precision_reason', 'set by the caller of from_backend')})"
+            f"precision: {self.precision_reason})"
         )
 
     def __enter__(self) -> Segmenter:

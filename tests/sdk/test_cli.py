@@ -231,3 +231,17 @@ def test_output_paths_never_collide(tmp_path, monkeypatch):
         "nothing: no such file or folder",
         "a/*.gif: no image matches this pattern",
     ]
+
+
+def test_predict_takes_precision_and_input_size_like_segmenter(tmp_path):
+    """``--precision`` and ``--input-size`` reach the Segmenter; what runs is named on stderr; a bad value is a
+    usage message."""
+    _image(tmp_path / "street.jpg", 4)
+    done = m2f("predict", "street.jpg", "--precision", "fp32", *TARGET, cwd=tmp_path)
+    _no_traceback(done)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "on onnxruntime (cpu), fp32: asked for" in done.stderr, done.stderr
+    for bad in (("--input-size", "16x16"), ("--precision", "int4")):
+        refused = m2f("predict", "street.jpg", *bad, *TARGET, cwd=tmp_path)
+        _no_traceback(refused)
+        assert refused.returncode == 2 and bad[0] in refused.stderr, refused.stderr
