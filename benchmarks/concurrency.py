@@ -25,9 +25,10 @@ import cv2
 import numpy as np
 
 from runtimes.openvino_backend import openvino_version
+from runtimes.vocabulary import SHARED_ROOT
 from sdk.segmenter import Segmenter, default_model
 
-DEFAULT_DATA = Path(os.environ.get("M2F_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) / "camvid"
+DEFAULT_DATA = Path(os.environ.get("M2F_DATA", SHARED_ROOT / "data")) / "camvid"
 
 
 def read_frames(data: Path, count: int) -> list[np.ndarray]:

@@ -37,10 +37,11 @@ from typing import Any
 
 import numpy as np
 
+from runtimes.vocabulary import REPO_ROOT
+
 logger = logging.getLogger("benchmarks.gpu_check")
 
-REPO = Path(__file__).resolve().parents[1]
-EDGE_CONFIG = REPO / "configs" / "camvid_edge.yaml"
+EDGE_CONFIG = REPO_ROOT / "configs" / "camvid_edge.yaml"
 SWIN_T_MODEL = "ade20k-semantic-swin-t"
 FRAME_SIZE = (360, 480)  # CamVid-like camera frames, letterboxed to each model's input
 # (label, kind, precision, cuda_graph): our rows are the torch runtime, HF's are transformers eager
@@ -105,9 +106,9 @@ def run_gpu_tests(record: dict[str, Any], block: tuple[str, ...], timeout_s: int
         f"import sys; sys.modules.update(dict.fromkeys({list(block)!r})); "
         f"import pytest; sys.exit(pytest.main({args!r}))"
     )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout_s
+        [sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout_s
     )
     lines = [line for line in done.stdout.splitlines() if line.strip()]
     record["summary"] = lines[-1] if lines else done.stderr.strip()[-300:]
@@ -412,7 +413,7 @@ GPU_CHECK_PARTS = ("kernel", "tests", "train", "latency")  # what --skip can lea
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "gpu_check")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "gpu_check")
     parser.add_argument("--device", default=None, help="cuda (default when there is a GPU) or cpu")
     parser.add_argument("--tiny", action="store_true", help="toy models and sizes (the CPU test of this script)")
     parser.add_argument("--train-iters", type=int, default=300)

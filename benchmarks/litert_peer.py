@@ -27,6 +27,7 @@ import numpy as np
 
 from runtimes.errors import M2FError
 from runtimes.geometry import fit_to_input
+from runtimes.vocabulary import SHARED_ROOT
 from sdk.postprocess import semantic_from_labels
 
 PEER_FILE = "deeplab_mobilenet_edgetpu_slim_cityscapes_quant.tflite"
@@ -60,7 +61,7 @@ class PeerNotAvailable(M2FError, RuntimeError):
 def pretrained_dir() -> Path:
     """The LiteRT files' folder: $M2F_PRETRAINED, else ../shared/third_party/pretrained beside the repository."""
     root = os.environ.get("M2F_PRETRAINED")
-    return Path(root) if root else Path(__file__).resolve().parents[2] / "shared" / "third_party" / "pretrained"
+    return Path(root) if root else SHARED_ROOT / "third_party" / "pretrained"
 
 
 def default_peer_path() -> Path:

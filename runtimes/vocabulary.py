@@ -15,4 +15,5 @@ VOID = 255  # the semantic label of pixels without a class (CamVid void, pixels 
 IMAGE_SUFFIXES = frozenset(  # the still-image files OpenCV reads, lower case
     {".bmp", ".dib", ".jpg", ".jpeg", ".jpe", ".jp2", ".png", ".webp", ".pbm", ".pgm", ".ppm", ".pnm", ".tif", ".tiff"}
 )
-REPO_ROOT = Path(__file__).resolve().parents[1]  # this checkout (sdk/models, build/, ../shared beside it)
+REPO_ROOT = Path(__file__).resolve().parents[1]  # this checkout (sdk/models, build/)
+SHARED_ROOT = REPO_ROOT.parent / "shared"  # the data and third-party files kept beside it

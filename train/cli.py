@@ -47,7 +47,7 @@ def convert_main(argv: Sequence[str]) -> int:
 
 
 def train_main(argv: Sequence[str]) -> int:
-    """``m2f train CONFIG [--data-root DIR] [--output DIR] [--max-iters N] [--resume]``."""
+    """``m2f train CONFIG [--data-root DIR] [--out DIR] [--max-iters N] [--resume]``."""
     from train.cross_validate import hold_out
     from train.train_config import load_train_config
     from train.trainer import Trainer
@@ -55,16 +55,17 @@ def train_main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="m2f train", description=train_main.__doc__)
     parser.add_argument("config", help="training config (.yaml / .json)")
     parser.add_argument("--data-root", help="replaces the dataset root of the config")
-    parser.add_argument("--output", help="run folder (checkpoints, metrics.csv, tensorboard/)")
+    parser.add_argument("--out", "--output", dest="out", help="run folder (checkpoints, metrics.csv, tensorboard/)")
     parser.add_argument("--max-iters", type=int, help="replaces solver.max_iters")
     parser.add_argument("--batch-size", type=int, help="replaces solver.batch_size (global)")
-    parser.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.pt if present")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt if present")
     parser.add_argument(
         "--hold-out",
         metavar="SEQUENCE",
         help="train on every labelled sequence but this one (train + val splits pooled) and validate on it",
     )
     args = parser.parse_args(list(argv))
+    _warn_renamed(argv, "m2f train", "--output", "--out")
     try:
         config = load_train_config(args.config).with_overrides(args.data_root, args.max_iters, args.batch_size)
         if args.hold_out:
@@ -72,7 +73,7 @@ def train_main(argv: Sequence[str]) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"m2f train: {err}", file=sys.stderr)
         return 2
-    output = Path(args.output or Path("runs") / Path(args.config).stem)
+    output = Path(args.out or Path("runs") / Path(args.config).stem)
     metrics = Trainer(config, output, resume=args.resume).run()
     if metrics:
         logger.info("final metrics: %s", {k: round(v, 2) for k, v in metrics.items() if k in ("mIoU", "PQ", "AP")})
@@ -147,7 +148,7 @@ def evaluate_by_sequence(
 
 
 def cross_validate_main(argv: Sequence[str]) -> int:
-    """``m2f cross-validate CONFIG --data-root DIR --output DIR [--sequences S ...] [--max-iters N]``."""
+    """``m2f cross-validate CONFIG --data-root DIR --out DIR [--sequences S ...] [--max-iters N]``."""
     import json
 
     from train.cross_validate import REPORT_NAME, cross_validate, markdown_report
@@ -161,14 +162,17 @@ def cross_validate_main(argv: Sequence[str]) -> int:
     )
     parser.add_argument("config", help="training config (.yaml / .json) whose train/val specs name one dataset")
     parser.add_argument("--data-root", help="replaces the dataset root of the config")
-    parser.add_argument("--output", required=True, help=f"folder for fold_<sequence>/ runs and {REPORT_NAME}.md")
+    parser.add_argument(
+        "--out", "--output", dest="out", required=True, help=f"folder for fold_<sequence>/ runs and {REPORT_NAME}.md"
+    )
     parser.add_argument("--sequences", nargs="+", help="hold out only these sequences (default: every one)")
     parser.add_argument("--max-iters", type=int, help="replaces solver.max_iters (every fold)")
     parser.add_argument("--batch-size", type=int, help="replaces solver.batch_size (global)")
     args = parser.parse_args(list(argv))
+    _warn_renamed(argv, "m2f cross-validate", "--output", "--out")
     try:
         config = load_train_config(args.config).with_overrides(args.data_root, args.max_iters, args.batch_size)
-        report = cross_validate(config, args.output, args.sequences)
+        report = cross_validate(config, args.out, args.sequences)
     except (ValueError, FileNotFoundError) as err:
         print(f"m2f cross-validate: {err}", file=sys.stderr)
         return 2
@@ -184,3 +188,9 @@ def torch_load_extra(path: str | Path) -> dict:
 
     payload = torch.load(path, map_location="cpu", weights_only=True)
     return {k: v for k, v in payload.items() if k not in ("state_dict", "optimizer", "scheduler", "scaler", "rng")}
+
+
+def _warn_renamed(argv: Sequence[str], command: str, old: str, new: str) -> None:
+    """An old flag spelling still works for one release, with a note on stderr naming the new one."""
+    if any(arg == old or arg.startswith(old + "=") for arg in argv):
+        print(f"{command}: {old} is now {new} (the old spelling goes in the next release)", file=sys.stderr)

@@ -158,7 +158,7 @@ def _train_cli(config: dict, out: Path, *extra: str, nproc: int = 1, wait: bool 
     if nproc > 1:
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
         launcher += ["-m", "sdk.cli"]
-    cmd = [*launcher, "train", str(path), "--output", str(out), *extra]
+    cmd = [*launcher, "train", str(path), "--out", str(out), *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if not wait:
         return subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
