@@ -428,10 +428,9 @@ def _camvid_classes(class_names: Sequence[str] | None) -> bool:
 
 
 def _num_classes(checkpoint: str) -> int:
-    import torch
+    from train.model.checkpoint import read_checkpoint
 
-    payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    return len(payload["meta"]["class_names"])
+    return len(read_checkpoint(checkpoint).meta["class_names"])
 
 
 def _run_row(

@@ -63,9 +63,9 @@ def export_main(argv: Sequence[str]) -> int:
 def _val_spec(checkpoint: str, value: str) -> dict:
     if value.lstrip().startswith("{"):
         return json.loads(value)
-    import torch
+    from train.model.checkpoint import read_checkpoint
 
-    stored = (torch.load(checkpoint, map_location="cpu", weights_only=True).get("train_config") or {}).get("val_data")
+    stored = read_checkpoint(checkpoint).val_data
     if not stored:
         raise ValueError(
             "the checkpoint stores no validation spec: pass --val-data as JSON, e.g. "

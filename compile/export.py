@@ -22,7 +22,7 @@ from runtimes.registry import ARTIFACT_TARGETS, export_precisions
 from runtimes.vocabulary import IMAGE_SUFFIXES
 from train.evaluation.semantic import semantic_gt_from_sample
 from train.model import LoadedModel, load_pretrained
-from train.model.checkpoint import file_sha256
+from train.model.checkpoint import file_sha256, read_checkpoint_if_ours
 
 logger = logging.getLogger(__name__)
 
@@ -79,10 +79,10 @@ def default_input_size(checkpoint: str | Path) -> tuple[int, int]:
     else ``DEFAULT_MIN_SIZE``; frames are letterboxed into it."""
     from train.model.zoo import inference_resize
 
-    payload = _m2f_payload(Path(checkpoint)) or {}
-    side = ((payload.get("train_config") or {}).get("eval_resize") or {}).get("min_size")
+    record = read_checkpoint_if_ours(checkpoint)
+    side = record.eval_min_size if record else None
     if side is None:
-        resize = inference_resize((payload.get("meta") or {}).get("dataset", ""))
+        resize = inference_resize(record.meta.get("dataset", "") if record else "")
         side = resize.min_size if resize else DEFAULT_MIN_SIZE
     return int(side), int(side)
 
@@ -339,16 +339,7 @@ def _write(path: Path, metadata: dict, transform: Callable[[onnx.ModelProto], on
     onnx.save(model, str(path))
 
 
-def _m2f_payload(checkpoint: Path) -> dict | None:
-    """The contents of a checkpoint in our format (weights, config, meta, train_config), else None."""
-    import torch
-
-    if checkpoint.suffix not in (".pt", ".pth") or not checkpoint.is_file():
-        return None
-    payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    return payload if isinstance(payload, dict) else None
-
-
 def stored_task(checkpoint: Path) -> str | None:
     """The task the checkpoint was trained for, if it was trained by m2f."""
-    return ((_m2f_payload(Path(checkpoint)) or {}).get("train_config") or {}).get("task")
+    record = read_checkpoint_if_ours(checkpoint)
+    return record.task if record else None

@@ -85,3 +85,14 @@ def test_the_rule_catches_a_copied_tuple_a_rebound_name_and_spelled_out_choices(
     assert any(v.startswith("LIMIT bound in") for v in found)
     assert any("spells out choices=('a', 'b')" in v for v in found)
     assert len(found) == 3
+
+
+def test_only_the_checkpoint_module_reads_checkpoints() -> None:
+    """Our ``.pt`` layout has one reader (``train.model.checkpoint.read_checkpoint``): no other ``torch.load``."""
+    readers = [
+        path
+        for path, tree in _modules()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and ast.unparse(node.func) == "torch.load"
+    ]
+    assert sorted(set(readers)) == ["train/model/checkpoint.py"]

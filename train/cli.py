@@ -12,7 +12,7 @@ from typing import Any
 from runtimes.vocabulary import TASKS
 from train.evaluation.runner import HEADLINE
 from train.model import load_pretrained, save_checkpoint
-from train.model.checkpoint import file_sha256
+from train.model.checkpoint import file_sha256, read_checkpoint_if_ours
 from train.model.zoo import MODEL_ZOO
 
 logger = logging.getLogger(__name__)
@@ -100,9 +100,10 @@ def eval_main(argv: Sequence[str]) -> int:
     args = parser.parse_args(list(argv))
     try:
         loaded = load_pretrained(args.checkpoint)
-        stored = torch_load_extra(args.checkpoint).get("train_config") or {}
-        spec = json.loads(args.data) if args.data else stored.get("val_data")
-        task = args.task or stored.get("task")
+        record = read_checkpoint_if_ours(args.checkpoint)  # an official / HF checkpoint stores no training run
+        spec = json.loads(args.data) if args.data else record and record.val_data
+        task = args.task or (record and record.task)
+        eval_resize = record.eval_resize if record else None
         if not spec or not task:
             raise ValueError("the checkpoint names no validation set or task: pass --data and --task")
         if args.data_root:
@@ -111,11 +112,11 @@ def eval_main(argv: Sequence[str]) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"m2f eval: {err}", file=sys.stderr)
         return 2
-    metrics = evaluate_model(loaded.model, dataset, loaded.meta, task, stored.get("eval_resize"), args.max_images)
+    metrics = evaluate_model(loaded.model, dataset, loaded.meta, task, eval_resize, args.max_images)
     headline = {k: round(v, 3) for k, v in metrics.items() if k in HEADLINE}
     if args.by_sequence:
         try:
-            per_sequence = evaluate_by_sequence(loaded.model, spec, loaded.meta, task, stored.get("eval_resize"))
+            per_sequence = evaluate_by_sequence(loaded.model, spec, loaded.meta, task, eval_resize)
         except ValueError as err:
             print(f"m2f eval: {err}", file=sys.stderr)
             return 2
@@ -180,14 +181,6 @@ def cross_validate_main(argv: Sequence[str]) -> int:
     print(json.dumps({"mean_mIoU": round(report["mean_mIoU"], 3),
                       "folds": {s: round(f["mIoU"], 3) for s, f in report["folds"].items()}}))  # fmt: skip
     return 0
-
-
-def torch_load_extra(path: str | Path) -> dict:
-    """The non-weight entries of our checkpoint (training config, iteration, provenance)."""
-    import torch
-
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    return {k: v for k, v in payload.items() if k not in ("state_dict", "optimizer", "scheduler", "scaler", "rng")}
 
 
 def _warn_renamed(argv: Sequence[str], command: str, old: str, new: str) -> None:

@@ -34,6 +34,7 @@ from train.data.sample import Sample, SegmentationDataset
 from train.evaluation.runner import HEADLINE, evaluate_model, normalize_images
 from train.hungarian_matcher import HungarianMatcher
 from train.model import Mask2Former, Mask2FormerConfig, ModelMeta, load_pretrained, save_checkpoint
+from train.model.checkpoint import read_checkpoint
 from train.model.zoo import get_zoo_entry
 from train.train_config import TrainConfig
 
@@ -285,17 +286,18 @@ class Trainer:
         if not path.exists():
             logger.info("no checkpoint at %s: starting from scratch", path)
             return
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-        self.model.load_state_dict(payload["state_dict"])
-        self.optimizer.load_state_dict(payload["optimizer"])
-        self.scheduler.load_state_dict(payload["scheduler"])
-        self.scaler.load_state_dict(payload["scaler"])
-        rng = payload["rng"]
+        record = read_checkpoint(path)
+        state = record.training_state
+        self.model.load_state_dict(record.state_dict)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        rng = state["rng"]
         torch.set_rng_state(rng["torch"])
         kind, keys, pos, has_gauss, cached = rng["numpy"]
         np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
         random.setstate(rng["python"])
-        self.start_iter = int(payload["iteration"])
+        self.start_iter = int(record.iteration)
         logger.info("resumed from %s at iteration %d", path, self.start_iter)
 
     def save(self, iteration: int, name: str = LAST_CHECKPOINT) -> Path | None:

@@ -255,3 +255,35 @@ def test_foreign_torch_files_are_named_briefly_with_what_is_accepted(tmp_path):
         message = str(caught.value)
         assert "m2f reads its own .pt" in message and "detectron2" in message
         assert "weights_only" not in message and len(message) < 500, message
+
+
+def test_read_checkpoint_is_the_one_typed_reader(tmp_path):
+    """What compile, eval, benchmark and resume need, typed; foreign files and other versions are refused."""
+    from tests.tiny_models import tiny_architecture
+    from train.data.synthetic import synthetic_meta
+    from train.model import Mask2FormerConfig
+    from train.model.checkpoint import CHECKPOINT_VERSION, read_checkpoint, read_checkpoint_if_ours
+
+    meta = synthetic_meta()
+    model = Mask2Former(Mask2FormerConfig.from_dict({"num_classes": meta.num_classes, **tiny_architecture()}))
+    run = {"task": "semantic", "val_data": {"format": "camvid", "split": "val"}, "eval_resize": {"min_size": 360}}
+    path = save_checkpoint(tmp_path / "ours.pt", model, meta,
+                           extra={"train_config": run, "iteration": 7, "optimizer": {"state": {}}})  # fmt: skip
+    record = read_checkpoint(path)
+    assert (record.task, record.val_data["split"], record.eval_min_size, record.iteration) == (
+        "semantic",
+        "val",
+        360,
+        7,
+    )
+    assert record.training_state == {"optimizer": {"state": {}}}
+    assert list(record.meta["class_names"]) == list(meta.class_names)
+    assert set(record.state_dict) == set(model.state_dict())
+    official = tmp_path / "model_final.pth"
+    torch.save({"model": dict(model.state_dict()), "iteration": 10}, official)  # detectron2's layout, not ours
+    assert read_checkpoint_if_ours(official) is None
+    with pytest.raises(ValueError, match="not an m2f checkpoint"):
+        read_checkpoint(official)
+    torch.save({**torch.load(path, weights_only=True), "version": CHECKPOINT_VERSION + 1}, tmp_path / "future.pt")
+    with pytest.raises(ValueError, match=f"version {CHECKPOINT_VERSION + 1}"):
+        read_checkpoint(tmp_path / "future.pt")

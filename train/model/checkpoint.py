@@ -71,6 +71,83 @@ def save_checkpoint(path: str | Path, model: Mask2Former, meta: ModelMeta, extra
     return path
 
 
+@dataclass(frozen=True)
+class CheckpointRecord:
+    """Our ``.pt`` as the rest of the project reads it: the one reader of that layout (``read_checkpoint``).
+
+    ``train_config``: the training run's config as a dict (task, val_data, eval_resize, ...), None for a
+    ``m2f convert`` result. ``iteration`` and ``training_state`` (optimizer, scheduler, scaler, rng: what
+    ``m2f train --resume`` restores) only in a trainer's checkpoints.
+    """
+
+    path: Path
+    config: dict[str, Any]  # Mask2FormerConfig.to_dict()
+    meta: dict[str, Any]  # ModelMeta.to_dict()
+    state_dict: dict[str, Tensor]
+    train_config: dict[str, Any] | None = None
+    iteration: int | None = None
+    training_state: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def task(self) -> str | None:
+        return (self.train_config or {}).get("task")
+
+    @property
+    def val_data(self) -> dict[str, Any] | None:
+        return (self.train_config or {}).get("val_data")
+
+    @property
+    def eval_resize(self) -> dict[str, Any] | None:
+        """How its training resized evaluation frames (``InferenceResize`` as a dict), if it says."""
+        return (self.train_config or {}).get("eval_resize")
+
+    @property
+    def eval_min_size(self) -> int | None:
+        """The short side its training evaluated at (``eval_resize.min_size``), if it says."""
+        return (self.eval_resize or {}).get("min_size")
+
+
+_TRAINING_STATE = ("optimizer", "scheduler", "scaler", "rng")
+
+
+def read_checkpoint(path: str | Path) -> CheckpointRecord:
+    """Read our ``.pt`` (``m2f train`` / ``m2f convert``); ``ValueError`` naming what the file is otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    payload = _read_payload(path)
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not an m2f checkpoint. {ACCEPTED}")
+    return _record(path, payload)
+
+
+def read_checkpoint_if_ours(path: str | Path) -> CheckpointRecord | None:
+    """``read_checkpoint`` for a ``.pt`` / ``.pth`` file of ours; None for an official or HF one (or a folder)."""
+    path = Path(path)
+    if path.suffix not in (".pt", ".pth") or not path.is_file():
+        return None
+    try:
+        return read_checkpoint(path)
+    except ValueError:
+        return None
+
+
+def _record(path: Path, payload: dict[str, Any]) -> CheckpointRecord:
+    if payload.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(
+            f"{path} is checkpoint format version {payload.get('version')}; this build reads {CHECKPOINT_VERSION}"
+        )
+    return CheckpointRecord(
+        path=path,
+        config=payload["config"],
+        meta=payload["meta"],
+        state_dict=dict(payload["state_dict"]),
+        train_config=payload.get("train_config"),
+        iteration=payload.get("iteration"),
+        training_state={k: payload[k] for k in _TRAINING_STATE if k in payload},
+    )
+
+
 def state_dict_from_detectron2(state: dict[str, Any]) -> dict[str, Tensor]:
     """Official Mask2Former (detectron2) keys -> ours; numpy arrays (model-zoo ``.pkl``) become tensors."""
     out = {}
@@ -207,14 +284,10 @@ def load_pretrained(
     else:
         payload = _read_payload(path)
         if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
-            version = payload.get("version")
-            if version != CHECKPOINT_VERSION:
-                raise ValueError(
-                    f"{path} is checkpoint format version {version}; this build reads {CHECKPOINT_VERSION}"
-                )
-            cfg = Mask2FormerConfig.from_dict(payload["config"])
-            meta_ = ModelMeta.from_dict(payload["meta"])
-            state = dict(payload["state_dict"])
+            record = _record(path, payload)
+            cfg = Mask2FormerConfig.from_dict(record.config)
+            meta_ = ModelMeta.from_dict(record.meta)
+            state = record.state_dict
             source = "m2f"
         else:
             if isinstance(config, str):
