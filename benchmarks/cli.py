@@ -14,7 +14,14 @@ import logging
 import sys
 from pathlib import Path
 
-from benchmarks.harness import BENCHMARK_TARGETS, DATA_FORMATS, BenchmarkOptions, run_benchmark
+from benchmarks.harness import (
+    BENCHMARK_TARGETS,
+    DATA_FORMATS,
+    PEERS,
+    BenchmarkOptions,
+    benchmark_targets,
+    run_benchmark,
+)
 from runtimes.geometry import parse_input_size
 from runtimes.vocabulary import PRECISIONS
 
@@ -31,7 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="model-zoo name or HF config.json (random seeded weights; HF peers get the same), an HF folder with "
         "weights, or our .pt checkpoint (no HF peers) [ade20k-semantic-swin-t]",
     )
-    parser.add_argument("--targets", nargs="+", choices=list(BENCHMARK_TARGETS), help="default: every available target")
+    parser.add_argument(
+        "--targets",
+        nargs="+",
+        metavar="TARGET",
+        help="profiles (cpu, cuda, jetson: every runtime there) or runtimes "
+        f"({', '.join(t for t in BENCHMARK_TARGETS if t not in PEERS)}); default: every available one and the peers",
+    )
+    parser.add_argument("--peers", nargs="+", choices=PEERS, help="what a user would run instead, beside ours")
     parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, help="default: fp32 bf16 int8")
     parser.add_argument(
         "--data", type=Path, help="CamVid/ADE20K/Cityscapes root (labelled: mIoU) or a folder of images"
@@ -62,10 +76,15 @@ def benchmark_main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        targets = benchmark_targets(args.targets, args.peers)
+    except ValueError as err:
+        print(f"m2f benchmark: {err}", file=sys.stderr)
+        return 2
     options = BenchmarkOptions(
         out=args.out,
         model=args.model,
-        targets=args.targets,
+        targets=targets,
         precisions=args.precisions,
         data=args.data,
         data_format=args.data_format,

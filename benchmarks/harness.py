@@ -32,7 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from benchmarks.litert_peer import PEER_LABEL, default_peer_path
-from runtimes.registry import RUNTIMES, RuntimeSpec
+from runtimes.registry import RUNTIMES, RuntimeSpec, runtimes_named, unknown_name
 from runtimes.vocabulary import IMAGE_SUFFIXES, PRECISIONS, REPO_ROOT
 from sdk.sources import evenly_spaced, read_video_frames
 
@@ -83,6 +83,30 @@ BENCHMARK_TARGETS: dict[str, TargetKind] = {
     **_PEERS,
     **{name: _ours(spec) for name, spec in RUNTIMES.items() if name != "torch"},
 }
+PEERS = tuple(_PEERS)  # what a user would run instead, named with --peers
+
+
+def benchmark_targets(targets: Sequence[str] | None, peers: Sequence[str] | None = None) -> list[str] | None:
+    """``m2f benchmark --targets`` (profiles or runtimes: ``cpu`` means openvino and onnxruntime) and ``--peers``
+    -> the row names of ``BENCHMARK_TARGETS``; None (both unset): every available one. A peer given under
+    ``--targets`` (the old spelling) still works, with a warning; an unknown name suggests the closest."""
+    if targets is None and peers is None:
+        return None
+    names: list[str] = []
+    for name in targets or ():
+        if name in _PEERS:
+            logger.warning("%s is a peer: name it with --peers %s (--targets %s goes in the next release)", name,
+                           name, name)  # fmt: skip
+            names.append(name)
+        else:
+            names += [r for r in runtimes_named(name) if r in BENCHMARK_TARGETS]
+    for name in peers or ():
+        if name not in _PEERS:
+            raise unknown_name("peer", name, _PEERS)
+        names.append(name)
+    return list(dict.fromkeys(names))
+
+
 REFERENCE = ("torch", "cpu", "fp32")
 DEFAULT_PRECISIONS = ("fp32", "bf16", "int8")  # fp16 joins when a GPU row runs
 

@@ -9,20 +9,38 @@ import sys
 from collections.abc import Sequence
 
 from runtimes.geometry import parse_input_size
+from runtimes.registry import ARTIFACT_TARGETS, RUNTIMES, TARGETS, artifact_target_for
 from runtimes.vocabulary import PRECISIONS, TASKS
 
 logger = logging.getLogger(__name__)
 
 
+def _export_target(name: str) -> str:
+    """A profile or runtime name that has something to export (argparse type: the name itself)."""
+    try:
+        artifact_target_for(name)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return name
+
+
 def export_main(argv: Sequence[str]) -> int:
     """``m2f export CHECKPOINT --target T --precision P (--input-size HxW | --dynamic) [--calib DIR] --out FILE``."""
-    from compile.export import SUPPORTED, export
+    from compile.export import export
     from compile.gate import GateError
 
     parser = argparse.ArgumentParser(prog="m2f export", description=export_main.__doc__)
     parser.add_argument("checkpoint", help="our .pt (m2f train output or `m2f convert` result)")
-    parser.add_argument("--target", required=True, choices=sorted(SUPPORTED))
-    parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
+    parser.add_argument(
+        "--target",
+        required=True,
+        type=_export_target,
+        help=f"a profile ({', '.join(p for p in TARGETS if p not in RUNTIMES)}: what runs there) or a runtime "
+        f"({', '.join(ARTIFACT_TARGETS)})",
+    )
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, help="default: a profile's own (jetson: fp16), fp32 for a runtime name"
+    )
     size = parser.add_mutually_exclusive_group(required=True)
     size.add_argument("--input-size", type=parse_input_size, help="static HxW (frames are letterboxed into it)")
     size.add_argument("--dynamic", action="store_true", help="any H and W (frames resized by shortest edge)")
@@ -39,10 +57,15 @@ def export_main(argv: Sequence[str]) -> int:
     args = parser.parse_args(list(argv))
     try:
         val = _val_spec(args.checkpoint, args.val_data) if args.val_data else None
+        runtime = artifact_target_for(args.target)
+        profile = args.target if args.target not in RUNTIMES else None
+        precision = args.precision or (TARGETS[profile].precision if profile else "fp32")
+        if runtime != args.target:
+            print(f"m2f export: {args.target} runs {runtime} artifacts; exporting one at {precision}", file=sys.stderr)
         path = export(
             args.checkpoint,
-            args.target,
-            args.precision,
+            runtime,
+            precision,
             args.out,
             input_size=None if args.dynamic else args.input_size,
             task=args.task,

@@ -16,7 +16,8 @@ Imports nothing but the standard library (``runtimes.artifact`` reads it to vali
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import difflib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -188,6 +189,31 @@ TARGETS: dict[str, TargetSpec] = {
 AUTO_ORDER = ("jetson", "cuda", "cpu")  # what target "auto" tries, in order
 
 ARTIFACT_TARGETS: tuple[str, ...] = tuple(name for name, spec in RUNTIMES.items() if name in spec.artifact_targets)
+
+
+def unknown_name(kind: str, name: str, known: Iterable[str]) -> ValueError:
+    """``ValueError`` for a name not in ``known``, suggesting the closest (``jetsn`` -> ``jetson``)."""
+    known = list(known)
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return ValueError(f"unknown {kind} {name!r}{hint} (known: {', '.join(known)})")
+
+
+def runtimes_named(name: str) -> tuple[str, ...]:
+    """The runtimes a profile (``cpu``, ``jetson``, ...: where it runs) or a runtime name (the engine) stands for,
+    in the profile's order. Every command that takes a target reads it through here."""
+    if name in TARGETS:
+        return TARGETS[name].runtimes
+    raise unknown_name("profile or runtime", name, TARGETS)
+
+
+def artifact_target_for(name: str) -> str:
+    """What ``m2f export --target name`` builds: the runtime itself, or a profile's first runtime that takes an
+    artifact (``cpu`` -> openvino, ``jetson`` -> tensorrt)."""
+    for runtime in runtimes_named(name):
+        if runtime in ARTIFACT_TARGETS:
+            return runtime
+    raise ValueError(f"{name!r} runs checkpoints directly (the torch runtime): there is no artifact to export")
 
 
 def runtime_spec(name: str) -> RuntimeSpec:

@@ -18,7 +18,7 @@ from pathlib import Path
 from runtimes import available_runtimes, device_unavailable
 from runtimes.cpu_features import FEATURE_NAMES, CpuFeatures, cpu_features
 from runtimes.errors import M2FError
-from runtimes.registry import AUTO_ORDER, RUNTIMES, TARGETS, TargetSpec
+from runtimes.registry import AUTO_ORDER, RUNTIMES, TARGETS, TargetSpec, runtimes_named
 
 __all__ = [
     "AUTO_ORDER",
@@ -87,8 +87,7 @@ def resolve_target(name: str, artifact_target: str | None = None) -> tuple[Targe
             except TargetNotAvailable as err:
                 reasons.append(str(err))
         raise TargetNotAvailable("no target is usable here: " + "; ".join(reasons))
-    if name not in TARGETS:
-        raise ValueError(f"unknown target {name!r}; expected one of {', '.join([*TARGETS, 'auto'])}")
+    runtimes_named(name)  # an unknown name: ValueError with the closest known one
     target = TARGETS[name]
     reasons = []
     for runtime in target.runtimes:

@@ -284,3 +284,18 @@ def test_tiny_model_end_to_end(tmp_path, monkeypatch, capsys):
     assert "| m2f ONNX Runtime | fp16 |" in (out / "benchmark.md").read_text()
     assert cv2.imread(str(out / "benchmark.png")) is not None
     assert not list(out.rglob("*.onnx")), "artifacts belong in the cache, not the report folder"
+
+
+def test_benchmark_targets_take_profiles_runtimes_and_peers(caplog) -> None:
+    from benchmarks.harness import benchmark_targets
+
+    assert benchmark_targets(None, None) is None  # every available one
+    assert benchmark_targets(["cpu"], ["litert-deeplab"]) == ["openvino", "onnxruntime", "litert-deeplab"]
+    assert benchmark_targets(["jetson", "openvino"]) == ["tensorrt", "torch", "openvino"]
+    with caplog.at_level("WARNING"):
+        assert benchmark_targets(["hf-eager"]) == ["hf-eager"]  # the old spelling of a peer, with a warning
+    assert "name it with --peers hf-eager" in caplog.text
+    with pytest.raises(ValueError, match="did you mean 'jetson'"):
+        benchmark_targets(["jetsn"])
+    with pytest.raises(ValueError, match="unknown peer"):
+        benchmark_targets(None, ["openvino"])

@@ -72,8 +72,10 @@ def test_missing_runtimes_and_devices_are_named(artifacts):
     for target in ("tensorrt", "jetson", "cuda"):
         with pytest.raises(TargetNotAvailable, match=r"tensorrt|GPU"):
             Segmenter(target, model=artifacts["semantic"])
-    with pytest.raises(ValueError, match="unknown target"):
+    with pytest.raises(ValueError, match="unknown profile or runtime 'tpu'"):
         Segmenter("tpu", model=artifacts["semantic"])
+    with pytest.raises(ValueError, match="did you mean 'onnxruntime'"):
+        Segmenter("onnxruntim", model=artifacts["semantic"])
     with pytest.raises(FileNotFoundError, match="no model"):
         Segmenter("onnxruntime", model="missing.onnx")
 
