@@ -20,27 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 import sdk
 from sdk import cli_predict
+from sdk.host import HOST_COMMANDS, run_host_command
 
 if TYPE_CHECKING:
     from sdk.segmenter import Segmenter
     from sdk.stream_options import StreamOptions
     from sdk.stream_stats import StreamStats
-
-# command -> (entry point "module:function" taking argv, one-line help, pip extra it needs)
-HOST_COMMANDS: dict[str, tuple[str, str, str]] = {
-    "convert": ("train.cli:convert_main", "official detectron2 / HF checkpoint -> our .pt format", "train"),
-    "train": ("train.cli:train_main", "train Mask2Former from a config (torchrun for several processes)", "train"),
-    "eval": ("train.cli:eval_main", "metrics (mIoU / PQ / AP) of a checkpoint on a dataset", "train"),
-    "cross-validate": (
-        "train.cli:cross_validate_main",
-        "leave-one-sequence-out training and scoring (honest validation on video datasets)",
-        "train",
-    ),
-    "export": ("compile.cli:export_main", "checkpoint -> verified ONNX artifact per target and precision", "train"),
-    "benchmark": ("benchmarks.cli:benchmark_main", "latency / memory / accuracy per target x precision", "train"),
-    # device-side, but with its own parser: a street clip through the packaged model, then the per-target table
-    "demo": ("sdk.demo:demo_main", "stream a street clip through the default model; per-target table", "openvino"),
-}
 
 M2F_DESCRIPTION = (
     "Mask2Former from training to the edge. On the host (needs the [train] extra): "
@@ -97,22 +82,11 @@ def info() -> dict[str, object]:
     return versions
 
 
-def _run_host_command(name: str, argv: list[str]) -> int:
-    target, _, extra = HOST_COMMANDS[name]
-    module_name, func_name = target.split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        print(f"m2f {name} needs the [{extra}] extra (pip install 'm2f-edge[{extra}]'): {err}", file=sys.stderr)
-        return 2
-    return int(getattr(module, func_name)(argv) or 0)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if argv and argv[0] in HOST_COMMANDS:
-        return _run_host_command(argv[0], argv[1:])
+        return run_host_command(argv[0], argv[1:])
     parser = argparse.ArgumentParser(
         prog="m2f",
         description=textwrap.fill(M2F_DESCRIPTION, 110, break_on_hyphens=False),

@@ -10,7 +10,6 @@ for result in seg.stream("street.mp4"):       # file, camera index, RTSP URL, GS
 from __future__ import annotations
 
 import hashlib
-import importlib
 import logging
 import os
 import time
@@ -23,6 +22,7 @@ import numpy as np
 
 from runtimes import Backend, check_options, load_backend, read_metadata
 from runtimes.registry import RUNTIMES, TARGETS, TargetSpec, export_precisions
+from sdk import host
 from sdk.postprocess import postprocess
 from sdk.preprocess import Geometry, as_bgr, fit_to_input
 from sdk.results import SegmentationResult
@@ -95,17 +95,6 @@ def gated_offers(artifacts: list[tuple[Path, dict]], runtime: str) -> dict[str, 
     return offers
 
 
-def _host(module: str) -> Any:
-    """A host-side module (compile/, train/), imported only when a checkpoint must be compiled or run."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as err:
-        raise ImportError(
-            f"using a checkpoint needs the host extras ({RUNTIMES['torch'].install_hint}): {err}; "
-            "or pass an artifact made with `m2f export`"
-        ) from err
-
-
 class Segmenter:
     """Segment frames with one model on one target.
 
@@ -137,9 +126,9 @@ class Segmenter:
         if runtime == "torch":  # resolve_target chose it for a checkpoint
             if model is None:
                 raise ValueError("the torch target runs a checkpoint: pass model=<checkpoint .pt>")
-            module, metadata = _host("compile.export").reference_model(Path(model), task, input_size)
+            module, metadata = host.compiler().reference_model(Path(model), task, input_size)
             _set_precision(backend_options, precision, spec.precision, metadata["precision"])
-            backend = _host("runtimes.torch_backend").TorchBackend.from_module(module, metadata, **backend_options)
+            backend = host.torch_runtime().TorchBackend.from_module(module, metadata, **backend_options)
             choice = PrecisionChoice(precision or spec.precision, Path(model), _asked(precision, spec))
         else:
             choice = choose_artifact(model, runtime, precision, spec, input_size)
@@ -314,7 +303,7 @@ def _compile(checkpoint: Path, runtime: str, precision: str, input_size: tuple[i
     The artifact is made at ``precision`` where the export makes it for that target, else at fp32 (which the
     runtime then lowers where it can). A fixed-size export (TensorRT) without ``input_size`` gets the checkpoint's.
     """
-    export = _host("compile.export")
+    export = host.compiler()
     if precision not in export_precisions(runtime):
         precision = "fp32"
     if input_size is None and runtime in export.FIXED_SIZE_TARGETS:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ast
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -154,3 +155,31 @@ def test_no_import_cycles_between_modules():
     for start in sorted(graph):
         visit(start, [start])
     assert sorted(cycles) == []
+
+
+HOST_PACKAGES = ("compile", "train", "benchmarks")  # and runtimes.torch_backend: what an edge device lacks
+
+
+def _names_host_code(text: str) -> bool:
+    """A dotted module path (``compile.export``, ``train.cli:train_main``) into host code."""
+    module = text.split(":")[0]
+    return ("." in module and module.split(".")[0] in HOST_PACKAGES) or module == "runtimes.torch_backend"
+
+
+def test_sdk_reaches_host_code_only_through_its_seam():
+    """``sdk/host.py`` is the one place that names host modules (as strings, imported when used); any other SDK
+    module doing it, or calling ``importlib.import_module`` on our code, is an import the direction test misses."""
+    from sdk.cli import OPTIONAL_PACKAGES
+    from sdk.host import HOST_COMMANDS, HOST_MODULES
+
+    detours = []
+    for path in sorted((REPO_ROOT / "sdk").rglob("*.py")):
+        if path.name == "host.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and _names_host_code(node.value):
+                detours.append(f"{path.relative_to(REPO_ROOT)}:{node.lineno} names {node.value!r}")
+    assert detours == []
+    assert not {name.split(".")[0] for name in OPTIONAL_PACKAGES} & OURS  # the version lookup is third-party only
+    seam_targets = [*HOST_MODULES, *(entry.split(":")[0] for entry, _, _ in HOST_COMMANDS.values())]
+    assert all(importlib.util.find_spec(name) for name in seam_targets)  # no stale name in the seam
