@@ -50,6 +50,7 @@ setup(
             "matplotlib>=3.8",
             "psutil>=5.9",
             "ai-edge-litert>=1.2",  # LiteRT's interpreter: the oracle for .tflite weights and the peer model's runtime
+            "imageio-ffmpeg>=0.5",  # a static ffmpeg: the real HTTP stream server of tests/sdk/test_network_streams.py
         ],
     },
     entry_points={"console_scripts": ["m2f=sdk.cli:main"]},
