@@ -151,6 +151,10 @@ def add_stream_parser(sub: Any) -> None:
     p.add_argument("--max-frames", type=int, help="stop after N frames")
     p.add_argument("--live", action="store_true", default=None, help="live: newest frame only, older dropped")
     p.add_argument("--strict", action="store_true", help="a file's frame count differing from its header's is an error")
+    p.add_argument("--stabilize", action="store_true", help="hold labels still where the picture is (anti-flicker)")
+    p.add_argument(
+        "--measure-stability", action="store_true", help="report flicker and optical-flow consistency of the labels"
+    )
     p.add_argument("--json", action="store_true", help="last line: one JSON object with the stats")
 
 
@@ -159,7 +163,14 @@ def stream_main(args: argparse.Namespace) -> int:
     from sdk.stream_options import StreamOptions
 
     try:
-        options = StreamOptions(output=args.out, max_frames=args.max_frames, live=args.live, strict=args.strict)
+        options = StreamOptions(
+            output=args.out,
+            max_frames=args.max_frames,
+            live=args.live,
+            strict=args.strict,
+            stabilize=args.stabilize,
+            measure_stability=args.measure_stability,
+        )
         seg = cli_predict.segmenter_from_args(args)
     except (ValueError, FileNotFoundError, RuntimeError, ImportError) as err:
         print(f"m2f stream: {err}", file=sys.stderr)
@@ -189,6 +200,7 @@ def stream_main(args: argparse.Namespace) -> int:
             "precision": seg.precision,
             "output": args.out,
             "interrupted": code == INTERRUPTED,
+            "stability": stats.stability,
         }
         print(json.dumps(figures))
     return code

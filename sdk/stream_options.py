@@ -29,6 +29,9 @@ class StreamOptions:
     fps; live sources write only the frames not dropped), drawn by ``annotate(result, frame)``; default
     ``result.overlay(frame)`` when results have one (a ``SegmentationResult`` does), else the frame as decoded.
     ``strict``: a file whose decoded frame count differs from its header's is an error instead of a warning.
+    ``stabilize``: hysteresis on semantic label maps against flicker (``sdk.stability.LabelStabilizer``; other
+    results pass unchanged). ``measure_stability``: flicker and optical-flow consistency in ``stats.stability``
+    (``sdk.stability.TemporalStability``; costs a dense optical flow per frame).
     """
 
     live: bool | None = None
@@ -44,6 +47,8 @@ class StreamOptions:
     output_fps: float | None = None
     fourcc: str = "mp4v"
     strict: bool = False
+    stabilize: bool = False
+    measure_stability: bool = False
 
     def __post_init__(self) -> None:
         if self.queue_size < 1:

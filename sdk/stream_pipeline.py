@@ -29,6 +29,7 @@ from sdk.sources import (
     readable_frame_after,
     release,
 )
+from sdk.stability import LabelStabilizer, TemporalStability
 from sdk.stream_options import HEALTHY_CONNECTION_S, Annotate, StreamOptions
 from sdk.stream_stats import StatsRecorder
 
@@ -221,7 +222,8 @@ class Pipeline:
         self.frames = Channel(live_size, self.stop, keep_latest=live and bool(options.keep_latest))
         self.inferred = Channel(live_size, self.stop)
         self.results = Channel(live_size, self.stop)
-        self.stats = StatsRecorder(self.frame_count)
+        self.stats = StatsRecorder(self.frame_count, TemporalStability() if options.measure_stability else None)
+        self.stabilizer = LabelStabilizer() if options.stabilize else None
         self.next_index = 0
         self._push_lock = threading.Lock()
         self.threads: list[threading.Thread] = []
@@ -434,6 +436,14 @@ class Pipeline:
                 if isinstance(timings, dict):
                     timings.setdefault("inference_ms", item.infer_ms)
                 self.stats.stage("finish", (time.perf_counter() - start) * 1000)
+                labels = _label_map(result)
+                if labels is not None and self.stabilizer is not None:
+                    stage = "stabilize"
+                    start = time.perf_counter()
+                    labels = result.semantic = self.stabilizer.apply(item.frame, labels)
+                    self.stats.stage("stabilize", (time.perf_counter() - start) * 1000)
+                if labels is not None:
+                    self.stats.measure(item.frame, labels)
                 if self.output is not None:
                     stage = "annotate"
                     start = time.perf_counter()
@@ -479,6 +489,14 @@ class Pipeline:
             self.options.fourcc,
         )
         return writer
+
+
+def _label_map(result: Any) -> np.ndarray | None:
+    """A result's own semantic label map (a semantic task's), else None: derived maps are left alone."""
+    if getattr(result, "task", None) != "semantic":
+        return None
+    labels = getattr(result, "semantic", None)
+    return labels if isinstance(labels, np.ndarray) and labels.ndim == 2 else None
 
 
 def _annotated(annotate: Annotate | None, result: Any, frame: np.ndarray) -> np.ndarray:

@@ -10,7 +10,9 @@ from typing import Any
 
 import numpy as np
 
-STAGES = ("decode", "prepare", "infer", "finish", "annotate", "write")
+from sdk.stability import TemporalStability
+
+STAGES = ("decode", "prepare", "infer", "finish", "stabilize", "annotate", "write")
 LATENCY_WINDOW = 100_000  # latency percentiles are over the most recent frames
 
 
@@ -27,6 +29,7 @@ class StreamStats:
     elapsed_s: float = 0.0
     latency_ms: dict[str, float] = field(default_factory=dict)  # p50 / p90 / p99 / max
     stage_ms: dict[str, float] = field(default_factory=dict)  # mean ms per stage that ran
+    stability: dict[str, Any] | None = None  # sdk.stability.TemporalStability.to_dict() with measure_stability
 
     @property
     def fps(self) -> float:
@@ -46,6 +49,7 @@ class StreamStats:
             "fps": round(self.fps, 2),
             "latency_ms": {k: round(v, 2) for k, v in self.latency_ms.items()},
             "stage_ms": {k: round(v, 2) for k, v in self.stage_ms.items()},
+            "stability": self.stability,
         }
 
     def summary(self) -> str:
@@ -59,15 +63,24 @@ class StreamStats:
         return (
             f"{self.frames} frames ({self.frames_decoded} decoded{header}, {self.dropped} dropped, "
             f"{self.reconnects} reconnects) in {self.elapsed_s:.2f} s = {self.fps:.1f} fps; {latency}; "
-            f"mean ms per stage: {stages or '-'}"
+            f"mean ms per stage: {stages or '-'}" + _stability_text(self.stability)
         )
+
+
+def _stability_text(stability: dict[str, Any] | None) -> str:
+    if not stability or stability.get("flicker_unchanged_pct") is None:
+        return ""
+    flow = stability.get("flow_consistency_pct")
+    return (f"; flicker {stability['flicker_unchanged_pct']:.2f} % of unchanged pixels"
+            + (f", flow consistency {flow:.2f} %" if flow is not None else ""))  # fmt: skip
 
 
 class StatsRecorder:
     """Thread-safe accumulation behind ``Stream.stats``: the stage threads add, ``snapshot`` reads."""
 
-    def __init__(self, frames_in_header: int | None = None) -> None:
+    def __init__(self, frames_in_header: int | None = None, stability: TemporalStability | None = None) -> None:
         self._lock = threading.Lock()
+        self._stability = stability
         self._sums = dict.fromkeys(STAGES, 0.0)
         self._counts = dict.fromkeys(STAGES, 0)
         self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
@@ -80,6 +93,12 @@ class StatsRecorder:
         with self._lock:
             self._sums[name] += ms
             self._counts[name] += 1
+
+    def measure(self, frame: np.ndarray, labels: np.ndarray) -> None:
+        """Feed the stability meter (when there is one) a frame and the labels shown for it."""
+        if self._stability is not None:
+            with self._lock:
+                self._stability.update(frame, labels)
 
     def latency(self, ms: float) -> None:
         with self._lock:
@@ -105,4 +124,5 @@ class StatsRecorder:
                 elapsed_s=elapsed,
                 latency_ms=latency,
                 stage_ms=stage_ms,
+                stability=self._stability.to_dict() if self._stability is not None else None,
             )

@@ -1,0 +1,117 @@
+"""Temporal stability: the meter sees flicker and motion-consistent labels; the stabiliser removes one-frame flips
+on still pixels, takes the model's steady change after ``confirm_frames`` and follows moving pixels at once."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sdk.stability import LabelStabilizer, TemporalStability
+
+
+def _scene(h: int = 96, w: int = 128, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (h // 8, w // 8, 3), dtype=np.uint8)
+    return np.kron(small, np.ones((8, 8, 1), np.uint8))  # textured blocks: optical flow has something to track
+
+
+def test_flicker_on_a_still_scene_is_measured_and_removed() -> None:
+    frame, rng = _scene(), np.random.default_rng(1)
+    truth = (np.arange(128)[None, :] // 32).repeat(96, axis=0).astype(np.uint8)  # 4 vertical bands
+    raw, steady = TemporalStability(flow=False), TemporalStability(flow=False)
+    stabilizer = LabelStabilizer()
+    for _ in range(20):
+        labels = truth.copy()
+        flips = rng.random(truth.shape) < 0.05
+        labels[flips] = (labels[flips] + 1) % 4  # 5 % of pixels wrong, somewhere else each frame
+        raw.update(frame, labels)
+        steady.update(frame, stabilizer.apply(frame, labels))
+    assert 8.0 < raw.to_dict()["flicker_unchanged_pct"] < 11.0  # a flip in and a flip out: about 2 x 5 %
+    assert raw.to_dict()["unchanged_pixels_pct"] == 100.0
+    assert steady.to_dict()["flicker_unchanged_pct"] < 0.5
+
+
+def test_a_steady_change_is_taken_after_confirm_frames_and_motion_at_once() -> None:
+    frame = _scene()
+    stabilizer = LabelStabilizer(confirm_frames=3)
+    first = np.zeros((96, 128), np.uint8)
+    stabilizer.apply(frame, first)
+    changed = first.copy()
+    changed[:, :64] = 2  # the model changes its mind on the left half, the scene does not move
+    shown = [stabilizer.apply(frame, changed)[0, 0] for _ in range(4)]
+    assert shown == [0, 0, 2, 2]  # the third frame in a row confirms it
+    moved = frame.copy()
+    moved[:, 64:] = 255 - moved[:, 64:]  # the right half changes colour: something moved there
+    relabelled = changed.copy()
+    relabelled[:, 64:] = 5
+    assert (stabilizer.apply(moved, relabelled)[:, 64:] == 5).all()  # taken at once
+
+
+def test_flow_consistency_follows_motion_and_catches_labels_that_do_not() -> None:
+    base = _scene(h=128, w=160)
+    truth = np.zeros((128, 160), np.uint8)
+    truth[32:96, 40:100] = 1
+    follows, ignores = TemporalStability(), TemporalStability()
+    for t in range(6):
+        frame = np.roll(base, 2 * t, axis=1)  # the camera pans 2 px a frame
+        follows.update(frame, np.roll(truth, 2 * t, axis=1))  # labels move with the scene
+        ignores.update(frame, np.roll(truth, 40 * t, axis=0))  # labels jump on their own
+    good, bad = follows.to_dict(), ignores.to_dict()
+    assert good["flow_reliable_pct"] > 50.0
+    assert good["flow_consistency_pct"] > 97.0
+    assert bad["flow_consistency_pct"] < 80.0  # a 40-row jump of a 64x60 box: about 77 % of pixels agree
+
+
+def test_bad_input_is_refused() -> None:
+    with pytest.raises(ValueError, match="uint8"):
+        TemporalStability().update(np.zeros((8, 8, 3), np.float32), np.zeros((8, 8), np.uint8))
+    with pytest.raises(ValueError, match="do not match"):
+        LabelStabilizer().apply(np.zeros((8, 8, 3), np.uint8), np.zeros((4, 8), np.uint8))
+    with pytest.raises(ValueError, match=">= 1"):
+        LabelStabilizer(confirm_frames=0)
+
+
+class _FlickeringModel:
+    """A stand-in for ``Segmenter`` in ``stream``: semantic results whose labels flip on 5 % of pixels per frame."""
+
+    def __init__(self) -> None:
+        self.rng = np.random.default_rng(3)
+
+    def prepare(self, frame: np.ndarray) -> tuple[dict, None]:
+        return {}, None
+
+    def infer(self, inputs: dict) -> dict:
+        return inputs
+
+    def finish(self, outputs: dict, context: None, frame: np.ndarray):
+        from sdk.results import SegmentationResult
+
+        labels = np.zeros(frame.shape[:2], np.uint8)
+        labels[self.rng.random(labels.shape) < 0.05] = 1
+        return SegmentationResult(task="semantic", class_names=["a", "b"], semantic=labels)
+
+
+class _StillCamera:
+    """40 identical textured frames, then the end."""
+
+    def __init__(self) -> None:
+        self.left, self.frame = 40, _scene()
+
+    def read(self) -> tuple[bool, np.ndarray | None]:
+        self.left -= 1
+        return (self.left >= 0), (self.frame.copy() if self.left >= 0 else None)
+
+
+@pytest.mark.parametrize("stabilize", [False, True])
+def test_stream_stabilizes_and_reports_flicker(stabilize: bool) -> None:
+    from sdk.stream import stream
+
+    run = stream(_FlickeringModel(), _StillCamera(), live=False, stabilize=stabilize, measure_stability=True)
+    results = list(run)
+    stability = run.stats.stability
+    assert len(results) == 40 and stability["frames"] == 40
+    if stabilize:
+        assert stability["flicker_unchanged_pct"] < 0.5 and "stabilize" in run.stats.stage_ms
+        assert "flicker" in run.stats.summary()
+    else:
+        assert stability["flicker_unchanged_pct"] > 8.0
