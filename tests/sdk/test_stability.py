@@ -115,3 +115,10 @@ def test_stream_stabilizes_and_reports_flicker(stabilize: bool) -> None:
         assert "flicker" in run.stats.summary()
     else:
         assert stability["flicker_unchanged_pct"] > 8.0
+
+
+def test_a_cut_restarts_the_stabiliser_from_the_model() -> None:
+    stabilizer = LabelStabilizer(confirm_frames=3)
+    stabilizer.apply(_scene(seed=0), np.zeros((96, 128), np.uint8))
+    other_shot, labels = _scene(seed=7), np.full((96, 128), 4, np.uint8)
+    assert (stabilizer.apply(other_shot, labels) == 4).all() and stabilizer.restarts == 1

@@ -1,0 +1,119 @@
+"""Temporal stability of a model's labels on video, without and with the stabiliser, and what it costs in accuracy.
+
+    python -m benchmarks.temporal [--model ARTIFACT] [--target cpu] [--clips CLIP ...] [--frames 150]
+        [--camvid DIR --sequence 0006R0 --camvid-model ARTIFACT] --out benchmarks/results/temporal
+
+Clips: each streamed twice through one ``Segmenter`` (``stabilize`` off, then on), ``measure_stability`` on:
+flicker on unchanged pixels, flicker on all pixels, optical-flow consistency, FPS. CamVid: the labelled frames of
+one drive fed in frame order through ``predict`` with and without a ``LabelStabilizer`` carried across them, mIoU
+of each (use a model that did not train on that drive: a leave-one-sequence-out fold's artifact).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from runtimes.cpu_features import cpu_features
+from runtimes.vocabulary import SHARED_ROOT, VOID
+from sdk.segmenter import Segmenter
+from sdk.stability import LabelStabilizer
+
+DEFAULT_CLIPS = [SHARED_ROOT / "data" / "videos" / name for name in
+                 ("car-detection.mp4", "one-by-one-person-detection.mp4", "solidWhiteRight.mp4")]  # fmt: skip
+VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")  # Debian's opencv-doc clip, where installed
+
+
+def clip_rows(seg: Segmenter, clips: list[Path], frames: int) -> list[dict]:
+    rows = []
+    for clip in clips:
+        for stabilize in (False, True):
+            run = seg.stream(clip, max_frames=frames, stabilize=stabilize, measure_stability=True, live=False)
+            for _ in run:
+                pass
+            stats = run.stats
+            rows.append({"clip": clip.name, "stabilize": stabilize, "fps": round(stats.fps, 2), **stats.stability})
+    return rows
+
+
+def camvid_in_order(seg: Segmenter, root: Path, sequence: str) -> dict:
+    """mIoU of the drive's labelled frames in frame order, plain and through one stabiliser carried across them."""
+    frames = sorted(p for split in ("train", "val") for p in (root / split).glob(f"{sequence}_*.png"))
+    if not frames:
+        raise SystemExit(f"no CamVid frames of drive {sequence} under {root}")
+    classes = len(seg.metadata["class_names"])
+    confusion = {False: np.zeros((classes, classes), np.int64), True: np.zeros((classes, classes), np.int64)}
+    stabilizer = LabelStabilizer()
+    changed = total = 0
+    for path in frames:
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        label = cv2.imread(str(path.parent.parent / f"{path.parent.name}annot" / path.name), cv2.IMREAD_GRAYSCALE)
+        plain = seg.predict(image).semantic
+        steady = stabilizer.apply(image, plain)
+        changed += int((steady != plain).sum())
+        total += plain.size
+        valid = (label < classes) & (label != VOID)
+        for stabilized, pred in ((False, plain), (True, steady)):
+            ok = valid & (pred < classes)
+            confusion[stabilized] += np.bincount(
+                label[ok].astype(np.int64) * classes + pred[ok], minlength=classes * classes
+            ).reshape(classes, classes)
+
+    def miou(matrix: np.ndarray) -> float:
+        inter = np.diag(matrix).astype(np.float64)
+        union = matrix.sum(0) + matrix.sum(1) - inter
+        return float(100 * (inter[union > 0] / union[union > 0]).mean())
+
+    return {"sequence": sequence, "frames": len(frames), "mIoU": round(miou(confusion[False]), 2),
+            "mIoU_stabilized": round(miou(confusion[True]), 2),
+            "pixels_changed_by_stabilizer_pct": round(100 * changed / total, 3)}  # fmt: skip
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# Temporal stability ({report['machine']})", "",
+             f"model {report['model']} on {report['runtime']} {report['precision']}", "",
+             "| clip | stabiliser | flicker on unchanged px % | flicker all px % | flow consistency % | FPS |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for row in report["clips"]:
+        lines.append(f"| {row['clip']} | {'on' if row['stabilize'] else 'off'} | {row['flicker_unchanged_pct']} | "
+                     f"{row['flicker_all_pct']} | {row['flow_consistency_pct']} | {row['fps']} |")  # fmt: skip
+    if report.get("camvid"):
+        c = report["camvid"]
+        lines += ["", f"CamVid drive {c['sequence']} ({c['frames']} labelled frames in order, {c['model']}): "
+                  f"mIoU {c['mIoU']} plain, {c['mIoU_stabilized']} stabilised "
+                  f"({c['pixels_changed_by_stabilizer_pct']} % of pixels changed by the stabiliser)"]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, help="artifact (default: the packaged model)")
+    parser.add_argument("--target", default="cpu")
+    parser.add_argument("--clips", nargs="+", type=Path, help="default: the shared clips and vtest.avi if present")
+    parser.add_argument("--frames", type=int, default=150, help="frames per clip [150]")
+    parser.add_argument("--camvid", type=Path, help="CamVid root for the in-order accuracy check")
+    parser.add_argument("--sequence", default="0006R0", help="the CamVid drive to feed in order [0006R0]")
+    parser.add_argument("--camvid-model", type=Path, help="artifact that did not train on --sequence")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    clips = args.clips or [c for c in [*DEFAULT_CLIPS, VTEST] if c.is_file()]
+    with Segmenter(args.target, model=args.model) as seg:
+        report = {"machine": f"{platform.node()}, {cpu_features().describe()}", "model": seg.model_path.name,
+                  "runtime": seg.runtime, "precision": seg.precision, "clips": clip_rows(seg, clips, args.frames)}  # fmt: skip
+    if args.camvid:
+        with Segmenter(args.target, model=args.camvid_model) as seg:
+            report["camvid"] = {**camvid_in_order(seg, args.camvid, args.sequence), "model": seg.model_path.name}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "temporal.json").write_text(json.dumps(report, indent=2))
+    (args.out / "temporal.md").write_text(markdown(report))
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
