@@ -408,6 +408,7 @@ def run_benchmark(opts: BenchmarkOptions) -> list[dict]:
         "num_classes": num_classes,
         "num_classes_match": match,
         "stream": opts.stream,
+        "video": opts.video is not None,  # consecutive frames: the stream also measures temporal stability
         "profile": opts.profile,
         "class_names": evaluation["class_names"],
         "peer_model": str(opts.peer_model),

@@ -147,6 +147,24 @@ def _one_line(text: str, limit: int) -> str:
     return (line[: limit - 1] + "…") if len(line) > limit else line
 
 
+def stability_lines(rows: Sequence[dict]) -> list[str]:
+    """With ``--video``: flicker on unchanged pixels and flow consistency per row, stabiliser off / on."""
+    measured = [r for r in rows if r.get("flicker_unchanged_pct") is not None]
+    if not measured:
+        return []
+    lines = [
+        "Temporal stability over the video's frames in order (`sdk.stability`; stabiliser off / on):",
+        "",
+        "| runtime | precision | flicker on unchanged px % | flow consistency % |",
+        "|---|---|---|---|",
+    ]
+    for r in measured:
+        flicker = f"{_f(r['flicker_unchanged_pct'], '.2f')} / {_f(r.get('flicker_unchanged_pct_stabilized'), '.2f')}"
+        flow = f"{_f(r.get('flow_consistency_pct'), '.2f')} / {_f(r.get('flow_consistency_pct_stabilized'), '.2f')}"
+        lines.append(f"| {r['label']} | {r['precision']} | {flicker} | {flow} |")
+    return [*lines, ""]
+
+
 def markdown_table(rows: Sequence[dict]) -> str:
     """The performance table (one line per row; errors in the notes column)."""
     header = (
@@ -204,6 +222,7 @@ def markdown(rows: Sequence[dict], info: dict) -> str:
         "",
         markdown_table(rows),
         "",
+        *stability_lines(rows),
         "Latency is end to end per frame (BGR frame in, label map at the frame's size out: letterbox, normalisation, "
         "model, post-processing). m2f rows run `sdk.Segmenter.predict`; HF rows run HF's image processor, the model "
         "and `post_process_semantic_segmentation`. CPU s / frame is the process's CPU time (all threads), steadier "

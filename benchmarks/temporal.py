@@ -103,8 +103,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     clips = args.clips or [c for c in [*DEFAULT_CLIPS, VTEST] if c.is_file()]
     with Segmenter(args.target, model=args.model) as seg:
-        report = {"machine": f"{platform.node()}, {cpu_features().describe()}", "model": seg.model_path.name,
-                  "runtime": seg.runtime, "precision": seg.precision, "clips": clip_rows(seg, clips, args.frames)}  # fmt: skip
+        report = {
+            "machine": f"{platform.node()}, {cpu_features().describe()}",
+            "model": seg.model_path.name,
+            "runtime": seg.runtime,
+            "precision": seg.precision,
+            "clips": clip_rows(seg, clips, args.frames),
+        }
     if args.camvid:
         with Segmenter(args.target, model=args.camvid_model) as seg:
             report["camvid"] = {**camvid_in_order(seg, args.camvid, args.sequence), "model": seg.model_path.name}

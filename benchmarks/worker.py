@@ -17,7 +17,7 @@ import resource
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -313,23 +313,42 @@ def load_eval_set(path: str | Path) -> tuple[list[np.ndarray], list[np.ndarray] 
     return frames, labels
 
 
+class _FrameReader:
+    """A video source over frames already in memory (``read()`` like ``cv2.VideoCapture``)."""
+
+    def __init__(self, frames: Iterable[np.ndarray]) -> None:
+        self._frames = iter(frames)
+
+    def read(self) -> tuple[bool, np.ndarray | None]:
+        frame = next(self._frames, None)
+        return frame is not None, frame
+
+
 def _stream_fps(pipeline: _SegmenterPipeline, frames: list[np.ndarray], count: int) -> dict[str, float]:
     """Frames per second through ``sdk.stream`` (decode, inference and post-processing overlapped)."""
     from itertools import cycle, islice
 
-    class ListReader:
-        def __init__(self) -> None:
-            self.frames = islice(cycle(frames), count)
-
-        def read(self) -> tuple[bool, np.ndarray | None]:
-            frame = next(self.frames, None)
-            return (frame is not None), frame
-
-    running = pipeline.segmenter.stream(ListReader(), live=False, annotate=None)
+    running = pipeline.segmenter.stream(_FrameReader(islice(cycle(frames), count)), live=False, annotate=None)
     for _ in running:
         pass
     stats = running.stats
     return {"stream_fps": stats.fps, "stream_frames": stats.frames}
+
+
+def _stability(pipeline: _SegmenterPipeline, frames: list[np.ndarray]) -> dict[str, float | None]:
+    """Flicker and flow consistency of the row's labels over the video's frames in order, stabiliser off and on."""
+    figures: dict[str, float | None] = {}
+    for stabilize in (False, True):
+        running = pipeline.segmenter.stream(
+            _FrameReader(frames), live=False, stabilize=stabilize, measure_stability=True
+        )
+        for _ in running:
+            pass
+        suffix = "_stabilized" if stabilize else ""
+        stability = running.stats.stability or {}
+        figures[f"flicker_unchanged_pct{suffix}"] = stability.get("flicker_unchanged_pct")
+        figures[f"flow_consistency_pct{suffix}"] = stability.get("flow_consistency_pct")
+    return figures
 
 
 def measure(spec: dict) -> dict:
@@ -407,6 +426,8 @@ def measure(spec: dict) -> dict:
     if spec.get("stream") and isinstance(pipeline, _SegmenterPipeline):
         try:
             result.update(_stream_fps(pipeline, frames, runs))
+            if spec.get("video"):
+                result.update(_stability(pipeline, frames))
         except Exception as err:  # the row keeps its latency figures
             result["stream_error"] = f"{type(err).__name__}: {err}"
     if spec.get("profile"):

@@ -299,3 +299,31 @@ def test_benchmark_targets_take_profiles_runtimes_and_peers(caplog) -> None:
         benchmark_targets(["jetsn"])
     with pytest.raises(ValueError, match="unknown peer"):
         benchmark_targets(None, ["openvino"])
+
+
+def test_video_rows_report_temporal_stability(tmp_path):
+    """``--video``: every m2f row streams the clip's frames in order and reports flicker / flow consistency."""
+    pytest.importorskip("transformers")
+    from benchmarks.cli import benchmark_main
+
+    config = tmp_path / "tiny_config.json"
+    config.write_text(json.dumps(TINY_HF_CONFIG))
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (96, 72))
+    base = np.random.default_rng(0).integers(0, 256, (72, 96, 3), dtype=np.uint8)
+    for t in range(6):
+        writer.write(np.roll(base, t, axis=1))  # a slow pan
+    writer.release()
+    out = tmp_path / "report"
+    argv = [
+        *("--model", str(config), "--video", str(video), "--input-size", "64x64", "--images", "6", "--runs", "1"),
+        *("--warmup", "0", "--threads", "1", "--cache", str(tmp_path / "cache"), "--out", str(out)),
+        *("--targets", "onnxruntime", "--precisions", "fp32"),
+    ]
+    assert benchmark_main(argv) == 0
+    rows = {r["id"]: r for r in json.loads((out / "benchmark.json").read_text())["rows"]}
+    ort = rows["m2f-onnxruntime-fp32"]
+    for key in ("flicker_unchanged_pct", "flow_consistency_pct", "flow_consistency_pct_stabilized"):
+        assert ort[key] is None or 0.0 <= ort[key] <= 100.0, (key, ort)
+    assert ort["flow_consistency_pct"] is not None
+    assert "Temporal stability" in (out / "benchmark.md").read_text()
