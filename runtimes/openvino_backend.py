@@ -29,6 +29,7 @@ import numpy as np
 
 from runtimes.artifact import ArtifactError, artifact_sha256, engine_cache_key, read_io_names, read_metadata
 from runtimes.base import Backend, DeviceNotAvailable, ExclusivePool, RuntimeNotAvailable, TensorSpec
+from runtimes.registry import RUNTIMES
 from runtimes.vocabulary import PRECISIONS
 
 logger = logging.getLogger(__name__)
@@ -40,15 +41,16 @@ _CAPABILITY = {"bf16": "BF16", "f16": "FP16"}  # hint value -> OPTIMIZATION_CAPA
 _VIRTUAL_DEVICES = {"AUTO", "MULTI", "HETERO", "BATCH"}
 # performance_mode -> OpenVINO PERFORMANCE_HINT
 PERFORMANCE_MODES = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
+
+
 # UNTIL runtimes/registry.py lands: the option names for the openvino row's ``options`` there (INTERFACES.md #1)
-OPENVINO_OPTIONS = frozenset({"device", "precision", "threads", "cache_dir", "num_requests", "performance_mode"})
-
-
 def _import_openvino() -> Any:
     try:
         import openvino
     except ImportError as err:
-        raise RuntimeNotAvailable(f"the openvino backend needs OpenVINO: pip install openvino ({err})") from err
+        raise RuntimeNotAvailable(
+            f"the openvino backend needs OpenVINO: {RUNTIMES['openvino'].install_hint} ({err})"
+        ) from err
     return openvino
 
 

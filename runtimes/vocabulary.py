@@ -11,6 +11,11 @@ TASKS = ("semantic", "instance", "panoptic")  # what a Mask2Former artifact outp
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")  # what an artifact is compiled at or a runtime lowers it to
 INPUT_NAME = "images"  # the artifact's one input: (N, H, W, 3) uint8 BGR
 MASK_STRIDE = 4  # pred_masks are at 1/4 of the padded input
+# the official Mask2Former post-processing: panoptic keeps queries scoring over OBJECT_MASK_THRESHOLD whose mask is
+# at least OVERLAP_THRESHOLD unoccluded; instance keeps the TOPK best (query, class) pairs
+OBJECT_MASK_THRESHOLD = 0.8
+OVERLAP_THRESHOLD = 0.8
+TOPK = 100
 VOID = 255  # the semantic label of pixels without a class (CamVid void, pixels no panoptic segment covers)
 IMAGE_SUFFIXES = frozenset(  # the still-image files OpenCV reads, lower case
     {".bmp", ".dib", ".jpg", ".jpeg", ".jpe", ".jp2", ".png", ".webp", ".pbm", ".pgm", ".ppm", ".pnm", ".tif", ".tiff"}

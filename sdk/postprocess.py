@@ -26,7 +26,7 @@ import numpy as np
 
 from runtimes.errors import M2FError
 from runtimes.geometry import Geometry
-from runtimes.vocabulary import MASK_STRIDE, TASKS
+from runtimes.vocabulary import MASK_STRIDE, OBJECT_MASK_THRESHOLD, OVERLAP_THRESHOLD, TASKS, TOPK
 
 logger = logging.getLogger(__name__)
 
@@ -265,8 +265,8 @@ def panoptic_from_outputs(
     masks: np.ndarray,
     geometry: Geometry,
     thing_ids: Collection[int] = (),
-    object_mask_threshold: float = 0.8,
-    overlap_threshold: float = 0.8,
+    object_mask_threshold: float = OBJECT_MASK_THRESHOLD,
+    overlap_threshold: float = OVERLAP_THRESHOLD,
 ) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Official panoptic merging at the frame size, upsampling only the kept queries.
 
@@ -357,7 +357,7 @@ def instance_from_outputs(
     logits: np.ndarray,
     masks: np.ndarray,
     geometry: Geometry,
-    topk: int = 100,
+    topk: int = TOPK,
     thing_ids: Collection[int] | None = None,
 ) -> dict[str, np.ndarray]:
     """Official instance inference at the frame size, upsampling only the queries of the top-k pairs.
@@ -475,11 +475,11 @@ def postprocess(
             masks,
             geometry,
             thing_ids,
-            object_mask_threshold=float(inference.get("object_mask_threshold", 0.8)),
-            overlap_threshold=float(inference.get("overlap_threshold", 0.8)),
+            object_mask_threshold=float(inference.get("object_mask_threshold", OBJECT_MASK_THRESHOLD)),
+            overlap_threshold=float(inference.get("overlap_threshold", OVERLAP_THRESHOLD)),
         )
         return {"task": task, "panoptic": seg, "segments_info": info}
     instances = instance_from_outputs(
-        logits, masks, geometry, int(inference.get("topk_per_image", 100)), thing_ids or None
+        logits, masks, geometry, int(inference.get("topk_per_image", TOPK)), thing_ids or None
     )
     return {"task": task, "instances": instances}

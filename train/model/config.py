@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from runtimes.vocabulary import OBJECT_MASK_THRESHOLD, OVERLAP_THRESHOLD, TOPK
+
 # ImageNet statistics in the 0-255 RGB scale, as every official Mask2Former config uses.
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
@@ -128,9 +130,9 @@ class Mask2FormerConfig:
 class InferenceConfig:
     """Post-processing thresholds; the defaults are the official ones."""
 
-    object_mask_threshold: float = 0.8
-    overlap_threshold: float = 0.8
-    topk_per_image: int = 100
+    object_mask_threshold: float = OBJECT_MASK_THRESHOLD
+    overlap_threshold: float = OVERLAP_THRESHOLD
+    topk_per_image: int = TOPK
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from runtimes.vocabulary import MASK_STRIDE, TASKS
+from runtimes.vocabulary import MASK_STRIDE, OBJECT_MASK_THRESHOLD, OVERLAP_THRESHOLD, TASKS, TOPK
 from train.model.config import InferenceConfig
 
 
@@ -102,8 +102,8 @@ def panoptic_inference(
     mask_cls: Tensor,
     mask_pred: Tensor,
     thing_ids: Collection[int],
-    object_mask_threshold: float = 0.8,
-    overlap_threshold: float = 0.8,
+    object_mask_threshold: float = OBJECT_MASK_THRESHOLD,
+    overlap_threshold: float = OVERLAP_THRESHOLD,
 ) -> tuple[Tensor, list[dict[str, Any]]]:
     """Official panoptic merging.
 
@@ -187,7 +187,7 @@ def masks_to_boxes(masks: Tensor) -> Tensor:
 def instance_inference(
     mask_cls: Tensor,
     mask_pred: Tensor,
-    topk: int = 100,
+    topk: int = TOPK,
     thing_ids: Collection[int] | None = None,
 ) -> dict[str, Tensor]:
     """Official instance inference: top-k (query, class) pairs, each with its query's binary mask.
