@@ -367,7 +367,8 @@ def rewrite_artifact(src: str | Path, dst: str | Path) -> list[str]:
     done = rewrite_for_tensorrt(model)
     onnx.checker.check_model(model)
     if done:
-        metadata.setdefault("rewrites", []).append({"by": __name__, "changes": done})
+        # the module's own name, not __name__ (that is "__main__" under python -m)
+        metadata.setdefault("rewrites", []).append({"by": "compile.tensorrt_rules", "changes": done})
     write_metadata(model, metadata)
     onnx.save(model, str(dst))
     return done
