@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from sdk.cli import drain_stream
-from sdk.segmenter import DEFAULT_MODELS_DIR, Segmenter
+from sdk.segmenter import DEFAULT_MODELS_DIR, Segmenter, choose_artifact
 from sdk.sources import read_video_frames
 from sdk.stream_options import StreamOptions
-from sdk.targets import TargetNotAvailable
+from sdk.targets import TargetNotAvailable, resolve_target
 
 logger = logging.getLogger(__name__)
 
@@ -68,13 +68,24 @@ def packaged_precisions() -> list[str]:
     return sorted(found, key=lambda p: p != "fp32")
 
 
+def _default_precision(target: str, model: str | None, listed: list[str]) -> list[str]:
+    """The precision ``Segmenter(target)`` picks by itself on this CPU (bf16 on a bf16 CPU), if not already listed."""
+    try:
+        spec, runtime = resolve_target(target)
+        chosen = choose_artifact(model, runtime, None, spec, None).precision
+    except (TargetNotAvailable, FileNotFoundError, ValueError):
+        return []
+    return [] if chosen in listed else [chosen]
+
+
 def target_table(frames: list[np.ndarray], model: str | None) -> list[TableRow]:
-    """predict() on every frame per CPU target x packaged precision; a target that fails becomes an error row."""
+    """predict() on every frame per CPU target x packaged precision, plus the precision each target picks by itself
+    where that is another (a lowering: bf16 on a bf16 CPU); a target that fails becomes an error row."""
     precisions = ["fp32"] if model else packaged_precisions()
     rows: list[TableRow] = []
     reference: list[np.ndarray] | None = None
     for target in TABLE_TARGETS:
-        for precision in precisions:
+        for precision in [*precisions, *_default_precision(target, model, precisions)]:
             try:
                 seg = Segmenter(target, model=model, precision=precision)
             except (TargetNotAvailable, FileNotFoundError, ValueError, RuntimeError, ImportError) as err:

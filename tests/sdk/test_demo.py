@@ -63,3 +63,15 @@ def test_read_video_frames_missing_and_undecodable(tmp_path):
     (tmp_path / "bad.mp4").write_bytes(b"not a video")
     with pytest.raises(ValueError, match="decoded no frame"):
         read_video_frames(tmp_path / "bad.mp4", 3)
+
+
+def test_the_table_adds_the_precision_a_target_picks_by_itself(monkeypatch):
+    """On a bf16 CPU OpenVINO runs the packaged fp32 file in bf16: the demo's table shows that row too."""
+    from sdk.demo import _default_precision, packaged_precisions
+
+    listed = packaged_precisions()
+    monkeypatch.setenv("M2F_CPU_FLAGS", "avx512f avx512_bf16 avx512_vnni")
+    assert _default_precision("openvino", None, listed) == ["bf16"]
+    assert _default_precision("onnxruntime", None, listed) == []  # its choice, fp32, is listed already
+    monkeypatch.setenv("M2F_CPU_FLAGS", "")
+    assert _default_precision("openvino", None, listed) == []  # no bf16: fp32, listed
