@@ -17,12 +17,12 @@ import platform
 from pathlib import Path
 
 import cv2
-import numpy as np
 
 from runtimes.cpu_features import cpu_features
 from runtimes.vocabulary import SHARED_ROOT, VOID
 from sdk.segmenter import Segmenter
 from sdk.stability import LabelStabilizer
+from train.evaluation.semantic import SemanticEvaluator
 
 DEFAULT_CLIPS = [SHARED_ROOT / "data" / "videos" / name for name in
                  ("car-detection.mp4", "one-by-one-person-detection.mp4", "solidWhiteRight.mp4")]  # fmt: skip
@@ -47,7 +47,7 @@ def camvid_in_order(seg: Segmenter, root: Path, sequence: str) -> dict:
     if not frames:
         raise SystemExit(f"no CamVid frames of drive {sequence} under {root}")
     classes = len(seg.metadata["class_names"])
-    confusion = {False: np.zeros((classes, classes), np.int64), True: np.zeros((classes, classes), np.int64)}
+    plain_eval, steady_eval = SemanticEvaluator(classes, VOID), SemanticEvaluator(classes, VOID)
     stabilizer = LabelStabilizer()
     changed = total = 0
     for path in frames:
@@ -57,20 +57,10 @@ def camvid_in_order(seg: Segmenter, root: Path, sequence: str) -> dict:
         steady = stabilizer.apply(image, plain)
         changed += int((steady != plain).sum())
         total += plain.size
-        valid = (label < classes) & (label != VOID)
-        for stabilized, pred in ((False, plain), (True, steady)):
-            ok = valid & (pred < classes)
-            confusion[stabilized] += np.bincount(
-                label[ok].astype(np.int64) * classes + pred[ok], minlength=classes * classes
-            ).reshape(classes, classes)
-
-    def miou(matrix: np.ndarray) -> float:
-        inter = np.diag(matrix).astype(np.float64)
-        union = matrix.sum(0) + matrix.sum(1) - inter
-        return float(100 * (inter[union > 0] / union[union > 0]).mean())
-
-    return {"sequence": sequence, "frames": len(frames), "mIoU": round(miou(confusion[False]), 2),
-            "mIoU_stabilized": round(miou(confusion[True]), 2),
+        plain_eval.update(plain, label)  # CamVid's void (id 11 = the class count) is ignored like VOID
+        steady_eval.update(steady, label)
+    return {"sequence": sequence, "frames": len(frames), "mIoU": round(plain_eval.compute()["mIoU"], 2),
+            "mIoU_stabilized": round(steady_eval.compute()["mIoU"], 2),
             "pixels_changed_by_stabilizer_pct": round(100 * changed / total, 3)}  # fmt: skip
 
 

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from runtimes.vocabulary import VOID
+
 UNCHANGED_LEVEL = 8  # colour change (max over channels, 0-255) under which a pixel "did not change"
 FLOW_RELIABLE_PX = 1.0  # forward-backward flow disagreement under which a pixel's flow is trusted
 FLOW_SCALE = 0.5  # optical flow runs at this fraction of the frame size
@@ -52,7 +54,7 @@ class TemporalStability:
 
     flow: bool = True
     unchanged_level: int = UNCHANGED_LEVEL
-    ignore: int = 255
+    ignore: int = VOID
     frames: int = 0
     _unchanged: int = 0
     _unchanged_flips: int = 0
@@ -60,12 +62,16 @@ class TemporalStability:
     _flips: int = 0
     _reliable: int = 0
     _agree: int = 0
-    _previous: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+    _previous: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = field(default=None, repr=False)
     _dis: cv2.DISOpticalFlow | None = field(default=None, repr=False)
 
     def update(self, frame: np.ndarray, labels: np.ndarray) -> None:
         _check(frame, labels)
-        grey = cv2.resize(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY), None, fx=FLOW_SCALE, fy=FLOW_SCALE)
+        grey = (
+            cv2.resize(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY), None, fx=FLOW_SCALE, fy=FLOW_SCALE)
+            if self.flow
+            else None
+        )
         if self._previous is not None and self._previous[0].shape == frame.shape:
             prev_frame, prev_labels, prev_grey = self._previous
             valid = (labels != self.ignore) & (prev_labels != self.ignore)
