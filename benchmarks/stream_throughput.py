@@ -21,12 +21,12 @@ from sdk.stream_options import StreamOptions
 
 
 def backend_fps(seg: Segmenter, frame, runs: int, warmup: int = 5) -> float:
-    inputs, _ = seg.prepare(frame)
+    inputs, _ = seg.preprocess(frame)
     for _ in range(warmup):
-        seg.infer(inputs)
+        seg.inference(inputs)
     start = time.perf_counter()
     for _ in range(runs):
-        seg.infer(inputs)
+        seg.inference(inputs)
     return runs / (time.perf_counter() - start)
 
 
@@ -36,7 +36,7 @@ def stream_fps(seg: Segmenter, clip: Path, frames: int, annotate: bool) -> dict:
         running = seg.stream(clip, StreamOptions(max_frames=frames, output=output))
         for _ in running:
             pass
-        return running.stats.as_dict()
+        return running.stats.to_dict()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,20 +19,20 @@ from sdk.stream import stream
 
 
 class SleepingModel:
-    """A StagedModel whose prepare / infer / finish sleep the given seconds."""
+    """A StagedModel whose inference / postprocess sleep the given seconds."""
 
-    def __init__(self, infer_s: float, finish_s: float = 0.0) -> None:
-        self.infer_s, self.finish_s = infer_s, finish_s
+    def __init__(self, inference_s: float, postprocess_s: float = 0.0) -> None:
+        self.inference_s, self.postprocess_s = inference_s, postprocess_s
 
-    def prepare(self, frame: np.ndarray) -> tuple[dict[str, np.ndarray], Any]:
+    def preprocess(self, frame: np.ndarray) -> tuple[dict[str, np.ndarray], Any]:
         return {"image": frame}, None
 
-    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        time.sleep(self.infer_s)
+    def inference(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        time.sleep(self.inference_s)
         return inputs
 
-    def finish(self, outputs: dict[str, np.ndarray], context: Any, frame: np.ndarray) -> Any:
-        time.sleep(self.finish_s)
+    def postprocess(self, outputs: dict[str, np.ndarray], context: Any) -> Any:
+        time.sleep(self.postprocess_s)
         return type("Result", (), {"timings": {}, "frame_index": None})()
 
 
@@ -65,10 +65,10 @@ def test_three_stages_overlap(benchmark) -> None:
 
 
 def test_live_latency_stays_bounded_by_dropping(benchmark) -> None:
-    frames, infer_s = 150, 0.025
+    frames, inference_s = 150, 0.025
 
     def run() -> Any:
-        s = stream(SleepingModel(infer_s), PacedReader(frames, 0.003))  # a reader: live, keep_latest by default
+        s = stream(SleepingModel(inference_s), PacedReader(frames, 0.003))  # a reader: live, keep_latest by default
         for _ in s:
             pass
         return s.stats
@@ -76,4 +76,4 @@ def test_live_latency_stays_bounded_by_dropping(benchmark) -> None:
     stats = benchmark.pedantic(run, rounds=3, iterations=1)
     benchmark.extra_info.update(latency_p90_ms=round(stats.latency_ms["p90"], 1), dropped=stats.dropped)
     assert stats.dropped > frames // 3
-    assert stats.latency_ms["p90"] < 8 * infer_s * 1000, stats.summary()
+    assert stats.latency_ms["p90"] < 8 * inference_s * 1000, stats.summary()

@@ -76,6 +76,11 @@ class ExclusivePool(Generic[T]):
 class Backend(abc.ABC):
     """One engine session over one artifact. Subclasses set ``name`` and implement the abstract members.
 
+    What really runs, in the project's own words (``runtimes.vocabulary``), whatever the engine calls it:
+    :attr:`runtime` (the engine: ``"openvino"``, ...), :attr:`device` (``"cpu"``, ``"cuda"``, ...) and
+    :attr:`precision` (what the engine computes in: ``"fp32"``, ``"bf16"``, ``"int8"``, ...). Each engine sets
+    the last two once it is loaded; the engine's own spelling, where it has one, keeps its own attribute name.
+
     Use as a context manager, or call :meth:`close` when done.
 
     Thread safety: one backend may be shared by any number of threads (and streams); :meth:`run` is safe to call
@@ -87,13 +92,22 @@ class Backend(abc.ABC):
     """
 
     name: ClassVar[str] = "base"
+    device: str
+    precision: str
 
     def __init__(self, metadata: dict, path: str | Path | None = None) -> None:
         self._metadata = validate_metadata(metadata)
         self.path = None if path is None else Path(path)
         self._closed = False
+        self.device = "cpu"
+        self.precision = self._metadata["precision"]  # an engine that lowers it says so once loaded
         if self._metadata["target"] != self.name:
             logger.info("artifact was compiled for %r; running it on %r", self._metadata["target"], self.name)
+
+    @property
+    def runtime(self) -> str:
+        """The engine's name in ``runtimes.registry.RUNTIMES``."""
+        return self.name
 
     @property
     def metadata(self) -> dict:
@@ -217,4 +231,7 @@ class Backend(abc.ABC):
 
     def __repr__(self) -> str:
         where = f" {self.path}" if self.path else ""
-        return f"<{type(self).__name__}{where} inputs={list(self.input_specs)} outputs={self.output_names}>"
+        return (
+            f"<{type(self).__name__}{where} {self.device} {self.precision} inputs={list(self.input_specs)} "
+            f"outputs={self.output_names}>"
+        )

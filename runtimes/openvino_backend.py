@@ -86,7 +86,8 @@ class OpenVinoBackend(Backend):
         super().__init__(read_metadata(path), path)
         core = ov.Core()
         device = device.upper()
-        self.device = device
+        self.ov_device = device  # OpenVINO's spelling ("CPU", "GPU.0")
+        self.device = device.split(".")[0].split(":")[0].lower()
         self._check_device(core, device)
 
         ov_precision = self._inference_precision(core, device, precision)
@@ -108,7 +109,9 @@ class OpenVinoBackend(Backend):
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             (self.cache_dir / "m2f.json").write_text(json.dumps(self.metadata, sort_keys=True, indent=1))
             config["CACHE_DIR"] = str(self.cache_dir)
-        self.inference_precision = ov_precision
+        self.inference_precision = ov_precision  # OpenVINO's hint ("f32", "bf16"); an int8 graph keeps its own types
+        if self.metadata["precision"] != "int8":
+            self.precision = {"f32": "fp32", "f16": "fp16"}.get(ov_precision, ov_precision)
 
         # compiling from the path (not a read_model() object) lets a cache hit skip reading the ONNX altogether
         with self._loading():

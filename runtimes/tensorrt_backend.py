@@ -201,6 +201,7 @@ class TensorRtBackend(Backend):
         self._executions: list[_Execution] = []
         self._executions_lock = threading.Lock()
         device_index = parse_device(device)
+        self.device = "cuda"
         artifact_precision = self.metadata["precision"]
         self.precision = (precision or artifact_precision).lower()
         if dla_core is not None and (not isinstance(dla_core, int) or dla_core < 0):
@@ -217,13 +218,13 @@ class TensorRtBackend(Backend):
         try:
             with self._gpu.current():
                 info = self._gpu.info
-                self.device = device_tag(info.name, info.compute_capability, dla_core)
+                self.device_tag = device_tag(info.name, info.compute_capability, dla_core)
                 sha = artifact_sha256(self.path)
                 kind = f"{self.precision}-{'strong' if self.plan.strongly_typed else 'weak'}"  # strongly typed or not
                 root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-                self.engine_path = engine_path(root, sha, kind, self.device, trt.__version__)
+                self.engine_path = engine_path(root, sha, kind, self.device_tag, trt.__version__)
                 if timing_cache is True:
-                    self.timing_cache_path: Path | None = timing_cache_path(root, self.device, trt.__version__)
+                    self.timing_cache_path: Path | None = timing_cache_path(root, self.device_tag, trt.__version__)
                 else:
                     self.timing_cache_path = Path(timing_cache) if timing_cache else None
                 self._runtime = trt.Runtime(self._trt_logger)
@@ -278,7 +279,10 @@ class TensorRtBackend(Backend):
         self._add_profile(builder, network, config)
         self._read_timing_cache(config)
         logger.info(
-            "building the TensorRT engine for %s (%s, %s; minutes on a Jetson)", self.path, self.precision, self.device
+            "building the TensorRT engine for %s (%s, %s; minutes on a Jetson)",
+            self.path,
+            self.precision,
+            self.device_tag,
         )
         serialized = builder.build_serialized_network(network, config)
         if serialized is None:

@@ -110,7 +110,8 @@ class TorchBackend(Backend):
         self._check_engine_matches_metadata()
 
         self._device = _torch_device(device)
-        self.device = str(self._device)
+        self.torch_device = str(self._device)  # torch's spelling ("cuda:0")
+        self.device = self._device.type
         self.precision = _check_precision(precision or "fp32", self._device)
         self._autocast_dtype = AUTOCAST_DTYPES[self.precision]
         if cuda_graph and self._device.type != "cuda":

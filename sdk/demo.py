@@ -163,7 +163,7 @@ def demo_main(argv: list[str] | None = None) -> int:
         f"(decode, inference, post-processing, overlay and encode overlapped); latency p50 {lat.get('p50', 0):.0f} ms, "
         f"p99 {lat.get('p99', 0):.0f} ms; wrote {stats.written} frames to {args.out}"
     )
-    figures: dict[str, object] = {"stream": stats.as_dict(), "target": seg.target.name, "runtime": seg.runtime}
+    figures: dict[str, object] = {"stream": stats.to_dict(), "target": seg.target.name, "runtime": seg.runtime}
     if not args.no_table and Path(str(source)).is_file():
         frames = read_video_frames(Path(source), args.table_frames)
         rows = target_table(frames, args.model)

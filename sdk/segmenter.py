@@ -23,7 +23,7 @@ import numpy as np
 from runtimes import Backend, check_options, load_backend, read_metadata
 from runtimes.registry import RUNTIMES, TARGETS, TargetSpec, export_precisions
 from sdk import host
-from sdk.postprocess import postprocess
+from sdk.postprocess import postprocess as postprocess_outputs
 from sdk.preprocess import Geometry, as_bgr, fit_to_input
 from sdk.results import SegmentationResult
 from sdk.targets import PrecisionChoice, choose_precision, resolve_target
@@ -138,32 +138,26 @@ class Segmenter:
             backend = load_backend(runtime, choice.artifact, **backend_options)
         self.model_path = choice.artifact
         self.precision_reason = choice.reason
-        self._attach(backend, task, spec, backend_options.get("device", spec.device))
+        self._attach(backend, task, spec)
         if precision and precision != self.precision:
             logger.warning("asked for %s, but %s runs this %s artifact as %s", precision, runtime,
                            self.metadata["precision"], self.precision)  # fmt: skip
 
     @classmethod
-    def from_backend(
-        cls, backend: Backend, task: str | None = None, target: str | None = None, device: str | None = None
-    ) -> Segmenter:
+    def from_backend(cls, backend: Backend, task: str | None = None, target: str | None = None) -> Segmenter:
         """A Segmenter over a backend that is already open (e.g. ``TorchBackend.from_module`` over a reference
         model). ``target``: the profile it stands for (default: the one named after the backend's runtime)."""
         segmenter = cls.__new__(cls)
-        spec = TARGETS[target or backend.name]
-        known = _device_name(getattr(backend, "device", spec.device))  # torch, ONNX Runtime, OpenVINO say it
-        segmenter._attach(backend, task, spec, device or (known if known in ("cpu", "cuda") else spec.device))
+        segmenter._attach(backend, task, TARGETS[target or backend.runtime])
         segmenter.model_path, segmenter.precision_reason = None, "the backend's own (from_backend)"
         return segmenter
 
-    def _attach(self, backend: Backend, task: str | None, spec: TargetSpec, device: str) -> None:
-        """Take ``backend`` as the engine and record what really runs."""
+    def _attach(self, backend: Backend, task: str | None, spec: TargetSpec) -> None:
+        """Take ``backend`` as the engine and record what really runs, as the backend reports it."""
         self.target = spec
-        self.runtime = backend.name
         self.backend = backend
-        self.device = _device_name(device)  # the backend refuses a device it cannot reach
+        self.runtime, self.device, self.precision = backend.runtime, backend.device, backend.precision
         self.metadata = backend.metadata
-        self.precision = _precision_in_use(backend)
         self.task = task or self.metadata["task"]
         if self.task != self.metadata["task"] and self.metadata["task"] != "panoptic":
             raise ValueError(f"a {self.metadata['task']} artifact cannot give {self.task} results")
@@ -171,20 +165,23 @@ class Segmenter:
         logger.info("Segmenter: target %s via %s on %s, %s %s", spec.name, self.runtime, self.device, self.task,
                     self.precision)  # fmt: skip
 
-    # ------------------------------------------------------------------ stages (used by stream())
-    def prepare(self, frame: np.ndarray) -> tuple[dict[str, np.ndarray], tuple[Geometry, dict[str, float]]]:
+    # ------------------------------------------------------------------ the steps of predict() and stream()
+    def preprocess(self, frame: np.ndarray) -> tuple[dict[str, np.ndarray], tuple[Geometry, dict[str, float]]]:
+        """Frame -> (the engine's inputs, what postprocess needs to map results back onto the frame)."""
         start = time.perf_counter()
         image, geometry = fit_to_input(as_bgr(frame), self.metadata["input"])
         inputs = {self.input_name: image[None]}
         return inputs, (geometry, {"preprocess_ms": (time.perf_counter() - start) * 1000})
 
-    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def inference(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The engine call."""
         return self.backend.run(inputs)
 
-    def finish(self, outputs: dict[str, np.ndarray], context: tuple[Geometry, dict], frame: np.ndarray) -> Any:
+    def postprocess(self, outputs: dict[str, np.ndarray], context: tuple[Geometry, dict]) -> SegmentationResult:
+        """Engine outputs -> the frame's SegmentationResult (timings of the steps included)."""
         geometry, timings = context
         start = time.perf_counter()
-        processed = postprocess(outputs, self.metadata, geometry)
+        processed = postprocess_outputs(outputs, self.metadata, geometry)
         result = SegmentationResult.from_postprocess(processed, self.metadata, task=self.task)
         result.timings.update(timings)
         result.timings["postprocess_ms"] = (time.perf_counter() - start) * 1000
@@ -193,11 +190,11 @@ class Segmenter:
     # ------------------------------------------------------------------ public API
     def predict(self, frame: np.ndarray) -> SegmentationResult:
         """One HxWx3 uint8 BGR frame (grey and BGRA are converted) -> SegmentationResult at the frame's size."""
-        inputs, context = self.prepare(frame)
+        inputs, context = self.preprocess(frame)
         start = time.perf_counter()
-        outputs = self.infer(inputs)
+        outputs = self.inference(inputs)
         context[1]["inference_ms"] = (time.perf_counter() - start) * 1000
-        return self.finish(outputs, context, frame)
+        return self.postprocess(outputs, context)
 
     def predict_batch(self, frames: Iterable[np.ndarray]) -> list[SegmentationResult]:
         """Several frames, each at its own size -> their results, in input order.
@@ -324,21 +321,3 @@ def _set_precision(options: dict[str, Any], asked: str | None, default: str, art
     want = asked or (default if artifact == "fp32" else artifact)
     if want != artifact:
         options.setdefault("precision", want)
-
-
-def _precision_in_use(backend: Backend) -> str:
-    """The precision the engine really computes in: its own report where it has one, else the artifact's."""
-    artifact = backend.metadata["precision"]
-    reported = getattr(backend, "precision", None)  # TensorRT, torch
-    if isinstance(reported, str) and reported:
-        return reported
-    hint = getattr(backend, "inference_precision", None)  # OpenVINO's hint; an int8 graph carries its own types
-    if isinstance(hint, str) and artifact != "int8":
-        return {"f32": "fp32", "f16": "fp16"}.get(hint, hint)
-    return artifact
-
-
-def _device_name(device: Any) -> str:
-    """Our name of a device ("cpu", "cuda") from a backend's or a caller's ("CPU", torch.device("cuda:0"), ...)."""
-    name = str(device).lower()
-    return "cuda" if name.startswith("cuda") else name

@@ -11,8 +11,8 @@
 
 1. decode: reads frames from the source (``sdk.sources``: ``cv2.VideoCapture`` or any object with
    ``read() -> (ok, frame)``); a supervisor watches the blocking ``read()`` for stalls and reconnects.
-2. inference: ``model.prepare(frame)`` then ``model.infer(inputs)`` (the runtime call, which releases the GIL).
-3. post-processing: ``model.finish(...)``, then the optional drawing and ``cv2.VideoWriter``.
+2. inference: ``model.preprocess(frame)`` then ``model.inference(inputs)`` (the runtime call, which releases the GIL).
+3. post-processing: ``model.postprocess(...)``, then the optional drawing and ``cv2.VideoWriter``.
 
 Files (``live=False``, the default for files) give every frame, in order, none dropped: exactly one result per
 decodable frame. A file that decodes to fewer (or more) frames than its container header declares is complete,

@@ -53,11 +53,11 @@ class StageError(StreamError):
 class StagedModel(Protocol):
     """What ``stream`` needs from a model (``sdk.Segmenter`` implements it)."""
 
-    def prepare(self, frame: np.ndarray) -> tuple[dict[str, np.ndarray], Any]: ...
+    def preprocess(self, frame: np.ndarray) -> tuple[dict[str, np.ndarray], Any]: ...
 
-    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+    def inference(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
-    def finish(self, outputs: dict[str, np.ndarray], context: Any, frame: np.ndarray) -> Any: ...
+    def postprocess(self, outputs: dict[str, np.ndarray], context: Any) -> Any: ...
 
 
 class _StoppedError(Exception):
@@ -84,7 +84,7 @@ class _Item:
     inputs: dict[str, np.ndarray] | None = None
     context: Any = None
     outputs: dict[str, np.ndarray] | None = None
-    infer_ms: float = 0.0
+    inference_ms: float = 0.0
 
 
 class Channel:
@@ -392,33 +392,33 @@ class Pipeline:
 
     # ------------------------------------------------------------------ inference
     def _infer(self) -> None:
-        index: int | None = None
+        stage, index = "preprocess", None
         try:
             while True:
                 item = self.frames.get()
                 if not isinstance(item, _Item):
                     self.inferred.put(item)
                     return
-                index = item.index
+                stage, index = "preprocess", item.index
                 start = time.perf_counter()
-                item.inputs, item.context = self.model.prepare(item.frame)
-                mid = time.perf_counter()
-                item.outputs = self.model.infer(item.inputs)
+                item.inputs, item.context = self.model.preprocess(item.frame)
+                stage, mid = "inference", time.perf_counter()
+                item.outputs = self.model.inference(item.inputs)
                 end = time.perf_counter()
                 item.inputs = None
-                item.infer_ms = (end - mid) * 1000
-                self.stats.stage("prepare", (mid - start) * 1000)
-                self.stats.stage("infer", item.infer_ms)
+                item.inference_ms = (end - mid) * 1000
+                self.stats.stage("preprocess", (mid - start) * 1000)
+                self.stats.stage("inference", item.inference_ms)
                 self.inferred.put(item)
         except _StoppedError:
             pass
         except BaseException as err:
-            self.inferred.put(Failure(StageError("inference", index, err)))
+            self.inferred.put(Failure(StageError(stage, index, err)))
 
     # ------------------------------------------------------------------ post-processing
     def _post(self) -> None:
         writer: cv2.VideoWriter | None = None
-        stage, index = "finish", None
+        stage, index = "postprocess", None
         try:
             while True:
                 item = self.inferred.get()
@@ -428,14 +428,14 @@ class Pipeline:
                         writer = None
                     self.results.put(item)
                     return
-                stage, index = "finish", item.index
+                stage, index = "postprocess", item.index
                 start = time.perf_counter()
-                result = self.model.finish(item.outputs, item.context, item.frame)
+                result = self.model.postprocess(item.outputs, item.context)
                 result.frame_index = item.index
                 timings = getattr(result, "timings", None)
                 if isinstance(timings, dict):
-                    timings.setdefault("inference_ms", item.infer_ms)
-                self.stats.stage("finish", (time.perf_counter() - start) * 1000)
+                    timings.setdefault("inference_ms", item.inference_ms)
+                self.stats.stage("postprocess", (time.perf_counter() - start) * 1000)
                 labels = _label_map(result)
                 if labels is not None and self.stabilizer is not None:
                     stage = "stabilize"

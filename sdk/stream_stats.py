@@ -12,7 +12,8 @@ import numpy as np
 
 from sdk.stability import TemporalStability
 
-STAGES = ("decode", "prepare", "infer", "finish", "stabilize", "annotate", "write")
+# the steps of a frame, in order; predict() times the middle three as SegmentationResult.timings["<step>_ms"]
+STAGES = ("decode", "preprocess", "inference", "postprocess", "stabilize", "annotate", "write")
 LATENCY_WINDOW = 100_000  # latency percentiles are over the most recent frames
 
 
@@ -36,7 +37,7 @@ class StreamStats:
         """Results per second over the stream's wall time."""
         return self.frames / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
-    def as_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly dict (with ``fps``)."""
         return {
             "frames": self.frames,

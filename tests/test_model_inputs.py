@@ -59,7 +59,7 @@ def artifacts(tmp_path_factory) -> dict[str, Path]:
 
 def sdk_input(artifact: Path, bgr: np.ndarray) -> np.ndarray:
     with Segmenter("onnxruntime", model=artifact) as seg:
-        inputs, _ = seg.prepare(bgr)
+        inputs, _ = seg.preprocess(bgr)
         return inputs[seg.input_name][0]  # (H, W, 3) BGR
 
 

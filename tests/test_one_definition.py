@@ -96,3 +96,35 @@ def test_only_the_checkpoint_module_reads_checkpoints() -> None:
         if isinstance(node, ast.Call) and ast.unparse(node.func) == "torch.load"
     ]
     assert sorted(set(readers)) == ["train/model/checkpoint.py"]
+
+
+def _method_names(modules: list[tuple[str, ast.Module]]) -> dict[str, set[str]]:
+    """method name -> the modules whose classes define it."""
+    found: dict[str, set[str]] = defaultdict(set)
+    for path, tree in modules:
+        for cls in (node for node in ast.walk(tree) if isinstance(node, ast.ClassDef)):
+            for item in cls.body:
+                if isinstance(item, ast.FunctionDef):
+                    found[item.name].add(path)
+    return found
+
+
+def test_one_serialiser_name() -> None:
+    """Results, stats and reports serialise with ``to_dict``; no second spelling of the same method."""
+    methods = _method_names(_modules())
+    assert {"as_dict", "asdict", "to_json_dict", "as_json", "to_json"} & set(methods) == set()
+    assert {"sdk/results.py", "sdk/stream_stats.py", "sdk/stability.py"} <= methods["to_dict"]
+
+
+def test_one_set_of_step_names() -> None:
+    """predict's timings and a stream's per-stage figures use the same step names, which the model methods bear."""
+    import numpy as np
+
+    import sdk
+    from sdk.stream_stats import STAGES
+
+    with sdk.Segmenter("cpu", precision="fp32") as seg:
+        timings = seg.predict(np.zeros((48, 64, 3), np.uint8)).timings
+    steps = [key.removesuffix("_ms") for key in timings if key.endswith("_ms")]
+    assert steps and set(steps) <= set(STAGES), steps
+    assert all(callable(getattr(seg, step)) for step in steps)  # Segmenter.preprocess / inference / postprocess

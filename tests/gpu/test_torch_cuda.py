@@ -33,7 +33,12 @@ def test_cuda_graph_equals_eager(checkpoint: Path, task: str, precision: str, ms
     module, metadata = deployable(checkpoint, task)
     eager = TorchBackend.from_module(module, metadata, device="cuda", precision=precision, cuda_graph=False)
     graphed = TorchBackend.from_module(module, metadata, device="cuda", precision=precision)
-    assert (graphed.device, graphed.precision, graphed.cuda_graph) == ("cuda:0", precision, True)
+    assert (graphed.device, graphed.torch_device, graphed.precision, graphed.cuda_graph) == (
+        "cuda",
+        "cuda:0",
+        precision,
+        True,
+    )
     assert not eager.cuda_graph
     for image in frames(3):  # the first run captures, the others replay with new inputs
         want = eager.run({"images": image})

@@ -200,6 +200,17 @@ def test_dynamic_backend_matches_numpy(name: str, artifacts: dict[str, Path]) ->
             _assert_matches_reference(backend.run({"image": image}), image, TOLERANCE[name])
 
 
+def test_backend_says_what_runs_in_our_words(static_backend: runtimes.Backend) -> None:
+    """runtime, device and precision are the project's words, whatever the engine calls them ("CPU", "f32")."""
+    from runtimes.registry import RUNTIMES
+    from runtimes.vocabulary import PRECISIONS
+
+    assert static_backend.runtime == static_backend.name in RUNTIMES
+    assert static_backend.device in RUNTIMES[static_backend.runtime].devices
+    assert static_backend.precision == "fp32" and static_backend.precision in PRECISIONS
+    assert "cpu fp32" in repr(static_backend)
+
+
 def test_non_contiguous_input_is_accepted(static_backend: runtimes.Backend) -> None:
     wide = random_image(HEIGHT, 2 * WIDTH)
     view = wide[:, :, ::2]
@@ -320,7 +331,7 @@ def test_openvino_bf16(artifacts: dict[str, Path]) -> None:
         pytest.skip("this CPU has no BF16")
     image = random_image()
     with runtimes.load_backend("openvino", artifacts["static"], precision="bf16", threads=1) as backend:
-        assert backend.inference_precision == "bf16"
+        assert (backend.inference_precision, backend.precision) == ("bf16", "bf16")
         outputs = backend.run({"image": image})
     expected = reference(image)
     assert outputs["normalized"].dtype == np.float32  # the graph's output type, whatever the inner precision

@@ -108,13 +108,13 @@ class Seen:
 class NumberReader:
     """A model stand-in for ``stream``: reads each frame's number."""
 
-    def prepare(self, frame: np.ndarray) -> tuple[dict[str, np.ndarray], Any]:
+    def preprocess(self, frame: np.ndarray) -> tuple[dict[str, np.ndarray], Any]:
         return {}, frame_number(frame)
 
-    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def inference(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return inputs
 
-    def finish(self, outputs: dict[str, np.ndarray], context: Any, frame: np.ndarray) -> Seen:
+    def postprocess(self, outputs: dict[str, np.ndarray], context: Any) -> Seen:
         return Seen(context)
 
 

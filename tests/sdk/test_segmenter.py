@@ -249,7 +249,9 @@ def test_what_runs_is_reported(artifacts):
         assert seg.backend.providers == ["CPUExecutionProvider"]
     with Segmenter("cpu", model=artifacts["semantic"]) as seg:
         assert (seg.runtime, seg.device, seg.precision) == ("openvino", "cpu", "fp32")
-        assert seg.backend.device == "CPU" and seg.backend.inference_precision == "f32"
+        assert (
+            seg.backend.ov_device == "CPU" and seg.backend.device == "cpu" and seg.backend.inference_precision == "f32"
+        )
 
 
 def test_unknown_backend_option_raises_with_the_accepted_ones(artifacts):

@@ -77,16 +77,16 @@ class _FlickeringModel:
     def __init__(self) -> None:
         self.rng = np.random.default_rng(3)
 
-    def prepare(self, frame: np.ndarray) -> tuple[dict, None]:
-        return {}, None
+    def preprocess(self, frame: np.ndarray) -> tuple[dict, tuple]:
+        return {}, frame.shape[:2]
 
-    def infer(self, inputs: dict) -> dict:
+    def inference(self, inputs: dict) -> dict:
         return inputs
 
-    def finish(self, outputs: dict, context: None, frame: np.ndarray):
+    def postprocess(self, outputs: dict, context: tuple):
         from sdk.results import SegmentationResult
 
-        labels = np.zeros(frame.shape[:2], np.uint8)
+        labels = np.zeros(context, np.uint8)
         labels[self.rng.random(labels.shape) < 0.05] = 1
         return SegmentationResult(task="semantic", class_names=["a", "b"], semantic=labels)
 

@@ -51,15 +51,15 @@ class FakeModel:
 
     def __init__(
         self,
-        prepare_s: float = 0.0,
-        infer_s: float = 0.0,
-        finish_s: float = 0.0,
+        preprocess_s: float = 0.0,
+        inference_s: float = 0.0,
+        postprocess_s: float = 0.0,
         fail_stage: str | None = None,
         fail_at: int = 0,
     ) -> None:
-        self.sleep = {"prepare": prepare_s, "infer": infer_s, "finish": finish_s}
+        self.sleep = {"preprocess": preprocess_s, "inference": inference_s, "postprocess": postprocess_s}
         self.fail_stage, self.fail_at = fail_stage, fail_at
-        self.calls = {"prepare": 0, "infer": 0, "finish": 0}
+        self.calls = dict.fromkeys(self.sleep, 0)
         self.intervals: list[tuple[str, float, float]] = []
 
     def _stage(self, name: str) -> None:
@@ -71,17 +71,17 @@ class FakeModel:
             time.sleep(self.sleep[name])
         self.intervals.append((name, start, time.perf_counter()))
 
-    def prepare(self, frame: np.ndarray) -> tuple[dict[str, np.ndarray], Any]:
-        self._stage("prepare")
+    def preprocess(self, frame: np.ndarray) -> tuple[dict[str, np.ndarray], Any]:
+        self._stage("preprocess")
         return {"image": frame}, {"shape": frame.shape}
 
-    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        self._stage("infer")
+    def inference(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self._stage("inference")
         return {"mean": np.asarray(inputs["image"][::8, ::8].mean())}
 
-    def finish(self, outputs: dict[str, np.ndarray], context: Any, frame: np.ndarray) -> FakeResult:
-        self._stage("finish")
-        assert context["shape"] == frame.shape
+    def postprocess(self, outputs: dict[str, np.ndarray], context: Any) -> FakeResult:
+        self._stage("postprocess")
+        assert len(context["shape"]) == 3
         return FakeResult(float(outputs["mean"]))
 
 
@@ -247,7 +247,7 @@ def test_real_clip_every_frame_in_order_and_output_video(name: str, tmp_path: Pa
     assert container_count == decode_count(path) == CLIPS[name]
 
     out = tmp_path / "annotated.mp4"
-    s = stream(FakeModel(infer_s=0.001), path, output=out, annotate=lambda result, frame: frame)
+    s = stream(FakeModel(inference_s=0.001), path, output=out, annotate=lambda result, frame: frame)
     indices = []
     for result in s:
         indices.append(result.frame_index)
@@ -256,7 +256,7 @@ def test_real_clip_every_frame_in_order_and_output_video(name: str, tmp_path: Pa
     stats = s.stats
     assert (stats.frames, stats.frames_decoded, stats.dropped, stats.written) == (CLIPS[name],) * 2 + (0, CLIPS[name])
     assert stats.frames_in_header == CLIPS[name]
-    assert set(stats.stage_ms) == {"decode", "prepare", "infer", "finish", "annotate", "write"}
+    assert set(stats.stage_ms) == {"decode", "preprocess", "inference", "postprocess", "annotate", "write"}
     assert alive(s) == []
 
     written = cv2.VideoCapture(str(out))
@@ -298,7 +298,7 @@ def test_file_max_frames_and_stats_summary() -> None:
     assert stats.frames == stats.frames_decoded == 10 and stats.frames_in_header == 221
     assert stats.fps > 0 and set(stats.latency_ms) == {"p50", "p90", "p99", "max"}
     assert "10 frames" in stats.summary()
-    json.dumps(stats.as_dict())
+    json.dumps(stats.to_dict())
 
 
 @pytest.mark.data
@@ -313,7 +313,7 @@ def test_http_url_is_a_live_source(tmp_path: Path) -> None:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/solidWhiteRight.mp4"
-        s = stream(FakeModel(infer_s=0.005), url, max_frames=20, read_timeout_s=3.0, open_timeout_s=3.0)
+        s = stream(FakeModel(inference_s=0.005), url, max_frames=20, read_timeout_s=3.0, open_timeout_s=3.0)
         indices = [r.frame_index for r in s]
     finally:
         server.shutdown()
@@ -396,7 +396,7 @@ def test_results_match_their_frames_in_order() -> None:
 
 @pytest.mark.parametrize("how", ["break", "close_iterator", "close_stream", "drop"])
 def test_stopping_early_leaves_no_threads(how: str) -> None:
-    s = stream(FakeModel(infer_s=0.001), FakeReader(period_s=0.001), live=False, queue_size=2)
+    s = stream(FakeModel(inference_s=0.001), FakeReader(period_s=0.001), live=False, queue_size=2)
     names = None
     if how == "break":
         for result in s:
@@ -436,7 +436,7 @@ def test_a_stream_is_iterated_once() -> None:
 
 
 @pytest.mark.parametrize(
-    ("stage", "expected"), [("prepare", "inference"), ("infer", "inference"), ("finish", "finish")]
+    ("stage", "expected"), [("preprocess", "preprocess"), ("inference", "inference"), ("postprocess", "postprocess")]
 )
 def test_stage_exception_propagates_with_cause(stage: str, expected: str) -> None:
     s = stream(FakeModel(fail_stage=stage, fail_at=7), FakeReader(n=100), live=False)
@@ -528,15 +528,19 @@ def test_live_lost_connection_reconnects_and_continues() -> None:
 
 
 def test_live_slow_model_drops_frames_and_keep_latest_false_drops_none() -> None:
-    frames, infer_s = 150, 0.025
-    s = stream(FakeModel(infer_s=infer_s), FakeReader(n=frames, period_s=0.003))  # ~330 fps source, ~40 fps model
+    frames, inference_s = 150, 0.025
+    s = stream(
+        FakeModel(inference_s=inference_s), FakeReader(n=frames, period_s=0.003)
+    )  # ~330 fps source, ~40 fps model
     indices = [r.frame_index for r in s]
     stats = s.stats
     assert stats.frames_decoded == frames and stats.dropped > 0
     assert stats.frames + stats.dropped == frames == len(indices) + stats.dropped
     assert indices == sorted(set(indices))  # in order; gaps are the dropped frames
 
-    backlog = stream(FakeModel(infer_s=infer_s), FakeReader(n=40, period_s=0.003), keep_latest=False, queue_size=8)
+    backlog = stream(
+        FakeModel(inference_s=inference_s), FakeReader(n=40, period_s=0.003), keep_latest=False, queue_size=8
+    )
     assert len(list(backlog)) == 40 and backlog.stats.dropped == 0
 
 
@@ -545,15 +549,15 @@ def test_stages_overlap() -> None:
     benchmarks/test_bench_stream.py)."""
     n, stage_s = 40, 0.01
     reader = FakeReader(n=n, period_s=stage_s)
-    model = FakeModel(infer_s=stage_s, finish_s=stage_s)
+    model = FakeModel(inference_s=stage_s, postprocess_s=stage_s)
     s = stream(model, reader, live=False)
     assert len(list(s)) == n
 
     def overlapped(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> bool:
         return any(s0 < e1 and s1 < e0 for s0, e0 in a for s1, e1 in b)
 
-    infers = [(b, e) for name, b, e in model.intervals if name == "infer"]
-    finishes = [(b, e) for name, b, e in model.intervals if name == "finish"]
+    infers = [(b, e) for name, b, e in model.intervals if name == "inference"]
+    finishes = [(b, e) for name, b, e in model.intervals if name == "postprocess"]
     assert overlapped(reader.read_intervals, infers) and overlapped(infers, finishes)
 
 
@@ -595,8 +599,8 @@ def test_results_that_draw_themselves_are_drawn_by_default(tmp_path: Path) -> No
             return 255 - frame
 
     class DrawingModel(FakeModel):
-        def finish(self, outputs: dict[str, np.ndarray], context: Any, frame: np.ndarray) -> FakeResult:
-            return Drawn(super().finish(outputs, context, frame).value)
+        def postprocess(self, outputs: dict[str, np.ndarray], context: Any) -> FakeResult:
+            return Drawn(super().postprocess(outputs, context).value)
 
     for name, annotate, expected in (("drawn", None, 255), ("raw", lambda r, f: f, 0)):
         out = tmp_path / f"{name}.mp4"
