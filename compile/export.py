@@ -16,7 +16,7 @@ import onnx
 from compile.gate import GateError, GateImage, check_int8_execution, gate_image, run_gate
 from compile.onnx_export import DEFAULT_OPSET, INPUT_NAME, OUTPUTS, DeployableMask2Former, export_onnx
 from runtimes import Backend, load_backend
-from runtimes.artifact import ARTIFACT_FORMAT_VERSION, write_metadata
+from runtimes.artifact import ArtifactMetadata, Inference, InputSpec, Normalization, Source, write_metadata
 from runtimes.geometry import fit_to_input
 from runtimes.registry import ARTIFACT_TARGETS, export_precisions
 from runtimes.vocabulary import IMAGE_SUFFIXES
@@ -105,7 +105,7 @@ def reference_model(
     task = task or default_task(checkpoint, loaded)
     module = DeployableMask2Former(loaded.model, loaded.meta, task).eval()
     spec = input_spec(loaded.meta, input_size, min_size, max_size)
-    return module, build_metadata(loaded, task, "onnxruntime", "fp32", spec, checkpoint, DEFAULT_OPSET)
+    return module, build_metadata(loaded, task, "onnxruntime", "fp32", spec, checkpoint, DEFAULT_OPSET).to_dict()
 
 
 def default_task(checkpoint: Path, loaded: LoadedModel) -> str:
@@ -115,36 +115,35 @@ def default_task(checkpoint: Path, loaded: LoadedModel) -> str:
 
 def build_metadata(
     loaded: LoadedModel, task: str, target: str, precision: str, input_spec: dict, checkpoint: Path, opset: int
-) -> dict:
-    """The artifact's JSON document (schema in ``runtimes.artifact``)."""
+) -> ArtifactMetadata:
+    """The artifact's metadata (schema: ``runtimes.artifact.ArtifactMetadata``)."""
     meta = loaded.meta
     size = input_spec["size"]
-    return {
-        "format_version": ARTIFACT_FORMAT_VERSION,
-        "task": task,
-        "class_names": list(meta.class_names),
-        "thing_ids": list(meta.thing_ids),
-        "colors": [list(c) for c in meta.colors] or _palette(meta.num_classes),
-        "input": {
-            "name": INPUT_NAME,
-            "shape": [1, *(size or [None, None]), 3],
-            "dtype": "uint8",
-            "layout": "NHWC",
-            "channel_order": "BGR",
+    return ArtifactMetadata(
+        task=task,
+        class_names=list(meta.class_names),
+        thing_ids=list(meta.thing_ids),
+        colors=[list(c) for c in meta.colors] or _palette(meta.num_classes),
+        input=InputSpec(
+            name=INPUT_NAME,
+            shape=[1, *(size or [None, None]), 3],
+            dtype="uint8",
+            layout="NHWC",
+            channel_order="BGR",
             **input_spec,
-        },
-        "normalization": {"mean": list(meta.pixel_mean), "std": list(meta.pixel_std), "in_graph": True},
-        "precision": precision,
-        "target": target,
-        "opset": opset,
-        "source": {"checkpoint_sha256": file_sha256(checkpoint), "name": checkpoint.name},
-        "outputs": OUTPUTS[task],
-        "inference": {
-            "object_mask_threshold": meta.inference.object_mask_threshold,
-            "overlap_threshold": meta.inference.overlap_threshold,
-            "topk_per_image": meta.inference.topk_per_image,
-        },
-    }
+        ),
+        normalization=Normalization(mean=list(meta.pixel_mean), std=list(meta.pixel_std), in_graph=True),
+        precision=precision,
+        target=target,
+        opset=opset,
+        source=Source(checkpoint_sha256=file_sha256(checkpoint), name=checkpoint.name),
+        outputs=dict(OUTPUTS[task]),
+        inference=Inference(
+            object_mask_threshold=meta.inference.object_mask_threshold,
+            overlap_threshold=meta.inference.overlap_threshold,
+            topk_per_image=meta.inference.topk_per_image,
+        ),
+    )
 
 
 def _palette(k: int) -> list[list[int]]:
@@ -253,7 +252,7 @@ def export(
         from compile.precision import compact_storage
 
         fp16_weights = precision == "fp32"
-        metadata["weight_storage"] = "fp16" if fp16_weights else precision
+        metadata.weight_storage = "fp16" if fp16_weights else precision
         _write(out, metadata, transform=lambda model: compact_storage(model, fp16_weights))
     else:
         _write(out, metadata)
@@ -263,14 +262,14 @@ def export(
         backend = _gate_backend(target, out)
         reference = DeployableMask2Former(loaded.model, loaded.meta, task)
         try:
-            metadata["accuracy"] = run_gate(reference, backend, gate_set, precision, max_drop)
+            metadata.accuracy = run_gate(reference, backend, gate_set, precision, max_drop)
         finally:
             backend.close()
         if precision == "int8":  # the gate's accuracy is worth nothing if the file still computes in float
-            metadata["accuracy"]["int8_execution"] = check_int8_execution(target, str(out), gate_set[0].image)
+            metadata.accuracy["int8_execution"] = check_int8_execution(target, str(out), gate_set[0].image)
         lowered = _verify_lowered(target, precision, out, reference, gate_set, max_drop)
         if lowered:
-            metadata["verified_precisions"] = lowered
+            metadata.verified_precisions = lowered
         _write(out, metadata)
     else:
         logger.warning("no gate images (pass --calib or --val-data): %s is not verified against torch", out)
@@ -330,7 +329,9 @@ def _gate_backend(target: str, path: Path) -> Backend:
     return load_backend(target, path)
 
 
-def _write(path: Path, metadata: dict, transform: Callable[[onnx.ModelProto], onnx.ModelProto] | None = None) -> None:
+def _write(
+    path: Path, metadata: ArtifactMetadata, transform: Callable[[onnx.ModelProto], onnx.ModelProto] | None = None
+) -> None:
     """Store ``metadata`` in the artifact, after ``transform`` of its graph if given (one load, one save)."""
     model = onnx.load(str(path))
     if transform is not None:

@@ -1,35 +1,11 @@
 """The artifact metadata contract: one ``.onnx`` whose ``metadata_props["m2f"]`` holds one JSON document.
 
-Schema, ``format_version`` 1 (every field required unless marked optional)::
-
-    format_version  int, 1
-    task            "semantic" | "instance" | "panoptic"
-    class_names     [str, ...]
-    thing_ids       [int, ...]            indices into class_names of the countable "thing" classes
-    colors          [[r, g, b], ...]      one per class, ints in 0..255
-    input           {
-        name            str               the graph input the image goes into
-        shape           [B, H, W, 3]      ints, null for a dynamic dim
-        dtype           "uint8"
-        layout          "NHWC"
-        channel_order   "BGR"
-        resize_policy   "letterbox" | "shortest_edge"   (see runtimes.geometry)
-        size            [H, W] | null     null when H or W is dynamic
-        pad_bgr         [b, g, r]         letterbox only: the padding colour
-        min_size        int               shortest_edge only: the short side's target length
-        max_size        int               shortest_edge only: the long side's cap (0: none)
-    }
-    normalization   {mean: [3 floats], std: [3 floats], in_graph: true}
-    precision       "fp32" | "fp16" | "bf16" | "int8"
-    target          "onnxruntime" | "openvino" | "tensorrt"   (runtimes.registry.ARTIFACT_TARGETS)
-    opset           int
-    source          {checkpoint_sha256: str | null, name: str}
-    outputs         {output name: what it means, ...}
-    inference       {object_mask_threshold: float, overlap_threshold: float, topk_per_image: int}
-    accuracy        optional dict, written by the compiler's parity/accuracy gate (for int8 also
-                    ``int8_execution``: the share of profiled kernel time in int8 kernels on the target runtime)
-    verified_precisions  optional {precision: gate record + "runtime" + "cpu"}: lower precisions the gate verified
-                    the runtime running this fp32 artifact at (OpenVINO bf16), offered by ``Segmenter`` by default
+The document's schema is :class:`ArtifactMetadata` (with :class:`InputSpec`, :class:`Normalization`,
+:class:`Source`, :class:`Inference`): each field's check, what it expects and what it means live on the field,
+so the writer (``compile.export`` builds an ``ArtifactMetadata``), the validator (:meth:`ArtifactMetadata.from_dict`)
+and the description (:func:`describe_schema`, which ``m2f info --schema`` prints) cannot differ.
+``ARTIFACT_FORMAT_VERSION`` is its version: a reader refuses a newer one with "upgrade m2f", an older one with
+"re-export". Keys a reader does not know are kept (``extra``) and written back unchanged.
 
 Reading needs no ``onnx`` package: :func:`read_metadata` walks the protobuf wire format and skips the graph, so
 an edge install with only a runtime can read a large artifact in microseconds.
@@ -38,12 +14,14 @@ an edge install with only a runtime can read a large artifact in microseconds.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import mmap
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +42,7 @@ class ArtifactError(M2FError, ValueError):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# validation
+# the schema: one dataclass per JSON object, each field carrying its check
 
 
 def _is_int(x: Any) -> bool:
@@ -106,60 +84,171 @@ def _one_of(*choices: Any) -> tuple[Callable[[Any], bool], str]:
     return (lambda x: x in choices), "one of " + ", ".join(map(repr, choices))
 
 
-# dotted field -> (check, what is expected); order is the order problems are reported in
-_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "format_version": (_is_int, "an int"),
-    "task": _one_of(*TASKS),
-    "class_names": (lambda x: _is_str_list(x) and len(x) > 0, "a non-empty list of str"),
-    "thing_ids": (lambda x: isinstance(x, list) and all(_is_int(v) for v in x), "a list of int"),
-    "colors": (_is_color_list, "a list of [r, g, b] with ints in 0..255"),
-    "input": (lambda x: isinstance(x, dict), "an object"),
-    "input.name": (lambda x: isinstance(x, str) and x != "", "a non-empty str"),
-    "input.shape": (_is_shape, "[B, H, W, 3] with positive ints or null for dynamic dims"),
-    "input.dtype": _one_of("uint8"),
-    "input.layout": _one_of("NHWC"),
-    "input.channel_order": _one_of("BGR"),
-    "input.resize_policy": _one_of(*RESIZE_POLICIES),
-    "input.size": (_is_size, "[H, W] or null"),
-    "normalization": (lambda x: isinstance(x, dict), "an object"),
-    "normalization.mean": (_is_triple, "3 numbers"),
-    "normalization.std": (lambda x: _is_triple(x) and all(v > 0 for v in x), "3 positive numbers"),
-    "normalization.in_graph": (lambda x: x is True, "true (uint8 in, normalisation in the graph)"),
-    "precision": _one_of(*PRECISIONS),
-    "target": _one_of(*ARTIFACT_TARGETS),
-    "opset": (lambda x: _is_int(x) and x > 0, "a positive int"),
-    "source": (lambda x: isinstance(x, dict), "an object"),
-    "source.checkpoint_sha256": (lambda x: x is None or isinstance(x, str), "a str or null"),
-    "source.name": (lambda x: isinstance(x, str), "a str"),
-    "outputs": (
-        lambda x: isinstance(x, dict) and len(x) > 0 and all(isinstance(v, str) for v in x.values()),
-        "a non-empty object {output name: meaning}",
-    ),
-    "inference": (lambda x: isinstance(x, dict), "an object"),
-    "inference.object_mask_threshold": (_is_number, "a number"),
-    "inference.overlap_threshold": (_is_number, "a number"),
-    "inference.topk_per_image": (lambda x: _is_int(x) and x > 0, "a positive int"),
-}
-_OPTIONAL: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "accuracy": (lambda x: isinstance(x, dict), "an object"),
-    "weight_storage": _one_of("fp16", "int8", "fp32", "bf16"),
-    "verified_precisions": (
-        lambda x: isinstance(x, dict) and all(k in PRECISIONS and isinstance(v, dict) for k, v in x.items()),
-        "an object {precision: gate record}",
-    ),
-}
-REQUIRED_FIELDS: tuple[str, ...] = tuple(_FIELDS)
-
-_MISSING = object()
+def _rule(check: tuple[Callable[[Any], bool], str] | Callable[[Any], bool], expected: str = "", doc: str = "",
+          **more: Any) -> dict[str, Any]:  # fmt: skip
+    """A field's ``metadata``: its check, what it expects (for error messages) and what it means."""
+    if isinstance(check, tuple):
+        check, expected = check
+    return {"check": check, "expected": expected, "doc": doc, **more}
 
 
-def _get(meta: dict, dotted: str) -> Any:
-    node: Any = meta
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return _MISSING
-        node = node[part]
-    return node
+def _nested(cls: type, doc: str) -> dict[str, Any]:
+    return _rule(lambda x: isinstance(x, dict), "an object", doc, nested=cls)
+
+
+def _required(**rule: Any) -> Any:
+    return field(metadata=_rule(**rule))
+
+
+def _optional(**rule: Any) -> Any:
+    return field(default=None, metadata=_rule(**rule))
+
+
+@dataclass
+class InputSpec:
+    """``input``: the image tensor and how a frame is fitted into it (``runtimes.geometry``)."""
+
+    name: str = _required(check=lambda x: isinstance(x, str) and x != "", expected="a non-empty str",
+                          doc="the graph input the image goes into")  # fmt: skip
+    shape: list = _required(check=_is_shape, expected="[B, H, W, 3] with positive ints or null for dynamic dims",
+                            doc="null for a dynamic dim")  # fmt: skip
+    dtype: str = _required(check=_one_of("uint8"))
+    layout: str = _required(check=_one_of("NHWC"))
+    channel_order: str = _required(check=_one_of("BGR"))
+    resize_policy: str = _required(check=_one_of(*RESIZE_POLICIES))
+    size: list | None = _required(check=_is_size, expected="[H, W] or null", doc="null when H or W is dynamic")
+    pad_bgr: list | None = _optional(check=lambda x: _is_color_list([x]), expected="[b, g, r] ints in 0..255",
+                                     doc="letterbox only: the padding colour")  # fmt: skip
+    min_size: int | None = _optional(check=lambda x: _is_int(x) and x > 0, expected="a positive int",
+                                     doc="shortest_edge only: the short side's target length")  # fmt: skip
+    max_size: int | None = _optional(check=lambda x: _is_int(x) and x >= 0, expected="an int >= 0 (0: no cap)",
+                                     doc="shortest_edge only: the long side's cap (0: none)")  # fmt: skip
+
+
+@dataclass
+class Normalization:
+    """``normalization``: done inside the graph, so the input stays uint8."""
+
+    mean: list = _required(check=_is_triple, expected="3 numbers")
+    std: list = _required(check=lambda x: _is_triple(x) and all(v > 0 for v in x), expected="3 positive numbers")
+    in_graph: bool = _required(check=lambda x: x is True, expected="true (uint8 in, normalisation in the graph)")
+
+
+@dataclass
+class Source:
+    """``source``: the checkpoint the artifact was exported from."""
+
+    checkpoint_sha256: str | None = _required(check=lambda x: x is None or isinstance(x, str), expected="a str or null")
+    name: str = _required(check=lambda x: isinstance(x, str), expected="a str")
+
+
+@dataclass
+class Inference:
+    """``inference``: the post-processing thresholds (official Mask2Former defaults in ``runtimes.vocabulary``)."""
+
+    object_mask_threshold: float = _required(check=_is_number, expected="a number")
+    overlap_threshold: float = _required(check=_is_number, expected="a number")
+    topk_per_image: int = _required(check=lambda x: _is_int(x) and x > 0, expected="a positive int")
+
+
+@dataclass
+class ArtifactMetadata:
+    """The m2f JSON document of an artifact, format ``ARTIFACT_FORMAT_VERSION``."""
+
+    task: str = _required(check=_one_of(*TASKS))
+    class_names: list = _required(check=lambda x: _is_str_list(x) and len(x) > 0, expected="a non-empty list of str")
+    thing_ids: list = _required(
+        check=lambda x: isinstance(x, list) and all(_is_int(v) for v in x),
+        expected="a list of int",
+        doc="indices into class_names of the countable classes",
+    )
+    colors: list = _required(check=_is_color_list, expected="a list of [r, g, b] with ints in 0..255",
+                             doc="one per class")  # fmt: skip
+    input: InputSpec = field(metadata=_nested(InputSpec, "the image tensor"))
+    normalization: Normalization = field(metadata=_nested(Normalization, "in the graph"))
+    precision: str = _required(check=_one_of(*PRECISIONS))
+    target: str = _required(check=_one_of(*ARTIFACT_TARGETS), doc="the runtime it was compiled for")
+    opset: int = _required(check=lambda x: _is_int(x) and x > 0, expected="a positive int")
+    source: Source = field(metadata=_nested(Source, "where it came from"))
+    outputs: dict = _required(
+        check=lambda x: isinstance(x, dict) and len(x) > 0 and all(isinstance(v, str) for v in x.values()),
+        expected="a non-empty object {output name: meaning}",
+    )
+    inference: Inference = field(metadata=_nested(Inference, "post-processing thresholds"))
+    format_version: int = field(
+        default=ARTIFACT_FORMAT_VERSION, metadata=_rule(_is_int, "an int", "this schema's version", required=True)
+    )
+    accuracy: dict | None = _optional(check=lambda x: isinstance(x, dict), expected="an object",
+                                      doc="the compiler's parity/accuracy gate record; for int8 also int8_execution, "
+                                      "the share of profiled kernel time in int8 kernels")  # fmt: skip
+    weight_storage: str | None = _optional(check=_one_of("fp16", "int8", "fp32", "bf16"),
+                                           doc="how weights are stored when it differs from precision")  # fmt: skip
+    verified_precisions: dict | None = _optional(
+        check=lambda x: isinstance(x, dict) and all(k in PRECISIONS and isinstance(v, dict) for k, v in x.items()),
+        expected="an object {precision: gate record}",
+        doc="lower precisions the gate verified the runtime running this fp32 artifact at (OpenVINO bf16)",
+    )
+    rewrites: list | None = _optional(
+        check=lambda x: isinstance(x, list) and all(isinstance(r, dict) and isinstance(r.get("by"), str) for r in x),
+        expected="a list of {by: module, changes: [str]}",
+        doc="graph rewrites made after export (compile.tensorrt_rules)",
+    )
+    extra: dict = field(default_factory=dict, metadata={"doc": "keys this build does not know, kept as they are"})
+
+    @classmethod
+    def from_dict(cls, meta: Any) -> ArtifactMetadata:
+        """Validate ``meta`` (a parsed JSON document) and build it; :class:`ArtifactError` names every problem."""
+        _validate(meta)
+        return _build(cls, copy.deepcopy(meta))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document (optional fields that are unset are left out)."""
+        return _dump(self)
+
+
+def _schema_fields(cls: type) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(cls) if "check" in f.metadata]
+
+
+def _is_required(f: dataclasses.Field) -> bool:
+    """Required in the document (the writer need not pass format_version: it defaults to this build's)."""
+    no_default = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    return no_default or f.metadata.get("required", False)
+
+
+def _build(cls: type, data: dict) -> Any:
+    known = {f.name: f for f in _schema_fields(cls)}
+    values = {
+        name: _build(known[name].metadata["nested"], value) if "nested" in known[name].metadata else value
+        for name, value in data.items()
+        if name in known
+    }
+    if cls is ArtifactMetadata:
+        values["extra"] = {k: v for k, v in data.items() if k not in known}
+    return cls(**values)
+
+
+def _dump(obj: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in _schema_fields(type(obj)):
+        value = getattr(obj, f.name)
+        if value is None and not _is_required(f):
+            continue
+        out[f.name] = _dump(value) if dataclasses.is_dataclass(value) else copy.deepcopy(value)
+    return {**copy.deepcopy(getattr(obj, "extra", {})), **out}
+
+
+def describe_schema(cls: type = ArtifactMetadata, indent: str = "") -> list[str]:
+    """The schema as text lines, one per field: name, what it expects, what it means; nested objects indented."""
+    lines = []
+    for f in _schema_fields(cls):
+        rule = f.metadata
+        optional = "" if _is_required(f) else " (optional)"
+        text = " - ".join(part for part in (rule["expected"], rule["doc"]) if part)
+        lines.append(f"{indent}{f.name}{optional}: {text}")
+        if "nested" in rule:
+            lines += describe_schema(rule["nested"], indent + "    ")
+    return lines
 
 
 def _check_version(version: Any) -> None:
@@ -176,65 +265,85 @@ def _check_version(version: Any) -> None:
     )
 
 
-# resize policy -> the input fields it needs, with their checks
-_POLICY_FIELDS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
-    "letterbox": {
-        "pad_bgr": (lambda x: _is_color_list([x]), "[b, g, r] ints in 0..255"),
-        "size": (lambda x: x is not None, "[H, W] (letterbox needs a static size)"),
-    },
-    "shortest_edge": {
-        "min_size": (lambda x: _is_int(x) and x > 0, "a positive int"),
-        "max_size": (lambda x: _is_int(x) and x >= 0, "an int >= 0 (0: no cap)"),
-    },
+def _field_problems(cls: type, data: dict, prefix: str = "") -> tuple[list[str], list[str]]:
+    """(missing required fields, ill-typed fields) of ``data`` against ``cls``, as dotted names / messages."""
+    missing, problems = [], []
+    for f in _schema_fields(cls):
+        dotted = prefix + f.name
+        if f.name not in data:
+            if _is_required(f):
+                missing.append(dotted)  # a missing object already says its children are missing
+            continue
+        value, rule = data[f.name], f.metadata
+        if not rule["check"](value):
+            problems.append(f"{dotted}={value!r} (expected {rule['expected']})")
+        elif "nested" in rule:
+            more_missing, more_problems = _field_problems(rule["nested"], value, dotted + ".")
+            missing += more_missing
+            problems += more_problems
+    return missing, problems
+
+
+# resize policy -> the input fields it needs
+_POLICY_FIELDS: dict[str, tuple[str, ...]] = {
+    "letterbox": ("pad_bgr", "size"),
+    "shortest_edge": ("min_size", "max_size"),
 }
 
 
 def _policy_problems(spec: dict) -> list[str]:
     policy = spec["resize_policy"]
+    rules = {f.name: f.metadata for f in _schema_fields(InputSpec)}
     problems = []
-    for field, (check, expected) in _POLICY_FIELDS.get(policy, {}).items():
-        if field not in spec:
-            problems.append(f"input.{field} is missing (resize_policy {policy!r} needs {expected})")
-        elif not check(spec[field]):
-            problems.append(f"input.{field}={spec[field]!r} (resize_policy {policy!r} needs {expected})")
+    for name in _POLICY_FIELDS.get(policy, ()):
+        needed = "[H, W] (letterbox needs a static size)" if name == "size" else rules[name]["expected"]
+        if spec.get(name) is None:
+            problems.append(f"input.{name} is {'null' if name in spec else 'missing'} (resize_policy {policy!r} "
+                            f"needs {needed})")  # fmt: skip
     return problems
 
 
-def validate_metadata(meta: dict) -> dict:
-    """Check ``meta`` against the schema above; return a deep copy or raise :class:`ArtifactError`."""
+def _cross_field_problems(meta: dict) -> list[str]:
+    """Checks between well-typed fields."""
+    problems = []
+    n = len(meta["class_names"])
+    if len(meta["colors"]) != n:
+        problems.append(f"colors has {len(meta['colors'])} entries for {n} class_names")
+    bad = [i for i in meta["thing_ids"] if not 0 <= i < n]
+    if bad:
+        problems.append(f"thing_ids {bad} are not indices into the {n} class_names")
+    shape, size = meta["input"]["shape"], meta["input"]["size"]
+    if size is None and None not in shape[1:3]:
+        problems.append(f"input.size is null but input.shape {shape} has a static H and W")
+    if size is not None and None not in shape[1:3] and list(size) != list(shape[1:3]):
+        problems.append(f"input.size {size} disagrees with input.shape {shape}")
+    return problems + _policy_problems(meta["input"])
+
+
+def _validate(meta: Any) -> None:
     if not isinstance(meta, dict):
         raise ArtifactError(f"artifact metadata must be a JSON object, got {type(meta).__name__}: {_EXPORT_HINT}")
     if "format_version" not in meta:
         raise ArtifactError(f"artifact metadata has no format_version: {_EXPORT_HINT}")
     _check_version(meta["format_version"])
-
-    missing = [field for field in _FIELDS if _get(meta, field) is _MISSING]
-    # a missing parent already says its children are missing
-    missing = [f for f in missing if not any(f.startswith(p + ".") for p in missing)]
+    missing, problems = _field_problems(ArtifactMetadata, meta)
     if missing:
         raise ArtifactError(f"artifact metadata is missing required fields {', '.join(missing)}: {_EXPORT_HINT}")
-
-    problems = []
-    for field, (check, expected) in {**_FIELDS, **_OPTIONAL}.items():
-        value = _get(meta, field)
-        if value is not _MISSING and not check(value):
-            problems.append(f"{field}={value!r} (expected {expected})")
     if not problems:  # cross-field checks only make sense on well-typed fields
-        n = len(meta["class_names"])
-        if len(meta["colors"]) != n:
-            problems.append(f"colors has {len(meta['colors'])} entries for {n} class_names")
-        bad = [i for i in meta["thing_ids"] if not 0 <= i < n]
-        if bad:
-            problems.append(f"thing_ids {bad} are not indices into the {n} class_names")
-        shape, size = meta["input"]["shape"], meta["input"]["size"]
-        if size is None and None not in shape[1:3]:
-            problems.append(f"input.size is null but input.shape {shape} has a static H and W")
-        if size is not None and None not in shape[1:3] and list(size) != list(shape[1:3]):
-            problems.append(f"input.size {size} disagrees with input.shape {shape}")
-        problems += _policy_problems(meta["input"])
+        problems = _cross_field_problems(meta)
     if problems:
         raise ArtifactError(f"artifact metadata has invalid fields: {'; '.join(problems)}: {_EXPORT_HINT}")
-    return copy.deepcopy(meta)
+
+
+REQUIRED_FIELDS: tuple[str, ...] = tuple(f.name for f in _schema_fields(ArtifactMetadata) if _is_required(f))
+
+
+def validate_metadata(meta: dict | ArtifactMetadata) -> dict:
+    """Check ``meta`` against :class:`ArtifactMetadata`; return the document as a new dict or raise
+    :class:`ArtifactError`."""
+    if isinstance(meta, ArtifactMetadata):
+        meta = meta.to_dict()
+    return ArtifactMetadata.from_dict(meta).to_dict()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -423,7 +532,7 @@ def read_metadata(path: str | Path, *, validate: bool = True) -> dict:
     return validate_metadata(meta) if validate else meta
 
 
-def write_metadata(model_proto: Any, meta: dict) -> None:
+def write_metadata(model_proto: Any, meta: dict | ArtifactMetadata) -> None:
     """Validate ``meta`` and store it (keys sorted) as ``metadata_props["m2f"]`` of an ``onnx.ModelProto``."""
     document = json.dumps(validate_metadata(meta), sort_keys=True, allow_nan=False)
     props = model_proto.metadata_props

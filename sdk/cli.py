@@ -12,6 +12,7 @@ import importlib
 import importlib.util
 import json
 import logging
+import os
 import platform
 import sys
 import textwrap
@@ -83,6 +84,14 @@ def info() -> dict[str, object]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # `m2f info --schema | head`: the reader left early, which is no error of the user's
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the interpreter's final flush is quiet
+        return 0
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if argv and argv[0] in HOST_COMMANDS:
@@ -98,6 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sub.add_parser(name, help=help_text, add_help=False)
     info_parser = sub.add_parser("info", help="versions, available runtimes and targets")
     info_parser.add_argument("--json", action="store_true", help="print one JSON object")
+    info_parser.add_argument(
+        "--schema", action="store_true", help="print the artifact metadata schema (what every .onnx of m2f carries)"
+    )
     cli_predict.add_parser(sub)
     add_stream_parser(sub)
     args = parser.parse_args(argv)
@@ -105,6 +117,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return stream_main(args)
     if args.command == "predict":
         return cli_predict.predict_main(args)
+    if args.command == "info" and args.schema:
+        from runtimes.artifact import ARTIFACT_FORMAT_VERSION, describe_schema
+
+        print(f"artifact metadata, format_version {ARTIFACT_FORMAT_VERSION} (ONNX metadata_props['m2f'], JSON):")
+        print("\n".join(describe_schema()))
+        return 0
     if args.command == "info":
         versions = info()
         if args.json:

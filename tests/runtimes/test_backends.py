@@ -147,7 +147,7 @@ def test_resize_policy_fields() -> None:
         validate_metadata(meta)
     meta = tiny_metadata(dynamic=True)
     meta["input"]["min_size"] = 0
-    with pytest.raises(ArtifactError, match=r"input\.min_size=0 \(resize_policy 'shortest_edge' needs"):
+    with pytest.raises(ArtifactError, match=r"input\.min_size=0 \(expected a positive int\)"):
         validate_metadata(meta)
 
 
@@ -453,3 +453,23 @@ except runtimes.RuntimeNotAvailable as err:
     assert "onnxruntime {'normalized': ('float32', (1, 8, 12, 3))" in done.stdout
     assert "openvino {'normalized'" in done.stdout
     assert "pip install 'm2f-edge[train]'" in done.stdout
+
+
+def test_one_schema_for_writer_validator_and_description() -> None:
+    """ArtifactMetadata is the schema: the packaged artifacts (written by compile.export and compile.tensorrt_rules)
+    hold no key it does not declare, an unknown key survives a round trip, and the description lists every field."""
+    from runtimes.artifact import ArtifactMetadata, describe_schema
+    from sdk.segmenter import packaged_artifacts
+
+    for path, meta in packaged_artifacts():
+        parsed = ArtifactMetadata.from_dict(meta)
+        assert parsed.extra == {}, (path, parsed.extra)
+        assert parsed.to_dict() == meta
+    future = tiny_metadata(added_later={"x": 1})
+    assert ArtifactMetadata.from_dict(future).extra == {"added_later": {"x": 1}}
+    assert validate_metadata(future)["added_later"] == {"x": 1}  # kept, nothing lost
+    described = "\n".join(describe_schema())
+    for name in ("task", "input", "    resize_policy", "    pad_bgr (optional)", "rewrites (optional)"):
+        assert f"\n{name}" in f"\n{described}", name
+    with pytest.raises(TypeError):
+        ArtifactMetadata(taks="semantic")  # a writer's typo fails where it is written

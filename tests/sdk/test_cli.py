@@ -245,3 +245,9 @@ def test_predict_takes_precision_and_input_size_like_segmenter(tmp_path):
         refused = m2f("predict", "street.jpg", *bad, *TARGET, cwd=tmp_path)
         _no_traceback(refused)
         assert refused.returncode == 2 and bad[0] in refused.stderr, refused.stderr
+
+
+def test_info_prints_the_artifact_schema(tmp_path):
+    shown = m2f("info", "--schema", cwd=tmp_path)
+    assert shown.returncode == 0 and "format_version 1" in shown.stdout
+    assert "\n    resize_policy: one of 'letterbox', 'shortest_edge'" in shown.stdout
