@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 
 from benchmarks.harness import (
+    BENCH_CALIB_IMAGES,
+    BENCH_GATE_IMAGES,
     BENCHMARK_TARGETS,
     DATA_FORMATS,
     PEERS,
@@ -59,8 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=3, help="untimed runs first [3]")
     parser.add_argument("--threads", type=int, help="threads per engine [all cores]")
     parser.add_argument("--calib", type=Path, help="int8 calibration images [--data's train split if any]")
-    parser.add_argument("--calib-images", type=int, default=32, help="calibration images [32]")
-    parser.add_argument("--gate-images", type=int, default=4, help="images for the compiler's own gate [4]")
+    parser.add_argument(
+        "--calib-images", type=int, default=BENCH_CALIB_IMAGES, help=f"calibration images [{BENCH_CALIB_IMAGES}]"
+    )
+    parser.add_argument("--gate-images", type=int, default=BENCH_GATE_IMAGES,
+                        help=f"images for the compiler's own gate [{BENCH_GATE_IMAGES}]")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="seed of random weights [0]")
     parser.add_argument("--cache", type=Path, help="artifacts, logs, frames [$M2F_CACHE/benchmarks]")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per job (export or row) [3600]")

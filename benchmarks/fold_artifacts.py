@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from compile.export import export
+from compile.export import CALIB_IMAGES, export
 from runtimes import read_metadata
 from runtimes.geometry import parse_input_size
 from runtimes.registry import TARGETS
@@ -39,7 +39,7 @@ def score_folds(
     target: str,
     precision: str,
     input_size: tuple[int, int] | None,
-    calib_images: int = 64,
+    calib_images: int = CALIB_IMAGES,
     peer: bool = True,
 ) -> dict[str, Any]:
     """{"folds": {sequence: {"frames", "torch_fp32", "artifact", "drop", "peer"}}, "mean_artifact", ...}.
@@ -125,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--target", default="openvino", choices=TARGETS["cpu"].runtimes)
     parser.add_argument("--precision", default="int8", choices=PRECISIONS)
     parser.add_argument("--input-size", type=parse_input_size, help="HxW of a fixed-size export (default: dynamic)")
-    parser.add_argument("--calib-images", type=int, default=64)
+    parser.add_argument("--calib-images", type=int, default=CALIB_IMAGES)
     parser.add_argument("--no-peer", action="store_true", help="do not score the LiteRT peer on the held-out frames")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -109,6 +109,10 @@ def benchmark_targets(targets: Sequence[str] | None, peers: Sequence[str] | None
 
 REFERENCE = ("torch", "cpu", "fp32")
 DEFAULT_PRECISIONS = ("fp32", "bf16", "int8")  # fp16 joins when a GPU row runs
+# the benchmark's own exports time a file rather than ship it: fewer calibration images (int8 calibration is the
+# slowest step of a row) and a gate on a few frames as a sanity check; what ships uses compile.export's defaults
+BENCH_CALIB_IMAGES = 32
+BENCH_GATE_IMAGES = 4
 
 
 @dataclass
@@ -130,8 +134,8 @@ class BenchmarkOptions:
     warmup: int = 3
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     calib: Path | None = None
-    calib_images: int = 32
-    gate_images: int = 4
+    calib_images: int = BENCH_CALIB_IMAGES
+    gate_images: int = BENCH_GATE_IMAGES
     seed: int = 0
     cache: Path | None = None
     timeout_s: float = 3600.0

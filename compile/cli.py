@@ -26,7 +26,7 @@ def _export_target(name: str) -> str:
 
 def export_main(argv: Sequence[str]) -> int:
     """``m2f export CHECKPOINT --target T --precision P (--input-size HxW | --dynamic) [--calib DIR] --out FILE``."""
-    from compile.export import export
+    from compile.export import CALIB_IMAGES, GATE_IMAGES, export
     from compile.gate import GateError
 
     parser = argparse.ArgumentParser(prog="m2f export", description=export_main.__doc__)
@@ -47,8 +47,11 @@ def export_main(argv: Sequence[str]) -> int:
     parser.add_argument("--calib", help="folder of real images for int8 calibration (and the gate without --val-data)")
     parser.add_argument("--val-data", help="dataset root for the checkpoint's validation spec, or a JSON spec")
     parser.add_argument("--max-drop", type=float, default=1.0, help="metric drop budget in points (default 1.0)")
-    parser.add_argument("--calib-images", type=int, default=64, help="int8 calibration images (default 64)")
-    parser.add_argument("--gate-images", type=int, default=32, help="images the gate compares on (default 32)")
+    parser.add_argument(
+        "--calib-images", type=int, default=CALIB_IMAGES, help=f"int8 calibration images (default {CALIB_IMAGES})"
+    )
+    parser.add_argument("--gate-images", type=int, default=GATE_IMAGES,
+                        help=f"images the gate compares on (default {GATE_IMAGES})")  # fmt: skip
     parser.add_argument(
         "--compact", action="store_true", help="smaller file: uniform constants folded, fp32 weights stored as fp16"
     )

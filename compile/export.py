@@ -32,6 +32,12 @@ FIXED_SIZE_TARGETS = ("tensorrt",)  # exported at one static input size (TensorR
 DEFAULT_MIN_SIZE, DEFAULT_MAX_SIZE = 512, 2048  # shortest-edge resize of a dynamic-size export
 
 
+# what an export that ships calibrates on (int8) and compares with torch on (every precision); the benchmark's own
+# exports use fewer (benchmarks.harness.BENCH_CALIB_IMAGES / BENCH_GATE_IMAGES): their rows time a file, not ship it
+CALIB_IMAGES = 64
+GATE_IMAGES = 32
+
+
 def _images_in(folder: Path, limit: int, seed: int = 0) -> list[np.ndarray]:
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
@@ -205,8 +211,8 @@ def export(
     calib_dir: str | Path | None = None,
     val_data: dict | None = None,
     max_drop: float = 1.0,
-    gate_images: int = 32,
-    calib_images: int = 64,
+    gate_images: int = GATE_IMAGES,
+    calib_images: int = CALIB_IMAGES,
     min_size: int = DEFAULT_MIN_SIZE,
     max_size: int = DEFAULT_MAX_SIZE,
     opset: int = DEFAULT_OPSET,
