@@ -27,8 +27,9 @@ def test_before_after_of_the_same_commit_agree(tmp_path: Path) -> None:
     for k in range(2):
         cv2.imwrite(str(images / f"{k}.png"), rng.integers(0, 256, (96, 128, 3), dtype=np.uint8))
     out = tmp_path / "out"
-    code_ab.main(["--before", git("rev-parse", "HEAD").strip(), "--images", str(images), "--frames", "2", "--rounds", "2",
-                  "--threads", "1", "--precision", "fp32", "--out", str(out)])  # fmt: skip
+    head = git("rev-parse", "HEAD").strip()
+    code_ab.main(["--before", head, "--images", str(images), "--frames", "2", "--rounds", "2", "--threads", "1",
+                  "--precision", "fp32", "--out", str(out)])  # fmt: skip
     report = json.loads((out / "code_ab.json").read_text())
     assert report["labels_equal"] and set(report["sides"]) == {"before", "after"}
     assert all(side["precision"] == "fp32" and side["inference_ms"] > 0 for side in report["sides"].values())
