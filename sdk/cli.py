@@ -173,6 +173,15 @@ def add_stream_parser(sub: Any) -> None:
     p.add_argument(
         "--measure-stability", action="store_true", help="report flicker and optical-flow consistency of the labels"
     )
+    p.add_argument(
+        "--carry",
+        action="store_true",
+        help="live sources: a result for every frame at the source's rate; the model runs on the newest frame "
+        "whenever it is free, its labels are carried to the frames between by optical flow (semantic models)",
+    )
+    p.add_argument(
+        "--realtime", action="store_true", help="play a file at its own frame rate, as a live camera would deliver it"
+    )
     p.add_argument("--json", action="store_true", help="last line: one JSON object with the stats")
 
 
@@ -188,6 +197,8 @@ def stream_main(args: argparse.Namespace) -> int:
             strict=args.strict,
             stabilize=args.stabilize,
             measure_stability=args.measure_stability,
+            carry=args.carry,
+            realtime=args.realtime,
         )
         seg = cli_predict.segmenter_from_args(args)
     except (ValueError, FileNotFoundError, RuntimeError, ImportError) as err:
@@ -203,22 +214,13 @@ def stream_main(args: argparse.Namespace) -> int:
         print("m2f stream: interrupted", file=sys.stderr)
         return INTERRUPTED
     if stats is not None and args.json and code != 2:  # done or interrupted: the stats so far
-        lat = stats.latency_ms
         figures = {
-            "frames": stats.frames,
-            "frames_decoded": stats.frames_decoded,
-            "frames_in_header": stats.frames_in_header,
-            "dropped": stats.dropped,
-            "written": stats.written,
-            "fps": round(stats.fps, 2),
-            "latency_ms_p50": round(lat.get("p50", 0.0), 2),
-            "latency_ms_p99": round(lat.get("p99", 0.0), 2),
+            **stats.to_dict(),  # the one serialisation of a stream's stats
             "target": seg.target.name,
             "runtime": seg.runtime,
             "precision": seg.precision,
             "output": args.out,
             "interrupted": code == INTERRUPTED,
-            "stability": stats.stability,
         }
         print(json.dumps(figures))
     return code

@@ -155,6 +155,7 @@ class SegmentationResult:
     segments_info: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     frame_index: int | None = None
+    carried_from: int | None = None  # live carry mode: the model frame whose labels optical flow moved here
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:

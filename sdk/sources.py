@@ -240,6 +240,34 @@ def frame_rate(reader: Any) -> float | None:
     return fps if fps and 0 < fps < 1000 else None
 
 
+class RealTimeReader:
+    """A reader whose frames are released on a clock of ``fps`` (frame k not before k / fps after the first read):
+    a file played as a live camera would deliver it. A reader that is late gets the next frame at once."""
+
+    def __init__(self, reader: Any, fps: float) -> None:
+        if not fps > 0:
+            raise ValueError(f"fps must be > 0, got {fps}")
+        self.reader, self.period = reader, 1.0 / fps
+        self.count = 0
+        self.start: float | None = None
+
+    def read(self) -> tuple[bool, np.ndarray | None]:
+        now = time.perf_counter()
+        if self.start is None:
+            self.start = now
+        delay = self.start + self.count * self.period - now
+        if delay > 0:
+            time.sleep(delay)
+        self.count += 1
+        return self.reader.read()
+
+    def get(self, prop: int) -> float:
+        return self.reader.get(prop)
+
+    def release(self) -> None:
+        release(self.reader)
+
+
 def release(reader: Any) -> None:
     """``reader.release()`` if it has one; best effort (a failure is logged at debug level)."""
     close = getattr(reader, "release", None)

@@ -45,6 +45,67 @@ def _changed(a: np.ndarray, b: np.ndarray, level: int) -> np.ndarray:
     return cv2.absdiff(a, b).max(axis=2) >= level
 
 
+class FlowWarp:
+    """Dense optical flow (OpenCV's DIS) between small grey frames, and label maps moved along it.
+
+    Holds one DIS object: one per stream, not thread-safe. ``preset``: ``cv2.DISOPTICAL_FLOW_PRESET_*``.
+    """
+
+    def __init__(self, preset: int = cv2.DISOPTICAL_FLOW_PRESET_FAST) -> None:
+        self._dis = cv2.DISOpticalFlow_create(preset)
+
+    @staticmethod
+    def small_grey(frame: np.ndarray) -> np.ndarray:
+        """The grey frame at ``FLOW_SCALE`` of its size: what the flow runs on."""
+        return cv2.resize(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY), None, fx=FLOW_SCALE, fy=FLOW_SCALE)
+
+    def flow(self, grey: np.ndarray, other: np.ndarray) -> np.ndarray:
+        """(h, w, 2) float32: for each pixel of ``grey``, the displacement to where it is in ``other``."""
+        return self._dis.calc(grey, other, None)
+
+    @staticmethod
+    def maps(flow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Sampling maps (x, y) at the flow's size: each pixel's position plus its displacement."""
+        h, w = flow.shape[:2]
+        ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+        return xs + flow[..., 0], ys + flow[..., 1]
+
+    @staticmethod
+    def warp(labels: np.ndarray, map_x: np.ndarray, map_y: np.ndarray) -> np.ndarray:
+        """``labels`` (full size) sampled at the small maps scaled up: the nearest label, the border's off the frame."""
+        full_h, full_w = labels.shape
+        h, w = map_x.shape
+        big_x = cv2.resize(map_x * (full_w / w), (full_w, full_h), interpolation=cv2.INTER_LINEAR)
+        big_y = cv2.resize(map_y * (full_h / h), (full_w, full_h), interpolation=cv2.INTER_LINEAR)
+        return cv2.remap(labels, big_x, big_y, cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE)
+
+
+class LabelCarrier:
+    """A model run's labels carried to later frames by optical flow, for live streams that cannot run the model on
+    every frame: :meth:`remember` a model frame and its labels, then :meth:`carry` them onto each later frame (the
+    flow from that frame straight back to the model frame, so errors do not pile up frame after frame). Pixels
+    whose flow leaves the frame take the nearest border label. One per stream, not thread-safe."""
+
+    def __init__(self) -> None:
+        self._flow = FlowWarp(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
+        self._grey: np.ndarray | None = None
+        self._labels: np.ndarray | None = None
+        self.source_index: int | None = None  # the model frame the labels come from
+
+    def remember(self, frame: np.ndarray, labels: np.ndarray, index: int | None = None) -> None:
+        _check(frame, labels)
+        self._grey, self._labels, self.source_index = FlowWarp.small_grey(frame), labels.copy(), index
+
+    def carry(self, frame: np.ndarray) -> np.ndarray:
+        """The remembered labels moved onto ``frame``; ValueError before the first :meth:`remember`."""
+        if self._labels is None or self._grey is None:
+            raise ValueError("no model labels to carry yet: remember() a model frame first")
+        _check(frame, self._labels)
+        grey = FlowWarp.small_grey(frame)
+        map_x, map_y = FlowWarp.maps(self._flow.flow(grey, self._grey))
+        return FlowWarp.warp(self._labels, map_x, map_y)
+
+
 @dataclass
 class TemporalStability:
     """Accumulates flicker and flow consistency over a stream of (frame, labels); ``to_dict()`` for the figures.
@@ -63,15 +124,11 @@ class TemporalStability:
     _reliable: int = 0
     _agree: int = 0
     _previous: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = field(default=None, repr=False)
-    _dis: cv2.DISOpticalFlow | None = field(default=None, repr=False)
+    _flow: FlowWarp | None = field(default=None, repr=False)
 
     def update(self, frame: np.ndarray, labels: np.ndarray) -> None:
         _check(frame, labels)
-        grey = (
-            cv2.resize(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY), None, fx=FLOW_SCALE, fy=FLOW_SCALE)
-            if self.flow
-            else None
-        )
+        grey = FlowWarp.small_grey(frame) if self.flow else None
         if self._previous is not None and self._previous[0].shape == frame.shape:
             prev_frame, prev_labels, prev_grey = self._previous
             valid = (labels != self.ignore) & (prev_labels != self.ignore)
@@ -91,23 +148,19 @@ class TemporalStability:
 
     def _warp(self, prev_grey: np.ndarray, grey: np.ndarray, prev_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``prev_labels`` moved onto the current frame, and where that move is reliable (full resolution)."""
-        if self._dis is None:
-            self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
-        backward = self._dis.calc(grey, prev_grey, None)  # current pixel -> where it was
-        forward = self._dis.calc(prev_grey, grey, None)
+        if self._flow is None:
+            self._flow = FlowWarp()
+        backward = self._flow.flow(grey, prev_grey)  # current pixel -> where it was
+        forward = self._flow.flow(prev_grey, grey)
+        map_x, map_y = FlowWarp.maps(backward)
         h, w = grey.shape
-        ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-        map_x, map_y = xs + backward[..., 0], ys + backward[..., 1]
         # forward flow at the source point should bring the pixel back where it is
         fwd_at_src = cv2.remap(forward, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         error = np.hypot(backward[..., 0] + fwd_at_src[..., 0], backward[..., 1] + fwd_at_src[..., 1])
         inside = (map_x >= 0) & (map_x <= w - 1) & (map_y >= 0) & (map_y <= h - 1)
         reliable = (error * (1 / FLOW_SCALE) < FLOW_RELIABLE_PX) & inside
+        warped = FlowWarp.warp(prev_labels, map_x, map_y)
         full_h, full_w = prev_labels.shape
-        scale_x, scale_y = full_w / w, full_h / h
-        big_x = cv2.resize(map_x * scale_x, (full_w, full_h), interpolation=cv2.INTER_LINEAR)
-        big_y = cv2.resize(map_y * scale_y, (full_w, full_h), interpolation=cv2.INTER_LINEAR)
-        warped = cv2.remap(prev_labels, big_x, big_y, cv2.INTER_NEAREST, borderValue=self.ignore)
         reliable = cv2.resize(reliable.astype(np.uint8), (full_w, full_h), interpolation=cv2.INTER_NEAREST) > 0
         return warped, reliable
 

@@ -39,6 +39,7 @@ from typing import Any
 import cv2
 
 from sdk.sources import (
+    RealTimeReader,
     Source,
     SourceError,
     StreamError,
@@ -163,6 +164,8 @@ def stream(model: StagedModel, source: Source, options: StreamOptions | None = N
     options = StreamOptions.of(options, **overrides).for_source(kind)
     output = _output_path(options.output) if options.output is not None else None
     reader, reopen = _connect(source, kind, options)
+    if options.realtime and kind == "file":
+        reader = RealTimeReader(reader, frame_rate(reader) or DEFAULT_OUTPUT_FPS)
     fps = 0.0
     if output is not None:
         fps = options.output_fps or frame_rate(reader) or 0.0

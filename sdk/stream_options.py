@@ -20,17 +20,23 @@ Annotate = Callable[[Any, np.ndarray], np.ndarray]  # (result, frame) -> the fra
 class StreamOptions:
     """How to stream; one definition for ``stream()``, ``Segmenter.stream``, ``m2f stream`` and ``m2f demo``.
 
-    ``live``: default False for files, True otherwise. ``keep_latest`` (live only, default True): process the
-    newest frame and drop the rest. ``queue_size``: frames buffered between stages (files; live sources buffer
-    one). ``read_timeout_s``: a read that takes longer is a stall; live sources then reconnect up to
-    ``reconnect`` times (``reconnect_delay_s`` apart; the count starts again after a connection that worked for
+    ``live``: default False for files, True otherwise. ``keep_latest`` (live only, default True): process the newest
+    frame and drop the rest. ``queue_size``: frames buffered between stages (files; live sources buffer one).
+    ``read_timeout_s``: a read that takes longer is a stall; live sources then reconnect up to ``reconnect`` times
+    (``reconnect_delay_s`` apart; the count starts again after a connection that worked for
     ``HEALTHY_CONNECTION_S``), files fail. ``open_timeout_s``: for URLs. ``max_frames``: stop after that many
     results. ``output``: write each processed frame to this video (``fourcc``, at ``output_fps`` or the source's
     fps; live sources write only the frames not dropped), drawn by ``annotate(result, frame)``; default
     ``result.overlay(frame)`` when results have one (a ``SegmentationResult`` does), else the frame as decoded.
     ``strict``: a file whose decoded frame count differs from its header's is an error instead of a warning.
     ``stabilize``: hysteresis on semantic label maps against flicker (``sdk.stability.LabelStabilizer``; other
-    results pass unchanged). ``measure_stability``: flicker and optical-flow consistency in ``stats.stability``
+    results pass unchanged). ``carry`` (live sources, semantic results): every frame gets a result at the source's
+    rate; the model runs on the newest frame whenever it is free (so on every k-th frame, k set by the model's time
+    and the frame rate, at most ``max_carry`` frames apart while frames wait), and the frames in between get its
+    labels moved along optical flow (``sdk.stability.LabelCarrier``; ``result.carried_from`` names the model frame,
+    ``stats.frames_carried`` counts them). ``realtime`` (files): release the frames on the file's own frame-rate
+    clock, as a camera would, and stream them as a live source (a live camera simulated from a file).
+    ``measure_stability``: flicker and optical-flow consistency in ``stats.stability``
     (``sdk.stability.TemporalStability``; costs a dense optical flow per frame).
     """
 
@@ -49,6 +55,9 @@ class StreamOptions:
     strict: bool = False
     stabilize: bool = False
     measure_stability: bool = False
+    carry: bool = False
+    max_carry: int = 8
+    realtime: bool = False
 
     def __post_init__(self) -> None:
         if self.queue_size < 1:
@@ -65,6 +74,12 @@ class StreamOptions:
             raise ValueError(f"fourcc must be 4 characters, got {self.fourcc!r}")
         if self.keep_latest and self.live is False:
             raise ValueError("keep_latest drops frames and is only for live sources (live=True)")
+        if self.carry and self.live is False:
+            raise ValueError("carry skips model runs to keep a live source's rate; a file (live=False) runs them all")
+        if self.realtime and self.live is False:
+            raise ValueError("realtime plays a file as a live camera: it cannot be combined with live=False")
+        if self.max_carry < 1:
+            raise ValueError(f"max_carry must be >= 1, got {self.max_carry}")
 
     @classmethod
     def of(cls, options: StreamOptions | None = None, **overrides: Any) -> StreamOptions:
@@ -77,5 +92,5 @@ class StreamOptions:
 
     def for_source(self, kind: str) -> StreamOptions:
         """These options with ``live`` and ``keep_latest`` decided for a source of this kind (``source_kind``)."""
-        live = kind != "file" if self.live is None else self.live
+        live = (kind != "file" or self.realtime) if self.live is None else self.live
         return dataclasses.replace(self, live=live, keep_latest=live if self.keep_latest is None else self.keep_latest)

@@ -8,6 +8,7 @@ The decode supervisor watches the reader's blocking ``read()`` for stalls and re
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -29,7 +30,7 @@ from sdk.sources import (
     readable_frame_after,
     release,
 )
-from sdk.stability import LabelStabilizer, TemporalStability
+from sdk.stability import LabelCarrier, LabelStabilizer, TemporalStability
 from sdk.stream_options import HEALTHY_CONNECTION_S, Annotate, StreamOptions
 from sdk.stream_stats import StatsRecorder
 
@@ -85,6 +86,7 @@ class _Item:
     context: Any = None
     outputs: dict[str, np.ndarray] | None = None
     inference_ms: float = 0.0
+    carried: bool = False  # carry mode: no model run, labels moved here from the last model frame
 
 
 class Channel:
@@ -133,6 +135,11 @@ class Channel:
             item = self._items.popleft()
             self._cond.notify_all()
             return item
+
+    def waiting(self) -> int:
+        """Frames queued now."""
+        with self._cond:
+            return sum(isinstance(item, _Item) for item in self._items)
 
     def wake(self) -> None:
         with self._cond:
@@ -218,12 +225,14 @@ class Pipeline:
         self.source_fps = frame_rate(reader)
         self.stop = threading.Event()
         live = bool(options.live)
-        live_size = 1 if live else options.queue_size
+        live_size = 1 if live and not options.carry else options.queue_size  # carry: every frame gets a result
         self.frames = Channel(live_size, self.stop, keep_latest=live and bool(options.keep_latest))
         self.inferred = Channel(live_size, self.stop)
         self.results = Channel(live_size, self.stop)
         self.stats = StatsRecorder(self.frame_count, TemporalStability() if options.measure_stability else None)
         self.stabilizer = LabelStabilizer() if options.stabilize else None
+        self.carrier = LabelCarrier() if options.carry else None
+        self._last_result: Any = None  # carry mode: the last model frame's result
         self.next_index = 0
         self._push_lock = threading.Lock()
         self.threads: list[threading.Thread] = []
@@ -393,12 +402,20 @@ class Pipeline:
     # ------------------------------------------------------------------ inference
     def _infer(self) -> None:
         stage, index = "preprocess", None
+        since_model: int | None = None  # carry mode: frames carried since the last model run
         try:
             while True:
                 item = self.frames.get()
                 if not isinstance(item, _Item):
                     self.inferred.put(item)
                     return
+                if self.carrier is not None:
+                    # the model takes the newest frame: carry this one while a newer one waits (bounded)
+                    if since_model is not None and since_model < self.options.max_carry and self.frames.waiting():
+                        item.carried, since_model = True, since_model + 1
+                        self.inferred.put(item)
+                        continue
+                    since_model = 0
                 stage, index = "preprocess", item.index
                 start = time.perf_counter()
                 item.inputs, item.context = self.model.preprocess(item.frame)
@@ -428,15 +445,12 @@ class Pipeline:
                         writer = None
                     self.results.put(item)
                     return
-                stage, index = "postprocess", item.index
-                start = time.perf_counter()
-                result = self.model.postprocess(item.outputs, item.context)
-                result.frame_index = item.index
-                timings = getattr(result, "timings", None)
-                if isinstance(timings, dict):
-                    timings.setdefault("inference_ms", item.inference_ms)
-                self.stats.stage("postprocess", (time.perf_counter() - start) * 1000)
-                labels = _label_map(result)
+                if item.carried:
+                    stage, index = "carry", item.index
+                    result, labels = self._carried(item)
+                else:
+                    stage, index = "postprocess", item.index
+                    result, labels = self._postprocessed(item)
                 if labels is not None and self.stabilizer is not None:
                     stage = "stabilize"
                     start = time.perf_counter()
@@ -458,6 +472,7 @@ class Pipeline:
                     self.stats.stage("write", (time.perf_counter() - start) * 1000)
                 ready = time.perf_counter()
                 latency_ms = (ready - item.t_decoded) * 1000
+                timings = getattr(result, "timings", None)
                 if isinstance(timings, dict):
                     timings["latency_ms"] = latency_ms
                 self.stats.latency(latency_ms)
@@ -469,6 +484,35 @@ class Pipeline:
         finally:
             if writer is not None:
                 writer.release()
+
+    def _postprocessed(self, item: _Item) -> tuple[Any, np.ndarray | None]:
+        """A model frame's result and its label map (semantic results); remembered for carrying."""
+        start = time.perf_counter()
+        result = self.model.postprocess(item.outputs, item.context)
+        result.frame_index = item.index
+        timings = getattr(result, "timings", None)
+        if isinstance(timings, dict):
+            timings.setdefault("inference_ms", item.inference_ms)
+        labels = _label_map(result)
+        if self.carrier is not None:
+            if labels is None:
+                raise ValueError("carry moves semantic label maps: stream a semantic model (or task='semantic')")
+            self.carrier.remember(item.frame, labels, item.index)
+            self._last_result = result
+        self.stats.stage("postprocess", (time.perf_counter() - start) * 1000)
+        return result, labels
+
+    def _carried(self, item: _Item) -> tuple[Any, np.ndarray]:
+        """A carried frame's result: the last model result with its labels moved onto this frame by optical flow."""
+        assert self.carrier is not None
+        start = time.perf_counter()
+        labels = self.carrier.carry(item.frame)
+        carry_ms = (time.perf_counter() - start) * 1000
+        result = dataclasses.replace(self._last_result, semantic=labels, timings={"carry_ms": carry_ms},
+                                     frame_index=item.index, carried_from=self.carrier.source_index)  # fmt: skip
+        self.stats.carried += 1
+        self.stats.stage("carry", carry_ms)
+        return result, labels
 
     def _open_writer(self, shape: tuple[int, ...]) -> cv2.VideoWriter:
         assert self.output is not None

@@ -13,7 +13,7 @@ import numpy as np
 from sdk.stability import TemporalStability
 
 # the steps of a frame, in order; predict() times the middle three as SegmentationResult.timings["<step>_ms"]
-STAGES = ("decode", "preprocess", "inference", "postprocess", "stabilize", "annotate", "write")
+STAGES = ("decode", "preprocess", "inference", "postprocess", "carry", "stabilize", "annotate", "write")
 LATENCY_WINDOW = 100_000  # latency percentiles are over the most recent frames
 
 
@@ -27,6 +27,7 @@ class StreamStats:
     dropped: int = 0  # decoded but never processed (live sources, keep_latest)
     written: int = 0  # frames written to the output video
     reconnects: int = 0
+    frames_carried: int = 0  # results whose labels were carried from a model frame by optical flow (carry mode)
     elapsed_s: float = 0.0
     latency_ms: dict[str, float] = field(default_factory=dict)  # p50 / p90 / p99 / max
     stage_ms: dict[str, float] = field(default_factory=dict)  # mean ms per stage that ran
@@ -46,6 +47,7 @@ class StreamStats:
             "dropped": self.dropped,
             "written": self.written,
             "reconnects": self.reconnects,
+            "frames_carried": self.frames_carried,
             "elapsed_s": round(self.elapsed_s, 3),
             "fps": round(self.fps, 2),
             "latency_ms": {k: round(v, 2) for k, v in self.latency_ms.items()},
@@ -61,8 +63,9 @@ class StreamStats:
         )
         stages = ", ".join(f"{k} {v:.1f}" for k, v in self.stage_ms.items())
         header = f" of {self.frames_in_header} in the header" if self.frames_in_header is not None else ""
+        carried = f", {self.frames_carried} carried by flow" if self.frames_carried else ""
         return (
-            f"{self.frames} frames ({self.frames_decoded} decoded{header}, {self.dropped} dropped, "
+            f"{self.frames} frames ({self.frames_decoded} decoded{header}, {self.dropped} dropped{carried}, "
             f"{self.reconnects} reconnects) in {self.elapsed_s:.2f} s = {self.fps:.1f} fps; {latency}; "
             f"mean ms per stage: {stages or '-'}" + _stability_text(self.stability)
         )
@@ -85,7 +88,7 @@ class StatsRecorder:
         self._sums = dict.fromkeys(STAGES, 0.0)
         self._counts = dict.fromkeys(STAGES, 0)
         self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
-        self.frames = self.decoded = self.written = self.reconnects = 0
+        self.frames = self.decoded = self.written = self.reconnects = self.carried = 0
         self.frames_in_header = frames_in_header
         self.start: float | None = None
         self.end: float | None = None
@@ -122,6 +125,7 @@ class StatsRecorder:
                 dropped=dropped,
                 written=self.written,
                 reconnects=self.reconnects,
+                frames_carried=self.carried,
                 elapsed_s=elapsed,
                 latency_ms=latency,
                 stage_ms=stage_ms,

@@ -137,3 +137,14 @@ def test_stream_has_its_own_help(capsys) -> None:
     text = capsys.readouterr().out
     assert "--strict" in text and "--max-frames" in text and "Exit status: 0 done, 2 error, 130 interrupted" in text
     assert "output folder (predict)" not in text
+
+
+def test_realtime_carry_gives_every_frame_and_a_file_without_realtime_is_refused(artifacts, tmp_path, capsys) -> None:
+    clip = write_clip(tmp_path / "clip.mp4", 30, fps=30.0)
+    model = ["--model", str(artifacts["semantic"]), "--target", "onnxruntime"]
+    assert cli.main(["stream", str(clip), *model, "--realtime", "--carry", "--json"]) == 0
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert figures["frames"] == figures["frames_decoded"] == 30 and figures["dropped"] == 0
+    assert 0 <= figures["frames_carried"] < 30
+    assert cli.main(["stream", str(clip), *model, "--carry"]) == 2  # a file played as fast as it decodes
+    assert "carry skips model runs" in capsys.readouterr().err

@@ -3,6 +3,8 @@ on still pixels, takes the model's steady change after ``confirm_frames`` and fo
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -122,3 +124,142 @@ def test_a_cut_restarts_the_stabiliser_from_the_model() -> None:
     stabilizer.apply(_scene(seed=0), np.zeros((96, 128), np.uint8))
     other_shot, labels = _scene(seed=7), np.full((96, 128), 4, np.uint8)
     assert (stabilizer.apply(other_shot, labels) == 4).all() and stabilizer.restarts == 1
+
+
+# --- carry mode: a model run's labels moved to the frames between runs ------------------------------------------
+
+
+def test_carried_labels_follow_a_panning_camera() -> None:
+    from sdk.stability import LabelCarrier
+
+    base = _scene(h=128, w=160)
+    truth = np.zeros((128, 160), np.uint8)
+    truth[32:96, 40:100] = 1
+    carrier = LabelCarrier()
+    with pytest.raises(ValueError, match="remember"):
+        carrier.carry(base)
+    carrier.remember(base, truth, index=0)
+    for shift in (3, 6, 9):  # three frames after the model frame, 3 px a frame: flow straight back to frame 0
+        carried = carrier.carry(np.roll(base, shift, axis=1))
+        inner = (slice(None), slice(12, -12))  # away from the wrapped border
+        moved = (carried == np.roll(truth, shift, axis=1))[inner]
+        assert moved.mean() > 0.98, shift
+        # it moved them: of the 2 x 64 x shift pixels where moved and unmoved boxes differ, most follow the motion
+        assert moved.sum() - (carried == truth)[inner].sum() > 64 * shift, shift
+    assert carrier.source_index == 0
+
+
+class _SlowSemanticModel:
+    """A semantic model stand-in whose inference takes ``inference_s``; labels: the frame's grey level // 64."""
+
+    def __init__(self, inference_s: float) -> None:
+        self.inference_s = inference_s
+
+    def preprocess(self, frame: np.ndarray) -> tuple[dict, np.ndarray]:
+        return {}, frame
+
+    def inference(self, inputs: dict) -> dict:
+        import time
+
+        time.sleep(self.inference_s)
+        return inputs
+
+    def postprocess(self, outputs: dict, context: np.ndarray):
+        from sdk.results import SegmentationResult
+
+        labels = (context[..., 0] // 64).astype(np.uint8)
+        return SegmentationResult(task="semantic", class_names=list("abcd"), semantic=labels)
+
+
+class _PacedCamera:
+    """A live camera stand-in: ``n`` textured frames released on a ``fps`` clock (a late reader gets the next one
+    at once, as a camera's driver buffer would give it)."""
+
+    def __init__(self, n: int, fps: float) -> None:
+        import time
+
+        self.n, self.period, self.count, self.start = n, 1.0 / fps, 0, time.perf_counter()
+        self.base = _scene(h=64, w=96)
+
+    def read(self) -> tuple[bool, np.ndarray | None]:
+        import time
+
+        if self.count >= self.n:
+            return False, None
+        delay = self.start + self.count * self.period - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        self.count += 1
+        return True, np.roll(self.base, self.count, axis=1)
+
+    def release(self) -> None:
+        pass
+
+
+def test_carry_keeps_a_live_sources_rate_with_bounded_latency() -> None:
+    from sdk.stream import stream
+
+    model_s, fps, n = 0.06, 30.0, 60  # the model takes two frame periods
+    run = stream(_SlowSemanticModel(model_s), _PacedCamera(n, fps), live=True, carry=True, queue_size=4)
+    results = list(run)
+    stats = run.stats
+    assert [r.frame_index for r in results] == list(range(n))  # every frame, in order, none dropped
+    assert stats.dropped == 0 and stats.frames == n
+    carried = [r for r in results if r.carried_from is not None]
+    assert len(carried) == stats.frames_carried and 0.3 * n < len(carried) < 0.8 * n, len(carried)
+    assert all(r.carried_from < r.frame_index and "carry_ms" in r.timings for r in carried)
+    model_frames = [r.frame_index for r in results if r.carried_from is None]
+    assert max(b - a for a, b in itertools.pairwise(model_frames)) <= 8 + 1  # max_carry
+    assert stats.latency_ms["p90"] < 3 * model_s * 1000, stats.latency_ms
+    assert "carried by flow" in stats.summary()
+    plain = stream(_SlowSemanticModel(model_s), _PacedCamera(n, fps), live=True)
+    list(plain)
+    assert plain.stats.dropped > 0.3 * n and plain.stats.frames_carried == 0  # without carry: frames dropped
+
+
+def test_carry_needs_a_live_source_and_semantic_results() -> None:
+    from sdk.stream import stream
+    from sdk.stream_options import StreamOptions
+    from sdk.stream_pipeline import StageError
+
+    with pytest.raises(ValueError, match="file"):
+        StreamOptions(carry=True, live=False)
+
+    class Panoptic(_SlowSemanticModel):
+        def postprocess(self, outputs: dict, context: np.ndarray):
+            from sdk.results import SegmentationResult
+
+            return SegmentationResult(task="panoptic", class_names=["a"], panoptic=np.ones(context.shape[:2], np.int32))
+
+    with pytest.raises(StageError, match="carry moves semantic label maps"):
+        list(stream(Panoptic(0.0), _PacedCamera(3, 30.0), live=True, carry=True))
+
+
+def test_realtime_plays_a_file_on_its_clock() -> None:
+    import time
+
+    from sdk.sources import RealTimeReader
+    from sdk.stream_options import StreamOptions
+
+    class Frames:
+        def __init__(self) -> None:
+            self.left = 10
+
+        def read(self) -> tuple[bool, np.ndarray | None]:
+            self.left -= 1
+            return self.left >= 0, np.zeros((4, 4, 3), np.uint8)
+
+        def get(self, prop: int) -> float:
+            return 100.0
+
+    reader = RealTimeReader(Frames(), fps=100.0)
+    start = time.perf_counter()
+    while reader.read()[0]:
+        pass
+    assert time.perf_counter() - start >= 0.09  # frame 10 not before 10 / 100 s
+    assert reader.get(0) == 100.0
+    assert StreamOptions(realtime=True).for_source("file").live is True
+    with pytest.raises(ValueError, match="realtime"):
+        StreamOptions(realtime=True, live=False)
+    with pytest.raises(ValueError, match="fps"):
+        RealTimeReader(Frames(), fps=0)
