@@ -85,17 +85,33 @@ def semantic_scores(
 
 def label_map(scores: Tensor) -> Tensor:
     """(..., K, H, W) class scores -> (..., H, W) class ids (first class on ties); uint8 for up to 255 classes."""
-    dtype = torch.uint8 if scores.shape[-3] <= 255 else torch.int32
-    return scores.argmax(-3).to(dtype)
+    return scores.argmax(-3).to(_label_dtype(scores.shape[-3]))
+
+
+def _label_dtype(num_classes: int) -> torch.dtype:
+    return torch.uint8 if num_classes <= 255 else torch.int32
 
 
 def semantic_labels(mask_cls: Tensor, mask_pred: Tensor, image_size: tuple[int, int]) -> Tensor:
     """Official semantic labels at the unpadded input from query outputs, as the semantic graph returns them.
 
     ``mask_cls`` (B, Q, K+1), ``mask_pred`` (B, Q, Hp/4, Wp/4) -> (B, H, W) class ids (see :func:`label_map`).
+    Equal to ``label_map(semantic_scores(...))`` at less cost: every step after the x4 upsampling works pixel by
+    pixel, so the padding is cropped from the one-channel labels instead of the Q mask channels; and with a
+    concrete size only the mask rows / columns the crop needs are upsampled (bilinear x4 with half-pixel centres
+    maps output row y to input row (y + 0.5) / 4 - 0.5, so rows < H read input rows <= (H - 1) // 4 + 1 and
+    nothing past them).
     """
-    padded = (mask_pred.shape[-2] * MASK_STRIDE, mask_pred.shape[-1] * MASK_STRIDE)
-    return label_map(semantic_scores(mask_cls, mask_pred, padded, image_size))
+    h, w = image_size
+    rows, cols = mask_pred.shape[-2], mask_pred.shape[-1]
+    if all(isinstance(n, int) for n in (h, w, rows, cols)):  # an exported graph with a static size, eager code
+        rows, cols = min(rows, (h - 1) // MASK_STRIDE + 2), min(cols, (w - 1) // MASK_STRIDE + 2)
+        mask_pred = mask_pred[..., :rows, :cols]
+    masks = F.interpolate(mask_pred, size=(rows * MASK_STRIDE, cols * MASK_STRIDE), mode="bilinear",
+                          align_corners=False)  # fmt: skip
+    scores = semantic_inference(mask_cls, masks)
+    # cropped before the cast: TensorRT takes uint8 only at a graph's inputs and outputs (compile.tensorrt_rules)
+    return scores.argmax(-3)[..., :h, :w].to(_label_dtype(scores.shape[-3]))
 
 
 def panoptic_inference(
