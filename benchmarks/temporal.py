@@ -21,7 +21,7 @@ import cv2
 from runtimes.cpu_features import cpu_features
 from runtimes.vocabulary import SHARED_ROOT, VOID
 from sdk.segmenter import Segmenter
-from sdk.stability import LabelStabilizer
+from sdk.stability import LabelStabilizer, TemporalStability
 from train.evaluation.semantic import SemanticEvaluator
 
 DEFAULT_CLIPS = [SHARED_ROOT / "data" / "videos" / name for name in
@@ -41,14 +41,14 @@ def clip_rows(seg: Segmenter, clips: list[Path], frames: int) -> list[dict]:
     return rows
 
 
-def camvid_in_order(seg: Segmenter, root: Path, sequence: str) -> dict:
+def camvid_in_order(seg: Segmenter, root: Path, sequence: str, stabilizer: LabelStabilizer | None = None) -> dict:
     """mIoU of the drive's labelled frames in frame order, plain and through one stabiliser carried across them."""
     frames = sorted(p for split in ("train", "val") for p in (root / split).glob(f"{sequence}_*.png"))
     if not frames:
         raise SystemExit(f"no CamVid frames of drive {sequence} under {root}")
     classes = len(seg.metadata["class_names"])
     plain_eval, steady_eval = SemanticEvaluator(classes, VOID), SemanticEvaluator(classes, VOID)
-    stabilizer = LabelStabilizer()
+    stabilizer = stabilizer or LabelStabilizer()
     changed = total = 0
     for path in frames:
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
@@ -62,6 +62,51 @@ def camvid_in_order(seg: Segmenter, root: Path, sequence: str) -> dict:
     return {"sequence": sequence, "frames": len(frames), "mIoU": round(plain_eval.compute()["mIoU"], 2),
             "mIoU_stabilized": round(steady_eval.compute()["mIoU"], 2),
             "pixels_changed_by_stabilizer_pct": round(100 * changed / total, 3)}  # fmt: skip
+
+
+GRID = [(level, confirm) for level in (8, 16, 32) for confirm in (3, 5, 8)]  # (change_level, confirm_frames)
+
+
+def grid_rows(seg: Segmenter, clips: list[Path], frames: int, settings: list[tuple[int, int]]) -> list[dict]:
+    """Flicker on unchanged pixels per clip for each stabiliser setting: the model runs once per frame, every
+    setting replays its labels (so the rows differ only in the stabiliser)."""
+    rows = []
+    for clip in clips:
+        capture = cv2.VideoCapture(str(clip))
+        shown: list[tuple] = []
+        while len(shown) < frames:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            shown.append((frame, seg.predict(frame).semantic))
+        capture.release()
+        for setting in [None, *settings]:
+            meter = TemporalStability(flow=False)
+            stabilizer = LabelStabilizer(change_level=setting[0], confirm_frames=setting[1]) if setting else None
+            for frame, labels in shown:
+                meter.update(frame, stabilizer.apply(frame, labels) if stabilizer else labels)
+            figures = meter.to_dict()
+            level, confirm = setting or (None, None)
+            rows.append({"clip": clip.name, "change_level": level, "confirm_frames": confirm,
+                         "flicker_unchanged_pct": figures["flicker_unchanged_pct"],
+                         "flicker_all_pct": figures["flicker_all_pct"]})  # fmt: skip
+    return rows
+
+
+def grid_markdown(report: dict) -> str:
+    lines = [f"# Stabiliser settings ({report['machine']}; model {report['model']} on {report['runtime']} "
+             f"{report['precision']})", "", "| clip | change_level | confirm_frames | flicker on unchanged px % | "
+             "flicker all px % |", "|---|---|---|---|---|"]  # fmt: skip
+    for row in report["grid"]:
+        setting = ("off", "-") if row["change_level"] is None else (row["change_level"], row["confirm_frames"])
+        lines.append(f"| {row['clip']} | {setting[0]} | {setting[1]} | {row['flicker_unchanged_pct']} | "
+                     f"{row['flicker_all_pct']} |")  # fmt: skip
+    for row in report.get("camvid_grid", []):
+        lines.append(
+            f"\nCamVid {row['sequence']} in order, change_level {row['change_level']}, confirm_frames "
+            f"{row['confirm_frames']}: mIoU {row['mIoU']} plain, {row['mIoU_stabilized']} stabilised"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def markdown(report: dict) -> str:
@@ -89,9 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--camvid", type=Path, help="CamVid root for the in-order accuracy check")
     parser.add_argument("--sequence", default="0006R0", help="the CamVid drive to feed in order [0006R0]")
     parser.add_argument("--camvid-model", type=Path, help="artifact that did not train on --sequence")
+    parser.add_argument("--grid", action="store_true", help="compare stabiliser settings (GRID) instead")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     clips = args.clips or [c for c in [*DEFAULT_CLIPS, VTEST] if c.is_file()]
+    if args.grid:
+        return _grid_main(args, clips)
     with Segmenter(args.target, model=args.model) as seg:
         report = {
             "machine": f"{platform.node()}, {cpu_features().describe()}",
@@ -107,6 +155,26 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "temporal.json").write_text(json.dumps(report, indent=2))
     (args.out / "temporal.md").write_text(markdown(report))
     print(markdown(report))
+    return 0
+
+
+def _grid_main(args: argparse.Namespace, clips: list[Path]) -> int:
+    with Segmenter(args.target, model=args.model) as seg:
+        report = {"machine": f"{platform.node()}, {cpu_features().describe()}", "model": seg.model_path.name,
+                  "runtime": seg.runtime, "precision": seg.precision,
+                  "grid": grid_rows(seg, clips, args.frames, GRID)}  # fmt: skip
+    if args.camvid:
+        with Segmenter(args.target, model=args.camvid_model) as seg:
+            report["camvid_grid"] = [
+                {**camvid_in_order(seg, args.camvid, args.sequence, LabelStabilizer(change_level=level,
+                                                                                    confirm_frames=confirm)),
+                 "change_level": level, "confirm_frames": confirm}
+                for level, confirm in GRID
+            ]  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "grid.json").write_text(json.dumps(report, indent=2))
+    (args.out / "grid.md").write_text(grid_markdown(report))
+    print(grid_markdown(report))
     return 0
 
 
