@@ -56,13 +56,10 @@ def score_folds(
         held_out_set = build_dataset(fold.val_data)
         held_out = len(held_out_set)
         out = checkpoint.parent / f"{target}_{precision}.onnx"
-        with tempfile.TemporaryDirectory() as calib:
-            for image, _, _ in build_dataset(fold.train_data).items:  # calibrate on frames the fold trained on
-                (Path(calib) / image.name).symlink_to(image.resolve())
-            export(checkpoint, target, precision, out, input_size=input_size, calib_dir=calib,
-                   val_data=fold.val_data, gate_images=held_out, calib_images=calib_images,
-                   max_drop=100.0)  # fmt: skip
-            # max_drop: this scores, it does not gate; every drop is reported
+        if out.is_file() and out.stat().st_mtime > checkpoint.stat().st_mtime and _gated_at(out, input_size):
+            logger.info("fold %s: %s is newer than its checkpoint, scored already: kept", sequence, out)
+        else:
+            _export_fold(checkpoint, fold, target, precision, out, input_size, held_out, calib_images)
         accuracy = read_metadata(out)["accuracy"]
         folds[sequence] = {
             "frames": held_out,
@@ -84,6 +81,25 @@ def score_folds(
         "mean_torch_fp32": sum(f["torch_fp32"] for f in folds.values()) / len(folds),
         "mean_artifact": sum(f["artifact"] for f in folds.values()) / len(folds),
     }
+
+
+def _gated_at(artifact: Path, input_size: tuple[int, int] | None) -> bool:
+    """The artifact carries a gate record and was made at ``input_size`` (None: dynamic)."""
+    meta = read_metadata(artifact)
+    size = meta["input"]["size"]
+    return "accuracy" in meta and (size is None if input_size is None else list(size) == list(input_size))
+
+
+def _export_fold(checkpoint: Path, fold: Any, target: str, precision: str, out: Path,
+                 input_size: tuple[int, int] | None, held_out: int, calib_images: int) -> None:  # fmt: skip
+    """Export one fold's model and score it on the whole held-out sequence (int8: calibrated on the fold's own
+    training frames)."""
+    with tempfile.TemporaryDirectory() as calib:
+        for image, _, _ in build_dataset(fold.train_data).items:  # calibrate on frames the fold trained on
+            (Path(calib) / image.name).symlink_to(image.resolve())
+        export(checkpoint, target, precision, out, input_size=input_size, calib_dir=calib, val_data=fold.val_data,
+               gate_images=held_out, calib_images=calib_images, max_drop=100.0)  # fmt: skip
+        # max_drop: this scores, it does not gate; every drop is reported
 
 
 def _peer_score(dataset: Any) -> dict[str, Any]:
