@@ -137,6 +137,14 @@ def test_fold_artifacts_score_the_exported_model_on_its_held_out_sequence(
         assert fold["label_agreement"] >= 0.999  # fp32 artifact == torch
         assert (output / f"fold_{sequence}" / "onnxruntime_fp32.onnx").is_file()
     assert "| **mean of folds** |" in markdown(scored)
+    # a rerun keeps the scored artifacts (newer than their checkpoints, gated at this size) and re-exports the rest
+    kept = output / "fold_DRIVEA" / "onnxruntime_fp32.onnx"
+    redone = output / "fold_DRIVEC" / "onnxruntime_fp32.onnx"
+    (output / "fold_DRIVEC" / "model_final.pt").touch()  # its checkpoint is newer now
+    before = {path: path.stat().st_mtime_ns for path in (kept, redone)}
+    again = score_folds(output, _config(camvid_like), "onnxruntime", "fp32", (48, 64))
+    assert kept.stat().st_mtime_ns == before[kept] and redone.stat().st_mtime_ns > before[redone]
+    assert again["folds"]["DRIVEA"] == scored["folds"]["DRIVEA"]
 
 
 @pytest.mark.slow
