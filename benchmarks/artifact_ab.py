@@ -17,11 +17,17 @@ import numpy as np
 from sdk.segmenter import Segmenter
 
 
-def compare(old: Path, new: Path, frames: Sequence[np.ndarray], runtime: str, repeats: int = 3) -> dict:
-    """Labels equal (share of pixels) and p50 ``predict`` ms of ``old`` and ``new`` on ``runtime``."""
+def compare(
+    old: Path, new: Path, frames: Sequence[np.ndarray], runtime: str, repeats: int = 3, precision: str | None = None
+) -> dict:
+    """Labels equal (share of pixels) and p50 ``predict`` ms of ``old`` and ``new`` on ``runtime`` (at
+    ``precision``; default: what the Segmenter picks)."""
     times: dict[str, list[float]] = {"old": [], "new": []}
     equal = total = 0
-    with Segmenter(runtime, model=old) as a, Segmenter(runtime, model=new) as b:
+    with (
+        Segmenter(runtime, model=old, precision=precision) as a,
+        Segmenter(runtime, model=new, precision=precision) as b,
+    ):
         a.predict(frames[0]), b.predict(frames[0])  # warm-up
         for frame in frames:
             labels = {}
@@ -49,14 +55,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--count", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--runtimes", nargs="+", default=["openvino", "onnxruntime"])
+    parser.add_argument("--precision", default=None, help="default: what each runtime's Segmenter picks")
     args = parser.parse_args(argv)
     paths = sorted(args.images.glob("*.png"))
     paths = paths[:: max(1, len(paths) // args.count)][: args.count]
     frames = [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in paths]
+    from runtimes.cpu_features import cpu_features
+
+    print(f"{args.old} -> {args.new} on {cpu_features().describe()}, precision {args.precision or 'as chosen'}")
     print("| runtime | frames | labels equal | old p50 ms | new p50 ms | new / old |")
     print("|---|---|---|---|---|---|")
     for runtime in args.runtimes:
-        r = compare(args.old, args.new, frames, runtime, args.repeats)
+        r = compare(args.old, args.new, frames, runtime, args.repeats, args.precision)
         print(
             f"| {runtime} | {r['frames']} | {100 * r['labels_equal']:.3f} % | {r['old_p50_ms']:.1f} | "
             f"{r['new_p50_ms']:.1f} | {r['new_p50_ms'] / r['old_p50_ms']:.3f} |"
