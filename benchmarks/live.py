@@ -14,6 +14,7 @@ same live stream without carry (the newest frame only, the rest dropped). Writes
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -46,6 +47,17 @@ def reference(seg: Segmenter, clip: Path, frames: int) -> tuple[list[np.ndarray]
     finally:
         capture.release()
     return labels, float(np.median(times[1:] or times))
+
+
+def self_agreement(truth: list[np.ndarray]) -> float:
+    """% of (non-void) pixels whose every-frame label equals the previous frame's: how far a carried label can
+    agree with a model that changes its own mind from frame to frame."""
+    same = total = 0
+    for previous, current in itertools.pairwise(truth):
+        valid = (previous != VOID) & (current != VOID)
+        same += int(((previous == current) & valid).sum())
+        total += int(valid.sum())
+    return round(100 * same / total, 2) if total else float("nan")
 
 
 def live_run(seg: Segmenter, clip: Path, fps: float, frames: int, carry: bool, truth: list[np.ndarray]) -> dict:
@@ -87,8 +99,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['model']} on {report['runtime']} {report['precision']}); `python -m benchmarks.live`",
         "",
         "| clip | carry | model ms (every frame, median) | output fps | results / decoded frame | dropped | model / "
-        "carried frames | latency p50 / p90 ms | p90 / model ms | carried frames = every-frame model (% pixels) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "carried frames | latency p50 / p90 ms | p90 / model ms | carried frames = every-frame model (% pixels) | "
+        "every-frame model = its own previous frame (% pixels) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["rows"]:
         agree = row["agree_carried_pct"]
@@ -96,7 +109,8 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {row['clip']} | {'on' if row['carry'] else 'off'} | {row['model_ms']:.1f} | {row['output_fps']:.1f} "
             f"| {row['results_per_decoded_frame']:.2f} | {row['dropped']} | {row['model_frames']} / "
             f"{row['carried_frames']} | {row['latency_p50_ms']:.0f} / {row['latency_p90_ms']:.0f} | "
-            f"{row['latency_p90_ms'] / row['model_ms']:.2f} | {'-' if agree is None else f'{agree:.2f}'} |"
+            f"{row['latency_p90_ms'] / row['model_ms']:.2f} | {'-' if agree is None else f'{agree:.2f}'} | "
+            f"{row['model_next_frame_agree_pct']:.2f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -119,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
             truth, model_ms = reference(seg, clip, args.frames)
             for carry in (True, False):
                 row = live_run(seg, clip, args.fps, args.frames, carry, truth)
-                rows.append({"clip": clip.name, "model_ms": round(model_ms, 1), **row})
+                rows.append({"clip": clip.name, "model_ms": round(model_ms, 1),
+                             "model_next_frame_agree_pct": self_agreement(truth), **row})  # fmt: skip
                 print(json.dumps(rows[-1]), flush=True)
         report = {
             "cpu": cpu_features().describe(),
