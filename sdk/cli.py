@@ -144,6 +144,8 @@ examples:
   m2f stream street.mp4 --out street_seg.mp4    every frame in order, the annotated video written
   m2f stream 0 --max-frames 300                 camera 0, live: the newest frame, older ones dropped (counted)
   m2f stream rtsp://host/stream --json          last line: one JSON object with the stats
+  m2f stream rtsp://host/stream --carry         live: a result for every frame, labels carried between model runs
+  m2f stream street.mp4 --realtime --carry      the same with a file played at its own frame rate
 
 A file whose header declares more (or fewer) frames than it decodes is processed to its last decodable frame with
 a warning (--strict: an error); a file corrupt in the middle is an error naming the frame. A progress bar is
