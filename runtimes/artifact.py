@@ -123,6 +123,7 @@ class InputSpec:
                                      doc="shortest_edge only: the short side's target length")  # fmt: skip
     max_size: int | None = _optional(check=lambda x: _is_int(x) and x >= 0, expected="an int >= 0 (0: no cap)",
                                      doc="shortest_edge only: the long side's cap (0: none)")  # fmt: skip
+    extra: dict = field(default_factory=dict, metadata={"doc": "keys this build does not know, kept as they are"})
 
 
 @dataclass
@@ -132,6 +133,7 @@ class Normalization:
     mean: list = _required(check=_is_triple, expected="3 numbers")
     std: list = _required(check=lambda x: _is_triple(x) and all(v > 0 for v in x), expected="3 positive numbers")
     in_graph: bool = _required(check=lambda x: x is True, expected="true (uint8 in, normalisation in the graph)")
+    extra: dict = field(default_factory=dict, metadata={"doc": "keys this build does not know, kept as they are"})
 
 
 @dataclass
@@ -140,6 +142,7 @@ class Source:
 
     checkpoint_sha256: str | None = _required(check=lambda x: x is None or isinstance(x, str), expected="a str or null")
     name: str = _required(check=lambda x: isinstance(x, str), expected="a str")
+    extra: dict = field(default_factory=dict, metadata={"doc": "keys this build does not know, kept as they are"})
 
 
 @dataclass
@@ -149,6 +152,7 @@ class Inference:
     object_mask_threshold: float = _required(check=_is_number, expected="a number")
     overlap_threshold: float = _required(check=_is_number, expected="a number")
     topk_per_image: int = _required(check=lambda x: _is_int(x) and x > 0, expected="a positive int")
+    extra: dict = field(default_factory=dict, metadata={"doc": "keys this build does not know, kept as they are"})
 
 
 @dataclass
@@ -223,8 +227,7 @@ def _build(cls: type, data: dict) -> Any:
         for name, value in data.items()
         if name in known
     }
-    if cls is ArtifactMetadata:
-        values["extra"] = {k: v for k, v in data.items() if k not in known}
+    values["extra"] = {k: v for k, v in data.items() if k not in known}  # every level keeps what it does not know
     return cls(**values)
 
 

@@ -466,8 +466,10 @@ def test_one_schema_for_writer_validator_and_description() -> None:
         assert parsed.extra == {}, (path, parsed.extra)
         assert parsed.to_dict() == meta
     future = tiny_metadata(added_later={"x": 1})
-    assert ArtifactMetadata.from_dict(future).extra == {"added_later": {"x": 1}}
-    assert validate_metadata(future)["added_later"] == {"x": 1}  # kept, nothing lost
+    future["input"]["new_hint"] = "nearest"
+    parsed = ArtifactMetadata.from_dict(future)
+    assert parsed.extra == {"added_later": {"x": 1}} and parsed.input.extra == {"new_hint": "nearest"}
+    assert validate_metadata(future) == future  # kept at every level, nothing lost
     described = "\n".join(describe_schema())
     for name in ("task", "input", "    resize_policy", "    pad_bgr (optional)", "rewrites (optional)"):
         assert f"\n{name}" in f"\n{described}", name
