@@ -261,8 +261,11 @@ class RealTimeReader:
         self.count += 1
         return self.reader.read()
 
-    def get(self, prop: int) -> float:
-        return self.reader.get(prop)
+    def __getattr__(self, name: str) -> Any:
+        """Everything else (``get``, ``set``, ``grab``: header counts, the end-of-file probe) is the reader's."""
+        if name == "reader":  # not set yet: no recursion
+            raise AttributeError(name)
+        return getattr(self.reader, name)
 
     def release(self) -> None:
         release(self.reader)
