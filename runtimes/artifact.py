@@ -104,6 +104,11 @@ def _optional(**rule: Any) -> Any:
     return field(default=None, metadata=_rule(**rule))
 
 
+def _unknown_keys() -> Any:
+    """Every object's ``extra``: the keys this build does not know, kept as they are and written back."""
+    return field(default_factory=dict)
+
+
 @dataclass
 class InputSpec:
     """``input``: the image tensor and how a frame is fitted into it (``runtimes.geometry``)."""
@@ -123,7 +128,7 @@ class InputSpec:
                                      doc="shortest_edge only: the short side's target length")  # fmt: skip
     max_size: int | None = _optional(check=lambda x: _is_int(x) and x >= 0, expected="an int >= 0 (0: no cap)",
                                      doc="shortest_edge only: the long side's cap (0: none)")  # fmt: skip
-    extra: dict = field(default_factory=dict, metadata={"doc": "keys this build does not know, kept as they are"})
+    extra: dict = _unknown_keys()
 
 
 @dataclass
@@ -133,7 +138,7 @@ class Normalization:
     mean: list = _required(check=_is_triple, expected="3 numbers")
     std: list = _required(check=lambda x: _is_triple(x) and all(v > 0 for v in x), expected="3 positive numbers")
     in_graph: bool = _required(check=lambda x: x is True, expected="true (uint8 in, normalisation in the graph)")
-    extra: dict = field(default_factory=dict, metadata={"doc": "keys this build does not know, kept as they are"})
+    extra: dict = _unknown_keys()
 
 
 @dataclass
@@ -142,7 +147,7 @@ class Source:
 
     checkpoint_sha256: str | None = _required(check=lambda x: x is None or isinstance(x, str), expected="a str or null")
     name: str = _required(check=lambda x: isinstance(x, str), expected="a str")
-    extra: dict = field(default_factory=dict, metadata={"doc": "keys this build does not know, kept as they are"})
+    extra: dict = _unknown_keys()
 
 
 @dataclass
@@ -152,7 +157,7 @@ class Inference:
     object_mask_threshold: float = _required(check=_is_number, expected="a number")
     overlap_threshold: float = _required(check=_is_number, expected="a number")
     topk_per_image: int = _required(check=lambda x: _is_int(x) and x > 0, expected="a positive int")
-    extra: dict = field(default_factory=dict, metadata={"doc": "keys this build does not know, kept as they are"})
+    extra: dict = _unknown_keys()
 
 
 @dataclass
@@ -197,7 +202,7 @@ class ArtifactMetadata:
         expected="a list of {by: module, changes: [str]}",
         doc="graph rewrites made after export (compile.tensorrt_rules)",
     )
-    extra: dict = field(default_factory=dict, metadata={"doc": "keys this build does not know, kept as they are"})
+    extra: dict = _unknown_keys()
 
     @classmethod
     def from_dict(cls, meta: Any) -> ArtifactMetadata:
@@ -336,9 +341,6 @@ def _validate(meta: Any) -> None:
         problems = _cross_field_problems(meta)
     if problems:
         raise ArtifactError(f"artifact metadata has invalid fields: {'; '.join(problems)}: {_EXPORT_HINT}")
-
-
-REQUIRED_FIELDS: tuple[str, ...] = tuple(f.name for f in _schema_fields(ArtifactMetadata) if _is_required(f))
 
 
 def validate_metadata(meta: dict | ArtifactMetadata) -> dict:

@@ -43,7 +43,6 @@ _VIRTUAL_DEVICES = {"AUTO", "MULTI", "HETERO", "BATCH"}
 PERFORMANCE_MODES = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
 
 
-# UNTIL runtimes/registry.py lands: the option names for the openvino row's ``options`` there (INTERFACES.md #1)
 def _import_openvino() -> Any:
     try:
         import openvino
