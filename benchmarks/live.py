@@ -29,23 +29,16 @@ from benchmarks.temporal import DEFAULT_CLIPS
 from runtimes.cpu_features import cpu_features
 from runtimes.vocabulary import VOID
 from sdk.segmenter import Segmenter
-from sdk.sources import RealTimeReader
+from sdk.sources import RealTimeReader, read_video_frames
 
 
 def reference(seg: Segmenter, clip: Path, frames: int) -> tuple[list[np.ndarray], float]:
     """Labels of the first ``frames`` frames, each through the model, and the median model time (ms)."""
-    capture = cv2.VideoCapture(str(clip))
     labels, times = [], []
-    try:
-        while len(labels) < frames:
-            ok, frame = capture.read()
-            if not ok:
-                break
-            result = seg.predict(frame)
-            labels.append(result.semantic)
-            times.append(result.timings["inference_ms"])
-    finally:
-        capture.release()
+    for frame in read_video_frames(clip, frames, consecutive=True):
+        result = seg.predict(frame)
+        labels.append(result.semantic)
+        times.append(result.timings["inference_ms"])
     return labels, float(np.median(times[1:] or times))
 
 

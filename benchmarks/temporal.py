@@ -21,6 +21,7 @@ import cv2
 from runtimes.cpu_features import cpu_features
 from runtimes.vocabulary import SHARED_ROOT, VOID
 from sdk.segmenter import Segmenter
+from sdk.sources import read_video_frames
 from sdk.stability import LabelStabilizer, TemporalStability
 from train.evaluation.semantic import SemanticEvaluator
 
@@ -41,27 +42,51 @@ def clip_rows(seg: Segmenter, clips: list[Path], frames: int) -> list[dict]:
     return rows
 
 
-def camvid_in_order(seg: Segmenter, root: Path, sequence: str, stabilizer: LabelStabilizer | None = None) -> dict:
-    """mIoU of the drive's labelled frames in frame order, plain and through one stabiliser carried across them."""
+def camvid_predictions(seg: Segmenter, root: Path, sequence: str) -> list[tuple]:
+    """(image, model labels, ground truth) of the drive's labelled frames, in frame order."""
     frames = sorted(p for split in ("train", "val") for p in (root / split).glob(f"{sequence}_*.png"))
     if not frames:
         raise SystemExit(f"no CamVid frames of drive {sequence} under {root}")
-    classes = len(seg.metadata["class_names"])
-    plain_eval, steady_eval = SemanticEvaluator(classes, VOID), SemanticEvaluator(classes, VOID)
-    stabilizer = stabilizer or LabelStabilizer()
-    changed = total = 0
+    predicted = []
     for path in frames:
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         label = cv2.imread(str(path.parent.parent / f"{path.parent.name}annot" / path.name), cv2.IMREAD_GRAYSCALE)
-        plain = seg.predict(image).semantic
+        predicted.append((image, seg.predict(image).semantic, label))
+    return predicted
+
+
+def camvid_in_order(predicted: list[tuple], classes: int, sequence: str,
+                    stabilizer: LabelStabilizer | None = None) -> dict:  # fmt: skip
+    """mIoU of a drive's labelled frames (``camvid_predictions``) in frame order, plain and through one stabiliser
+    carried across them."""
+    plain_eval, steady_eval = SemanticEvaluator(classes, VOID), SemanticEvaluator(classes, VOID)
+    stabilizer = stabilizer or LabelStabilizer()
+    changed = total = 0
+    for image, plain, label in predicted:
         steady = stabilizer.apply(image, plain)
         changed += int((steady != plain).sum())
         total += plain.size
         plain_eval.update(plain, label)  # CamVid's void (id 11 = the class count) is ignored like VOID
         steady_eval.update(steady, label)
-    return {"sequence": sequence, "frames": len(frames), "mIoU": round(plain_eval.compute()["mIoU"], 2),
+    return {"sequence": sequence, "frames": len(predicted), "mIoU": round(plain_eval.compute()["mIoU"], 2),
             "mIoU_stabilized": round(steady_eval.compute()["mIoU"], 2),
             "pixels_changed_by_stabilizer_pct": round(100 * changed / total, 3)}  # fmt: skip
+
+
+def _camvid_rows(args: argparse.Namespace, settings: list[tuple[int, int] | None]) -> tuple[str, list[dict]]:
+    """(the model's file name, one in-order CamVid row per stabiliser setting; None: the default): the model runs
+    once, every setting replays its labels."""
+    with Segmenter(args.target, model=args.camvid_model) as seg:
+        predicted = camvid_predictions(seg, args.camvid, args.sequence)
+        classes, model = len(seg.metadata["class_names"]), seg.model_path.name
+    rows = []
+    for setting in settings:
+        stabilizer = LabelStabilizer(change_level=setting[0], confirm_frames=setting[1]) if setting else None
+        row = camvid_in_order(predicted, classes, args.sequence, stabilizer)
+        if setting:
+            row.update(change_level=setting[0], confirm_frames=setting[1])
+        rows.append(row)
+    return model, rows
 
 
 GRID = [(level, confirm) for level in (8, 16, 32) for confirm in (3, 5, 8)]  # (change_level, confirm_frames)
@@ -72,14 +97,7 @@ def grid_rows(seg: Segmenter, clips: list[Path], frames: int, settings: list[tup
     setting replays its labels (so the rows differ only in the stabiliser)."""
     rows = []
     for clip in clips:
-        capture = cv2.VideoCapture(str(clip))
-        shown: list[tuple] = []
-        while len(shown) < frames:
-            ok, frame = capture.read()
-            if not ok:
-                break
-            shown.append((frame, seg.predict(frame).semantic))
-        capture.release()
+        shown = [(frame, seg.predict(frame).semantic) for frame in read_video_frames(clip, frames, consecutive=True)]
         for setting in [None, *settings]:
             meter = TemporalStability(flow=False)
             stabilizer = LabelStabilizer(change_level=setting[0], confirm_frames=setting[1]) if setting else None
@@ -141,16 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.grid:
         return _grid_main(args, clips)
     with Segmenter(args.target, model=args.model) as seg:
-        report = {
-            "machine": f"{platform.node()}, {cpu_features().describe()}",
-            "model": seg.model_path.name,
-            "runtime": seg.runtime,
-            "precision": seg.precision,
-            "clips": clip_rows(seg, clips, args.frames),
-        }
+        report = {**_what_ran(seg), "clips": clip_rows(seg, clips, args.frames)}
     if args.camvid:
-        with Segmenter(args.target, model=args.camvid_model) as seg:
-            report["camvid"] = {**camvid_in_order(seg, args.camvid, args.sequence), "model": seg.model_path.name}
+        model, (row,) = _camvid_rows(args, [None])
+        report["camvid"] = {**row, "model": model}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "temporal.json").write_text(json.dumps(report, indent=2))
     (args.out / "temporal.md").write_text(markdown(report))
@@ -158,19 +170,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _what_ran(seg: Segmenter) -> dict:
+    return {"machine": f"{platform.node()}, {cpu_features().describe()}", "model": seg.model_path.name,
+            "runtime": seg.runtime, "precision": seg.precision}  # fmt: skip
+
+
 def _grid_main(args: argparse.Namespace, clips: list[Path]) -> int:
     with Segmenter(args.target, model=args.model) as seg:
-        report = {"machine": f"{platform.node()}, {cpu_features().describe()}", "model": seg.model_path.name,
-                  "runtime": seg.runtime, "precision": seg.precision,
-                  "grid": grid_rows(seg, clips, args.frames, GRID)}  # fmt: skip
+        report = {**_what_ran(seg), "grid": grid_rows(seg, clips, args.frames, GRID)}
     if args.camvid:
-        with Segmenter(args.target, model=args.camvid_model) as seg:
-            report["camvid_grid"] = [
-                {**camvid_in_order(seg, args.camvid, args.sequence, LabelStabilizer(change_level=level,
-                                                                                    confirm_frames=confirm)),
-                 "change_level": level, "confirm_frames": confirm}
-                for level, confirm in GRID
-            ]  # fmt: skip
+        report["camvid_grid"] = _camvid_rows(args, list(GRID))[1]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "grid.json").write_text(json.dumps(report, indent=2))
     (args.out / "grid.md").write_text(grid_markdown(report))

@@ -306,8 +306,9 @@ def evenly_spaced(n: int, count: int) -> list[int]:
     return sorted({round(float(i)) for i in np.linspace(0, n - 1, min(n, count))})
 
 
-def read_video_frames(path: Path, count: int) -> list[np.ndarray]:
-    """``count`` BGR frames evenly spread over a video file (for benchmarks and the demo's table)."""
+def read_video_frames(path: Path, count: int, consecutive: bool = False) -> list[np.ndarray]:
+    """``count`` BGR frames evenly spread over a video file (for benchmarks and the demo's table); with
+    ``consecutive``, its first ``count`` frames (for what compares a frame with the one before)."""
     if not path.exists():
         raise FileNotFoundError(f"no video at {path}")
     capture = cv2.VideoCapture(str(path))
@@ -315,7 +316,7 @@ def read_video_frames(path: Path, count: int) -> list[np.ndarray]:
     try:
         if not capture.isOpened():
             raise ValueError(f"OpenCV decoded no frame from {path}: it cannot open the file")
-        total = frames_in_header(capture) or count  # unknown count: the first frames
+        total = count if consecutive else frames_in_header(capture) or count  # unknown count: the first frames
         wanted = set(evenly_spaced(total, count))
         for index in range(max(wanted) + 1):
             ok, frame = capture.read()

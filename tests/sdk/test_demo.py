@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import cv2
+import numpy as np
 import pytest
 
 from sdk import demo
@@ -75,3 +76,14 @@ def test_the_table_adds_the_precision_a_target_picks_by_itself(monkeypatch):
     assert _default_precision("onnxruntime", None, listed) == []  # its choice, fp32, is listed already
     monkeypatch.setenv("M2F_CPU_FLAGS", "")
     assert _default_precision("openvino", None, listed) == []  # no bf16: fp32, listed
+
+
+def test_read_video_frames_consecutive_or_spread(tmp_path):
+    from tests.sdk.clips import write_clip
+
+    clip = write_clip(tmp_path / "clip.mp4", 20)
+    spread, first = read_video_frames(clip, 4), read_video_frames(clip, 4, consecutive=True)
+    every = read_video_frames(clip, 20, consecutive=True)
+    assert len(every) == 20 and len(spread) == len(first) == 4
+    assert all(np.array_equal(a, b) for a, b in zip(first, every[:4], strict=True))  # frames 0, 1, 2, 3
+    assert np.array_equal(spread[-1], every[-1]) and not np.array_equal(spread[1], every[1])  # 0, 6, 13, 19
