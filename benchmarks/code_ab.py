@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtimes.vocabulary import IMAGE_SUFFIXES, REPO_ROOT
+from runtimes.vocabulary import REPO_ROOT, image_files
 
 # the worker: one Segmenter, then one JSON line of timings per "round" line on stdin
 _WORKER = r"""
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     args.model = (args.model or default_model("fp32")).resolve()
-    frames = sorted(p.resolve() for p in args.images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[: args.frames]
+    frames = [p.resolve() for p in image_files(args.images)[: args.frames]]
     if not frames:
         parser.error(f"no images in {args.images}")
     with tempfile.TemporaryDirectory() as tmp:

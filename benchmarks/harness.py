@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from benchmarks.litert_peer import PEER_LABEL, default_peer_path
 from runtimes.registry import RUNTIMES, RuntimeSpec, runtimes_named, unknown_name
-from runtimes.vocabulary import IMAGE_SUFFIXES, PRECISIONS, REPO_ROOT
+from runtimes.vocabulary import IMAGE_SUFFIXES, PRECISIONS, REPO_ROOT, image_files
 from sdk.sources import evenly_spaced, read_video_frames
 
 logger = logging.getLogger(__name__)
@@ -293,7 +293,7 @@ def prepare_eval_set(
             raise FileNotFoundError(f"--data {data} is not a folder")
         fmt = _detect_format(data, split) if data_format == "auto" else data_format
         if fmt == "images":
-            files = sorted(p for p in data.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            files = image_files(data)
             if not files:
                 raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {data}")
             for i in evenly_spaced(len(files), count):

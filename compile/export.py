@@ -19,7 +19,7 @@ from runtimes import Backend, load_backend
 from runtimes.artifact import ArtifactMetadata, Inference, InputSpec, Normalization, Source, write_metadata
 from runtimes.geometry import fit_to_input
 from runtimes.registry import ARTIFACT_TARGETS, export_precisions
-from runtimes.vocabulary import IMAGE_SUFFIXES
+from runtimes.vocabulary import IMAGE_SUFFIXES, image_files
 from train.evaluation.semantic import semantic_gt_from_sample
 from train.model import LoadedModel, load_pretrained
 from train.model.checkpoint import file_sha256, read_checkpoint_if_ours
@@ -39,7 +39,7 @@ GATE_IMAGES = 32
 
 
 def _images_in(folder: Path, limit: int, seed: int = 0) -> list[np.ndarray]:
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = image_files(folder)
     if not files:
         raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {folder}")
     random.Random(seed).shuffle(files)

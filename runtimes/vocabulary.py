@@ -20,5 +20,12 @@ VOID = 255  # the semantic label of pixels without a class (CamVid void, pixels 
 IMAGE_SUFFIXES = frozenset(  # the still-image files OpenCV reads, lower case
     {".bmp", ".dib", ".jpg", ".jpeg", ".jpe", ".jp2", ".png", ".webp", ".pbm", ".pgm", ".ppm", ".pnm", ".tif", ".tiff"}
 )
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The image files (``IMAGE_SUFFIXES``) under ``folder`` and its subfolders, sorted."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
 REPO_ROOT = Path(__file__).resolve().parents[1]  # this checkout (sdk/models, build/)
 SHARED_ROOT = REPO_ROOT.parent / "shared"  # the data and third-party files kept beside it

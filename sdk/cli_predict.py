@@ -32,7 +32,7 @@ import numpy as np
 
 from runtimes.errors import M2FError
 from runtimes.geometry import parse_input_size
-from runtimes.vocabulary import IMAGE_SUFFIXES, PRECISIONS, TASKS
+from runtimes.vocabulary import IMAGE_SUFFIXES, PRECISIONS, TASKS, image_files
 
 if TYPE_CHECKING:
     from sdk.segmenter import Segmenter
@@ -116,10 +116,6 @@ def _is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
 
 
-def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if _is_image(p))
-
-
 def find_images(sources: Sequence[str]) -> tuple[list[tuple[Path, Path]], list[str]]:
     """(image, folder its output path is relative to) for every image named by ``sources``, first mention kept;
     and one problem per source that names no image."""
@@ -128,7 +124,7 @@ def find_images(sources: Sequence[str]) -> tuple[list[tuple[Path, Path]], list[s
     for source in sources:
         path = Path(source)
         if path.is_dir():
-            pairs = [(image, path) for image in _images_in(path)]
+            pairs = [(image, path) for image in image_files(path)]
             if not pairs:
                 problems.append(f"{source}: folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         elif path.is_file():
@@ -136,7 +132,7 @@ def find_images(sources: Sequence[str]) -> tuple[list[tuple[Path, Path]], list[s
         elif any(char in source for char in "*?["):
             base = Path(*takewhile(lambda part: not any(c in part for c in "*?["), path.parts[:-1]))
             matches = sorted(Path(p) for p in glob.glob(source, recursive=True))
-            images = [p for p in matches if _is_image(p)] + [i for p in matches if p.is_dir() for i in _images_in(p)]
+            images = [p for p in matches if _is_image(p)] + [i for p in matches if p.is_dir() for i in image_files(p)]
             pairs = [(image, base) for image in images]
             if not pairs:
                 problems.append(f"{source}: no image matches this pattern")
