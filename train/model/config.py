@@ -66,8 +66,23 @@ class TimmConfig:
     kind: str = "timm"
 
 
-BackboneConfig = ResNetConfig | SwinConfig | TimmConfig
-BACKBONE_CONFIGS: dict[str, type] = {"resnet": ResNetConfig, "swin": SwinConfig, "timm": TimmConfig}
+@dataclass(frozen=True)
+class TFLiteGraphConfig:
+    """A backbone rebuilt from a ``.tflite`` file's own graph (``train.model.backbones.tflite_graph``).
+
+    ``weights``: the file, read when training starts. ``graph``: the structure computed from it (operators, taps);
+    left empty in a training config, filled in when the model is built, so a checkpoint rebuilds without the file.
+    """
+
+    weights: str | None = None
+    graph: dict[str, Any] | None = None
+    kind: str = "tflite"
+
+
+BackboneConfig = ResNetConfig | SwinConfig | TimmConfig | TFLiteGraphConfig
+BACKBONE_CONFIGS: dict[str, type] = {
+    "resnet": ResNetConfig, "swin": SwinConfig, "timm": TimmConfig, "tflite": TFLiteGraphConfig,
+}  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -29,6 +31,9 @@ class Mask2Former(nn.Module):
         super().__init__()
         self.config = config
         self.backbone = build_backbone(config.backbone)
+        resolved = getattr(self.backbone, "resolved_config", None)  # e.g. a graph read from a weights file
+        if resolved is not None:
+            self.config = config = dataclasses.replace(config, backbone=resolved)
         self.pixel_decoder = MSDeformAttnPixelDecoder(config.pixel_decoder, self.backbone.channels)
         self.transformer_decoder = MultiScaleMaskedTransformerDecoder(
             config.decoder,

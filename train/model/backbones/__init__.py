@@ -8,6 +8,7 @@ from torch import nn
 
 from train.model.backbones.resnet import ResNet
 from train.model.backbones.swin import SwinTransformer
+from train.model.backbones.tflite_graph import TFLiteGraphBackbone
 from train.model.backbones.timm_backbone import TimmBackbone
 from train.model.config import BackboneConfig
 
@@ -15,6 +16,7 @@ BACKBONES: dict[str, Callable[[BackboneConfig], nn.Module]] = {
     "resnet": ResNet,
     "swin": SwinTransformer,
     "timm": TimmBackbone,
+    "tflite": TFLiteGraphBackbone,
 }
 
 

@@ -28,10 +28,11 @@ logger = logging.getLogger(__name__)
 
 TFLITE_SUFFIX = ".tflite"
 # builtin operator codes of the TFLite schema (tflite.BuiltinOperator) that carry weights we load
-_CONV_2D, _DEPTHWISE_CONV_2D, _FULLY_CONNECTED = 3, 4, 9
+_ADD, _CONV_2D, _DEPTHWISE_CONV_2D, _FULLY_CONNECTED = 0, 3, 4, 9
 _OP_KINDS = {_CONV_2D: "conv", _DEPTHWISE_CONV_2D: "depthwise", _FULLY_CONNECTED: "fully_connected"}
 _TF_PADDING = {0: "SAME", 1: "VALID"}
 _UINT8, _INT8 = 3, 9  # tflite.TensorType
+_ACTIVATIONS = {0: "none", 1: "relu", 3: "relu6"}  # tflite.ActivationFunctionType a network can take here
 
 
 @dataclass(frozen=True)
@@ -46,16 +47,36 @@ class TFLiteLayer:
     stride: tuple[int, int]
     padding: str  # "SAME" or "VALID"
     dilation: tuple[int, int] = (1, 1)
+    input: int = -1  # graph tensor ids: what it reads, what it writes
+    output: int = -1
+    activation: str = "none"  # fused: "none", "relu", "relu6" (anything else: "unsupported:<code>")
+
+
+@dataclass(frozen=True)
+class TFLiteAdd:
+    """An elementwise ADD of two graph tensors (a residual connection), with its fused activation."""
+
+    index: int
+    inputs: tuple[int, int]
+    output: int
+    activation: str = "none"
 
 
 @dataclass(frozen=True)
 class TFLiteWeights:
-    """The weighted layers of a TFLite graph in execution order, and the input normalisation the file expects."""
+    """The weighted layers of a TFLite graph in execution order, and the input normalisation the file expects.
+
+    ``adds`` and ``body_end`` describe the convolutional body for a network rebuilt from the graph itself
+    (``train.model.backbones.tflite_graph``): the body is every operator from the first weighted one up to
+    ``body_end``, the first operator that is neither a convolution nor an ADD (a pooling, a concatenation, ...).
+    """
 
     path: str
     layers: tuple[TFLiteLayer, ...]
     pixel_mean: tuple[float, float, float]  # RGB, 0-255 scale: real = (pixel - mean) / std
     pixel_std: tuple[float, float, float]
+    adds: tuple[TFLiteAdd, ...] = ()
+    body_end: int = 0
 
 
 def read_tflite_weights(path: str | Path) -> TFLiteWeights:
@@ -87,22 +108,35 @@ def read_tflite_weights(path: str | Path) -> TFLiteWeights:
             raise ValueError(f"{path}: tensor {tensor.Name().decode()} has unsupported type {tensor.Type()}")
         return np.frombuffer(data.tobytes(), dtype=dtype).reshape(tensor.ShapeAsNumpy()), tensor
 
-    layers = []
+    def activation(options: object) -> str:
+        code = options.FusedActivationFunction()
+        return _ACTIVATIONS.get(code, f"unsupported:{code}")
+
+    layers, adds, body_end = [], [], None
     for i in range(n_ops):
         op = graph.Operators(i)
         code = model.OperatorCodes(op.OpcodeIndex())
         builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
         kind = _OP_KINDS.get(builtin)
-        if kind is None:
-            continue
         inputs = [op.Inputs(j) for j in range(op.InputsLength())]
+        if builtin == _ADD and len(inputs) == 2:
+            options = tflite.AddOptions()
+            table = op.BuiltinOptions()
+            options.Init(table.Bytes, table.Pos)
+            adds.append(TFLiteAdd(i, (inputs[0], inputs[1]), op.Outputs(0), activation(options)))
+            continue
+        if kind is None or kind == "fully_connected":
+            if layers and body_end is None:
+                body_end = i
+            if kind is None:
+                continue
         raw, w_tensor = tensor_array(inputs[1])
         weight = _dequantize(raw, w_tensor)
         bias = None
         if len(inputs) > 2 and inputs[2] >= 0:
             raw_b, b_tensor = tensor_array(inputs[2])
             bias = _dequantize(raw_b, b_tensor)
-        stride, padding, dilation = (1, 1), "VALID", (1, 1)
+        stride, padding, dilation, act = (1, 1), "VALID", (1, 1), "none"
         if kind != "fully_connected":
             options_cls = tflite.Conv2DOptions if kind == "conv" else tflite.DepthwiseConv2DOptions
             options = options_cls()
@@ -110,16 +144,21 @@ def read_tflite_weights(path: str | Path) -> TFLiteWeights:
             options.Init(table.Bytes, table.Pos)
             stride, padding = (options.StrideH(), options.StrideW()), _TF_PADDING[options.Padding()]
             dilation = (options.DilationHFactor(), options.DilationWFactor())
+            act = activation(options)
         if kind == "conv":  # OHWI -> OIHW
             weight = weight.transpose(0, 3, 1, 2)
         elif kind == "depthwise":  # 1HWC -> C1HW
             weight = weight.transpose(3, 0, 1, 2)
         name = w_tensor.Name().decode().split(";")[0]
-        layers.append(TFLiteLayer(i, kind, name, np.ascontiguousarray(weight), bias, stride, padding, dilation))
+        layers.append(
+            TFLiteLayer(i, kind, name, np.ascontiguousarray(weight), bias, stride, padding, dilation,
+                        inputs[0], op.Outputs(0), act)
+        )  # fmt: skip
 
     in_tensor = graph.Tensors(graph.Inputs(0))
     mean, std = _input_normalisation(in_tensor)
-    return TFLiteWeights(str(path), tuple(layers), (mean,) * 3, (std,) * 3)
+    end = n_ops if body_end is None else body_end
+    return TFLiteWeights(str(path), tuple(layers), (mean,) * 3, (std,) * 3, tuple(adds), end)
 
 
 def _dequantize(raw: np.ndarray, tensor: object) -> np.ndarray:
