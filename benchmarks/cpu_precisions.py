@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from runtimes.vocabulary import IMAGE_SUFFIXES
+from runtimes.vocabulary import image_files
 
 
 def _rows(args: argparse.Namespace) -> dict[str, tuple[str, Path, str | None]]:
@@ -44,7 +44,7 @@ def measure(args: argparse.Namespace) -> dict:
     from runtimes import read_metadata
     from runtimes.cpu_features import cpu_features
 
-    files = sorted(p for p in Path(args.images).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = image_files(Path(args.images))
     if not files:
         raise FileNotFoundError(f"no images under {args.images}")
     frames = [cv2.imread(str(files[i])) for i in np.linspace(0, len(files) - 1, args.frames).astype(int)]

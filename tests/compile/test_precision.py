@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import onnx
 import pytest
+import torch
 
 from compile import precision
 from compile.onnx_export import export_onnx
@@ -34,7 +35,12 @@ def scenes(tmp_path_factory) -> dict[str, Path | list[np.ndarray]]:
     write_synthetic_dataset(root / "train", num_images=48, size=SIZE, seed=1)
     write_synthetic_dataset(root / "val", num_images=12, size=SIZE, seed=2)  # held out: other seed
     config = tiny_train_config(root, max_iters=60, val_data=None, solver={"batch_size": 6})
-    Trainer(TrainConfig.from_dict(config), root / "run", progress=False).run()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same weights whatever OMP_NUM_THREADS is: the fp16 bounds were measured on them
+    try:
+        Trainer(TrainConfig.from_dict(config), root / "run", progress=False).run()
+    finally:
+        torch.set_num_threads(threads)
     loaded = load_pretrained(root / "run" / "model_final.pt")
     out: dict[str, Path | list[np.ndarray]] = {}
     for task in ("semantic", "panoptic"):
