@@ -231,7 +231,7 @@ def depthwise_convs(model: onnx.ModelProto) -> list[str]:
     ]
 
 
-def linear_bottlenecks(model: onnx.ModelProto) -> list[str]:
+def linear_bottlenecks(model: onnx.ModelProto, fused: bool = False) -> list[str]:
     """MobileNet's linear bottlenecks: pointwise convolutions that read a depthwise convolution's activation and
     whose output goes on without one (into the residual sum). Their unclipped outputs span wide ranges that a
     per-tensor int8 grid serves badly: on a CamVid MobileNetV2 model, NNCF int8 labels agreed with fp32 on 88.3 %
@@ -242,6 +242,7 @@ def linear_bottlenecks(model: onnx.ModelProto) -> list[str]:
         for name in node.input:
             consumers.setdefault(name, []).append(node.op_type)
     depthwise = set(depthwise_convs(model))
+    expanding = set(_expanding_spatial_convs(model)) if fused else set()
     activations = ("Relu", "Clip", "HardSwish", "Sigmoid", "LeakyRelu")
     found = []
     for node in model.graph.node:
@@ -250,9 +251,27 @@ def linear_bottlenecks(model: onnx.ModelProto) -> list[str]:
         source = producer.get(node.input[0])
         if source is not None and source.op_type in activations:
             source = producer.get(source.input[0])
-        reads_depthwise = source is not None and source.name in depthwise
+        reads_expansion = source is not None and (source.name in depthwise or source.name in expanding)
         activated = any(op in activations for op in consumers.get(node.output[0], []))
-        if reads_depthwise and not activated:
+        if reads_expansion and not activated and node.name not in expanding:
+            found.append(node.name)
+    return found
+
+
+def fused_linear_bottlenecks(model: onnx.ModelProto) -> list[str]:
+    """:func:`linear_bottlenecks` plus the projections of fused inverted bottlenecks (MobileNet-EdgeTPU: a full
+    spatial convolution expands the channels where MobileNetV2 has a 1x1 expansion and a depthwise one)."""
+    return linear_bottlenecks(model, fused=True)
+
+
+def _expanding_spatial_convs(model: onnx.ModelProto) -> list[str]:
+    """Convolutions with a kernel larger than 1x1, one group, and more output than input channels."""
+    weights = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    found = []
+    for node in model.graph.node:
+        shape = weights.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
+        groups = next((a.i for a in node.attribute if a.name == "group"), 1)
+        if shape is not None and len(shape) == 4 and max(shape[2:]) > 1 and groups == 1 and shape[0] > shape[1]:
             found.append(node.name)
     return found
 
@@ -262,6 +281,7 @@ _RULES = {
     "attention_matmul": attention_matmuls,
     "depthwise_conv": depthwise_convs,
     "linear_bottleneck": linear_bottlenecks,
+    "fused_linear_bottleneck": fused_linear_bottlenecks,
 }
 
 
