@@ -3,8 +3,10 @@
 The deployed graph takes what a camera gives, uint8 (B, H, W, 3) BGR frames, and does the layout change,
 channel order and normalisation itself. For semantic segmentation it also does the official post-processing
 (mask logits upsampled to the padded input, the padding cropped, class probabilities x mask probabilities,
-argmax), so the device returns a (B, H, W) label map. For instance/panoptic it returns the query logits and
-the low-resolution mask logits; the SDK upsamples only the queries it keeps.
+argmax), so the device returns a (B, H, W) label map, plus the per-class scores at the mask resolution (a quarter
+of the input: 11 x 90 x 120 floats for the default model) for stabilisers that smooth scores over time.
+For instance/panoptic it returns the query logits and the low-resolution mask logits; the SDK upsamples only the
+queries it keeps.
 
 Multi-scale deformable attention is the pure-torch reference, which lowers to standard ONNX ops (GridSample
 in float32) that ONNX Runtime and OpenVINO both run. For TensorRT, ``compile.tensorrt_export`` exports the same
@@ -21,12 +23,16 @@ from torch import Tensor, nn
 
 from runtimes.vocabulary import INPUT_NAME
 from train.model import Mask2Former, ModelMeta
-from train.model.inference import semantic_labels
+from train.model.inference import semantic_inference, semantic_labels
 
 logger = logging.getLogger(__name__)
 
 OUTPUTS = {
-    "semantic": {"labels": "(B, H, W) uint8 class id per pixel at input resolution (official semantic inference)"},
+    "semantic": {
+        "labels": "(B, H, W) uint8 class id per pixel at input resolution (official semantic inference)",
+        "class_scores": "(B, K, Hp/4, Wp/4) float class-probability x mask-probability scores at the mask resolution "
+        "(stride 4 of the input padded to a multiple of 32): what video stabilisers smooth over time",
+    },
     "panoptic": {
         "pred_logits": "(B, Q, K+1) class logits per query, last = no object",
         "pred_masks": "(B, Q, Hp/4, Wp/4) mask logits; Hp, Wp = input size padded up to a multiple of 32",
@@ -62,7 +68,8 @@ class DeployableMask2Former(nn.Module):
         logits, masks = out["pred_logits"], out["pred_masks"]  # (B, Q, K+1), (B, Q, Hp/4, Wp/4)
         if self.task != "semantic":
             return logits, masks
-        return (semantic_labels(logits, masks, (images.shape[1], images.shape[2])),)  # (B, H, W) uint8
+        labels = semantic_labels(logits, masks, (images.shape[1], images.shape[2]))  # (B, H, W) uint8
+        return labels, semantic_inference(logits, masks)  # and (B, K, Hp/4, Wp/4) scores
 
 
 def export_onnx(

@@ -22,6 +22,7 @@ import logging
 from collections.abc import Collection, Mapping
 from typing import Any
 
+import cv2
 import numpy as np
 
 from runtimes.errors import M2FError
@@ -210,6 +211,22 @@ def semantic_from_labels(labels: np.ndarray, geometry: Geometry) -> np.ndarray:
         return np.ascontiguousarray(cropped)
     rows, cols = _nearest_index(rh, h), _nearest_index(rw, w)
     return cropped[rows][:, cols]  # (h, w)
+
+
+def scores_at_frame(scores: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """(K, Hp/4, Wp/4) class scores at the mask resolution (the semantic graph's ``class_scores``) -> (K, ceil(h/4),
+    ceil(w/4)) float32 at a quarter of the frame size: the frame's region cropped, resized bilinearly."""
+    scores = np.asarray(scores, dtype=np.float32)
+    if scores.ndim != 3:
+        raise OutputsError(f"expected (K, h, w) class scores, got shape {scores.shape}")
+    rh, rw = (-(-n // MASK_STRIDE) for n in geometry.resized_size)
+    if rh > scores.shape[1] or rw > scores.shape[2]:
+        raise OutputsError(f"class scores {scores.shape} are smaller than the frame's region {geometry.resized_size}")
+    h, w = (-(-n // MASK_STRIDE) for n in geometry.frame_size)
+    region = np.ascontiguousarray(scores[:, :rh, :rw].transpose(1, 2, 0))  # (rh, rw, K)
+    if (rh, rw) != (h, w):
+        region = cv2.resize(region, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, -1)
+    return np.ascontiguousarray(region.transpose(2, 0, 1))
 
 
 def semantic_from_outputs(logits: np.ndarray, masks: np.ndarray, geometry: Geometry) -> np.ndarray:
@@ -448,7 +465,10 @@ def postprocess(
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
     if task == "semantic" and "labels" in outputs:
         labels = _output(outputs, "labels", task, index, 3)  # (H, W)
-        return {"task": task, "semantic": semantic_from_labels(labels, geometry)}
+        processed = {"task": task, "semantic": semantic_from_labels(labels, geometry)}
+        if "class_scores" in outputs:  # semantic artifacts since the score output was added; older ones lack it
+            processed["class_scores"] = scores_at_frame(_output(outputs, "class_scores", task, index, 4), geometry)
+        return processed
     if task == "semantic" and "pred_logits" not in outputs:
         raise OutputsError(
             f"the semantic post-processing needs output 'labels' (or 'pred_logits' and 'pred_masks'), the runtime "

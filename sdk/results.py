@@ -143,7 +143,8 @@ class SegmentationResult:
     ``semantic``: (h, w) class ids (void = 255) or None; ``instances``: :class:`Instances` or None; ``panoptic``:
     (h, w) int32 segment ids (0 = void) or None, described by ``segments_info`` (dicts with ``id``, ``isthing``,
     ``category_id``, ``score``, ``area``). A panoptic result derives ``semantic`` and ``instances`` on access.
-    ``timings``: stage -> milliseconds.
+    ``timings``: stage -> milliseconds. ``class_scores``: per-class scores at a quarter of the frame size, from
+    semantic artifacts that export them (what ``sdk.stability.ScoreStabilizer`` smooths), else None.
     """
 
     task: str
@@ -156,6 +157,7 @@ class SegmentationResult:
     timings: dict[str, float] = field(default_factory=dict)
     frame_index: int | None = None
     carried_from: int | None = None  # live carry mode: the model frame whose labels optical flow moved here
+    class_scores: np.ndarray | None = None  # (K, ceil(h/4), ceil(w/4)) float32, semantic artifacts that give them
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -195,6 +197,7 @@ class SegmentationResult:
             panoptic=processed.get("panoptic"),
             segments_info=list(processed.get("segments_info", [])),
             frame_index=frame_index,
+            class_scores=processed.get("class_scores"),
         )
 
     # ------------------------------------------------------------------ basics

@@ -19,6 +19,12 @@ this way; flow consistency 94.06 -> 94.84 %). Hysteresis assumes consecutive fra
 frame on which more than ``cut_share`` of the pixels moved (a cut, a skip, frames far apart: CamVid's labelled
 frames, one a second from a driving car, move 51-69 %; consecutive frames of the shared clips 0-16 %) restarts it
 from the model's labels.
+``ScoreStabilizer`` runs before it where the artifact gives per-class scores (``result.class_scores``, semantic
+artifacts exported since the score output exists): an exponential moving average of the scores on pixels that did
+not move (restarted where they did), and the shown class changes only when another one beats it by ``margin``.
+On the first 150 frames of two shared clips, flicker on unchanged pixels, label stabiliser alone -> scores smoothed
+first (``python -m benchmarks.score_smoothing``, torch fp32 scores): one-by-one-person 1.05 -> 0.28 %,
+car-detection 3.46 -> 1.70 %.
 Numpy and OpenCV only, per stream: not thread-safe, one per stream.
 """
 
@@ -43,7 +49,7 @@ def _check(frame: np.ndarray, labels: np.ndarray) -> None:
         raise ValueError(f"labels {labels.shape} do not match the frame {frame.shape[:2]}")
 
 
-def _changed(a: np.ndarray, b: np.ndarray, level: int) -> np.ndarray:
+def changed(a: np.ndarray, b: np.ndarray, level: int) -> np.ndarray:
     """(H, W) bool: a pixel whose colour moved by ``level`` or more in any channel."""
     return cv2.absdiff(a, b).max(axis=2) >= level
 
@@ -136,7 +142,7 @@ class TemporalStability:
             prev_frame, prev_labels, prev_grey = self._previous
             valid = (labels != self.ignore) & (prev_labels != self.ignore)
             flipped = (labels != prev_labels) & valid
-            unchanged = ~_changed(frame, prev_frame, self.unchanged_level) & valid
+            unchanged = ~changed(frame, prev_frame, self.unchanged_level) & valid
             self._pixels += int(valid.sum())
             self._flips += int(flipped.sum())
             self._unchanged += int(unchanged.sum())
@@ -205,7 +211,7 @@ class LabelStabilizer:
         _check(frame, labels)
         moved = None
         if self._shown is not None and self._previous is not None and self._shown.shape == labels.shape:
-            moved = _changed(frame, self._previous, self.change_level)
+            moved = changed(frame, self._previous, self.change_level)
             if moved.mean() > self.cut_share:
                 self.restarts += 1
                 moved = None
@@ -220,3 +226,53 @@ class LabelStabilizer:
         self._shown = np.where(take, labels, self._shown)
         self._previous = frame.copy()
         return self._shown.copy()
+
+
+class ScoreStabilizer:
+    """Smoothing of a stream's per-class scores (see the module docstring): ``apply(frame, labels, scores)`` ->
+    labels. ``scores``: (K, h, w) at a reduced size (``result.class_scores``: a quarter of the frame). Where the
+    smoothed decision and the model's own at that size agree, the model's full-resolution labels are kept (their
+    edges); elsewhere the smoothed class, scaled up. ``weight``: of the newest frame in the average."""
+
+    def __init__(self, weight: float = 0.15, margin: float = 0.2, change_level: int = UNCHANGED_LEVEL,
+                 cut_share: float = 0.4) -> None:  # fmt: skip
+        if not 0 < weight <= 1 or margin < 0 or change_level < 1 or not 0 < cut_share <= 1:
+            raise ValueError("weight must be in (0, 1], margin >= 0, change_level >= 1, cut_share in (0, 1]")
+        self.weight, self.margin, self.change_level, self.cut_share = weight, margin, change_level, cut_share
+        self.restarts = 0
+        self._average: np.ndarray | None = None  # (K, h, w) smoothed scores
+        self._shown: np.ndarray | None = None  # (h, w) the class shown at the score size
+        self._previous: np.ndarray | None = None  # the previous frame at the score size
+
+    def reset(self) -> None:
+        self._average = self._shown = self._previous = None
+
+    def apply(self, frame: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        _check(frame, labels)
+        if scores.ndim != 3 or not np.issubdtype(scores.dtype, np.floating):
+            raise ValueError(f"scores must be (K, h, w) floats, got {scores.shape} {scores.dtype}")
+        small = cv2.resize(frame, (scores.shape[2], scores.shape[1]), interpolation=cv2.INTER_AREA)
+        raw = scores.argmax(0)
+        moved = None
+        if self._average is not None and self._previous is not None and self._average.shape == scores.shape:
+            moved = changed(small, self._previous, self.change_level)
+            if moved.mean() > self.cut_share:
+                self.restarts += 1
+                moved = None
+        if moved is None:  # the first frame, a new size or a cut
+            self._average, self._shown = scores.astype(np.float32), raw
+        else:
+            self._average = np.where(moved[None], scores, self.weight * scores + (1 - self.weight) * self._average)
+            current = np.take_along_axis(self._average, self._shown[None], 0)[0]
+            take = moved | (self._average.max(0) > current + self.margin)
+            self._shown = np.where(take, self._average.argmax(0), self._shown)
+        self._previous = small
+        override = self._shown != raw
+        if not override.any():
+            return labels.copy()
+        h, w = labels.shape
+
+        def full(plane: np.ndarray) -> np.ndarray:
+            return cv2.resize(plane.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
+
+        return np.where(full(override) > 0, full(self._shown).astype(labels.dtype), labels)

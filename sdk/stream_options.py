@@ -29,8 +29,10 @@ class StreamOptions:
     fps; live sources write only the frames not dropped), drawn by ``annotate(result, frame)``; default
     ``result.overlay(frame)`` when results have one (a ``SegmentationResult`` does), else the frame as decoded.
     ``strict``: a file whose decoded frame count differs from its header's is an error instead of a warning.
-    ``stabilize``: hysteresis on semantic label maps against flicker (``sdk.stability.LabelStabilizer``; other
-    results pass unchanged). ``carry`` (live sources, semantic results): every frame gets a result at the source's
+    ``stabilize``: against flicker, semantic results only: per-class scores smoothed over time where the artifact
+    gives them (``sdk.stability.ScoreStabilizer``), then hysteresis on the label maps
+    (``sdk.stability.LabelStabilizer``); other results pass unchanged.
+    ``carry`` (live sources, semantic results): every frame gets a result at the source's
     rate; the model runs on the newest frame whenever it is free (so on every k-th frame, k set by the model's time
     and the frame rate, at most ``max_carry`` frames apart while frames wait), and the frames in between get its
     labels moved along optical flow (``sdk.stability.LabelCarrier``; ``result.carried_from`` names the model frame,

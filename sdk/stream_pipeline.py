@@ -30,7 +30,7 @@ from sdk.sources import (
     readable_frame_after,
     release,
 )
-from sdk.stability import LabelCarrier, LabelStabilizer, TemporalStability
+from sdk.stability import LabelCarrier, LabelStabilizer, ScoreStabilizer, TemporalStability
 from sdk.stream_options import HEALTHY_CONNECTION_S, Annotate, StreamOptions
 from sdk.stream_stats import StatsRecorder
 
@@ -231,6 +231,7 @@ class Pipeline:
         self.results = Channel(live_size, self.stop)
         self.stats = StatsRecorder(self.frame_count, TemporalStability() if options.measure_stability else None)
         self.stabilizer = LabelStabilizer() if options.stabilize else None
+        self.score_stabilizer = ScoreStabilizer() if options.stabilize else None  # for results with class scores
         self.carrier = LabelCarrier() if options.carry else None
         self._last_result: Any = None  # carry mode: the last model frame's result
         self.next_index = 0
@@ -454,6 +455,9 @@ class Pipeline:
                 if labels is not None and self.stabilizer is not None:
                     stage = "stabilize"
                     start = time.perf_counter()
+                    scores = getattr(result, "class_scores", None)
+                    if scores is not None and self.score_stabilizer is not None:
+                        labels = self.score_stabilizer.apply(item.frame, labels, scores)
                     labels = result.semantic = self.stabilizer.apply(item.frame, labels)
                     self.stats.stage("stabilize", (time.perf_counter() - start) * 1000)
                 if labels is not None:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -98,8 +99,14 @@ def test_fp32_artifact_matches_torch(camvid_model, tmp_path, target, tolerance):
 
 @pytest.mark.slow
 def test_semantic_label_map_in_graph(camvid_model, tmp_path):
-    _, meta = _export(camvid_model, tmp_path, "onnxruntime", "fp32")
-    assert meta["task"] == "semantic" and list(meta["outputs"]) == ["labels"]
+    path, meta = _export(camvid_model, tmp_path, "onnxruntime", "fp32")
+    assert meta["task"] == "semantic" and set(meta["outputs"]) == {"labels", "class_scores"}
+    frame = np.asarray(cv2.imread(str(sorted((CAMVID / "val").glob("*.png"))[0])))
+    out = load_backend("onnxruntime", path).run({"images": cv2.resize(frame, INPUT[::-1])[None]})
+    scores, labels = out["class_scores"][0], out["labels"][0]  # (K, h/4 padded up, w/4 padded up), (h, w)
+    assert scores.shape == (len(meta["class_names"]), 48, 64) and scores.dtype == np.float32
+    # the scores the labels are the argmax of, before the x4 upsampling: same class on nearly every 4x4 block
+    assert (scores.argmax(0)[: INPUT[0] // 4, : INPUT[1] // 4] == labels[2::4, 2::4]).mean() > 0.9
     assert meta["accuracy"]["label_agreement"] >= 0.999
     assert meta["accuracy"]["drop"] == pytest.approx(0.0, abs=0.05)
     assert meta["input"]["shape"] == [1, *INPUT, 3] and meta["input"]["resize_policy"] == "letterbox"

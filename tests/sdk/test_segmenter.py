@@ -42,6 +42,19 @@ def test_predict_any_frame_kind(artifacts, target, kind):
     assert {"preprocess_ms", "inference_ms", "postprocess_ms"} <= set(result.timings)
 
 
+def test_semantic_results_carry_class_scores_at_a_quarter_of_the_frame(artifacts):
+    """The semantic graph's score output reaches the result in frame coordinates (letterbox cropped), at 1/4 size:
+    the argmax there agrees with the labels; a panoptic artifact has none."""
+    frame = frames()["bgr"]  # 100 x 200 into a 128 x 160 input
+    with Segmenter("onnxruntime", model=artifacts["semantic"]) as seg:
+        result = seg.predict(frame)
+    scores = result.class_scores
+    assert scores.shape == (len(result.class_names), 25, 50) and scores.dtype == np.float32
+    assert (scores.argmax(0) == result.semantic[2::4, 2::4]).mean() > 0.8
+    with Segmenter("onnxruntime", model=artifacts["panoptic"]) as seg:
+        assert seg.predict(frame).class_scores is None
+
+
 def test_panoptic_artifact_gives_every_view(artifacts):
     with Segmenter("onnxruntime", model=artifacts["panoptic"]) as seg:
         result = seg.predict(frames()["bgr"])

@@ -8,7 +8,7 @@ import itertools
 import numpy as np
 import pytest
 
-from sdk.stability import LabelStabilizer, TemporalStability
+from sdk.stability import LabelStabilizer, ScoreStabilizer, TemporalStability
 
 
 def _scene(h: int = 96, w: int = 128, seed: int = 0) -> np.ndarray:
@@ -124,6 +124,69 @@ def test_a_cut_restarts_the_stabiliser_from_the_model() -> None:
     stabilizer.apply(_scene(seed=0), np.zeros((96, 128), np.uint8))
     other_shot, labels = _scene(seed=7), np.full((96, 128), 4, np.uint8)
     assert (stabilizer.apply(other_shot, labels) == 4).all() and stabilizer.restarts == 1
+
+
+# --- score smoothing: a model that wavers between two classes on still pixels ------------------------------------
+
+
+def _wavering_scores(rng: np.random.Generator, h: int = 24, w: int = 32) -> np.ndarray:
+    """(3, h, w) scores: class 1 leads class 0 on the right half by a little, noise larger than the lead."""
+    scores = np.zeros((3, h, w), np.float32)
+    scores[0], scores[1] = 0.45, 0.40
+    scores[1, :, w // 2 :] = 0.50
+    scores[:2] += rng.normal(0, 0.08, (2, h, w)).astype(np.float32)
+    return scores
+
+
+def _labels_of(scores: np.ndarray, size: tuple[int, int] = (96, 128)) -> np.ndarray:
+    return np.kron(
+        scores.argmax(0).astype(np.uint8), np.ones((size[0] // scores.shape[1], size[1] // scores.shape[2]), np.uint8)
+    )
+
+
+def test_smoothed_scores_hold_still_pixels_where_label_hysteresis_cannot() -> None:
+    """Near-ties flip the argmax every few frames: label hysteresis lets runs of 3 through, the score average holds
+    the class the scores favour over time."""
+    frame, rng = _scene(), np.random.default_rng(5)
+    raw, labels_only, smoothed = (TemporalStability(flow=False) for _ in range(3))
+    label_stabilizer, score_stabilizer, after = LabelStabilizer(), ScoreStabilizer(), LabelStabilizer()
+    shown = None
+    for _ in range(60):
+        scores = _wavering_scores(rng)
+        labels = _labels_of(scores)
+        raw.update(frame, labels)
+        labels_only.update(frame, label_stabilizer.apply(frame, labels))
+        shown = after.apply(frame, score_stabilizer.apply(frame, labels, scores))
+        smoothed.update(frame, shown)
+    assert raw.to_dict()["flicker_unchanged_pct"] > 20.0
+    assert smoothed.to_dict()["flicker_unchanged_pct"] < 0.5 * labels_only.to_dict()["flicker_unchanged_pct"]
+    assert set(np.unique(shown)) <= {0, 1}  # what the model says, held (a lead under the margin never overturns)
+    steady = np.zeros((3, 24, 32), np.float32)
+    steady[2] = 0.9  # the model's opinion really changes, the scene does not move: taken within a few frames
+    taken = [
+        (after.apply(frame, score_stabilizer.apply(frame, _labels_of(steady), steady)) == 2).mean() for _ in range(8)
+    ]
+    assert taken[0] == 0.0 and taken[-1] == 1.0
+
+
+def test_score_smoothing_follows_motion_at_once_and_keeps_the_model_edges() -> None:
+    frame, stabilizer = _scene(), ScoreStabilizer()
+    scores = np.zeros((3, 24, 32), np.float32)
+    scores[0] = 0.9
+    labels = np.zeros((96, 128), np.uint8)
+    labels[40:41, :] = 2  # a one-pixel line the score grid cannot hold: the model's own edge, kept
+    assert np.array_equal(stabilizer.apply(frame, labels, scores), labels)
+    moved = frame.copy()
+    moved[:, 64:] = 255 - moved[:, 64:]
+    now = np.zeros_like(scores)
+    now[0], now[1, :, 16:] = 0.9, 1.0  # class 1 wins where the picture changed
+    relabelled = labels.copy()
+    relabelled[:, 64:] = 1
+    assert (stabilizer.apply(moved, relabelled, now)[:, 64:] == 1).all()
+    with pytest.raises(ValueError, match="floats"):
+        stabilizer.apply(frame, labels, np.zeros((24, 32), np.float32))
+    with pytest.raises(ValueError, match="weight"):
+        ScoreStabilizer(weight=0)
 
 
 # --- carry mode: a model run's labels moved to the frames between runs ------------------------------------------
