@@ -230,9 +230,11 @@ class LabelStabilizer:
 
 class ScoreStabilizer:
     """Smoothing of a stream's per-class scores (see the module docstring): ``apply(frame, labels, scores)`` ->
-    labels. ``scores``: (K, h, w) at a reduced size (``result.class_scores``: a quarter of the frame). Where the
-    smoothed decision and the model's own at that size agree, the model's full-resolution labels are kept (their
-    edges); elsewhere the smoothed class, scaled up. ``weight``: of the newest frame in the average."""
+    labels. ``scores``: (K, h, w) at a reduced size (``result.class_scores``: a quarter of the frame). The average
+    decides a class per score pixel; a pixel of the frame that did not move keeps the label it was shown unless
+    that decision changed there (the model's full-resolution flips inside a steady decision are not shown); a pixel
+    that moved takes the model's label, or the smoothed class where the two decisions differ. ``weight``: of the
+    newest frame in the average."""
 
     def __init__(self, weight: float = 0.15, margin: float = 0.2, change_level: int = UNCHANGED_LEVEL,
                  cut_share: float = 0.4) -> None:  # fmt: skip
@@ -240,12 +242,14 @@ class ScoreStabilizer:
             raise ValueError("weight must be in (0, 1], margin >= 0, change_level >= 1, cut_share in (0, 1]")
         self.weight, self.margin, self.change_level, self.cut_share = weight, margin, change_level, cut_share
         self.restarts = 0
-        self._average: np.ndarray | None = None  # (K, h, w) smoothed scores
-        self._shown: np.ndarray | None = None  # (h, w) the class shown at the score size
-        self._previous: np.ndarray | None = None  # the previous frame at the score size
+        self.reset()
 
     def reset(self) -> None:
-        self._average = self._shown = self._previous = None
+        self._average: np.ndarray | None = None  # (K, h, w) smoothed scores
+        self._shown: np.ndarray | None = None  # (h, w) the smoothed decision at the score size
+        self._small: np.ndarray | None = None  # the previous frame at the score size
+        self._frame: np.ndarray | None = None  # the previous frame
+        self._output: np.ndarray | None = None  # the labels shown for it
 
     def apply(self, frame: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
         _check(frame, labels)
@@ -254,25 +258,28 @@ class ScoreStabilizer:
         small = cv2.resize(frame, (scores.shape[2], scores.shape[1]), interpolation=cv2.INTER_AREA)
         raw = scores.argmax(0)
         moved = None
-        if self._average is not None and self._previous is not None and self._average.shape == scores.shape:
-            moved = changed(small, self._previous, self.change_level)
+        same_shapes = self._output is not None and self._output.shape == labels.shape
+        if same_shapes and self._average is not None and self._average.shape == scores.shape:
+            moved = changed(small, self._small, self.change_level)
             if moved.mean() > self.cut_share:
                 self.restarts += 1
                 moved = None
-        if moved is None:  # the first frame, a new size or a cut
-            self._average, self._shown = scores.astype(np.float32), raw
-        else:
-            self._average = np.where(moved[None], scores, self.weight * scores + (1 - self.weight) * self._average)
-            current = np.take_along_axis(self._average, self._shown[None], 0)[0]
-            take = moved | (self._average.max(0) > current + self.margin)
-            self._shown = np.where(take, self._average.argmax(0), self._shown)
-        self._previous = small
-        override = self._shown != raw
-        if not override.any():
-            return labels.copy()
         h, w = labels.shape
 
         def full(plane: np.ndarray) -> np.ndarray:
             return cv2.resize(plane.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
 
-        return np.where(full(override) > 0, full(self._shown).astype(labels.dtype), labels)
+        if moved is None:  # the first frame, a new size or a cut: the model's labels as they are
+            self._average, self._shown, output = scores.astype(np.float32), raw, labels.copy()
+        else:
+            before = self._shown
+            self._average = np.where(moved[None], scores, self.weight * scores + (1 - self.weight) * self._average)
+            current = np.take_along_axis(self._average, before[None], 0)[0]
+            take = moved | (self._average.max(0) > current + self.margin)
+            self._shown = np.where(take, self._average.argmax(0), before)
+            override = self._shown != raw
+            candidate = np.where(full(override) > 0, full(self._shown).astype(labels.dtype), labels)
+            update = (full(self._shown != before) > 0) | changed(frame, self._frame, self.change_level)
+            output = np.where(update, candidate, self._output)
+        self._small, self._frame, self._output = small, frame.copy(), output
+        return output.copy()
