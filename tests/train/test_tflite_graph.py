@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.litert_oracle import dequantized, run_litert
 from train.model.backbones.tflite_graph import TFLiteGraphBackbone, graph_spec
 from train.model.backbones.tflite_weights import read_tflite_weights
 from train.model.config import (
@@ -27,19 +28,8 @@ MOBILENET_V2 = "tf2_mobilenet_v2_1.0_224_ptq.tflite"
 
 def _litert_tensors(path: Path, rgb: np.ndarray, ids: list[int]) -> list[np.ndarray]:
     """LiteRT's own (dequantized) values of graph tensors ``ids`` on one image, (C, H, W) each."""
-    interpreter_mod = pytest.importorskip("ai_edge_litert.interpreter")
-    interpreter = interpreter_mod.Interpreter(str(path), experimental_preserve_all_tensors=True)
-    interpreter.allocate_tensors()
-    inp = interpreter.get_input_details()[0]
-    pixels = rgb[None].astype(np.int16) - (128 if inp["dtype"] == np.int8 else 0)
-    interpreter.set_tensor(inp["index"], pixels.astype(inp["dtype"]))
-    interpreter.invoke()
-    details = {t["index"]: t for t in interpreter.get_tensor_details()}
-    out = []
-    for i in ids:
-        scale, zero = details[i]["quantization"]
-        out.append(((interpreter.get_tensor(i).astype(np.float32) - zero) * scale)[0].transpose(2, 0, 1))
-    return out
+    interpreter = run_litert(path, rgb)
+    return [dequantized(interpreter, i)[0].transpose(2, 0, 1) for i in ids]
 
 
 def _input(rgb: np.ndarray, mean: float, std: float) -> torch.Tensor:

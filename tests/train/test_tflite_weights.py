@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.litert_oracle import dequantized, run_litert
 from train.model.backbones.tflite_weights import (
     Conv2dTFSame,
     load_tflite_weights,
@@ -30,18 +31,9 @@ def _rgb224(path: Path) -> np.ndarray:
 
 def _litert_logits(model_path: Path, rgb: np.ndarray) -> np.ndarray:
     """The float logits LiteRT computes before its softmax (all tensors kept, the softmax input read back)."""
-    interpreter_mod = pytest.importorskip("ai_edge_litert.interpreter")
-    interpreter = interpreter_mod.Interpreter(str(model_path), experimental_preserve_all_tensors=True)
-    interpreter.allocate_tensors()
-    inp = interpreter.get_input_details()[0]
-    pixels = rgb[None].astype(np.int16) - (128 if inp["dtype"] == np.int8 else 0)
-    interpreter.set_tensor(inp["index"], pixels.astype(inp["dtype"]))
-    interpreter.invoke()
+    interpreter = run_litert(model_path, rgb)
     softmax = next(op for op in interpreter._get_ops_details() if op["op_name"] == "SOFTMAX")
-    detail = next(t for t in interpreter.get_tensor_details() if t["index"] == softmax["inputs"][0])
-    raw = interpreter.get_tensor(detail["index"]).astype(np.float32).reshape(-1)
-    scale, zero = detail["quantization"]
-    return (raw - zero) * scale if scale else raw
+    return dequantized(interpreter, softmax["inputs"][0]).reshape(-1)
 
 
 @pytest.mark.data
@@ -91,16 +83,8 @@ SEGMENTER = "deeplabv3_mnv2_pascal_quant.tflite"  # DeepLabV3 on PASCAL VOC: Mob
 
 def _litert_op_output(model_path: Path, rgb: np.ndarray, op_index: int) -> tuple[np.ndarray, np.ndarray]:
     """(dequantized output of operator ``op_index`` (NHWC), the model's final output) for one uint8 RGB image."""
-    interpreter_mod = pytest.importorskip("ai_edge_litert.interpreter")
-    interpreter = interpreter_mod.Interpreter(str(model_path), experimental_preserve_all_tensors=True)
-    interpreter.allocate_tensors()
-    inp = interpreter.get_input_details()[0]
-    interpreter.set_tensor(inp["index"], rgb[None].astype(inp["dtype"]))
-    interpreter.invoke()
-    out_index = interpreter._get_ops_details()[op_index]["outputs"][0]
-    detail = next(t for t in interpreter.get_tensor_details() if t["index"] == out_index)
-    scale, zero = detail["quantization"]
-    feature = (interpreter.get_tensor(out_index).astype(np.float32) - zero) * scale
+    interpreter = run_litert(model_path, rgb)
+    feature = dequantized(interpreter, interpreter._get_ops_details()[op_index]["outputs"][0])
     return feature[0], interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[0]
 
 
