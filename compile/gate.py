@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from compile.onnx_export import INPUT_NAME, DeployableMask2Former
+from compile.onnx_export import INPUT_NAME, OUTPUTS, DeployableMask2Former
 from runtimes.base import Backend
 from runtimes.errors import M2FError
 from runtimes.geometry import fit_to_input
@@ -59,12 +59,12 @@ def gate_image(frame: np.ndarray, input_spec: Mapping[str, Any], labels: np.ndar
     return GateImage(image, placed)
 
 
-def _semantic_view(outputs: Sequence[np.ndarray], task: str, size: tuple[int, int]) -> np.ndarray:
-    """(H, W) int64 labels from either kind of output (label map, or logits + low-resolution masks)."""
+def _semantic_view(outputs: Mapping[str, np.ndarray], task: str, size: tuple[int, int]) -> np.ndarray:
+    """(H, W) int64 labels from either kind of output (label map, or logits + low-resolution masks), by name."""
     if task == "semantic":
-        return np.asarray(outputs[0])[0].astype(np.int64)
-    logits, masks = (torch.from_numpy(np.asarray(o, dtype=np.float32)) for o in outputs)  # (1, Q, K+1), (1, Q, h, w)
-    return semantic_labels(logits, masks, size)[0].numpy().astype(np.int64)
+        return np.asarray(outputs["labels"])[0].astype(np.int64)
+    logits, masks = (torch.from_numpy(np.asarray(outputs[n], dtype=np.float32)) for n in ("pred_logits", "pred_masks"))
+    return semantic_labels(logits, masks, size)[0].numpy().astype(np.int64)  # from (1, Q, K+1), (1, Q, h, w)
 
 
 def run_gate(
@@ -86,12 +86,12 @@ def run_gate(
     for item in tqdm(images, desc=f"gate {precision}", leave=False):
         batch = item.image[None]
         with torch.no_grad():
-            want = [t.numpy() for t in reference(torch.from_numpy(batch))]
+            want = dict(zip(OUTPUTS[task], (t.numpy() for t in reference(torch.from_numpy(batch))), strict=True))
         got = backend.run({INPUT_NAME: batch})
-        got = [got[name] for name in backend.output_names]
-        if task != "semantic":
-            for name, a, b in zip(backend.output_names, got, want, strict=True):
-                max_diff[name] = max(max_diff.get(name, 0.0), float(np.abs(a.astype(np.float64) - b).max()))
+        for name, value in want.items():  # the float outputs' drift (the label map is compared below)
+            if np.issubdtype(value.dtype, np.floating):
+                diff = float(np.abs(got[name].astype(np.float64) - value).max())
+                max_diff[name] = max(max_diff.get(name, 0.0), diff)
         size = item.image.shape[:2]
         ref_labels, art_labels = _semantic_view(want, task, size), _semantic_view(got, task, size)
         agree += int((ref_labels == art_labels).sum())
