@@ -21,10 +21,10 @@ frames, one a second from a driving car, move 51-69 %; consecutive frames of the
 from the model's labels.
 ``ScoreStabilizer`` runs before it where the artifact gives per-class scores (``result.class_scores``, semantic
 artifacts exported since the score output exists): an exponential moving average of the scores on pixels that did
-not move (restarted where they did), and the shown class changes only when another one beats it by ``margin``.
-On the first 150 frames of two shared clips, flicker on unchanged pixels, label stabiliser alone -> scores smoothed
-first (``python -m benchmarks.score_smoothing``, torch fp32 scores): one-by-one-person 1.05 -> 0.28 %,
-car-detection 3.46 -> 1.70 %.
+not move (restarted where they did), the smoothed class changes only when another one beats it by ``margin``, and
+a still pixel keeps its label until that decision changes there. On the first 150 frames of two shared clips,
+flicker on unchanged pixels, label stabiliser alone -> scores smoothed first (``python -m benchmarks.temporal``,
+the packaged default on OpenVINO bf16): one-by-one-person 1.21 -> 0.29 %, car-detection 3.25 -> 1.42 %.
 Numpy and OpenCV only, per stream: not thread-safe, one per stream.
 """
 
@@ -52,6 +52,12 @@ def _check(frame: np.ndarray, labels: np.ndarray) -> None:
 def changed(a: np.ndarray, b: np.ndarray, level: int) -> np.ndarray:
     """(H, W) bool: a pixel whose colour moved by ``level`` or more in any channel."""
     return cv2.absdiff(a, b).max(axis=2) >= level
+
+
+def _motion(frame: np.ndarray, previous: np.ndarray, level: int, cut_share: float) -> np.ndarray | None:
+    """What moved since ``previous`` (see :func:`changed`), or None when more than ``cut_share`` did: a cut."""
+    moved = changed(frame, previous, level)
+    return None if moved.mean() > cut_share else moved
 
 
 class FlowWarp:
@@ -211,10 +217,8 @@ class LabelStabilizer:
         _check(frame, labels)
         moved = None
         if self._shown is not None and self._previous is not None and self._shown.shape == labels.shape:
-            moved = changed(frame, self._previous, self.change_level)
-            if moved.mean() > self.cut_share:
-                self.restarts += 1
-                moved = None
+            moved = _motion(frame, self._previous, self.change_level, self.cut_share)
+            self.restarts += int(moved is None)  # a cut
         if moved is None:  # the first frame, a new size or a cut: the model's labels as they are
             self._shown, self._previous = labels.copy(), frame.copy()
             self._candidate, self._streak = labels.copy(), np.zeros(labels.shape, np.uint16)
@@ -260,10 +264,8 @@ class ScoreStabilizer:
         moved = None
         same_shapes = self._output is not None and self._output.shape == labels.shape
         if same_shapes and self._average is not None and self._average.shape == scores.shape:
-            moved = changed(small, self._small, self.change_level)
-            if moved.mean() > self.cut_share:
-                self.restarts += 1
-                moved = None
+            moved = _motion(small, self._small, self.change_level, self.cut_share)
+            self.restarts += int(moved is None)  # a cut
         h, w = labels.shape
 
         def full(plane: np.ndarray) -> np.ndarray:

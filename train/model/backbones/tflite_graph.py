@@ -4,7 +4,7 @@ whose channel widths match no timm model).
 
 The body is the file's convolutional trunk (``TFLiteWeights.body_end``: it stops before the first pooling or
 concatenation, so DeepLab's ASPP head and a classifier's pooling stay out). Feature maps are tapped at strides 4,
-8, 16 and 32: the last tensor at each. A DeepLab body runs atrous (output stride 16 or 8: a stride dropped, later
+8, 16 and 32: the last block output at each. A DeepLab body runs atrous (output stride 16 or 8: a stride dropped, later
 kernels dilated); it is rebuilt undilated (the stride put back on the spatial convolution that lost it, the
 dilations divided out), DeepLab's own equivalence run backwards, so it reaches stride 32 like any backbone here.
 
@@ -22,11 +22,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from train.model.backbones.tflite_weights import Conv2dTFSame, TFLiteWeights, read_tflite_weights
+from train.model.backbones.tflite_weights import (
+    Conv2dTFSame,
+    TFLiteAdd,
+    TFLiteLayer,
+    TFLiteWeights,
+    read_tflite_weights,
+)
 from train.model.config import TFLiteGraphConfig
 
 STRIDES = (4, 8, 16, 32)
-_ACTIVATIONS = {"none": None, "relu": F.relu, "relu6": F.relu6}
+_ACTIVATION_FUNCTIONS = {"none": None, "relu": F.relu, "relu6": F.relu6}
 
 
 def graph_spec(weights: TFLiteWeights, undilate: bool = True, strides: tuple[int, ...] = STRIDES) -> dict[str, Any]:
@@ -43,9 +49,9 @@ def graph_spec(weights: TFLiteWeights, undilate: bool = True, strides: tuple[int
         + [add for add in weights.adds if add.index < weights.body_end],
         key=lambda op: op.index,
     )
-    if not body or not hasattr(body[0], "kind"):
+    if not body or isinstance(body[0], TFLiteAdd):
         raise ValueError(f"{weights.path}: the graph does not start with a convolution")
-    spatial = [op for op in body if hasattr(op, "kind") and max(op.weight.shape[2:]) > 1]
+    spatial = [op for op in body if isinstance(op, TFLiteLayer) and max(op.weight.shape[2:]) > 1]
     extra_stride: dict[int, int] = {}  # operator index -> the stride DeepLab took away from it
     divide: dict[int, int] = {}  # operator index -> the dilation factor divided out
     absorbed, previous = 1, None
@@ -61,11 +67,11 @@ def graph_spec(weights: TFLiteWeights, undilate: bool = True, strides: tuple[int
     stride_of = {body[0].input: 1}
     ops = []
     for op in body:
-        if not hasattr(op, "kind"):  # an ADD
+        if isinstance(op, TFLiteAdd):
             joined = {stride_of.get(t) for t in op.inputs}
             if len(joined) != 1 or None in joined:
                 raise ValueError(f"{weights.path}: the ADD at operator {op.index} joins tensors at strides {joined}")
-            if op.activation not in _ACTIVATIONS:
+            if op.activation not in _ACTIVATION_FUNCTIONS:
                 raise ValueError(f"{weights.path}: operator {op.index} has activation {op.activation}")
             stride_of[op.output] = joined.pop()
             ops.append({"op": "add", "index": op.index, "inputs": list(op.inputs), "output": op.output,
@@ -73,7 +79,7 @@ def graph_spec(weights: TFLiteWeights, undilate: bool = True, strides: tuple[int
             continue
         if op.input not in stride_of:
             raise ValueError(f"{weights.path}: operator {op.index} ({op.name}) reads a tensor outside the body")
-        if op.activation not in _ACTIVATIONS:
+        if op.activation not in _ACTIVATION_FUNCTIONS:
             raise ValueError(f"{weights.path}: operator {op.index} ({op.name}) has activation {op.activation}")
         stride = op.stride[0] * extra_stride.get(op.index, 1)
         dilation = op.dilation[0] // divide.get(op.index, 1)  # a 1x1 conv is never dilated
@@ -157,6 +163,6 @@ class TFLiteGraphBackbone(nn.Module):
                 y = tensors[op["inputs"][0]] + tensors[op["inputs"][1]]
             else:
                 y = self.convs[str(op["index"])](tensors[op["inputs"][0]])
-            act = _ACTIVATIONS[op["act"]]
+            act = _ACTIVATION_FUNCTIONS[op["act"]]
             tensors[op["output"]] = act(y) if act is not None else y
         return [tensors[t] for t in self.taps]
