@@ -339,3 +339,18 @@ def test_postprocess_errors_say_what_is_missing(task, outputs, match):
 def test_postprocess_rejects_unknown_task():
     with pytest.raises(ValueError, match="unknown task"):
         pp.postprocess({}, metadata("depth"), GEOMETRIES["no-resize"])
+
+
+def test_class_scores_at_a_quarter_of_the_frame() -> None:
+    """The semantic graph's scores: the frame's region cropped at the mask stride, resized to a quarter of the frame
+    (bilinear: a constant stays constant); wrong shapes are refused with a message."""
+    geometry = GEOMETRIES["letterbox"]  # frame 100x200 placed as 80x160 in a 128x160 input
+    scores = np.zeros((3, 32, 40), np.float32)  # (K, 128/4, 160/4)
+    scores[1, :20, :40] = 0.7  # the frame's region (80/4 x 160/4)
+    out = pp.scores_at_frame(scores, geometry)
+    assert out.shape == (3, 25, 50) and out.dtype == np.float32
+    np.testing.assert_allclose(out[1], 0.7, rtol=1e-6)
+    with pytest.raises(pp.OutputsError, match=r"expected \(K, h, w\) class scores"):
+        pp.scores_at_frame(scores[0], geometry)
+    with pytest.raises(pp.OutputsError, match="smaller than the frame's region"):
+        pp.scores_at_frame(scores[:, :10], geometry)
