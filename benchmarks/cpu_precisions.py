@@ -1,27 +1,34 @@
-"""Every CPU precision of one model side by side, interleaved frame by frame in one process, beside the LiteRT peer:
-the measurement behind each runtime's ``cpu_speed_order`` (``runtimes.registry``).
+"""Every CPU precision of one model side by side, beside the LiteRT peer, each row alone in its own process: the
+measurement behind each runtime's ``cpu_speed_order`` (``runtimes.registry``) and the SDK's speed against the peer.
 
     python -m benchmarks.cpu_precisions --fp32 A_fp32.onnx --openvino-int8 A_ov_int8.onnx \
         --onnxruntime-int8 A_ort_int8.onnx --images ../shared/data/camvid/val --frames 10 --out DIR
 
 Rows: OpenVINO fp32 / bf16 (the fp32 artifact lowered; only where the CPU has native bf16) / int8, ONNX Runtime
-fp32 / int8, and the LiteRT peer when its file is here. Each frame goes through every row in turn, so a busy machine
-slows all rows alike; the table gives medians of ``SegmentationResult.timings["inference_ms"]`` and end-to-end ms,
-the ratio to OpenVINO fp32, and the CPU it ran on. Writes ``cpu_precisions.md/.json`` to ``--out``.
+fp32 / int8, and the LiteRT peer when its file is here. Each round starts every row in a fresh process, one after
+the other, in an order rotated from round to round, so a busy machine slows all rows alike. Rows never share a
+process: two runtimes' thread pools in one process compete for the same cores (measured, 2-core AMD EPYC: the
+LiteRT peer took 75 ms a frame beside OpenVINO, 43-47 ms alone). ``--in-process`` keeps the older frame-by-frame
+interleaving in one process. The table gives medians of ``SegmentationResult.timings["inference_ms"]`` and
+end-to-end ms, the ratio to OpenVINO fp32, and the CPU it ran on. Writes ``cpu_precisions.md/.json`` to ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from runtimes.vocabulary import image_files
+
+PEER_ROW = "LiteRT peer (int8)"
 
 
 def _rows(args: argparse.Namespace) -> dict[str, tuple[str, Path, str | None]]:
@@ -38,55 +45,120 @@ def _rows(args: argparse.Namespace) -> dict[str, tuple[str, Path, str | None]]:
     return rows
 
 
-def measure(args: argparse.Namespace) -> dict:
-    import sdk
-    from benchmarks.litert_peer import LiteRtDeepLab, PeerNotAvailable, default_peer_path
-    from runtimes import read_metadata
-    from runtimes.cpu_features import cpu_features
-
+def _frames(args: argparse.Namespace) -> list[np.ndarray]:
     files = image_files(Path(args.images))
     if not files:
         raise FileNotFoundError(f"no images under {args.images}")
-    frames = [cv2.imread(str(files[i])) for i in np.linspace(0, len(files) - 1, args.frames).astype(int)]
-    runners = {}
-    for label, (runtime, path, precision) in _rows(args).items():
-        segmenter = sdk.Segmenter(runtime, model=path, precision=precision, threads=args.threads)
-        runners[label] = lambda f, s=segmenter: s.predict(f).timings["inference_ms"]
-    try:
-        names = read_metadata(args.fp32)["class_names"]
-        peer = LiteRtDeepLab(default_peer_path(), names, threads=args.threads)
-        runners["LiteRT peer (int8)"] = lambda f: peer.predict(f)[1]["inference_ms"]
-    except PeerNotAvailable as err:
-        print(f"cpu_precisions: no peer row: {err}", file=sys.stderr)
-    for run in runners.values():
-        run(frames[0])  # warm-up
-    infer: dict[str, list[float]] = {k: [] for k in runners}
-    total: dict[str, list[float]] = {k: [] for k in runners}
-    for _ in range(args.rounds):
-        for frame in frames:
-            for label, run in runners.items():
-                start = time.perf_counter()
-                infer[label].append(run(frame))
-                total[label].append((time.perf_counter() - start) * 1000)
+    return [cv2.imread(str(files[i])) for i in np.linspace(0, len(files) - 1, args.frames).astype(int)]
+
+
+def _runner(args: argparse.Namespace, label: str) -> Callable[[np.ndarray], float]:
+    """One row, loaded in this process: frame -> inference ms. Raises PeerNotAvailable for a peer that cannot run."""
+    import sdk
+    from benchmarks.litert_peer import LiteRtDeepLab, default_peer_path
+    from runtimes import read_metadata
+
+    if label == PEER_ROW:
+        peer = LiteRtDeepLab(default_peer_path(), read_metadata(args.fp32)["class_names"], threads=args.threads)
+        return lambda f: peer.predict(f)[1]["inference_ms"]
+    runtime, path, precision = _rows(args)[label]
+    segmenter = sdk.Segmenter(runtime, model=path, precision=precision, threads=args.threads)
+    return lambda f: segmenter.predict(f).timings["inference_ms"]
+
+
+def _time(run: Callable[[np.ndarray], float], frames: list[np.ndarray]) -> tuple[list[float], list[float]]:
+    """(inference ms, end-to-end ms) per frame, after one untimed warm-up frame."""
+    run(frames[0])
+    infer, total = [], []
+    for frame in frames:
+        start = time.perf_counter()
+        infer.append(run(frame))
+        total.append((time.perf_counter() - start) * 1000)
+    return infer, total
+
+
+def _labels(args: argparse.Namespace) -> list[str]:
+    """Every row to measure; the peer's only where it can run (checked in a throw-away process: LiteRT stays out
+    of this one)."""
+    labels = list(_rows(args))
+    probe = subprocess.run([*_row_command(args), "--probe-peer"], capture_output=True, text=True)
+    if probe.returncode == 0:
+        labels.append(PEER_ROW)
+    else:
+        print(f"cpu_precisions: no peer row: {probe.stderr.strip()}", file=sys.stderr)
+    return labels
+
+
+def _row_command(args: argparse.Namespace) -> list[str]:
+    command = [sys.executable, "-m", "benchmarks.cpu_precisions", "--fp32", str(args.fp32), "--images",
+               str(args.images), "--frames", str(args.frames), "--threads", str(args.threads)]  # fmt: skip
+    for flag, value in (("--openvino-int8", args.openvino_int8), ("--onnxruntime-int8", args.onnxruntime_int8)):
+        if value:
+            command += [flag, str(value)]
+    return command
+
+
+def _in_own_process(args: argparse.Namespace, label: str) -> tuple[list[float], list[float]]:
+    done = subprocess.run([*_row_command(args), "--one-row", label], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"row {label!r} failed (exit {done.returncode}): {done.stderr.strip()[-2000:]}")
+    timings = json.loads(done.stdout.strip().splitlines()[-1])
+    return timings["inference_ms"], timings["end_to_end_ms"]
+
+
+def measure(args: argparse.Namespace) -> dict:
+    from benchmarks.litert_peer import PeerNotAvailable
+    from runtimes.cpu_features import cpu_features
+
+    frames = _frames(args)
+    infer: dict[str, list[float]] = {}
+    total: dict[str, list[float]] = {}
+    if args.in_process:
+        runners = {}
+        for label in [*_rows(args), PEER_ROW]:
+            try:
+                runners[label] = _runner(args, label)
+            except PeerNotAvailable as err:
+                print(f"cpu_precisions: no peer row: {err}", file=sys.stderr)
+        for label in runners:
+            infer[label], total[label] = [], []
+        for run in runners.values():
+            run(frames[0])  # warm-up
+        for _ in range(args.rounds):
+            for frame in frames:
+                for label, run in runners.items():
+                    start = time.perf_counter()
+                    infer[label].append(run(frame))
+                    total[label].append((time.perf_counter() - start) * 1000)
+    else:
+        labels = _labels(args)
+        infer, total = {k: [] for k in labels}, {k: [] for k in labels}
+        for index in range(args.rounds):
+            for label in labels[index % len(labels) :] + labels[: index % len(labels)]:
+                row_infer, row_total = _in_own_process(args, label)
+                infer[label] += row_infer
+                total[label] += row_total
     base = float(np.median(infer["OpenVINO fp32"]))
     return {
         "cpu": cpu_features().describe(),
         "threads": args.threads,
         "frames": len(frames) * args.rounds,
+        "mode": "one process per row and round" if not args.in_process else "interleaved in one process",
         "rows": {
             k: {
                 "inference_ms": float(np.median(infer[k])),
                 "end_to_end_ms": float(np.median(total[k])),
                 "vs_openvino_fp32": float(np.median(infer[k])) / base,
             }
-            for k in runners
+            for k in infer
         },
     }
 
 
 def markdown(report: dict) -> str:
     lines = [
-        f"CPU: {report['cpu']}; {report['threads']} threads; {report['frames']} frames per row, interleaved.",
+        f"CPU: {report['cpu']}; {report['threads']} threads; {report['frames']} frames per row, "
+        f"{report.get('mode', 'interleaved in one process')}.",
         "",
         "| row | inference ms (median) | end to end ms | inference / OpenVINO fp32 |",
         "|---|---|---|---|",
@@ -96,6 +168,21 @@ def markdown(report: dict) -> str:
             f"| {label} | {row['inference_ms']:.1f} | {row['end_to_end_ms']:.1f} | {row['vs_openvino_fp32']:.2f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _child(args: argparse.Namespace) -> int:
+    """A row's own process: time it (``--one-row``) or check that the peer loads (``--probe-peer``)."""
+    from benchmarks.litert_peer import PeerNotAvailable
+
+    try:
+        run = _runner(args, PEER_ROW if args.probe_peer else args.one_row)
+    except PeerNotAvailable as err:
+        print(err, file=sys.stderr)
+        return 3
+    if not args.probe_peer:
+        infer, total = _time(run, _frames(args))
+        print(json.dumps({"inference_ms": infer, "end_to_end_ms": total}))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,10 +195,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, help="folder for cpu_precisions.md/.json")
+    parser.add_argument("--in-process", action="store_true", help="every row in this process, frame by frame")
+    parser.add_argument("--one-row", help=argparse.SUPPRESS)  # a child: time this row, print its timings as JSON
+    parser.add_argument("--probe-peer", action="store_true", help=argparse.SUPPRESS)  # a child: can the peer run?
     args = parser.parse_args(argv)
     try:
+        if args.probe_peer or args.one_row:
+            return _child(args)
         report = measure(args)
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, RuntimeError) as err:
         print(f"cpu_precisions: {err}", file=sys.stderr)
         return 2
     text = markdown(report)
