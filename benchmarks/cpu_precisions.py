@@ -45,11 +45,16 @@ def _rows(args: argparse.Namespace) -> dict[str, tuple[str, Path, str | None]]:
     return rows
 
 
-def _frames(args: argparse.Namespace) -> list[np.ndarray]:
+def _frame_files(args: argparse.Namespace) -> list[Path]:
+    """The ``--frames`` files picked evenly from ``--images`` (repeats where the folder holds fewer)."""
     files = image_files(Path(args.images))
     if not files:
         raise FileNotFoundError(f"no images under {args.images}")
-    return [cv2.imread(str(files[i])) for i in np.linspace(0, len(files) - 1, args.frames).astype(int)]
+    return [files[i] for i in np.linspace(0, len(files) - 1, args.frames).astype(int)]
+
+
+def _frames(args: argparse.Namespace) -> list[np.ndarray]:
+    return [cv2.imread(str(path)) for path in _frame_files(args)]
 
 
 def _runner(args: argparse.Namespace, label: str) -> Callable[[np.ndarray], float]:
@@ -66,15 +71,18 @@ def _runner(args: argparse.Namespace, label: str) -> Callable[[np.ndarray], floa
     return lambda f: segmenter.predict(f).timings["inference_ms"]
 
 
+def _timed(run: Callable[[np.ndarray], float], frame: np.ndarray) -> tuple[float, float]:
+    """(inference ms as the row reports it, end-to-end ms around the call) for one frame."""
+    start = time.perf_counter()
+    inference = run(frame)
+    return inference, (time.perf_counter() - start) * 1000
+
+
 def _time(run: Callable[[np.ndarray], float], frames: list[np.ndarray]) -> tuple[list[float], list[float]]:
     """(inference ms, end-to-end ms) per frame, after one untimed warm-up frame."""
     run(frames[0])
-    infer, total = [], []
-    for frame in frames:
-        start = time.perf_counter()
-        infer.append(run(frame))
-        total.append((time.perf_counter() - start) * 1000)
-    return infer, total
+    infer, total = zip(*(_timed(run, frame) for frame in frames), strict=True)
+    return list(infer), list(total)
 
 
 def _labels(args: argparse.Namespace) -> list[str]:
@@ -110,10 +118,11 @@ def measure(args: argparse.Namespace) -> dict:
     from benchmarks.litert_peer import PeerNotAvailable
     from runtimes.cpu_features import cpu_features
 
-    frames = _frames(args)
+    frame_count = len(_frame_files(args))  # the children read the frames; here only a missing folder is refused
     infer: dict[str, list[float]] = {}
     total: dict[str, list[float]] = {}
     if args.in_process:
+        frames = _frames(args)
         runners = {}
         for label in [*_rows(args), PEER_ROW]:
             try:
@@ -127,9 +136,9 @@ def measure(args: argparse.Namespace) -> dict:
         for _ in range(args.rounds):
             for frame in frames:
                 for label, run in runners.items():
-                    start = time.perf_counter()
-                    infer[label].append(run(frame))
-                    total[label].append((time.perf_counter() - start) * 1000)
+                    inference, end_to_end = _timed(run, frame)
+                    infer[label].append(inference)
+                    total[label].append(end_to_end)
     else:
         labels = _labels(args)
         infer, total = {k: [] for k in labels}, {k: [] for k in labels}
@@ -142,7 +151,7 @@ def measure(args: argparse.Namespace) -> dict:
     return {
         "cpu": cpu_features().describe(),
         "threads": args.threads,
-        "frames": len(frames) * args.rounds,
+        "frames": frame_count * args.rounds,
         "mode": "one process per row and round" if not args.in_process else "interleaved in one process",
         "rows": {
             k: {

@@ -42,6 +42,9 @@ def test_rows_run_in_their_own_processes(tmp_path: Path) -> None:
         peer_here = False
     assert (cpu_precisions.PEER_ROW in report["rows"]) == peer_here
     assert "one process per row and round" in (tmp_path / "cpu_precisions.md").read_text()
+    assert cpu_precisions.main([*argv, "--in-process", "--out", str(tmp_path / "one")]) == 0
+    one = json.loads((tmp_path / "one" / "cpu_precisions.json").read_text())
+    assert one["mode"] == "interleaved in one process" and set(one["rows"]) == set(report["rows"])
 
 
 def test_a_row_that_fails_is_a_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
