@@ -32,6 +32,7 @@ from runtimes.vocabulary import MASK_STRIDE, OBJECT_MASK_THRESHOLD, OVERLAP_THRE
 logger = logging.getLogger(__name__)
 
 _CHUNK_ELEMENTS = 1 << 22  # ~16 MB of float32 per chunk of work
+CV_MAX_CHANNELS = 128  # the most channels one cv2.resize takes on every OpenCV this supports (5.x: 128)
 
 
 class OutputsError(M2FError, ValueError):
@@ -223,10 +224,16 @@ def scores_at_frame(scores: np.ndarray, geometry: Geometry) -> np.ndarray:
     if rh > scores.shape[1] or rw > scores.shape[2]:
         raise OutputsError(f"class scores {scores.shape} are smaller than the frame's region {geometry.resized_size}")
     h, w = (-(-n // MASK_STRIDE) for n in geometry.frame_size)
-    region = np.ascontiguousarray(scores[:, :rh, :rw].transpose(1, 2, 0))  # (rh, rw, K)
-    if (rh, rw) != (h, w):
-        region = cv2.resize(region, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, -1)
-    return np.ascontiguousarray(region.transpose(2, 0, 1))
+    region = scores[:, :rh, :rw]
+    if (rh, rw) == (h, w):
+        return np.ascontiguousarray(region)
+    # OpenCV 5 takes at most 128 channels per image (4.x: 512): ADE20K's 150 classes go in groups
+    groups = [
+        cv2.resize(np.ascontiguousarray(part.transpose(1, 2, 0)), (w, h), interpolation=cv2.INTER_LINEAR)
+        for part in np.array_split(region, -(-len(region) // CV_MAX_CHANNELS))
+    ]
+    groups = [g.reshape(h, w, -1) for g in groups]  # one channel comes back (h, w)
+    return np.ascontiguousarray(np.concatenate(groups, axis=2).transpose(2, 0, 1))
 
 
 def semantic_from_outputs(logits: np.ndarray, masks: np.ndarray, geometry: Geometry) -> np.ndarray:

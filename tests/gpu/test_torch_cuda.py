@@ -132,10 +132,10 @@ def test_segmenter_cuda_matches_torch_on_cpu(trained_checkpoint: tuple[Path, lis
 def test_explicit_cuda_graph_raises_when_capture_fails(checkpoint: Path) -> None:
     """Last in this file: a broken capture is the one test here that leaves CUDA error handling to torch."""
 
-    class Syncs(torch.nn.Module):  # .item() is a host sync: not capturable
-        def forward(self, image: torch.Tensor) -> torch.Tensor:
-            labels = image[..., 0]
-            return labels + int(labels.float().mean().item() > 300)
+    class Syncs(torch.nn.Module):  # .item() is a host sync: not capturable; runs eagerly as the graph would
+        def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+            labels = images[..., 0]
+            return {"labels": labels + int(labels.float().mean().item() > 300), "class_scores": images.float()}
 
     _, metadata = deployable(checkpoint, "semantic")
     (image,) = frames(1)

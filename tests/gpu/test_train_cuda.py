@@ -8,10 +8,12 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.gpu import GPU
 from tests.train.test_training import tiny_train_config
 from train.data.synthetic import write_synthetic_dataset
+from train.model.pixel_decoder import MSDeformAttn
 from train.train_config import TrainConfig
 from train.trainer import Trainer
 
@@ -46,10 +48,27 @@ def test_training_steps_on_cuda(scenes: Path, tmp_path: Path, amp: str, msda_ker
     assert (tmp_path / "model_final.pt").exists()
 
 
+def off_the_lattice(model: torch.nn.Module) -> None:
+    """Move every deformable-attention sample a fraction of a pixel off the pixel grid.
+
+    Deformable DETR's init (zero offset weights, integer offset biases, references at pixel centres) puts every
+    sample exactly on a pixel centre, where bilinear sampling has a kink and no derivative: the kernel and
+    ``grid_sample`` round the coordinate differently (a fused multiply-add moves some to the other side) and take
+    different slopes (on an H200: one offset row's gradient 16 % apart). Off the lattice both must agree.
+    """
+    attentions = [m for m in model.modules() if isinstance(m, MSDeformAttn)]
+    assert attentions, "the model has no deformable attention"
+    with torch.no_grad():
+        for attention in attentions:
+            bias = attention.sampling_offsets.bias.view(-1, 2)  # (x, y) pixels of each head, level and point
+            bias.add_(torch.tensor([0.3, 0.2], device=bias.device))
+
+
 def test_gradients_match_the_reference_path(
     scenes: Path, tmp_path: Path, exact_fp32: None, msda_kernel_calls: list, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     trainer = swin_trainer(scenes, tmp_path, amp="none", clip_grad_norm=0.0)
+    off_the_lattice(trainer.model)
     batch = next(iter(trainer._loader()))
     start = {
         "model": copy.deepcopy(trainer.model.state_dict()),

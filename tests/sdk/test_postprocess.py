@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -354,3 +355,15 @@ def test_class_scores_at_a_quarter_of_the_frame() -> None:
         pp.scores_at_frame(scores[0], geometry)
     with pytest.raises(pp.OutputsError, match="smaller than the frame's region"):
         pp.scores_at_frame(scores[:, :10], geometry)
+
+
+@pytest.mark.parametrize("classes", [150, 300])
+def test_class_scores_of_more_classes_than_opencv_resizes_at_once(classes: int) -> None:
+    """ADE20K's 150 classes: more channels than one ``cv2.resize`` takes on OpenCV 5 (128); every class plane is
+    resized as it would be alone (to float32 rounding: one channel takes another OpenCV path)."""
+    geometry = GEOMETRIES["letterbox"]
+    scores = np.random.default_rng(0).random((classes, 32, 40), dtype=np.float32)
+    out = pp.scores_at_frame(scores, geometry)
+    assert out.shape == (classes, 25, 50)
+    alone = [cv2.resize(plane[:20, :40], (50, 25), interpolation=cv2.INTER_LINEAR) for plane in scores]
+    np.testing.assert_allclose(out, np.stack(alone), atol=1e-5)
