@@ -220,7 +220,7 @@ def test_int8_execution_check_tells_int8_from_float(scenes, tmp_path, target):
 
 
 @pytest.mark.slow
-def test_keep_float_rules_find_the_image_conv_and_attention_products(scenes, tmp_path):
+def test_keep_float_rules_find_the_image_conv_and_attention_products(scenes, tmp_path, caplog):
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     prepared = tmp_path / "prepared.onnx"
@@ -232,6 +232,9 @@ def test_keep_float_rules_find_the_image_conv_and_attention_products(scenes, tmp
     # 3 decoder layers x (masked cross-attention + self-attention) x (Q.K^T, softmax.V)
     assert len(precision.attention_matmuls(model)) == 12
     assert precision.linear_bottlenecks(model) == [] and precision.depthwise_convs(model) == []  # a ResNet has none
+    with caplog.at_level(logging.WARNING, logger="compile.precision"):
+        assert precision.stem_convs(model) == convs  # a ResNet pools to a quarter right after its image conv
+    assert "size is unknown" not in caplog.text  # the sizes were known
     with pytest.raises(ValueError, match="unknown keep-float rule"):
         precision.keep_float_nodes(model, ["stem"])
 
@@ -329,3 +332,36 @@ def test_linear_bottleneck_rule_finds_mobilenet_projections():
     assert precision.linear_bottlenecks(model) == ["project"]
     assert precision.depthwise_convs(model) == ["dw"]
     assert "project" in precision.keep_float_nodes(model)  # a default rule
+
+
+def _conv_chain(size: int | str) -> onnx.ModelProto:
+    """image -> 3x3/2 conv -> 1x1 -> 3x3/2 -> 1x1: the stem of a MobileNet-EdgeTPU in miniature."""
+    from onnx import TensorProto, helper
+
+    nodes, inits = [], []
+    for name, x, y, c_in, c_out, k, stride in [
+        ("image", "x", "a", 3, 8, 3, 2),  # reads the image
+        ("project", "a", "b", 8, 4, 1, 1),  # at half resolution: stem
+        ("expand", "b", "c", 4, 16, 3, 2),  # reads half resolution, writes a quarter: stem
+        ("late", "c", "y", 16, 8, 1, 1),  # at a quarter: not stem
+    ]:
+        weight = helper.make_tensor(f"{name}_w", TensorProto.FLOAT, [c_out, c_in, k, k], [0.1] * (c_out * c_in * k * k))
+        pads = [k // 2] * 4
+        nodes.append(helper.make_node("Conv", [x, weight.name], [y], name=name, strides=[stride] * 2, pads=pads))
+        inits.append(weight)
+    graph = helper.make_graph(
+        nodes, "stem",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, None, None])],
+        inits,
+    )  # fmt: skip
+    return onnx.helper.make_model(graph)
+
+
+def test_stem_rule_keeps_the_convs_at_half_resolution_or_finer(caplog):
+    model = _conv_chain(64)
+    assert precision.stem_convs(model) == ["image", "project", "expand"]
+    assert precision.keep_float_nodes(model)[:3] == ["image", "project", "expand"]  # a default rule
+    with caplog.at_level(logging.WARNING, logger="compile.precision"):
+        assert precision.stem_convs(_conv_chain("side")) == ["image"]  # sizes unknown: the image convs, said so
+    assert "size is unknown" in caplog.text
