@@ -95,10 +95,12 @@ RUNTIMES: dict[str, RuntimeSpec] = {
             precisions=("fp32", "int8"),
             label="ONNX Runtime",
             passthrough="onnxruntime.SessionOptions attributes",
-            # fp32 first: its int8 was slower than its fp32 on the MobileNetV2 model (idle 2-core EPYC with VNNI,
-            # benchmarks/results/cpu_precisions: 120.7 vs 102.7 ms) though faster on the ResNet-18 default
-            # (86.5 vs 107.8 ms); int8 when asked for
-            cpu_speed_order=(("fp32", ""), ("int8", "")),
+            # int8 first where the CPU multiplies int8 in one instruction (VNNI; AMX CPUs have it too): on the
+            # default (2-core EPYC, VNNI + AVX512-BF16, each row alone) inference took int8 74.0 vs fp32 96.8 ms,
+            # as on the ResNet-18 default before it (86.5 vs 107.8); the MobileNetV2 default's 120.7 vs 102.7 ms
+            # was timed beside other runtimes in one process (benchmarks/results/issue20_onnxruntime). Without
+            # VNNI, not measured: fp32.
+            cpu_speed_order=(("int8", "vnni"), ("fp32", "")),
         ),
         RuntimeSpec(
             name="openvino",

@@ -136,4 +136,7 @@ def choose_precision(runtime: str, offers: Mapping[str, Path], features: CpuFeat
             why += f" ({'; '.join(passed)})"
         return PrecisionChoice(precision, offers[precision], why)
     precision = next(iter(offers))  # nothing in the speed order is offered: run what there is
-    return PrecisionChoice(precision, offers[precision], f"the only gated precision offered to {runtime}")
+    why = f"the only gated precision offered to {runtime}"
+    if precision in needs:
+        why += f", slow without {' or '.join(needs[precision])} on {features.describe()}"
+    return PrecisionChoice(precision, offers[precision], why)

@@ -11,7 +11,8 @@ from tests.conftest import data_root
 
 CAMVID = data_root() / "camvid"
 FP32 = DEFAULT_MODELS_DIR / "default_fp32.onnx"
-INT8 = DEFAULT_MODELS_DIR / "default_int8.onnx"
+INT8 = DEFAULT_MODELS_DIR / "default_int8.onnx"  # NNCF, for OpenVINO
+ORT_INT8 = DEFAULT_MODELS_DIR / "default_ort_int8.onnx"  # ONNX Runtime's own quantiser
 CAMVID_CLASSES = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian",
                   "Bicyclist"]  # fmt: skip
 
@@ -19,10 +20,15 @@ CAMVID_CLASSES = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSy
 def test_default_models_are_packaged_and_small():
     assert FP32.exists(), "sdk/models/default_fp32.onnx is the SDK's default model"
     assert sum(p.stat().st_size for p in DEFAULT_MODELS_DIR.glob("*.onnx")) <= 50 * 2**20
-    with Segmenter("onnxruntime") as seg:
+    with Segmenter("onnxruntime", precision="fp32") as seg:
         assert seg.metadata["task"] == "semantic"
         assert seg.metadata["class_names"] == CAMVID_CLASSES
         assert seg.metadata["accuracy"]["label_agreement"] >= 0.999  # its own export gate, recorded in the artifact
+    for precision, path, target in (("int8", INT8, "openvino"), ("int8", ORT_INT8, "onnxruntime")):
+        with Segmenter(target, precision=precision) as seg:
+            assert seg.model_path == path and seg.metadata["target"] == target  # each runtime its own quantiser's
+            assert seg.metadata["class_names"] == CAMVID_CLASSES
+            assert seg.metadata["accuracy"]["label_agreement"] >= 0.99
 
 
 def _val_pairs(count: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -54,8 +60,8 @@ def test_default_model_segments_camvid_val_and_int8_agrees():
     assert all(p.shape == label.shape for p, (_, label) in zip(fp32, pairs, strict=True))
     # the full val figure is in the README (m2f benchmark); 10 images of an untrained model score < 10
     assert _miou(fp32, [label for _, label in pairs]) > 45.0
-    if INT8.exists():
-        with Segmenter("cpu", precision="int8") as seg:
+    for target in ("cpu", "onnxruntime"):
+        with Segmenter(target, precision="int8") as seg:
             int8 = [seg.predict(image).semantic for image, _ in pairs]
         agreement = np.mean([(a == b).mean() for a, b in zip(fp32, int8, strict=True)])
-        assert agreement > 0.97
+        assert agreement > 0.97, target
