@@ -173,7 +173,48 @@ def train_edge(
     steady = [float(r["images_per_s"]) for r in rows[1:]] or [float(r["images_per_s"]) for r in rows]
     record["images_per_s"] = round(statistics.mean(steady), 1)  # the windows after the first (start-up, warm-up)
     record["loss_first_last"] = [round(float(rows[0]["loss"]), 3), round(float(rows[-1]["loss"]), 3)]
+    record["profile"] = profile_steps(Trainer(config, out / "profiled", progress=False), PROFILED_STEPS)
     return out / "model_final.pt"
+
+
+PROFILED_STEPS = 4
+HOST_SYNCS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "aten::_local_scalar_dense")
+
+
+def profile_steps(trainer: Any, steps: int) -> dict[str, Any]:
+    """Where a training step's time goes: ``torch.profiler`` over ``steps`` steps of a fresh trainer (batches
+    loaded first, one warm-up step): ms per step, device-busy ms, how often the host reads a device value (on CUDA a
+    wait: ``.item()``, a copy to the host), and the top ops by self device and self host time (ms per step)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = trainer.dist.device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    loader = iter(trainer._loader())
+    batches = [next(loader) for _ in range(steps + 1)]
+    trainer.train_step(batches[0], 0)
+    sync()
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    start = time.perf_counter()
+    with profile(activities=activities) as prof:
+        for i, batch in enumerate(batches[1:], start=1):
+            trainer.train_step(batch, i)
+        sync()
+    wall_ms = (time.perf_counter() - start) * 1000 / steps
+    averages = prof.key_averages()
+
+    def top(attr: str) -> list[list]:
+        ranked = sorted(averages, key=lambda e: getattr(e, attr), reverse=True)[:10]
+        return [[e.key, round(getattr(e, attr) / 1000 / steps, 2)] for e in ranked if getattr(e, attr) > 0]
+
+    return {
+        "steps": steps,
+        "step_ms": round(wall_ms, 1),
+        "device_busy_ms": round(sum(e.self_device_time_total for e in averages) / 1000 / steps, 1),
+        "host_syncs_per_step": sum(e.count for e in averages if e.key in HOST_SYNCS) / steps,
+        "top_device": top("self_device_time_total"),
+        "top_host": top("self_cpu_time_total"),
+    }
 
 
 def untrained_edge(path: Path) -> Path:
@@ -363,6 +404,18 @@ def render_markdown(data: dict[str, Any]) -> str:
             f"{train['crop']}, amp {train['amp']}, {train['workers']} loader workers, {train['iters']} iterations, "
             f"loss {train['loss_first_last'][0]} -> {train['loss_first_last'][1]}).",
         ]
+        prof = train.get("profile")
+        if prof:
+            lines += [
+                "",
+                f"Profiled ({prof['steps']} steps, `torch.profiler`): {prof['step_ms']} ms per step, device busy "
+                f"{prof['device_busy_ms']} ms, the host reads device values {prof['host_syncs_per_step']} times "
+                "per step. Top ops, ms per step, by self device time: "
+                + ", ".join(f"{k} {v}" for k, v in prof["top_device"][:6])
+                + "; by self host time: "
+                + ", ".join(f"{k} {v}" for k, v in prof["top_host"][:6])
+                + ".",
+            ]
     for name, model in data["latency"].items():
         rows = model.get("rows", {})
         base = rows.get(GPU_BASELINE, {})

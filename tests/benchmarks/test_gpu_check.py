@@ -34,6 +34,8 @@ def test_gpu_check_runs_every_step_on_cpu_without_openvino_or_pycocotools(tmp_pa
     assert "error" not in steps["pytest -m gpu"]["summary"]
     assert steps["train the edge model"]["status"] == "ok"
     assert report["training"]["images_per_s"] > 0
+    profiled = report["training"]["profile"]  # where a step's time goes, for the GPU run to tell
+    assert profiled["step_ms"] > 0 and profiled["top_host"] and profiled["host_syncs_per_step"] >= 1  # the loss read
     for name, model in report["latency"].items():
         rows = model["rows"]
         assert rows["torch eager fp32"]["model_ms"] > 0 and rows["torch eager fp32"]["agreement"] == 1.0, name
@@ -41,7 +43,7 @@ def test_gpu_check_runs_every_step_on_cpu_without_openvino_or_pycocotools(tmp_pa
     swin = report["latency"]["Swin-T ADE20K (random weights)"]["rows"]
     assert swin["HF eager fp32"]["e2e_ms"] > 0  # the peer ran on the same device
     markdown = (out / "gpu_check.md").read_text()
-    assert "| torch eager fp32 |" in markdown and "images/s" in markdown
+    assert "| torch eager fp32 |" in markdown and "images/s" in markdown and "Profiled (" in markdown
     assert (out / "pytest_gpu.log").exists()
 
 
