@@ -64,7 +64,7 @@ class DeployableMask2Former(nn.Module):
         x = images.float().permute(0, 3, 1, 2)  # (B, 3, H, W)
         x = x.index_select(1, self.channel_order)
         x = (x - self.mean) * self.inv_std
-        out = self.model(x)
+        out = self.model(x, aux=False)
         logits, masks = out["pred_logits"], out["pred_masks"]  # (B, Q, K+1), (B, Q, Hp/4, Wp/4)
         if self.task != "semantic":
             return logits, masks

@@ -104,3 +104,23 @@ def test_config_round_trips_through_dict():
         assert Mask2FormerConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match="unknown backbone kind"):
         Mask2FormerConfig.from_dict({"num_classes": 2, "backbone": {"kind": "vgg"}})
+
+
+@pytest.mark.parametrize("size", [(64, 64), (97, 130)])
+def test_inference_without_aux_outputs_gives_the_same_prediction(size):
+    """aux=False computes the earlier attention masks from resized mask features (resizing and the mask product
+    commute): the last prediction equals the full path's to float rounding, and no aux outputs are built."""
+    torch.manual_seed(0)
+    model = Mask2Former(tiny_config(BACKBONES["resnet-bn"])).eval()
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        full, lean = model(x), model(x, aux=False)
+    assert lean["aux_outputs"] == []
+    torch.testing.assert_close(lean["pred_logits"], full["pred_logits"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lean["pred_masks"], full["pred_masks"], atol=1e-5, rtol=1e-5)
+    # the identity it rests on, on the decoder's own shapes: product then resize == resize then product
+    embed, features = torch.randn(2, 5, 32), torch.randn(2, 32, 24, 32)
+    resize = dict(size=(3, 4), mode="bilinear", align_corners=False)
+    product_first = torch.nn.functional.interpolate(torch.einsum("bqc,bchw->bqhw", embed, features), **resize)
+    resize_first = torch.einsum("bqc,bchw->bqhw", embed, torch.nn.functional.interpolate(features, **resize))
+    torch.testing.assert_close(resize_first, product_first, atol=1e-5, rtol=1e-5)

@@ -60,7 +60,7 @@ def predict_sample(
     device = next(model.parameters()).device
     size = (int(image.shape[-2]), int(image.shape[-1]))
     x = normalize_images(image[None].to(device), [size], meta)
-    out = model(x)
+    out = model(x, aux=False)  # the last prediction only
     padded = (out["pred_masks"].shape[-2] * 4, out["pred_masks"].shape[-1] * 4)
     return postprocess(
         out["pred_logits"].float(),

@@ -42,11 +42,13 @@ class Mask2Former(nn.Module):
             num_classes=config.num_classes,
         )
 
-    def forward(self, pixel_values: Tensor) -> dict:
+    def forward(self, pixel_values: Tensor, aux: bool = True) -> dict:
+        """``aux=False`` (inference, export): the last prediction only, computed without the earlier layers'
+        full-size masks (``MultiScaleMaskedTransformerDecoder.forward``)."""
         if pixel_values.dim() != 4 or pixel_values.shape[1] != 3:
             raise ValueError(f"expected pixel_values of shape (B, 3, H, W), got {tuple(pixel_values.shape)}")
         if not pixel_values.is_floating_point():
             raise TypeError(f"expected normalised float pixel_values, got {pixel_values.dtype}")
         features = self.backbone(pad_to_multiple(pixel_values, self.config.size_divisibility))
         mask_features, multi_scale = self.pixel_decoder(features)
-        return self.transformer_decoder(multi_scale, mask_features)
+        return self.transformer_decoder(multi_scale, mask_features, aux=aux)

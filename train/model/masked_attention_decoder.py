@@ -127,11 +127,14 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         self.class_embed = nn.Linear(c.hidden_dim, num_classes + 1)
         self.mask_embed = MLP(c.hidden_dim, c.hidden_dim, mask_dim, 3)
 
-    def forward(self, multi_scale_features: Sequence[Tensor], mask_features: Tensor) -> dict:
+    def forward(self, multi_scale_features: Sequence[Tensor], mask_features: Tensor, aux: bool = True) -> dict:
         """multi_scale_features [1/32, 1/16, 1/8] each (B, C, h, w); mask_features (B, mask_dim, H/4, W/4).
 
         Returns pred_logits (B, Q, K+1), pred_masks (B, Q, H/4, W/4) of the last layer and aux_outputs, a list
-        of the same two for the query features and every layer but the last.
+        of the same two for the query features and every layer but the last. ``aux=False`` (inference, export):
+        no aux_outputs, and the earlier layers' attention masks come from the mask features resized to each
+        attention size, not from full-size masks resized: the same linear maps in the other order (bilinear
+        resizing and the mask product commute), without the full-size products nobody reads.
         """
         if len(multi_scale_features) != self.num_feature_levels:
             raise ValueError(f"expected {self.num_feature_levels} feature levels, got {len(multi_scale_features)}")
@@ -145,8 +148,17 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         query_embed = self.query_embed.weight.unsqueeze(1).repeat(1, B, 1)  # (Q, B, C)
         output = self.query_feat.weight.unsqueeze(1).repeat(1, B, 1)  # (Q, B, C)
 
+        resized: dict[int, Tensor] = {}  # aux=False: the mask features at each level's size, resized once
+
+        def at_level(level: int) -> Tensor | None:
+            if aux:
+                return None
+            if level not in resized:
+                resized[level] = F.interpolate(mask_features, size=sizes[level], mode="bilinear", align_corners=False)
+            return resized[level]
+
         classes, masks = [], []
-        logits, mask, attn_mask = self.prediction_heads(output, mask_features, sizes[0])
+        logits, mask, attn_mask = self.prediction_heads(output, mask_features, sizes[0], at_level(0))
         classes.append(logits)
         masks.append(mask)
         for i in range(self.num_layers):
@@ -156,24 +168,32 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             output = self.transformer_cross_attention_layers[i](output, src[level], attn_mask, pos[level], query_embed)
             output = self.transformer_self_attention_layers[i](output, query_embed)
             output = self.transformer_ffn_layers[i](output)
+            level = (i + 1) % self.num_feature_levels
+            last = i == self.num_layers - 1
             logits, mask, attn_mask = self.prediction_heads(
-                output, mask_features, sizes[(i + 1) % self.num_feature_levels]
+                output, mask_features, sizes[level], None if last else at_level(level)
             )
             classes.append(logits)
             masks.append(mask)
-        aux = [{"pred_logits": c, "pred_masks": m} for c, m in zip(classes[:-1], masks[:-1], strict=True)]
-        return {"pred_logits": classes[-1], "pred_masks": masks[-1], "aux_outputs": aux}
+        if not aux:
+            return {"pred_logits": classes[-1], "pred_masks": masks[-1], "aux_outputs": []}
+        earlier = [{"pred_logits": c, "pred_masks": m} for c, m in zip(classes[:-1], masks[:-1], strict=True)]
+        return {"pred_logits": classes[-1], "pred_masks": masks[-1], "aux_outputs": earlier}
 
     def prediction_heads(
-        self, output: Tensor, mask_features: Tensor, attn_mask_size: tuple[int, int]
-    ) -> tuple[Tensor, Tensor, Tensor]:
+        self, output: Tensor, mask_features: Tensor, attn_mask_size: tuple[int, int], resized: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None, Tensor]:
         """(Q, B, C) queries -> class logits (B, Q, K+1), mask logits (B, Q, H/4, W/4), attention mask
-        (B*heads, Q, h*w) for the next layer (True where the mask is below 0.5)."""
+        (B*heads, Q, h*w) for the next layer (True where the mask is below 0.5). With ``resized`` (the mask
+        features already at ``attn_mask_size``) the attention mask is computed from it and no mask logits (None)."""
         decoded = self.decoder_norm(output).transpose(0, 1)  # (B, Q, C)
         logits = self.class_embed(decoded)
         mask_embed = self.mask_embed(decoded)
-        masks = torch.einsum("bqc,bchw->bqhw", mask_embed, mask_features)
-        attn = F.interpolate(masks, size=attn_mask_size, mode="bilinear", align_corners=False)
+        if resized is None:
+            masks = torch.einsum("bqc,bchw->bqhw", mask_embed, mask_features)
+            attn = F.interpolate(masks, size=attn_mask_size, mode="bilinear", align_corners=False)
+        else:
+            masks, attn = None, torch.einsum("bqc,bchw->bqhw", mask_embed, resized)
         attn = attn.sigmoid().flatten(2) < 0.5  # (B, Q, h*w)
         attn_mask = attn.unsqueeze(1).repeat(1, self.num_heads, 1, 1).flatten(0, 1).detach()
         return logits, masks, attn_mask
