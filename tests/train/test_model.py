@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -118,6 +119,10 @@ def test_inference_without_aux_outputs_gives_the_same_prediction(size):
     assert lean["aux_outputs"] == []
     torch.testing.assert_close(lean["pred_logits"], full["pred_logits"], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(lean["pred_masks"], full["pred_masks"], atol=1e-5, rtol=1e-5)
+    config = tiny_config(BACKBONES["resnet-bn"])
+    no_layers = dataclasses.replace(config, decoder=dataclasses.replace(config.decoder, num_layers=0))
+    with torch.no_grad():  # no decoder layers: the query features' prediction is the last
+        assert Mask2Former(no_layers).eval()(x, aux=False)["pred_masks"].shape == full["pred_masks"].shape
     # the identity it rests on, on the decoder's own shapes: product then resize == resize then product
     embed, features = torch.randn(2, 5, 32), torch.randn(2, 32, 24, 32)
     resize = dict(size=(3, 4), mode="bilinear", align_corners=False)

@@ -158,7 +158,8 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             return resized[level]
 
         classes, masks = [], []
-        logits, mask, attn_mask = self.prediction_heads(output, mask_features, sizes[0], at_level(0))
+        first = None if self.num_layers == 0 else at_level(0)  # with no layers the first prediction is the last
+        logits, mask, attn_mask = self.prediction_heads(output, mask_features, sizes[0], first)
         classes.append(logits)
         masks.append(mask)
         for i in range(self.num_layers):
