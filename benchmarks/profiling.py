@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from runtimes.profiling import profile_onnxruntime, profile_openvino, summarise
+from runtimes.profiling import profile_on, profile_onnxruntime, profile_openvino, summarise
 from runtimes.registry import TARGETS
 
 CPU_RUNTIMES = TARGETS["cpu"].runtimes  # the runtimes with a profiler here: OpenVINO first, ONNX Runtime
@@ -58,10 +58,7 @@ def profile_artifact(path: Path, runtime: str | None, frame: np.ndarray | None, 
     if frame is None:
         frame = np.full((*(meta["input"].get("size") or (480, 640)), 3), 128, np.uint8)
     feed = {meta["input"]["name"]: fit_to_input(frame, meta["input"])[0][None]}
-    if runtime == "onnxruntime":
-        profile = profile_onnxruntime(path, feed, threads, runs)
-    else:
-        profile = profile_openvino(path, feed, "bf16" if meta["precision"] == "bf16" else "f32", threads, runs)
+    profile = profile_on(runtime, path, feed, meta["precision"], threads, runs)
     return {"artifact": str(path), "runtime": runtime, "precision": meta["precision"], **profile}
 
 

@@ -478,10 +478,8 @@ def _profile(spec: dict, pipeline: Any, frame: np.ndarray) -> dict:
     if row["family"] == "m2f":
         segmenter = pipeline.segmenter
         feed = {segmenter.input_name: fit_to_input(frame, segmenter.metadata["input"])[0][None]}
-        if row["runtime"] == "openvino":
-            return profiling.profile_openvino(spec["artifact"], feed, OV_INFERENCE_PRECISION[row["precision"]], threads)
-        if row["runtime"] == "onnxruntime":
-            return profiling.profile_onnxruntime(spec["artifact"], feed, threads)
+        if row["runtime"] in ("openvino", "onnxruntime"):
+            return profiling.profile_on(row["runtime"], spec["artifact"], feed, row["precision"], threads)
         return profiling.profile_torch(lambda: segmenter.backend.run(feed))
     image, _ = fit_to_input(frame, pipeline.input_spec)
     pixel_values = pipeline.processor(images=image[..., ::-1].copy(), return_tensors="pt")["pixel_values"]

@@ -126,13 +126,9 @@ def check_int8_execution(target: str, path: str, image: np.ndarray, floor: float
     (default ``INT8_SHARE_FLOOR[target]``)."""
     from runtimes import profiling
 
-    feed = {INPUT_NAME: image[None]}
-    if target == "openvino":
-        profile = profiling.profile_openvino(path, feed, "f32", threads=None, runs=2)
-    elif target == "onnxruntime":
-        profile = profiling.profile_onnxruntime(path, feed, threads=None, runs=2)
-    else:
+    if target not in INT8_SHARE_FLOOR:
         raise ValueError(f"no int8 execution check for target {target!r}")
+    profile = profiling.profile_on(target, path, {INPUT_NAME: image[None]}, "int8", threads=None, runs=2)
     result = {
         "int8_share": round(profile["int8_share"], 4),
         "profiled_ms": round(profile["per_inference_ms"], 1),

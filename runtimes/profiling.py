@@ -148,3 +148,21 @@ def profile_onnxruntime(
         for e in nodes[skip:]
     ]
     return summarise(f"onnxruntime {ort.__version__}", per_node, runs, onnxruntime_int8_kernel)
+
+
+def profile_on(
+    runtime: str,
+    model_path: str | Path,
+    feed: dict[str, np.ndarray],
+    precision: str,
+    threads: int | None,
+    runs: int = 3,
+) -> dict[str, Any]:
+    """The artifact's profile on ``runtime`` ("openvino" or "onnxruntime") run at our ``precision`` name."""
+    if runtime == "onnxruntime":
+        return profile_onnxruntime(model_path, feed, threads, runs)
+    if runtime == "openvino":
+        from runtimes.openvino_backend import OV_INFERENCE_PRECISION
+
+        return profile_openvino(model_path, feed, OV_INFERENCE_PRECISION[precision], threads, runs)
+    raise ValueError(f"no engine profiler for runtime {runtime!r}; expected openvino or onnxruntime")
