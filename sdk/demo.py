@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from sdk.cli import drain_stream
-from sdk.segmenter import DEFAULT_MODELS_DIR, Segmenter, choose_artifact
+from sdk.segmenter import Segmenter, choose_artifact, packaged_artifacts
 from sdk.sources import read_video_frames
 from sdk.stream_options import StreamOptions
 from sdk.targets import TargetNotAvailable, resolve_target
@@ -63,8 +63,12 @@ class TableRow:
 
 
 def packaged_precisions() -> list[str]:
-    """Precisions of the default artifacts shipped in the package (fp32 first)."""
-    found = sorted(p.stem.removeprefix("default_") for p in DEFAULT_MODELS_DIR.glob("default_*.onnx"))
+    """Precisions of the default artifacts shipped in the package, each once (fp32 first), as their metadata says:
+    several files may share one (OpenVINO's and ONNX Runtime's int8; each runtime picks its own)."""
+    try:
+        found = sorted({meta["precision"] for _, meta in packaged_artifacts()})
+    except FileNotFoundError:  # a build without packaged models
+        return []
     return sorted(found, key=lambda p: p != "fp32")
 
 

@@ -71,6 +71,7 @@ def test_the_table_adds_the_precision_a_target_picks_by_itself(monkeypatch):
     from sdk.demo import _default_precision, packaged_precisions
 
     listed = packaged_precisions()
+    assert listed == ["fp32", "int8"]  # from the files' metadata: two int8 files (OpenVINO's, ORT's), one row each
     monkeypatch.setenv("M2F_CPU_FLAGS", "avx512f avx512_bf16 avx512_vnni")
     assert _default_precision("openvino", None, listed) == ["bf16"]
     assert _default_precision("onnxruntime", None, listed) == []  # its choice, fp32, is listed already
