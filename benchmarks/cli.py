@@ -58,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--images", type=int, default=10, help="frames for timing, agreement and mIoU [10]")
     parser.add_argument("--input-size", type=parse_input_size, default=(512, 512), help="model input HxW [512x512]")
     parser.add_argument("--runs", type=int, default=10, help="timed runs per row [10]")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed runs first [3]")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed runs first, in every round [3]")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="split the timed runs into rounds, rows in a rotated order each round [3]")  # fmt: skip
     parser.add_argument("--threads", type=int, help="threads per engine [all cores]")
     parser.add_argument("--calib", type=Path, help="int8 calibration images [--data's train split if any]")
     parser.add_argument(
@@ -99,6 +101,7 @@ def benchmark_main(argv: list[str] | None = None) -> int:
         input_size=args.input_size,
         runs=args.runs,
         warmup=args.warmup,
+        rounds=args.rounds,
         calib=args.calib,
         calib_images=args.calib_images,
         gate_images=args.gate_images,

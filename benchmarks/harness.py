@@ -132,6 +132,7 @@ class BenchmarkOptions:
     task: str = "semantic"
     runs: int = 10
     warmup: int = 3
+    rounds: int = 3  # the timed runs split into rounds, the rows' order rotated from round to round
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     calib: Path | None = None
     calib_images: int = BENCH_CALIB_IMAGES
@@ -353,8 +354,8 @@ def run_benchmark(opts: BenchmarkOptions) -> list[dict]:
 
     if opts.task != "semantic":
         raise ValueError("the harness measures semantic segmentation (label maps); --task semantic")
-    if opts.runs < 1 or opts.warmup < 0 or opts.images < 1:
-        raise ValueError("need --runs >= 1, --warmup >= 0 and --images >= 1")
+    if opts.runs < 1 or opts.warmup < 0 or opts.images < 1 or opts.rounds < 1:
+        raise ValueError("need --runs >= 1, --warmup >= 0, --images >= 1 and --rounds >= 1")
     cache = (opts.cache or default_cache()).resolve()
     key = model_key(opts.model, opts.seed)
     work = cache / "runs" / _slug(str(opts.out.resolve()))
@@ -418,13 +419,17 @@ def run_benchmark(opts: BenchmarkOptions) -> list[dict]:
         "peer_model": str(opts.peer_model),
     }
     artifacts = cache / "artifacts" / key
-    results = []
-    for row in tqdm(rows, desc="benchmark rows", unit="row"):
-        logger.info("row %s (%s %s)", row["id"], row["target"], row["precision"])
-        result = _run_row(row, common, model, artifacts, work, opts, calib)
-        results.append({**row, **result})
-        if "error" in result:
-            logger.warning("row %s failed: %s", row["id"], result["error"])
+    results: dict[str, dict] = {}
+    specs: dict[str, dict] = {}
+    for row in tqdm(rows, desc="building rows", unit="row"):
+        prepared = _prepare_row(row, common, model, artifacts, work, opts, calib)
+        if "error" in prepared:
+            results[row["id"]] = {**row, **prepared}
+            logger.warning("row %s failed: %s", row["id"], prepared["error"])
+        else:
+            specs[row["id"]] = prepared
+    _measure_rows(rows, specs, results, work, opts)
+    results_list = [results[row["id"]] for row in rows]
     run_info = {
         "title": opts.title or f"{opts.model}, {opts.input_size[0]}x{opts.input_size[1]}, {opts.task}",
         "model": opts.model,
@@ -435,6 +440,7 @@ def run_benchmark(opts: BenchmarkOptions) -> list[dict]:
         "evaluation": evaluation["source"],
         "runs": opts.runs,
         "warmup": opts.warmup,
+        "rounds": len(round_runs(opts.runs, opts.rounds)),
         "threads": opts.threads,
         "calibration": f"{calib} ({opts.calib_images} images, letterboxed)" if calib else None,
         "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
@@ -442,8 +448,56 @@ def run_benchmark(opts: BenchmarkOptions) -> list[dict]:
         "work_dir": str(work),
         "environment": env,
     }
-    write_report(opts.out, results, run_info)
-    return results
+    write_report(opts.out, results_list, run_info)
+    return results_list
+
+
+def round_runs(runs: int, rounds: int) -> list[int]:
+    """``runs`` timed frames spread over at most ``rounds`` rounds (earlier rounds take the remainder)."""
+    rounds = max(1, min(rounds, runs))
+    return [runs // rounds + (1 if i < runs % rounds else 0) for i in range(rounds)]
+
+
+def _measure_rows(
+    rows: Sequence[dict], specs: dict[str, dict], results: dict[str, dict], work: Path, opts: BenchmarkOptions
+) -> None:
+    """Measure every built row in rounds, each row in its own process every time.
+
+    Round 0 runs the rows in plan order (the reference's labels first) and measures everything (labels, accuracy,
+    memory, stream, profile); later rounds time frames only, the order rotated by one row per round, so a machine
+    that slows down or speeds up during the run touches every row alike. Rows never share a process: two runtimes'
+    thread pools in one process compete for the cores (``benchmarks.cpu_precisions``: the LiteRT peer 75 ms a frame
+    beside OpenVINO, 43-47 ms alone). Each row's latency figures come from all its rounds' frames.
+    """
+    order = [row for row in rows if row["id"] in specs]
+    by_id = {row["id"]: row for row in order}
+    for index, runs in enumerate(round_runs(opts.runs, opts.rounds)):
+        shift = index % len(order) if order else 0
+        for row in tqdm(order[shift:] + order[:shift], desc=f"round {index + 1}", unit="row"):
+            if "error" in results.get(row["id"], {}):
+                continue
+            logger.info("round %d: row %s (%s %s)", index + 1, row["id"], row["target"], row["precision"])
+            spec = {**specs[row["id"]]["spec"], "runs": runs, "latency_only": index > 0}
+            name = row["id"] if index == 0 else f"{row['id']}-round{index + 1}"
+            measured = run_job("measure", spec, work, name, opts.timeout_s, threads=opts.threads)
+            if index == 0:
+                results[row["id"]] = {**by_id[row["id"]], **specs[row["id"]]["extra"], **measured}
+                if "error" in measured:
+                    logger.warning("row %s failed: %s", row["id"], measured["error"])
+            elif "error" in measured:
+                results[row["id"]].setdefault("round_errors", []).append(f"round {index + 1}: {measured['error']}")
+            else:
+                merge_round(results[row["id"]], measured)
+
+
+def merge_round(result: dict, measured: dict) -> None:
+    """Add a later round's timed frames to a row's result: latency figures and CPU time over all its frames."""
+    from benchmarks.worker import latency_figures
+
+    before = len(result["times_ms"])
+    times = result["times_ms"] + measured["times_ms"]
+    result["cpu_ms"] = (result["cpu_ms"] * before + measured["cpu_ms"] * len(measured["times_ms"])) / len(times)
+    result.update(latency_figures(times), times_ms=times, runs=len(times), rounds=result.get("rounds", 1) + 1)
 
 
 def _camvid_classes(class_names: Sequence[str] | None) -> bool:
@@ -462,10 +516,11 @@ def _num_classes(checkpoint: str) -> int:
     return len(read_checkpoint(checkpoint).meta["class_names"])
 
 
-def _run_row(
+def _prepare_row(
     row: dict, common: dict, model: dict, artifacts: Path, work: Path, opts: BenchmarkOptions, calib: Path | None
 ) -> dict:
-    """Build what the row needs (artifact / HF export, cached), then measure it; errors become the row's error."""
+    """Build what the row needs (artifact / HF export, cached): ``{"spec": measure spec, "extra": build facts}``,
+    or ``{"error": ...}``."""
     why = target_available(row["target"], row["device"])
     if why is not None:
         return {"error": why}
@@ -515,8 +570,7 @@ def _run_row(
             return {"error": f"export: {built['error']}"}
         spec["artifact"] = str(path)
         extra = {"export_s": built.get("export_s"), "gate": built.get("gate")}
-    measured = run_job("measure", spec, work, row["id"], opts.timeout_s, threads=opts.threads)
-    return {**{k: v for k, v in extra.items() if v is not None}, **measured}
+    return {"spec": spec, "extra": {k: v for k, v in extra.items() if v is not None}}
 
 
 def _cached_build(path: Path, job: str, spec: dict, work: Path, name: str, opts: BenchmarkOptions) -> dict:

@@ -132,6 +132,8 @@ def _notes(row: dict) -> str:
         notes.append(f"OpenVINO inference precision {row['ov_inference_precision']}")
     if row.get("stream_error"):
         notes.append("stream: " + _one_line(row["stream_error"], 80))
+    for error in row.get("round_errors") or ():
+        notes.append(_one_line(error, 80))
     return "; ".join(notes)
 
 
@@ -213,7 +215,9 @@ def markdown(rows: Sequence[dict], info: dict) -> str:
         "",
         f"- model: `{info['model']}` ({info['num_classes']} classes, weights: {info['weights']}), task {info['task']}, "
         f"input {h}x{w} (letterboxed), batch 1",
-        f"- frames: {info['evaluation']}; {info['warmup']} warm-up + {info['runs']} timed runs per row",
+        f"- frames: {info['evaluation']}; {info['runs']} timed runs per row in {info.get('rounds', 1)} round(s), "
+        f"{info['warmup']} warm-up runs each; every row in its own process each round, the order rotated by one "
+        "row per round",
         f"- machine: {env['cpu']}, {env['cores']} cores, {env['threads']} threads per engine, "
         f"load average at start {env['load_average_at_start']}",
         f"- versions: Python {env['python']}, {versions}",

@@ -351,8 +351,24 @@ def _stability(pipeline: _SegmenterPipeline, frames: list[np.ndarray]) -> dict[s
     return figures
 
 
+def latency_figures(times_ms: list[float]) -> dict[str, float]:
+    """Percentiles, mean and FPS of per-frame latencies (ms): one definition for a round and for merged rounds."""
+    t = np.asarray(times_ms, dtype=float)
+    return {
+        "p50_ms": float(np.percentile(t, 50)),
+        "p90_ms": float(np.percentile(t, 90)),
+        "p99_ms": float(np.percentile(t, 99)),
+        "mean_ms": float(t.mean()),
+        "fps": float(1000 / t.mean()),
+    }
+
+
 def measure(spec: dict) -> dict:
-    """One row: warm-up, ``runs`` timed frames (cycling the evaluation set), then every frame's labels."""
+    """One row: warm-up, ``runs`` timed frames (cycling the evaluation set), then every frame's labels.
+
+    ``latency_only`` (a later round of the harness): warm-up and timed frames only; the labels, accuracy, stream
+    and profile come from the row's first round.
+    """
     row = spec["row"]
     frames, gt = load_eval_set(spec["eval"])
     _preimport(row)
@@ -386,28 +402,24 @@ def measure(spec: dict) -> dict:
         for k, v in stages.items():
             stage_sums[k] = stage_sums.get(k, 0.0) + v
     cpu_ms = (time.process_time() - cpu_start) * 1000 / runs
-    for i in range(len(frames)):  # frames the timed loop did not reach
-        if i not in labels:
-            run(i)
-    peak = peak_rss_mb()
-
-    t = np.asarray(times)
     result: dict[str, Any] = {
         **facts,
-        "p50_ms": float(np.percentile(t, 50)),
-        "p90_ms": float(np.percentile(t, 90)),
-        "p99_ms": float(np.percentile(t, 99)),
-        "mean_ms": float(t.mean()),
-        "fps": float(1000 / t.mean()),
+        **latency_figures(times),
+        "times_ms": times,
         "cpu_ms": cpu_ms,  # process CPU time per frame, all threads: less sensitive to a busy machine
         "runs": runs,
         "warmup": warmup,
         "load_s": load_s,
         "load_avg_1min": load_avg,
-        "peak_rss_mb": peak,
-        "rss_delta_mb": peak - base_mb,
         **{k: v / runs for k, v in stage_sums.items()},
     }
+    if spec.get("latency_only"):
+        return result
+    for i in range(len(frames)):  # frames the timed loop did not reach
+        if i not in labels:
+            run(i)
+    peak = peak_rss_mb()
+    result.update(peak_rss_mb=peak, rss_delta_mb=peak - base_mb)
     ordered = [labels[i] for i in range(len(frames))]
     if spec.get("write_reference"):
         np.savez_compressed(spec["reference"], **{f"labels_{i}": x for i, x in enumerate(ordered)})

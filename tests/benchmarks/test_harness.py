@@ -208,6 +208,47 @@ def test_eval_set_from_a_labelled_folder_and_from_a_video(tmp_path):
         prepare_eval_set(tmp_path / "none.npz", None, None, 3)
 
 
+def test_timed_runs_split_into_rounds():
+    from benchmarks.harness import round_runs
+
+    assert round_runs(10, 3) == [4, 3, 3]
+    assert round_runs(2, 3) == [1, 1]  # never a round without a timed frame
+    assert round_runs(5, 1) == [5]
+
+
+def test_rounds_rotate_the_rows_and_merge_their_frames(tmp_path, monkeypatch):
+    """Round 0 in plan order measures everything; later rounds time frames only, the order rotated by one row;
+    a row that failed in round 0 is not run again; a later round's failure is kept beside the row's figures."""
+    import benchmarks.harness as harness
+
+    calls = []
+
+    def fake_job(job, spec, work, name, timeout_s, threads=1):
+        calls.append((name, spec["runs"], spec["latency_only"]))
+        if name == "b":
+            return {"error": "b cannot load"}
+        if name == "c-round3":
+            return {"error": "c crashed"}
+        times = {"a": [10.0, 20.0], "c": [30.0, 30.0]}.get(name, [40.0])
+        return {"times_ms": times, "cpu_ms": 5.0, "p50_ms": float(np.median(times)), "rounds": 1}
+
+    monkeypatch.setattr(harness, "run_job", fake_job)
+    rows = [{"id": k, "target": "t", "precision": "fp32"} for k in ("a", "b", "c")]
+    specs = {k: {"spec": {"row": k}, "extra": {"gate": k}} for k in ("a", "b", "c")}
+    results: dict = {}
+    opts = harness.BenchmarkOptions(out=tmp_path, runs=4, rounds=3)
+    harness._measure_rows(rows, specs, results, tmp_path, opts)
+    assert calls == [
+        ("a", 2, False), ("b", 2, False), ("c", 2, False),  # round 1: plan order, everything
+        ("c-round2", 1, True), ("a-round2", 1, True),  # round 2 starts one row later (b failed: not rerun)
+        ("c-round3", 1, True), ("a-round3", 1, True),  # round 3 two rows later: c, a, (b)
+    ]  # fmt: skip
+    assert results["a"]["times_ms"] == [10.0, 20.0, 40.0, 40.0] and results["a"]["runs"] == 4
+    assert results["a"]["p50_ms"] == 30.0 and results["a"]["rounds"] == 3 and results["a"]["gate"] == "a"
+    assert results["b"]["error"] == "b cannot load"
+    assert results["c"]["times_ms"] == [30.0, 30.0, 40.0] and results["c"]["round_errors"] == ["round 3: c crashed"]
+
+
 # ---------------------------------------------------------------------------------------------- end to end
 
 
@@ -280,6 +321,12 @@ def test_tiny_model_end_to_end(tmp_path, monkeypatch, capsys):
     assert float(rows["m2f-onnxruntime-fp32"]["stream_fps"]) > 0
 
     report = json.loads((out / "benchmark.json").read_text())
+    # --runs 2: two rounds of one timed frame each, every row in its own process both times
+    assert report["run"]["rounds"] == 2
+    for row in report["rows"]:
+        if row["status"] == "ok":
+            assert len(row["times_ms"]) == 2 and row["rounds"] == 2, row["id"]
+            assert (work / "logs" / f"{row['id']}-round2.log").exists()
     assert report["run"]["evaluation"].startswith("camvid val: 2 of 3 images")
     assert "| m2f ONNX Runtime | fp16 |" in (out / "benchmark.md").read_text()
     assert cv2.imread(str(out / "benchmark.png")) is not None
