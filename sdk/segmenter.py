@@ -23,6 +23,7 @@ import numpy as np
 
 from runtimes import Backend, check_options, load_backend, read_metadata
 from runtimes.registry import RUNTIMES, TARGETS, TargetSpec, export_precisions
+from runtimes.vocabulary import PRECISIONS
 from sdk import host
 from sdk.postprocess import postprocess as postprocess_outputs
 from sdk.preprocess import Geometry, as_bgr, fit_to_input
@@ -119,6 +120,8 @@ class Segmenter:
         input_size: tuple[int, int] | None = None,
         **options: Any,
     ) -> None:
+        if precision is not None and precision not in PRECISIONS:  # every runtime alike, before any loading
+            raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)} or None")
         spec, runtime = resolve_target(target, _artifact_target(model))
         backend_options = {**spec.options_for(runtime), **options}
         if "cache_dir" in RUNTIMES[runtime].options:

@@ -113,6 +113,13 @@ def test_segmenter_runs_the_choice_and_says_why(profile, monkeypatch):
         assert cpu_features().name in text  # the reason names the CPU it was chosen on
 
 
+@pytest.mark.parametrize("profile", ["cpu", "onnxruntime"])
+def test_an_unknown_precision_is_an_error_on_every_runtime(profile):
+    """ONNX Runtime has no precision option: it used to warn and run the fp32 file for any name."""
+    with pytest.raises(ValueError, match="unknown precision 'fp8'; use one of fp32, fp16, bf16, int8"):
+        Segmenter(profile, precision="fp8")
+
+
 def test_explicit_precision_wins(monkeypatch):
     monkeypatch.setenv("M2F_CPU_FLAGS", "avx512f amx_bf16 amx_int8 avx512_bf16 avx512_vnni")
     with Segmenter("onnxruntime", precision="fp32") as seg:
