@@ -286,17 +286,18 @@ def export(
 def _verify_lowered(
     target: str, precision: str, path: Path, reference: DeployableMask2Former, images: list, max_drop: float
 ) -> dict:
-    """Gate records of the precisions the runtime can lower this fp32 artifact to on this CPU (OpenVINO bf16 where
-    the CPU computes bf16 natively), so ``Segmenter`` may pick them by default; a lowering over budget is logged and
-    left out, never a failed export."""
+    """Gate records of the precisions the runtime can lower this artifact to on this CPU (OpenVINO bf16 where the
+    CPU computes bf16 natively: an fp32 artifact's every op, an int8 artifact's float ops), so ``Segmenter`` may
+    run them by default; a lowering over budget is logged and left out, never a failed export."""
     from runtimes.cpu_features import cpu_features
 
     features = cpu_features()
-    if target != "openvino" or precision != "fp32" or not features.native_bf16:
+    if target != "openvino" or precision not in ("fp32", "int8") or not features.native_bf16:
         return {}
     backend = load_backend(target, path, precision="bf16")
     try:
-        record = run_gate(reference, backend, images, "bf16", max_drop)
+        label = "bf16" if precision == "fp32" else "int8, bf16 float ops"
+        record = run_gate(reference, backend, images, label, max_drop)
     except GateError as err:
         logger.warning("bf16 on OpenVINO not verified for %s: %s", path, err)
         return {}

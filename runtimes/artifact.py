@@ -195,7 +195,8 @@ class ArtifactMetadata:
     verified_precisions: dict | None = _optional(
         check=lambda x: isinstance(x, dict) and all(k in PRECISIONS and isinstance(v, dict) for k, v in x.items()),
         expected="an object {precision: gate record}",
-        doc="lower precisions the gate verified the runtime running this fp32 artifact at (OpenVINO bf16)",
+        doc="lower precisions the gate verified the runtime running this artifact at (OpenVINO bf16: every op of an "
+        "fp32 artifact, the float ops of an int8 one)",
     )
     rewrites: list | None = _optional(
         check=lambda x: isinstance(x, list) and all(isinstance(r, dict) and isinstance(r.get("by"), str) for r in x),

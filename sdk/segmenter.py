@@ -83,7 +83,8 @@ def gated_offers(artifacts: list[tuple[Path, dict]], runtime: str) -> dict[str, 
     An artifact offers its own precision when its metadata carries the gate's record (an export whose gate fails
     is never written); an int8 artifact only to the runtime it was quantised for (NNCF's Q/DQ layout runs slower
     than fp32 on ONNX Runtime, ORT's is not what OpenVINO fuses best). An fp32 artifact also offers the
-    precisions the gate verified the runtime lowering it to (``verified_precisions``, e.g. OpenVINO bf16).
+    precisions the gate verified the runtime lowering it to (``verified_precisions``, e.g. OpenVINO bf16); an int8
+    artifact's lowering is how its float ops run (the backend's business), not another precision.
     """
     offers: dict[str, Path] = {}
     for path, meta in sorted(artifacts, key=lambda item: item[1]["target"] != runtime):
@@ -92,7 +93,7 @@ def gated_offers(artifacts: list[tuple[Path, dict]], runtime: str) -> dict[str, 
         if meta["precision"] != "int8" or meta["target"] == runtime:
             offers.setdefault(meta["precision"], path)
         for lowered, record in (meta.get("verified_precisions") or {}).items():
-            if record.get("runtime") == runtime:
+            if record.get("runtime") == runtime and meta["precision"] == "fp32":
                 offers.setdefault(lowered, path)
     return offers
 
@@ -143,6 +144,8 @@ class Segmenter:
         self.model_path = choice.artifact
         self.precision_reason = choice.reason
         self._attach(backend, task, spec)
+        if self.precision == "int8" and getattr(backend, "inference_precision", None) == "bf16":
+            self.precision_reason += "; its float ops in bf16, as its gate verified"
         if precision and precision != self.precision:
             logger.warning("asked for %s, but %s runs this %s artifact as %s", precision, runtime,
                            self.metadata["precision"], self.precision)  # fmt: skip

@@ -358,6 +358,34 @@ def test_openvino_precision_from_metadata(tmp_path: Path, caplog: pytest.LogCapt
         backend._inference_precision(NoBf16Core(), "CPU", "fp8")
 
 
+@pytest.mark.parametrize(
+    ("cpu_flags", "verified", "expected"),
+    [
+        ("avx512f avx512_bf16 avx512_vnni", True, "bf16"),  # gate verified, native bf16: float ops in bf16
+        ("avx512f avx512_vnni", True, "f32"),  # no native bf16 on this CPU
+        ("avx512f avx512_bf16 avx512_vnni", False, "f32"),  # never verified in bf16
+    ],
+)
+def test_openvino_int8_float_ops_run_in_bf16_only_where_verified(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cpu_flags: str, verified: bool, expected: str
+) -> None:
+    from runtimes.openvino_backend import OpenVinoBackend
+
+    monkeypatch.setenv("M2F_CPU_FLAGS", cpu_flags)
+    record = {"verified_precisions": {"bf16": {"runtime": "openvino", "label_agreement": 0.997}}} if verified else {}
+    path = build_tiny_artifact(tmp_path / "int8.onnx", precision="int8", **record)
+    backend = OpenVinoBackend(path, threads=1)
+
+    class Bf16Core:
+        def get_property(self, device: str, name: str) -> list[str]:
+            return ["FP32", "BF16", "INT8"]
+
+    assert backend._inference_precision(Bf16Core(), "CPU", None) == expected
+    assert backend._inference_precision(Bf16Core(), "CPU", "int8") == expected  # asking for int8 is the same
+    assert backend._inference_precision(Bf16Core(), "CPU", "fp32") == "f32"  # the way to f32 float ops
+    assert backend.precision == "int8"
+
+
 def test_openvino_fp32_artifact_runs_in_f32(artifacts: dict[str, Path]) -> None:
     """OpenVINO's CPU default is bf16 where the CPU has it; an fp32 artifact must not get it silently."""
     with runtimes.load_backend("openvino", artifacts["static"], threads=1) as backend:

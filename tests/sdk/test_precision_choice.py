@@ -84,9 +84,10 @@ def _meta(target: str, precision: str, gated: bool = True, lowered: dict | None 
 
 
 def test_offers_are_gated_and_quantiser_matched():
+    """... and an int8 file's bf16 lowering (its float ops in bf16) is not a bf16 offer, even listed first."""
     artifacts = [
+        (Path("nncf_int8.onnx"), _meta("openvino", "int8", lowered={"bf16": {"runtime": "openvino"}})),
         (Path("fp32.onnx"), _meta("openvino", "fp32", lowered={"bf16": {"runtime": "openvino"}})),
-        (Path("nncf_int8.onnx"), _meta("openvino", "int8")),
         (Path("ort_int8.onnx"), _meta("onnxruntime", "int8")),
         (Path("ungated_fp16.onnx"), _meta("openvino", "fp16", gated=False)),
     ]
