@@ -67,6 +67,22 @@ def _port_name(port: Any, onnx_names: list[str]) -> str:
     return next((n for n in onnx_names if n in names), None) or port.get_any_name()
 
 
+def int8_float_ops_hint(metadata: dict, core: Any, device: str = "CPU") -> str:
+    """The hint for an int8 artifact's float operations: "bf16" where its gate verified them in bf16 on OpenVINO
+    (``verified_precisions["bf16"]``) and this CPU computes bf16 natively (the packaged default on AVX512-BF16:
+    0.82x the time of f32 float ops, labels 99.7 % equal), else "f32"."""
+    from runtimes.cpu_features import cpu_features
+
+    record = (metadata.get("verified_precisions") or {}).get("bf16") or {}
+    if record.get("runtime") != "openvino" or not device.startswith("CPU") or not cpu_features().native_bf16:
+        return "f32"
+    try:
+        capabilities = list(core.get_property(device, "OPTIMIZATION_CAPABILITIES"))
+    except Exception:
+        return "f32"
+    return "bf16" if _CAPABILITY["bf16"] in capabilities else "f32"
+
+
 class OpenVinoBackend(Backend):
     """Run an artifact with OpenVINO on ``device`` ("CPU", "GPU", "NPU", "AUTO", ...); see the module docstring
     for ``precision``, ``performance_mode``, ``num_requests`` (the request pool) and ``cache_dir``."""
@@ -160,7 +176,7 @@ class OpenVinoBackend(Backend):
         if name not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; use one of {PRECISIONS}")
         if name == "int8" and self.metadata["precision"] == "int8":
-            return self._int8_float_ops(core, device)
+            return int8_float_ops_hint(self.metadata, core, device)
         ov_precision = OV_INFERENCE_PRECISION[name]
         needed = _CAPABILITY.get(ov_precision)
         if needed is None:
@@ -176,21 +192,6 @@ class OpenVinoBackend(Backend):
             raise DeviceNotAvailable(f"{message}; ask for precision='fp32' or use a device with {needed}")
         logger.warning("%s; running the %s artifact in f32", message, name)
         return "f32"
-
-    def _int8_float_ops(self, core: Any, device: str) -> str:
-        """The hint for an int8 artifact's float operations: "bf16" where its gate verified them in bf16 on
-        OpenVINO and this CPU computes bf16 natively (measured on the packaged default, AVX512-BF16: 0.82x the time
-        of f32 float ops, labels 99.7 % equal), else "f32"."""
-        from runtimes.cpu_features import cpu_features
-
-        record = (self.metadata.get("verified_precisions") or {}).get("bf16") or {}
-        if record.get("runtime") != "openvino" or not device.startswith("CPU") or not cpu_features().native_bf16:
-            return "f32"
-        try:
-            capabilities = list(core.get_property(device, "OPTIMIZATION_CAPABILITIES"))
-        except Exception:
-            return "f32"
-        return "bf16" if _CAPABILITY["bf16"] in capabilities else "f32"
 
     @property
     def concurrency(self) -> int:

@@ -162,7 +162,13 @@ def profile_on(
     if runtime == "onnxruntime":
         return profile_onnxruntime(model_path, feed, threads, runs)
     if runtime == "openvino":
-        from runtimes.openvino_backend import OV_INFERENCE_PRECISION
+        import openvino as ov
 
-        return profile_openvino(model_path, feed, OV_INFERENCE_PRECISION[precision], threads, runs)
+        from runtimes.artifact import read_metadata
+        from runtimes.openvino_backend import OV_INFERENCE_PRECISION, int8_float_ops_hint
+
+        hint = OV_INFERENCE_PRECISION[precision]
+        if precision == "int8":  # its float ops as the backend runs them (bf16 where verified and native)
+            hint = int8_float_ops_hint(read_metadata(model_path), ov.Core())
+        return profile_openvino(model_path, feed, hint, threads, runs)
     raise ValueError(f"no engine profiler for runtime {runtime!r}; expected openvino or onnxruntime")
