@@ -348,6 +348,21 @@ def model_key(model: str, seed: int) -> str:
     return f"{_slug(path.stem if (path.is_file() or path.is_dir()) else model)}{digest}-seed{seed}"
 
 
+# the code an exported graph depends on: a change there makes the cached artifacts stale
+GRAPH_SOURCES = ("compile", "train/model", "plugins/msda", "runtimes/vocabulary.py")
+
+
+def graph_code_key() -> str:
+    """A hash of the sources the export's graph comes from (``GRAPH_SOURCES``), so a benchmark after a change to
+    the model or the compiler builds its artifacts again instead of timing the old ones."""
+    digest = hashlib.sha256()
+    for source in GRAPH_SOURCES:
+        root = REPO_ROOT / source
+        for path in sorted(root.rglob("*.py") if root.is_dir() else [root] if root.exists() else []):
+            digest.update(str(path.relative_to(REPO_ROOT)).encode() + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def run_benchmark(opts: BenchmarkOptions) -> list[dict]:
     """Run every planned row and write the report to ``opts.out``; returns the rows (see ``benchmarks.report``)."""
     from benchmarks.report import environment, write_report
@@ -418,7 +433,7 @@ def run_benchmark(opts: BenchmarkOptions) -> list[dict]:
         "class_names": evaluation["class_names"],
         "peer_model": str(opts.peer_model),
     }
-    artifacts = cache / "artifacts" / key
+    artifacts = cache / "artifacts" / key / f"code-{graph_code_key()}"
     results: dict[str, dict] = {}
     specs: dict[str, dict] = {}
     for row in tqdm(rows, desc="building rows", unit="row"):
