@@ -4,8 +4,9 @@ measurement behind each runtime's ``cpu_speed_order`` (``runtimes.registry``) an
     python -m benchmarks.cpu_precisions --fp32 A_fp32.onnx --openvino-int8 A_ov_int8.onnx \
         --onnxruntime-int8 A_ort_int8.onnx --images ../shared/data/camvid/val --frames 10 --out DIR
 
-Rows: OpenVINO fp32 / bf16 (the fp32 artifact lowered; only where the CPU has native bf16) / int8, ONNX Runtime
-fp32 / int8, and the LiteRT peer when its file is here. Each round starts every row in a fresh process, one after
+Rows: OpenVINO fp32 / bf16 (the fp32 artifact lowered; only where the CPU has native bf16) / int8 (as
+``Segmenter`` runs it; where its float ops run in bf16, also with f32 float ops), ONNX Runtime fp32 / int8, and the
+LiteRT peer when its file is here. Each round starts every row in a fresh process, one after
 the other, in an order rotated from round to round, so a busy machine slows all rows alike. Rows never share a
 process: two runtimes' thread pools in one process compete for the same cores (measured, 2-core AMD EPYC: the
 LiteRT peer took 75 ms a frame beside OpenVINO, 43-47 ms alone). ``--in-process`` keeps the older frame-by-frame
@@ -39,10 +40,22 @@ def _rows(args: argparse.Namespace) -> dict[str, tuple[str, Path, str | None]]:
         rows["OpenVINO bf16"] = ("openvino", args.fp32, "bf16")
     if args.openvino_int8:
         rows["OpenVINO int8"] = ("openvino", args.openvino_int8, None)
+        if _int8_float_ops(args.openvino_int8) == "bf16":  # as it runs by default; the f32 float ops beside it
+            rows["OpenVINO int8, f32 float ops"] = ("openvino", args.openvino_int8, "fp32")
     rows["ONNX Runtime fp32"] = ("onnxruntime", args.fp32, None)
     if args.onnxruntime_int8:
         rows["ONNX Runtime int8"] = ("onnxruntime", args.onnxruntime_int8, None)
     return rows
+
+
+def _int8_float_ops(path: Path) -> str:
+    """What OpenVINO runs this int8 file's float ops in on this CPU ("bf16" where verified and native)."""
+    import openvino as ov
+
+    from runtimes import read_metadata
+    from runtimes.openvino_backend import int8_float_ops_hint
+
+    return int8_float_ops_hint(read_metadata(path), ov.Core())
 
 
 def _frame_files(args: argparse.Namespace) -> list[Path]:
