@@ -60,27 +60,39 @@ def score_folds(
             logger.info("fold %s: %s is newer than its checkpoint, scored already: kept", sequence, out)
         else:
             _export_fold(checkpoint, fold, target, precision, out, input_size, held_out, calib_images)
-        accuracy = read_metadata(out)["accuracy"]
+        meta = read_metadata(out)
+        accuracy = meta["accuracy"]
         folds[sequence] = {
             "frames": held_out,
             "torch_fp32": accuracy["reference"],
             "artifact": accuracy["artifact"],
             "drop": accuracy["drop"],
             "label_agreement": accuracy["label_agreement"],
+            # the runtime's verified lowerings (OpenVINO bf16: an int8 file's float ops), scored on the same frames
+            "lowered": {
+                k: v["artifact"] for k, v in (meta.get("verified_precisions") or {}).items() if "artifact" in v
+            },
         }
         if peer:
             folds[sequence]["peer"] = _peer_score(held_out_set)
         logger.info("fold %s: torch %.2f, %s %s %.2f", sequence, accuracy["reference"], target, precision,
                     accuracy["artifact"])  # fmt: skip
     peers = [f["peer"]["mIoU"] for f in folds.values() if "mIoU" in f.get("peer", {})]
+    lowered = sorted({k for f in folds.values() for k in f["lowered"]})
     return {
         "target": target,
         "precision": precision,
         "folds": folds,
+        "mean_lowered": {k: _mean([f["lowered"].get(k) for f in folds.values()]) for k in lowered},
         "mean_peer": sum(peers) / len(peers) if peers and len(peers) == len(folds) else None,
         "mean_torch_fp32": sum(f["torch_fp32"] for f in folds.values()) / len(folds),
         "mean_artifact": sum(f["artifact"] for f in folds.values()) / len(folds),
     }
+
+
+def _mean(values: list[float | None]) -> float | None:
+    """The mean, or None where a fold lacks the figure."""
+    return None if any(v is None for v in values) or not values else sum(values) / len(values)  # type: ignore[arg-type]
 
 
 def _gated_at(artifact: Path, input_size: tuple[int, int] | None) -> bool:
@@ -113,24 +125,33 @@ def _peer_score(dataset: Any) -> dict[str, Any]:
 
 def markdown(report: dict[str, Any]) -> str:
     name = f"{report['target']} {report['precision']}"
+    lowered = report.get("mean_lowered") or {}
+    extra = "".join(f" {name}, {k} lowering mIoU |" for k in lowered)
     lines = [
-        f"| held-out sequence | frames | torch fp32 mIoU | {name} mIoU | drop | LiteRT peer mIoU | ours - peer |",
-        "|---|---|---|---|---|---|---|",
+        f"| held-out sequence | frames | torch fp32 mIoU | {name} mIoU | drop |{extra} LiteRT peer mIoU "
+        "| ours - peer |",
+        "|---|---|---|---|---|" + "---|" * len(lowered) + "---|---|",
     ]
     for sequence, fold in report["folds"].items():
         figures = f"{fold['torch_fp32']:.2f} | {fold['artifact']:.2f} | {fold['drop']:.2f}"
+        figures += "".join(f" | {_cell(fold.get('lowered', {}).get(k))}" for k in lowered)
         peer = fold.get("peer", {})
         vs = f"{peer['mIoU']:.2f} | {fold['artifact'] - peer['mIoU']:+.2f}" if "mIoU" in peer else "– | –"
         lines.append(f"| {sequence} | {fold['frames']} | {figures} | {vs} |")
     mean_peer = report.get("mean_peer")
     peer_cell = f"**{mean_peer:.2f}** | {report['mean_artifact'] - mean_peer:+.2f}" if mean_peer else "– | –"
+    lowered_cells = "".join(f" **{_cell(v)}** |" for v in lowered.values())
     lines.append(
         f"| **mean of folds** | | **{report['mean_torch_fp32']:.2f}** | **{report['mean_artifact']:.2f}** | "
-        f"| {peer_cell} |"
+        f"|{lowered_cells} {peer_cell} |"
     )
     errors = {f.get("peer", {}).get("error") for f in report["folds"].values()} - {None}
     lines += [f"\nLiteRT peer not scored: {e}" for e in errors]
     return "\n".join(lines) + "\n"
+
+
+def _cell(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -176,3 +176,18 @@ def test_eval_by_sequence_and_hold_out_on_the_command_line(camvid_like: Path, tm
     scores = json.loads(result.stdout.splitlines()[-1])
     assert list(scores["sequences"]) == ["DRIVEA", "DRIVEB", "DRIVEC"]
     assert all(0 <= s["mIoU"] <= 100 for s in scores["sequences"].values())
+
+
+def test_fold_table_shows_the_verified_lowering_beside_the_artifact():
+    """An OpenVINO int8 fold whose float ops the gate also scored in bf16 gets that column; a fold without the
+    record shows a dash and no mean."""
+    folds = {
+        "A": {"frames": 3, "torch_fp32": 60.0, "artifact": 59.0, "drop": 1.0, "lowered": {"bf16": 58.5}},
+        "B": {"frames": 4, "torch_fp32": 50.0, "artifact": 49.5, "drop": 0.5, "lowered": {}},
+    }
+    report = {"target": "openvino", "precision": "int8", "folds": folds, "mean_torch_fp32": 55.0,
+              "mean_artifact": 54.25, "mean_lowered": {"bf16": None}}  # fmt: skip
+    text = markdown(report)
+    assert "| openvino int8, bf16 lowering mIoU |" in text
+    assert "| A | 3 | 60.00 | 59.00 | 1.00 | 58.50 | – | – |" in text
+    assert "| B | 4 | 50.00 | 49.50 | 0.50 | – | – | – |" in text
