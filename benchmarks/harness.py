@@ -506,12 +506,15 @@ def _measure_rows(
 
 
 def merge_round(result: dict, measured: dict) -> None:
-    """Add a later round's timed frames to a row's result: latency figures and CPU time over all its frames."""
+    """Add a later round's timed frames to a row's result: latency figures, CPU time and stage means (pre-
+    processing, inference, ...) over all its frames."""
     from benchmarks.worker import latency_figures
 
-    before = len(result["times_ms"])
+    before, added = len(result["times_ms"]), len(measured["times_ms"])
     times = result["times_ms"] + measured["times_ms"]
-    result["cpu_ms"] = (result["cpu_ms"] * before + measured["cpu_ms"] * len(measured["times_ms"])) / len(times)
+    for key in ("cpu_ms", *measured.get("stage_keys", ())):
+        if isinstance(result.get(key), float) and isinstance(measured.get(key), float):
+            result[key] = (result[key] * before + measured[key] * added) / len(times)
     result.update(latency_figures(times), times_ms=times, runs=len(times), rounds=result.get("rounds", 1) + 1)
 
 

@@ -412,6 +412,7 @@ def measure(spec: dict) -> dict:
         "load_s": load_s,
         "load_avg_1min": load_avg,
         **{k: v / runs for k, v in stage_sums.items()},
+        "stage_keys": sorted(stage_sums),  # the per-frame means above (preprocess_ms, ...): merged over rounds
     }
     if spec.get("latency_only"):
         return result

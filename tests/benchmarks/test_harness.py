@@ -247,7 +247,9 @@ def test_rounds_rotate_the_rows_and_merge_their_frames(tmp_path, monkeypatch):
         if name == "c-round3":
             return {"error": "c crashed"}
         times = {"a": [10.0, 20.0], "c": [30.0, 30.0]}.get(name, [40.0])
-        return {"times_ms": times, "cpu_ms": 5.0, "p50_ms": float(np.median(times)), "rounds": 1}
+        stage = 2.0 if name == "a" else 8.0
+        return {"times_ms": times, "cpu_ms": 5.0, "p50_ms": float(np.median(times)), "rounds": 1,
+                "inference_ms": stage, "stage_keys": ["inference_ms"]}  # fmt: skip
 
     monkeypatch.setattr(harness, "run_job", fake_job)
     rows = [{"id": k, "target": "t", "precision": "fp32"} for k in ("a", "b", "c")]
@@ -262,6 +264,7 @@ def test_rounds_rotate_the_rows_and_merge_their_frames(tmp_path, monkeypatch):
     ]  # fmt: skip
     assert results["a"]["times_ms"] == [10.0, 20.0, 40.0, 40.0] and results["a"]["runs"] == 4
     assert results["a"]["p50_ms"] == 30.0 and results["a"]["rounds"] == 3 and results["a"]["gate"] == "a"
+    assert results["a"]["inference_ms"] == (2 * 2.0 + 8.0 + 8.0) / 4  # per-frame means weighted by frames
     assert results["b"]["error"] == "b cannot load"
     assert results["c"]["times_ms"] == [30.0, 30.0, 40.0] and results["c"]["round_errors"] == ["round 3: c crashed"]
 
