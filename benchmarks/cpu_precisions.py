@@ -52,10 +52,14 @@ def _int8_float_ops(path: Path) -> str:
     """What OpenVINO runs this int8 file's float ops in on this CPU ("bf16" where verified and native)."""
     import openvino as ov
 
-    from runtimes import read_metadata
+    from runtimes import ArtifactError, read_metadata
     from runtimes.openvino_backend import int8_float_ops_hint
 
-    return int8_float_ops_hint(read_metadata(path), ov.Core())
+    try:
+        metadata = read_metadata(path)
+    except (ArtifactError, OSError):  # the row itself fails and says why
+        return "f32"
+    return int8_float_ops_hint(metadata, ov.Core())
 
 
 def _frame_files(args: argparse.Namespace) -> list[Path]:

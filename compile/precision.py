@@ -41,8 +41,9 @@ Mask2Former trained 600 iterations, calibrated on 64 CamVid train images):
   rule too but not a default: keeping them float measured 87.7 % vs 88.3 % on the same MobileNetV2 model.
 * Not excluded because it measured no difference: the deformable-attention sampling-offset projections that feed
   GridSample (99.117% vs 99.112%) and the mask-embedding head before the final einsum (+0.02 pt). GridSample,
-  Softmax, LayerNormalization and the einsum/argmax tail are never quantised (not in ``ORT_OP_TYPES``; NNCF's
-  transformer preset leaves them float).
+  Softmax, LayerNormalization and the argmax are never quantised (not in ``ORT_OP_TYPES``; NNCF's transformer
+  preset leaves them float); the semantic tail's class-score MatMuls stay float by the ``attention`` rule (two
+  non-constant operands), as the Einsums they replaced did.
 """
 
 from __future__ import annotations
@@ -220,7 +221,8 @@ def image_convs(model: onnx.ModelProto) -> list[str]:
 
 
 def attention_matmuls(model: onnx.ModelProto) -> list[str]:
-    """MatMuls whose second operand is not a constant: attention's Q.K^T and softmax.V (no weight to quantise)."""
+    """MatMuls whose second operand is not a constant: attention's Q.K^T and softmax.V (no weight to quantise),
+    and the semantic tail's class probabilities x masks."""
     constants = {i.name for i in model.graph.initializer}
     constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
     return [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] not in constants]

@@ -164,11 +164,15 @@ def profile_on(
     if runtime == "openvino":
         import openvino as ov
 
-        from runtimes.artifact import read_metadata
+        from runtimes.artifact import ArtifactError, read_metadata
         from runtimes.openvino_backend import OV_INFERENCE_PRECISION, int8_float_ops_hint
 
         hint = OV_INFERENCE_PRECISION[precision]
         if precision == "int8":  # its float ops as the backend runs them (bf16 where verified and native)
-            hint = int8_float_ops_hint(read_metadata(model_path), ov.Core())
+            try:
+                metadata = read_metadata(model_path)
+            except ArtifactError:  # a bare quantised ONNX (no m2f metadata, no gate record): f32 float ops
+                metadata = {}
+            hint = int8_float_ops_hint(metadata, ov.Core())
         return profile_openvino(model_path, feed, hint, threads, runs)
     raise ValueError(f"no engine profiler for runtime {runtime!r}; expected openvino or onnxruntime")

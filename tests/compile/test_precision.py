@@ -229,8 +229,9 @@ def test_keep_float_rules_find_the_image_conv_and_attention_products(scenes, tmp
     convs = precision.image_convs(model)
     first_conv = next(n for n in model.graph.node if n.op_type == "Conv")
     assert convs == [first_conv.name]
-    # 3 decoder layers x (masked cross-attention + self-attention) x (Q.K^T, softmax.V)
-    assert len(precision.attention_matmuls(model)) == 12
+    # 3 decoder layers x (masked cross-attention + self-attention) x (Q.K^T, softmax.V), and the semantic tail's
+    # two class-score products (labels, 1/4-size scores: float as the Einsums they were)
+    assert len(precision.attention_matmuls(model)) == 12 + 2
     assert precision.linear_bottlenecks(model) == [] and precision.depthwise_convs(model) == []  # a ResNet has none
     with caplog.at_level(logging.WARNING, logger="compile.precision"):
         assert precision.stem_convs(model) == convs  # a ResNet pools to a quarter right after its image conv
