@@ -34,32 +34,19 @@ PEER_ROW = "LiteRT peer (int8)"
 
 def _rows(args: argparse.Namespace) -> dict[str, tuple[str, Path, str | None]]:
     from runtimes.cpu_features import cpu_features
+    from runtimes.openvino_backend import int8_float_ops_of
 
     rows: dict[str, tuple[str, Path, str | None]] = {"OpenVINO fp32": ("openvino", args.fp32, "fp32")}
     if cpu_features().native_bf16:
         rows["OpenVINO bf16"] = ("openvino", args.fp32, "bf16")
     if args.openvino_int8:
         rows["OpenVINO int8"] = ("openvino", args.openvino_int8, None)
-        if _int8_float_ops(args.openvino_int8) == "bf16":  # as it runs by default; the f32 float ops beside it
+        if int8_float_ops_of(args.openvino_int8) == "bf16":  # as it runs by default; the f32 float ops beside it
             rows["OpenVINO int8, f32 float ops"] = ("openvino", args.openvino_int8, "fp32")
     rows["ONNX Runtime fp32"] = ("onnxruntime", args.fp32, None)
     if args.onnxruntime_int8:
         rows["ONNX Runtime int8"] = ("onnxruntime", args.onnxruntime_int8, None)
     return rows
-
-
-def _int8_float_ops(path: Path) -> str:
-    """What OpenVINO runs this int8 file's float ops in on this CPU ("bf16" where verified and native)."""
-    import openvino as ov
-
-    from runtimes import ArtifactError, read_metadata
-    from runtimes.openvino_backend import int8_float_ops_hint
-
-    try:
-        metadata = read_metadata(path)
-    except (ArtifactError, OSError):  # the row itself fails and says why
-        return "f32"
-    return int8_float_ops_hint(metadata, ov.Core())
 
 
 def _frame_files(args: argparse.Namespace) -> list[Path]:

@@ -16,10 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from runtimes.profiling import profile_on, profile_onnxruntime, profile_openvino, summarise
-from runtimes.registry import TARGETS
-
-CPU_RUNTIMES = TARGETS["cpu"].runtimes  # the runtimes with a profiler here: OpenVINO first, ONNX Runtime
+from runtimes.profiling import PROFILED_RUNTIMES, profile_on, profile_onnxruntime, profile_openvino, summarise
 
 __all__ = ["profile_onnxruntime", "profile_openvino", "profile_torch"]
 
@@ -54,7 +51,7 @@ def profile_artifact(path: Path, runtime: str | None, frame: np.ndarray | None, 
     from sdk.preprocess import fit_to_input
 
     meta = read_metadata(path)
-    runtime = runtime or (meta["target"] if meta["target"] in CPU_RUNTIMES else CPU_RUNTIMES[0])
+    runtime = runtime or (meta["target"] if meta["target"] in PROFILED_RUNTIMES else PROFILED_RUNTIMES[0])
     if frame is None:
         frame = np.full((*(meta["input"].get("size") or (480, 640)), 3), 128, np.uint8)
     feed = {meta["input"]["name"]: fit_to_input(frame, meta["input"])[0][None]}
@@ -85,7 +82,7 @@ def markdown(profiles: list[dict], top: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Per-op profiles of artifacts by their runtime's own profiler")
     parser.add_argument("artifacts", nargs="+", type=Path)
-    parser.add_argument("--runtime", choices=CPU_RUNTIMES, help="default: each artifact's target")
+    parser.add_argument("--runtime", choices=PROFILED_RUNTIMES, help="default: each artifact's target")
     parser.add_argument("--image", type=Path, help="a frame to feed (default: mid-grey)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=5)

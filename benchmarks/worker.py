@@ -496,7 +496,7 @@ def _profile(spec: dict, pipeline: Any, frame: np.ndarray) -> dict:
     if row["family"] == "m2f":
         segmenter = pipeline.segmenter
         feed = {segmenter.input_name: fit_to_input(frame, segmenter.metadata["input"])[0][None]}
-        if row["runtime"] in ("openvino", "onnxruntime"):
+        if row["runtime"] in profiling.PROFILED_RUNTIMES:
             return profiling.profile_on(row["runtime"], spec["artifact"], feed, row["precision"], threads)
         return profiling.profile_torch(lambda: segmenter.backend.run(feed))
     image, _ = fit_to_input(frame, pipeline.input_spec)

@@ -83,6 +83,16 @@ def int8_float_ops_hint(metadata: dict, core: Any, device: str = "CPU") -> str:
     return "bf16" if _CAPABILITY["bf16"] in capabilities else "f32"
 
 
+def int8_float_ops_of(path: str | Path) -> str:
+    """:func:`int8_float_ops_hint` of the int8 file at ``path`` on this machine's CPU; "f32" for a file without m2f
+    metadata (a bare quantised ONNX carries no gate record) or one that cannot be read (its own load says why)."""
+    try:
+        metadata = read_metadata(path)
+    except (ArtifactError, OSError):
+        return "f32"
+    return int8_float_ops_hint(metadata, _import_openvino().Core())
+
+
 class OpenVinoBackend(Backend):
     """Run an artifact with OpenVINO on ``device`` ("CPU", "GPU", "NPU", "AUTO", ...); see the module docstring
     for ``precision``, ``performance_mode``, ``num_requests`` (the request pool) and ``cache_dir``."""

@@ -29,10 +29,13 @@ from typing import Any
 
 import numpy as np
 
+from runtimes.registry import TARGETS
+
 logger = logging.getLogger(__name__)
 
 TOP_OPS = 12
 TOP_NODES = 10
+PROFILED_RUNTIMES = TARGETS["cpu"].runtimes  # the CPU runtimes (OpenVINO first): profile_on runs each one's profiler
 
 
 def openvino_int8_kernel(op: str, exec_type: str) -> bool:
@@ -158,21 +161,13 @@ def profile_on(
     threads: int | None,
     runs: int = 3,
 ) -> dict[str, Any]:
-    """The artifact's profile on ``runtime`` ("openvino" or "onnxruntime") run at our ``precision`` name."""
+    """The artifact's profile on ``runtime`` (one of ``PROFILED_RUNTIMES``) run at our ``precision`` name."""
     if runtime == "onnxruntime":
         return profile_onnxruntime(model_path, feed, threads, runs)
     if runtime == "openvino":
-        import openvino as ov
+        from runtimes.openvino_backend import OV_INFERENCE_PRECISION, int8_float_ops_of
 
-        from runtimes.artifact import ArtifactError, read_metadata
-        from runtimes.openvino_backend import OV_INFERENCE_PRECISION, int8_float_ops_hint
-
-        hint = OV_INFERENCE_PRECISION[precision]
-        if precision == "int8":  # its float ops as the backend runs them (bf16 where verified and native)
-            try:
-                metadata = read_metadata(model_path)
-            except ArtifactError:  # a bare quantised ONNX (no m2f metadata, no gate record): f32 float ops
-                metadata = {}
-            hint = int8_float_ops_hint(metadata, ov.Core())
+        # an int8 file's float ops as the backend runs them (bf16 where verified and native)
+        hint = int8_float_ops_of(model_path) if precision == "int8" else OV_INFERENCE_PRECISION[precision]
         return profile_openvino(model_path, feed, hint, threads, runs)
-    raise ValueError(f"no engine profiler for runtime {runtime!r}; expected openvino or onnxruntime")
+    raise ValueError(f"no engine profiler for runtime {runtime!r}; expected one of {', '.join(PROFILED_RUNTIMES)}")
