@@ -428,3 +428,13 @@ def test_timed_frames_hold_the_prediction_alone(tmp_path, monkeypatch):
     pipeline.calls = 0
     assert max(worker.measure({**spec, "latency_only": True})["times_ms"]) < 200
     assert pipeline.calls == 0  # a later round times frames only
+
+
+@pytest.mark.parametrize("flag", ["--rounds", "--runs"])
+def test_a_bad_count_is_a_message(tmp_path, capsys, flag):
+    from benchmarks.cli import benchmark_main
+
+    argv = ["--model", "x", "--data", str(tmp_path), "--out", str(tmp_path / "out"), flag, "0"]
+    assert benchmark_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "need --runs >= 1, --warmup >= 0, --images >= 1 and --rounds >= 1" in err and "Traceback" not in err
