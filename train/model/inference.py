@@ -67,7 +67,7 @@ def semantic_inference(mask_cls: Tensor, mask_pred: Tensor) -> Tensor:
     """
     probs = F.softmax(mask_cls, dim=-1)[..., :-1]  # (..., Q, K)
     masks = mask_pred.sigmoid()  # (..., Q, H, W)
-    # the einsum "...qk,...qhw->...khw" as one MatMul: ONNX Runtime's Einsum kernel took 390 of 1400 ms of the
+    # the einsum "...qk,...qhw->...khw" as one MatMul: ONNX Runtime's Einsum kernel took 390 of 1711 profiled ms of the
     # Swin-T 512 graph for it (OpenVINO lowers either form to the same MatMul)
     scores = probs.transpose(-1, -2).to(masks.dtype) @ masks.flatten(-2)  # (..., K, H*W)
     return scores.unflatten(-1, masks.shape[-2:])  # (..., K, H, W)
