@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from compile import tensorrt_rules
 from compile.tensorrt_rules import VERSIONS, lint, rewrite_for_tensorrt, support_table
-from runtimes.artifact import read_metadata
+from runtimes.artifact import read_metadata, write_metadata
 from sdk.segmenter import DEFAULT_MODELS_DIR
 
 H, W = 6, 8
@@ -135,6 +135,22 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     onnx.save(model, str(good))
     assert tensorrt_rules._main([str(good)]) == 0
     assert tensorrt_rules._main([str(tmp_path / "missing.onnx")]) == 2
+
+
+def test_cli_rewrite_writes_and_lists_what_is_left(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = violating_graph(3)  # asymmetric activations survive the rewrite
+    src, dst = tmp_path / "src.onnx", tmp_path / "dst.onnx"
+    onnx.save(model, str(src))
+    assert tensorrt_rules._main(["--rewrite", str(src), str(dst)]) == 2  # not an m2f artifact: a message
+    assert "not an m2f artifact" in capsys.readouterr().err and not dst.exists()
+    write_metadata(model, read_metadata(DEFAULT_MODELS_DIR / "default_int8.onnx"))
+    onnx.save(model, str(src))
+    assert tensorrt_rules._main(["--rewrite", str(src), str(dst)]) == 0  # written: what is left is listed
+    out = capsys.readouterr().out
+    assert "qdq_uint8_to_int8" in out and "not counted in the exit status" in out and "qdq-zero-point" in out
+    assert read_metadata(dst)["rewrites"][-1]["by"] == "compile.tensorrt_rules"
+    assert tensorrt_rules._main(["--rewrite", str(src), str(dst), str(dst)]) == 1  # named in FILES: it counts
+    assert tensorrt_rules._main(["--rewrite", str(tmp_path / "missing.onnx"), str(dst)]) == 2
 
 
 @pytest.mark.parametrize("name", ["default_fp32.onnx", "default_int8.onnx"])
