@@ -125,16 +125,34 @@ def _save(model: onnx.ModelProto, dst: str | Path, metadata_from: onnx.ModelProt
     return dst
 
 
-def _preprocess(src: Path, work: Path) -> Path:
-    """``quant_pre_process``: constant folding (q/k/v weights become initializers), MatMul+Add -> Gemm, shapes.
+def _preprocess(src: Path, work: Path, keep_transposes: bool = False) -> Path:
+    """``quant_pre_process``: ONNX Runtime's basic graph optimisation (constant folding: q/k/v weights become
+    initializers; MatMul+Add -> Gemm), then ONNX shape inference.
 
-    Symbolic shape inference is skipped: it fails on the dynamo exporter's graphs and ONNX shape inference is
-    enough for static and dynamic inputs alike.
+    ``keep_transposes`` (the OpenVINO path) leaves ONNX Runtime's transpose optimiser out of that optimisation.
+    It pushes the semantic tail's last Transpose into the ArgMax, an argmax over the last axis of (B, H, W, K),
+    which OpenVINO runs as a slow last-axis TopK (the int8 file's tail became slower than the fp32 file's, whose
+    graph never went through it; ``benchmarks/results/issue20_int8_tail/``). ONNX Runtime's own ArgMax takes
+    either axis alike, so its path keeps the optimiser and its file is unchanged. Symbolic shape inference is
+    skipped: it fails on the dynamo exporter's graphs and ONNX shape inference is enough for static and dynamic
+    inputs alike.
     """
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     out = work / "preprocessed.onnx"
-    quant_pre_process(str(src), str(out), skip_symbolic_shape=True)
+    if not keep_transposes:
+        quant_pre_process(str(src), str(out), skip_symbolic_shape=True)
+        return out
+    import onnxruntime as ort
+
+    optimized = work / "optimized.onnx"
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(optimized)
+    ort.InferenceSession(
+        str(src), options, providers=["CPUExecutionProvider"], disabled_optimizers=["TransposeOptimizer"]
+    )
+    quant_pre_process(str(optimized), str(out), skip_optimization=True, skip_symbolic_shape=True)
     return out
 
 
@@ -525,7 +543,7 @@ def quantize_openvino_int8(
     source = _load(src)
     feeds = _calibration_list(calibration, source)
     with tempfile.TemporaryDirectory(prefix="m2f_ov_int8_") as tmp:
-        model = onnx.load(str(_preprocess(Path(src), Path(tmp))))
+        model = onnx.load(str(_preprocess(Path(src), Path(tmp), keep_transposes=True)))
     user = ignored_scope or nncf.IgnoredScope()
     scope = nncf.IgnoredScope(
         names=[*user.names, *(n for n in keep_float_nodes(model, keep_float) if n not in user.names)],
