@@ -287,6 +287,12 @@ def _segment_all(
                 bar.update()
         except KeyboardInterrupt:
             interrupted = True
+        except SystemError as err:
+            # Ctrl-C inside a C call back into Python (np.fromfile asking a Path for its name) surfaces as a
+            # SystemError caused by the KeyboardInterrupt: still the user's Ctrl-C
+            if not isinstance(err.__cause__ or err.__context__, KeyboardInterrupt):
+                raise
+            interrupted = True
     elapsed = time.perf_counter() - loaded
     print(
         _summary(segmented, failed, len(images), elapsed, loaded - started, args.out, interrupted, missing),

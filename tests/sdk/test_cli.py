@@ -150,6 +150,33 @@ def test_ctrl_c_stops_the_batch_reports_and_exits_130(tmp_path):
     assert done <= len(list((tmp_path / "out").glob("*.png"))) <= done + 1
 
 
+def test_ctrl_c_inside_a_c_call_is_still_an_interrupt(tmp_path, monkeypatch, capsys):
+    """Seen in the test above once: Ctrl-C while np.fromfile asked a Path for its name came out as a SystemError
+    caused by the KeyboardInterrupt, and m2f predict died with a traceback (exit 1)."""
+    from sdk import cli_predict
+    from sdk.cli import main
+
+    for i in range(3):
+        _image(tmp_path / "many" / f"{i}.jpg", i)
+    real = cli_predict.read_image
+
+    def read_image(path: Path) -> np.ndarray:
+        if path.name == "1.jpg":
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt as err:
+                raise SystemError("<function PurePath.__str__> returned a result with an exception set") from err
+        return real(path)
+
+    monkeypatch.setattr(cli_predict, "read_image", read_image)
+    monkeypatch.chdir(tmp_path)
+    assert main(["predict", "many", "--out", "out", *TARGET]) == 130
+    assert "1 of 3 images segmented" in capsys.readouterr().err
+    monkeypatch.setattr(cli_predict, "read_image", lambda path: (_ for _ in ()).throw(SystemError("a real bug")))
+    with pytest.raises(SystemError, match="a real bug"):  # not a Ctrl-C: not hidden
+        main(["predict", "many", "--out", "out", *TARGET])
+
+
 def test_reader_leaving_early_stops_quietly(tmp_path):
     """``m2f predict DIR --json | head -1``: no traceback when the pipe closes."""
     for i in range(4):
