@@ -63,7 +63,7 @@ def markdown(profiles: list[dict], top: int) -> str:
     lines = []
     for p in profiles:
         lines += [
-            f"### {Path(p['artifact']).name} on {p['engine']} ({p['precision']} artifact)",
+            f"### {p['artifact']} on {p['engine']} ({p['precision']} artifact)",
             "",
             f"{p['per_inference_ms']:.1f} ms of kernel time per inference, "
             f"{100 * p['int8_share']:.1f} % of it in int8 kernels.",
