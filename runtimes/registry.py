@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from runtimes.vocabulary import PRECISIONS
+from runtimes.vocabulary import INT8_BF16, PRECISIONS
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,8 @@ class RuntimeSpec:
     device_precisions: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
     passthrough: str | None = None
     # fastest first, on a CPU: (precision, the runtimes.cpu_features.CpuFeatures flag it needs to be fast, "" for
-    # none). A profile given no precision runs the first whose artifact passed the gate (sdk.targets).
+    # none). A profile given no precision runs the first whose artifact passed the gate (sdk.targets). INT8_BF16 is
+    # int8 from a file whose gate also verified its float ops in bf16 on this runtime.
     cpu_speed_order: tuple[tuple[str, str], ...] = (("fp32", ""),)
 
     @property
@@ -112,12 +113,16 @@ RUNTIMES: dict[str, RuntimeSpec] = {
             artifact_targets=("openvino", "onnxruntime"),
             precisions=PRECISIONS,
             label="OpenVINO",
-            # AMX runs int8 and bf16 tiles. Without AMX bf16 is first: on an idle 2-core EPYC (AVX512-BF16, VNNI)
-            # MobileNetV2 inference took bf16 54.9, int8 63.4, fp32 80.7 ms (benchmarks/results/cpu_precisions),
-            # ResNet-18 442 / 456 / 663 under load; int8 where VNNI is all there is (README: "Precision by default")
+            # AMX runs int8 and bf16 tiles. Without AMX, an int8 file whose float ops run in bf16 (INT8_BF16: its
+            # gate verified them, the CPU has AVX512-BF16) comes before bf16: on a 2-core EPYC (AVX512-BF16, VNNI)
+            # the default took 0.85-0.98x bf16's time in three cpu_precisions runs and 0.943x interleaved
+            # (benchmarks/results/issue20_int8_tail); with f32 float ops it is slower than bf16 (56.2 vs 50.4 ms),
+            # so a file without that record waits behind bf16. int8 where VNNI is all there is (README: "Precision
+            # by default")
             cpu_speed_order=(
                 ("int8", "amx_int8"),
                 ("bf16", "amx_bf16"),
+                (INT8_BF16, "avx512_bf16"),
                 ("bf16", "avx512_bf16"),
                 ("int8", "vnni"),
                 ("fp32", ""),

@@ -9,6 +9,9 @@ from pathlib import Path
 
 TASKS = ("semantic", "instance", "panoptic")  # what a Mask2Former artifact outputs
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")  # what an artifact is compiled at or a runtime lowers it to
+# not a precision: int8 from a file whose gate also verified its unquantised ops in bf16 (a speed-order entry and
+# offer of sdk.targets.choose_precision; it runs at "int8")
+INT8_BF16 = "int8+bf16"
 INPUT_NAME = "images"  # the artifact's one input: (N, H, W, 3) uint8 BGR
 MASK_STRIDE = 4  # pred_masks are at 1/4 of the padded input
 # the official Mask2Former post-processing: panoptic keeps queries scoring over OBJECT_MASK_THRESHOLD whose mask is

@@ -59,7 +59,8 @@ def info() -> dict[str, object]:
         except Exception as err:  # a broken install is still worth reporting, not crashing on
             versions[name] = f"error: {err}"
     from runtimes.cpu_features import cpu_features
-    from sdk.segmenter import choose_artifact
+    from runtimes.openvino_backend import int8_float_ops_of
+    from sdk.segmenter import FLOAT_OPS_BF16, choose_artifact
 
     versions["cpu"] = cpu_features().describe()
     targets = {}
@@ -73,7 +74,11 @@ def info() -> dict[str, object]:
         if spec.device == "cpu" and runtime != "torch":  # what the packaged model runs at, and why
             try:
                 choice = choose_artifact(None, runtime, None, spec, None)
-                targets[name] = f"{runtime} {choice.precision} ({choice.artifact.name}: {choice.reason})"
+                reason = choice.reason
+                bf16_ops = runtime == "openvino" and choice.precision == "int8"
+                if bf16_ops and int8_float_ops_of(choice.artifact) == "bf16":
+                    reason += f"; {FLOAT_OPS_BF16}"  # as the backend will run it (Segmenter's repr says the same)
+                targets[name] = f"{runtime} {choice.precision} ({choice.artifact.name}: {reason})"
             except (FileNotFoundError, ValueError) as err:
                 targets[name] = f"{runtime} (packaged model: {err})"
     versions["targets"] = targets

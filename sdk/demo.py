@@ -22,8 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
+from runtimes.cpu_features import cpu_features
+from runtimes.registry import RUNTIMES
+from runtimes.vocabulary import PRECISIONS
 from sdk.cli import drain_stream
-from sdk.segmenter import Segmenter, choose_artifact, packaged_artifacts
+from sdk.segmenter import Segmenter, choose_artifact, gated_offers, packaged_artifacts
 from sdk.sources import read_video_frames
 from sdk.stream_options import StreamOptions
 from sdk.targets import TargetNotAvailable, resolve_target
@@ -73,18 +76,23 @@ def packaged_precisions() -> list[str]:
 
 
 def _default_precision(target: str, model: str | None, listed: list[str]) -> list[str]:
-    """The precision ``Segmenter(target)`` picks by itself on this CPU (bf16 on a bf16 CPU), if not already listed."""
+    """What ``Segmenter(target)`` runs fast on this CPU beyond the ``listed`` files' precisions: its own choice and,
+    for the packaged model, the lowerings its gate verified (bf16 on a bf16 CPU, where int8 is the choice)."""
     try:
         spec, runtime = resolve_target(target)
-        chosen = choose_artifact(model, runtime, None, spec, None).precision
+        chosen = [choose_artifact(model, runtime, None, spec, None).precision]
     except (TargetNotAvailable, FileNotFoundError, ValueError):
         return []
-    return [] if chosen in listed else [chosen]
+    if model is None and spec.device == "cpu":
+        features = cpu_features()
+        fast = {p for p, flag in RUNTIMES[runtime].cpu_speed_order if not flag or getattr(features, flag)}
+        chosen += [p for p in gated_offers(packaged_artifacts(), runtime) if p in PRECISIONS and p in fast]
+    return [p for p in dict.fromkeys(chosen) if p not in listed]
 
 
 def target_table(frames: list[np.ndarray], model: str | None) -> list[TableRow]:
-    """predict() on every frame per CPU target x packaged precision, plus the precision each target picks by itself
-    where that is another (a lowering: bf16 on a bf16 CPU); a target that fails becomes an error row."""
+    """predict() on every frame per CPU target x packaged precision, plus what each target runs fast beyond those
+    (:func:`_default_precision`: bf16 on a bf16 CPU); a target that fails becomes an error row."""
     precisions = ["fp32"] if model else packaged_precisions()
     rows: list[TableRow] = []
     reference: list[np.ndarray] | None = None

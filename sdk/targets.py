@@ -19,6 +19,7 @@ from runtimes import available_runtimes, device_unavailable
 from runtimes.cpu_features import FEATURE_NAMES, CpuFeatures, cpu_features
 from runtimes.errors import M2FError
 from runtimes.registry import AUTO_ORDER, RUNTIMES, TARGETS, TargetSpec, runtimes_named
+from runtimes.vocabulary import INT8_BF16
 
 __all__ = [
     "AUTO_ORDER",
@@ -110,7 +111,8 @@ class PrecisionChoice:
 
 
 def choose_precision(runtime: str, offers: Mapping[str, Path], features: CpuFeatures | None = None) -> PrecisionChoice:
-    """The fastest precision on this CPU among ``offers`` (precision -> an artifact whose gate passed at it).
+    """The fastest precision on this CPU among ``offers`` (precision -> an artifact whose gate passed at it; the key
+    ``INT8_BF16``: an int8 file whose float ops were gated in bf16 too, which runs at "int8").
 
     Walks the runtime's ``cpu_speed_order`` (``runtimes.registry``): the first precision that is offered and whose
     CPU feature is present wins; the reason names the CPU, what it has, and the faster choices passed over.
@@ -120,23 +122,37 @@ def choose_precision(runtime: str, offers: Mapping[str, Path], features: CpuFeat
     features = features or cpu_features()
     needs: dict[str, list[str]] = {}  # faster precisions offered, and the features they would need
     unoffered: list[str] = []
-    for precision, flag in RUNTIMES[runtime].cpu_speed_order:
+    for key, flag in RUNTIMES[runtime].cpu_speed_order:
         if flag and not getattr(features, flag):
-            if precision in offers:
-                needs.setdefault(precision, []).append(FEATURE_NAMES.get(flag, flag))
+            if key in offers:
+                needs.setdefault(key, []).append(FEATURE_NAMES.get(flag, flag))
             continue
-        if precision not in offers:
-            if precision != "fp32" and precision not in unoffered:
-                unoffered.append(precision)
+        if key not in offers:
+            if key != "fp32" and key not in unoffered:
+                unoffered.append(key)
             continue
-        passed = [f"{p} needs {' or '.join(flags)}" for p, flags in needs.items() if p != precision]
-        passed += [f"no gated {p} artifact" for p in unoffered]
+        precision = _offer_precision(key)
+        passed = [
+            f"{_offer_label(k)} needs {' or '.join(flags)}"
+            for k, flags in needs.items()
+            if _offer_precision(k) != precision
+        ]
+        passed += [f"no gated {_offer_label(k)} artifact" for k in unoffered if _offer_precision(k) != precision]
         why = f"fastest gated precision for {runtime} on {features.describe()}"
         if passed:
             why += f" ({'; '.join(passed)})"
-        return PrecisionChoice(precision, offers[precision], why)
-    precision = next(iter(offers))  # nothing in the speed order is offered: run what there is
+        return PrecisionChoice(precision, offers[key], why)
+    key = next(iter(offers))  # nothing in the speed order is offered: run what there is
     why = f"the only gated precision offered to {runtime}"
-    if precision in needs:
-        why += f", slow without {' or '.join(needs[precision])} on {features.describe()}"
-    return PrecisionChoice(precision, offers[precision], why)
+    if key in needs:
+        why += f", slow without {' or '.join(needs[key])} on {features.describe()}"
+    return PrecisionChoice(_offer_precision(key), offers[key], why)
+
+
+def _offer_precision(key: str) -> str:
+    """The precision an offer runs at (``INT8_BF16`` runs at int8)."""
+    return "int8" if key == INT8_BF16 else key
+
+
+def _offer_label(key: str) -> str:
+    return "int8 with bf16 float ops" if key == INT8_BF16 else key

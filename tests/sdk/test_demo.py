@@ -67,7 +67,8 @@ def test_read_video_frames_missing_and_undecodable(tmp_path):
 
 
 def test_the_table_adds_the_precision_a_target_picks_by_itself(monkeypatch):
-    """On a bf16 CPU OpenVINO runs the packaged fp32 file in bf16: the demo's table shows that row too."""
+    """On a bf16 CPU OpenVINO can run the packaged fp32 file in bf16 (its gate verified it; int8 is the choice
+    there): the demo's table shows that row too."""
     from sdk.demo import _default_precision, packaged_precisions
 
     listed = packaged_precisions()

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from runtimes.cpu_features import CpuFeatures, cpu_features
+from runtimes.vocabulary import INT8_BF16
 from sdk.segmenter import Segmenter, artifact_for, gated_offers, packaged_artifacts
 from sdk.targets import choose_precision
 
@@ -27,6 +28,7 @@ SAPPHIRE_RAPIDS = features("amx_bf16", "amx_int8", "avx512_bf16", "vnni")
 EPYC_ZEN4 = features("avx512_bf16", "vnni")
 AVX2_ONLY = features()
 ALL = {"fp32": Path("fp32.onnx"), "bf16": Path("fp32.onnx"), "int8": Path("int8.onnx")}
+WITH_INT8_BF16 = {**ALL, INT8_BF16: ALL["int8"]}  # the int8 file's float ops gated in bf16 too
 
 
 @pytest.mark.parametrize(
@@ -34,7 +36,10 @@ ALL = {"fp32": Path("fp32.onnx"), "bf16": Path("fp32.onnx"), "int8": Path("int8.
     [
         ("openvino", SAPPHIRE_RAPIDS, ALL, "int8"),
         ("openvino", SAPPHIRE_RAPIDS, {"fp32": ALL["fp32"], "bf16": ALL["bf16"]}, "bf16"),
-        ("openvino", EPYC_ZEN4, ALL, "bf16"),  # a tie with int8 without AMX: the one closer to fp32
+        ("openvino", EPYC_ZEN4, ALL, "bf16"),  # int8 with f32 float ops: slower than bf16 without AMX
+        ("openvino", EPYC_ZEN4, WITH_INT8_BF16, "int8"),  # int8, its float ops in bf16: 0.85-0.98x bf16
+        ("openvino", features("vnni"), WITH_INT8_BF16, "int8"),
+        ("openvino", AVX2_ONLY, WITH_INT8_BF16, "fp32"),
         ("openvino", features("vnni"), ALL, "int8"),
         ("openvino", EPYC_ZEN4, {"fp32": ALL["fp32"], "bf16": ALL["bf16"]}, "bf16"),
         ("openvino", AVX2_ONLY, ALL, "fp32"),  # int8 would saturate-free but slow, bf16 emulated
@@ -47,7 +52,7 @@ ALL = {"fp32": Path("fp32.onnx"), "bf16": Path("fp32.onnx"), "int8": Path("int8.
 def test_choice_follows_the_cpu(runtime, cpu, offers, expected):
     choice = choose_precision(runtime, offers, cpu)
     assert choice.precision == expected
-    assert choice.artifact == offers[expected]
+    assert choice.artifact == offers[expected]  # INT8_BF16 offers the int8 file
     assert "test CPU" in choice.reason
 
 
@@ -58,6 +63,10 @@ def test_reason_names_what_was_passed_over():
     reason = choose_precision("openvino", {"fp32": ALL["fp32"], "int8": ALL["int8"]}, SAPPHIRE_RAPIDS).reason
     assert "(" not in reason  # int8 won: nothing faster was passed over
     assert "no gated bf16" in choose_precision("openvino", {"fp32": ALL["fp32"]}, EPYC_ZEN4).reason
+    reason = choose_precision("openvino", ALL, EPYC_ZEN4).reason  # bf16 won over an int8 file with f32 float ops
+    assert "no gated int8 with bf16 float ops artifact" in reason
+    reason = choose_precision("openvino", WITH_INT8_BF16, EPYC_ZEN4).reason
+    assert "int8 needs" not in reason and "bf16 needs AMX-BF16" in reason
 
 
 def test_only_offer_without_fp32_runs():
@@ -84,7 +93,8 @@ def _meta(target: str, precision: str, gated: bool = True, lowered: dict | None 
 
 
 def test_offers_are_gated_and_quantiser_matched():
-    """... and an int8 file's bf16 lowering (its float ops in bf16) is not a bf16 offer, even listed first."""
+    """... and an int8 file's bf16 lowering (its float ops in bf16) is not a bf16 offer, even listed first: it is
+    offered as INT8_BF16, to the runtime it was quantised for only."""
     artifacts = [
         (Path("nncf_int8.onnx"), _meta("openvino", "int8", lowered={"bf16": {"runtime": "openvino"}})),
         (Path("fp32.onnx"), _meta("openvino", "fp32", lowered={"bf16": {"runtime": "openvino"}})),
@@ -95,8 +105,11 @@ def test_offers_are_gated_and_quantiser_matched():
         "fp32": Path("fp32.onnx"),
         "bf16": Path("fp32.onnx"),
         "int8": Path("nncf_int8.onnx"),
+        INT8_BF16: Path("nncf_int8.onnx"),
     }
     assert gated_offers(artifacts, "onnxruntime") == {"fp32": Path("fp32.onnx"), "int8": Path("ort_int8.onnx")}
+    artifacts[0] = (Path("nncf_int8.onnx"), _meta("openvino", "int8"))  # its float ops gated in f32 only
+    assert INT8_BF16 not in gated_offers(artifacts, "openvino")
     assert artifact_for(artifacts, "onnxruntime", "int8") == Path("ort_int8.onnx")
     assert artifact_for(artifacts, "openvino", "bf16") == Path("fp32.onnx")  # lowered by the runtime
 
@@ -125,3 +138,17 @@ def test_explicit_precision_wins(monkeypatch):
     monkeypatch.setenv("M2F_CPU_FLAGS", "avx512f amx_bf16 amx_int8 avx512_bf16 avx512_vnni")
     with Segmenter("onnxruntime", precision="fp32") as seg:
         assert seg.precision == "fp32" and seg.precision_reason == "asked for"
+
+
+@pytest.mark.parametrize("flags", [None, "avx512f avx512_bf16 avx512_vnni", "avx512f avx512_vnni"])
+def test_info_says_what_the_segmenter_runs_and_why(flags, monkeypatch):
+    """`m2f info` chooses without loading a backend; its line must match what a Segmenter then runs and says."""
+    from sdk.cli import info
+
+    if flags is None:
+        monkeypatch.delenv("M2F_CPU_FLAGS", raising=False)
+    else:
+        monkeypatch.setenv("M2F_CPU_FLAGS", flags)
+    shown = info()["targets"]["cpu"]
+    with Segmenter("cpu") as seg:
+        assert shown == f"{seg.runtime} {seg.precision} ({seg.model_path.name}: {seg.precision_reason})"
