@@ -97,7 +97,8 @@ def resolve_target(name: str, artifact_target: str | None = None) -> tuple[Targe
             if reasons:
                 logger.warning("target %s runs on %s: %s", name, runtime, "; ".join(reasons))
             return target, runtime
-        reasons.append(why)
+        if why not in reasons:  # two runtimes missing the same device say it once
+            reasons.append(why)
     raise TargetNotAvailable(f"target {name!r} cannot run here: " + "; ".join(reasons))
 
 

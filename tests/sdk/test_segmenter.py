@@ -83,8 +83,10 @@ def test_bad_frames_raise_clearly(artifacts, frame, match):
 
 def test_missing_runtimes_and_devices_are_named(artifacts):
     for target in ("tensorrt", "jetson", "cuda"):
-        with pytest.raises(TargetNotAvailable, match=r"tensorrt|GPU"):
+        with pytest.raises(TargetNotAvailable, match=r"tensorrt|GPU") as raised:
             Segmenter(target, model=artifacts["semantic"])
+        reasons = str(raised.value).split(": ", 1)[1].split("; ")
+        assert len(reasons) == len(set(reasons)), reasons  # runtimes missing the same GPU say so once
     with pytest.raises(ValueError, match="unknown profile or runtime 'tpu'"):
         Segmenter("tpu", model=artifacts["semantic"])
     with pytest.raises(ValueError, match="did you mean 'onnxruntime'"):
