@@ -416,4 +416,6 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_main())
+    from runtimes.errors import quiet_on_broken_pipe
+
+    sys.exit(quiet_on_broken_pipe(_main))  # `... | head`

@@ -7,7 +7,21 @@ working. A leaf: it imports nothing, so every package (train aside, which raises
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Callable
+
 
 class M2FError(Exception):
     """Something this project detected and explained: a bad frame, a damaged artifact, a missing runtime or
     device, a dead stream, a failed accuracy gate. Bugs stay builtin exceptions with tracebacks."""
+
+
+def quiet_on_broken_pipe(main: Callable[[], int]) -> int:
+    """``main()``, but a reader that leaves early (``... | head``) ends it with status 0 and no traceback: that is
+    no error of the user's. Standard output is pointed at /dev/null so the interpreter's final flush is quiet too."""
+    try:
+        return main()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

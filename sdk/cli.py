@@ -12,7 +12,6 @@ import importlib
 import importlib.util
 import json
 import logging
-import os
 import platform
 import sys
 import textwrap
@@ -20,6 +19,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import sdk
+from runtimes.errors import quiet_on_broken_pipe
 from sdk import cli_predict
 from sdk.host import HOST_COMMANDS, run_host_command
 
@@ -89,11 +89,7 @@ def info() -> dict[str, object]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        return _main(argv)
-    except BrokenPipeError:  # `m2f info --schema | head`: the reader left early, which is no error of the user's
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the interpreter's final flush is quiet
-        return 0
+    return quiet_on_broken_pipe(lambda: _main(argv))  # `m2f info --schema | head`
 
 
 def _main(argv: Sequence[str] | None) -> int:

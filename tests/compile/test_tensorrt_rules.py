@@ -169,3 +169,22 @@ def test_packaged_models_pass_the_parser_rules(name: str) -> None:
     if metadata.get("rewrites"):  # a file the export left something to fix in was rewritten by the rule's tool
         assert metadata["rewrites"][-1]["by"] == "compile.tensorrt_rules"
     assert metadata["accuracy"]["images"] == 101  # the export gate's figures are kept
+
+
+def test_cli_reader_leaving_early_is_quiet(tmp_path: Path) -> None:
+    """``python -m compile.tensorrt_rules FILES | head``: no BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    src = tmp_path / "bad.onnx"
+    onnx.save(violating_graph(3), str(src))
+    process = subprocess.Popen(  # enough lines to fill the pipe's buffer before the reader leaves
+        [sys.executable, "-m", "compile.tensorrt_rules", *[str(src)] * 400],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout.readline().startswith(str(src))
+    process.stdout.close()
+    _, stderr = process.communicate(timeout=120)
+    assert "Traceback" not in stderr and process.returncode == 0, stderr[-2000:]
