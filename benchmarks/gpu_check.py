@@ -190,7 +190,7 @@ def profile_steps(trainer: Any, steps: int) -> dict[str, Any]:
 
     cuda = trainer.dist.device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    loader = iter(trainer._loader())
+    loader = iter(trainer.loader())
     batches = [next(loader) for _ in range(steps + 1)]
     trainer.train_step(batches[0], 0)
     sync()

@@ -31,7 +31,7 @@ def measure(config_path: Path, amp: str, iters: int, warmup: int, data_root: Pat
     config = dataclasses.replace(config, solver=dataclasses.replace(config.solver, amp=amp))
     with tempfile.TemporaryDirectory() as out:
         trainer = Trainer(config, out, progress=False)
-        batches = iter(trainer._loader())
+        batches = iter(trainer.loader())
         for i in range(warmup):
             trainer.train_step(next(batches), i)
         start = time.perf_counter()

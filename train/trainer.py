@@ -315,7 +315,9 @@ class Trainer:
         return save_checkpoint(self.output_dir / name, self.model, self.meta, extra=extra)
 
     # ------------------------------------------------------------------ the loop
-    def _loader(self) -> DataLoader:
+    def loader(self) -> DataLoader:
+        """The training batches of this rank from ``start_iter`` on, augmented and collated as ``run`` takes them
+        (built, not iterated: worker processes start on the first batch). Benchmarks and GPU checks step with it."""
         s = self.config.solver
         sampler = GlobalBatchSampler(
             len(self.train_set), s.batch_size, self.dist.rank, self.dist.world_size, s.seed, self.start_iter
@@ -379,7 +381,7 @@ class Trainer:
         bar = tqdm(total=s.max_iters, initial=self.start_iter, desc="train", disable=not self.progress)
         tick, images_done = time.perf_counter(), 0
         iteration = self.start_iter
-        batches = iter(self._loader()) if iteration < s.max_iters else iter(())
+        batches = iter(self.loader()) if iteration < s.max_iters else iter(())
         try:
             while iteration < s.max_iters:
                 batch = next(batches)

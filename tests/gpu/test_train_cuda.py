@@ -69,7 +69,7 @@ def test_gradients_match_the_reference_path(
 ) -> None:
     trainer = swin_trainer(scenes, tmp_path, amp="none", clip_grad_norm=0.0)
     off_the_lattice(trainer.model)
-    batch = next(iter(trainer._loader()))
+    batch = next(iter(trainer.loader()))
     start = {
         "model": copy.deepcopy(trainer.model.state_dict()),
         "optimizer": copy.deepcopy(trainer.optimizer.state_dict()),

@@ -140,7 +140,7 @@ def test_trains_with_auto_workers(scenes, tmp_path):
     config = tiny_train_config(scenes, max_iters=3, val_data=None, solver={"num_workers": "auto"})
     trainer = Trainer(TrainConfig.from_dict(config), tmp_path / "built", progress=False)
     assert trainer.config.solver.num_workers == "auto"
-    loader = trainer._loader()  # built, not iterated: no worker process starts here
+    loader = trainer.loader()  # built, not iterated: no worker process starts here
     assert loader.num_workers == resolve_num_workers("auto")
     assert loader.pin_memory == torch.cuda.is_available()
     # the run itself in a child process: iterating a multi-worker loader in the test process installs torch's
