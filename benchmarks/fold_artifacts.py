@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks.harness import graph_code_key
 from compile.export import CALIB_IMAGES, export
 from runtimes import read_metadata
 from runtimes.geometry import parse_input_size
@@ -56,10 +57,18 @@ def score_folds(
         held_out_set = build_dataset(fold.val_data)
         held_out = len(held_out_set)
         out = checkpoint.parent / f"{target}_{precision}.onnx"
-        if out.is_file() and out.stat().st_mtime > checkpoint.stat().st_mtime and _gated_at(out, input_size):
-            logger.info("fold %s: %s is newer than its checkpoint, scored already: kept", sequence, out)
+        code = out.with_suffix(".graph_code")  # the graph's sources it was exported from (benchmarks.harness)
+        if (
+            out.is_file()
+            and out.stat().st_mtime > checkpoint.stat().st_mtime
+            and _gated_at(out, input_size)
+            and code.is_file()
+            and code.read_text() == graph_code_key()
+        ):
+            logger.info("fold %s: %s is newer than its checkpoint, from this graph code, scored: kept", sequence, out)
         else:
             _export_fold(checkpoint, fold, target, precision, out, input_size, held_out, calib_images)
+            code.write_text(graph_code_key())
         meta = read_metadata(out)
         accuracy = meta["accuracy"]
         folds[sequence] = {
