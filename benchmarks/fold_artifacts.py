@@ -51,6 +51,7 @@ def score_folds(
     if not checkpoints:
         raise FileNotFoundError(f"no fold_*/{FINAL_CHECKPOINT} under {run_dir}: run `m2f cross-validate` first")
     folds: dict[str, dict[str, Any]] = {}
+    code_key = graph_code_key()  # hashes the graph's sources: once, not per fold
     for checkpoint in checkpoints:
         sequence = checkpoint.parent.name.removeprefix("fold_")
         fold = hold_out(config, sequence)
@@ -63,12 +64,12 @@ def score_folds(
             and out.stat().st_mtime > checkpoint.stat().st_mtime
             and _gated_at(out, input_size)
             and code.is_file()
-            and code.read_text() == graph_code_key()
+            and code.read_text() == code_key
         ):
             logger.info("fold %s: %s is newer than its checkpoint, from this graph code, scored: kept", sequence, out)
         else:
             _export_fold(checkpoint, fold, target, precision, out, input_size, held_out, calib_images)
-            code.write_text(graph_code_key())
+            code.write_text(code_key)
         meta = read_metadata(out)
         accuracy = meta["accuracy"]
         folds[sequence] = {
