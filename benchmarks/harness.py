@@ -248,7 +248,12 @@ def plan_rows(targets: Sequence[str] | None, precisions: Sequence[str] | None) -
         raise ValueError(f"unknown precision(s) {bad}; expected some of {', '.join(PRECISIONS)}")
     rows = [REFERENCE]
     for target, device in places:
-        rows += [(target, device, p) for p in BENCHMARK_TARGETS[target].precisions[device] if p in precisions]
+        kind = BENCHMARK_TARGETS[target]
+        # a peer runs as its users run it, at its own precision whatever --precisions asks of ours
+        rows += [(target, device, p) for p in kind.precisions[device] if p in precisions or kind.family != "m2f"]
+    unmatched = [t for t in targets if named and t not in {row[0] for row in rows}]
+    if unmatched:
+        logger.warning("no row for %s: none of its precisions is among %s", ", ".join(unmatched), ", ".join(precisions))
     return [
         {
             "id": row_id(t, d, p),

@@ -85,6 +85,22 @@ def test_plan_puts_the_reference_first_and_filters_precisions():
         plan_rows(["openvino"], ["int4"])
 
 
+def test_peers_run_at_their_own_precision(caplog):
+    """--precisions picks our rows' precisions; a named peer (fp32 or int8 only) is never dropped by it, and a
+    runtime named with none of its precisions asked for is a warning, not a silent gap."""
+    rows = plan_rows(["openvino", "hf-eager", "litert-deeplab"], ["bf16", "int8"])
+    assert [r["id"] for r in rows] == [
+        "m2f-torch-fp32",
+        "hf-eager-fp32",
+        "litert-deeplab-int8",
+        "m2f-openvino-bf16",
+        "m2f-openvino-int8",
+    ]
+    assert "no row" not in caplog.text
+    assert [r["id"] for r in plan_rows(["onnxruntime"], ["bf16"])] == ["m2f-torch-fp32"]
+    assert "no row for onnxruntime: none of its precisions is among bf16" in caplog.text
+
+
 def test_rows_follow_the_runtime_table(monkeypatch):
     """Our rows come from runtimes.registry: where a GPU is usable, torch and ONNX Runtime get CUDA rows (fp16
     joining the default precisions); a device nobody can use here adds nothing."""
