@@ -46,18 +46,20 @@ def ms_deform_attn_reference(
     if not torch.compiler.is_exporting() and sum(h * w for h, w in shapes) != S:
         raise ValueError(f"spatial shapes {shapes} cover {sum(h * w for h, w in shapes)} positions, value has {S}")
     value_levels = value.split([h * w for h, w in shapes], dim=1)
-    grids = 2 * sampling_locations - 1  # grid_sample wants [-1, 1]
-    # (N, Lq, M, L, P) -> (N*M, 1, Lq, L, P)
-    weights = attention_weights.transpose(1, 2).reshape(N * M, 1, Lq, L, P)
+    # Levels outermost, in one transpose each: slicing the inner level axis per level cost a Gather per slice in
+    # exported graphs. Points before queries: grid_sample then writes (N*M, D, P, Lq), and the weighted sum over
+    # the points is a chain of elementwise products and sums of contiguous query rows, which OpenVINO fuses and
+    # keeps in f32 between the terms (a ReduceSum over an innermost P was slower; one over P as an outer axis ran
+    # in the half-precision type and failed the fp16 test). Timings: benchmarks/results/issue20_msda_layout/.
+    grids = (2 * sampling_locations - 1).permute(3, 0, 2, 4, 1, 5).flatten(1, 2).unbind(0)  # L x (N*M, P, Lq, 2)
+    weights = attention_weights.permute(3, 0, 2, 4, 1).reshape(L, N * M, 1, P, Lq).unbind(0)  # L x (N*M, 1, P, Lq)
     out = None
     for level, (h, w) in enumerate(shapes):
         # (N, H*W, M, D) -> (N*M, D, H, W)
         v = value_levels[level].flatten(2).transpose(1, 2).reshape(N * M, D, h, w)
-        # (N, Lq, M, P, 2) -> (N*M, Lq, P, 2)
-        g = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)
-        # (N*M, D, Lq, P), weighted and summed over the points: (N*M, D, Lq)
-        sampled = F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False)
-        level_out = (sampled * weights[..., level, :]).sum(-1)
-        # accumulate per level: stacking the levels first costs a slow inner-axis Concat in exported graphs
-        out = level_out if out is None else out + level_out
+        sampled = F.grid_sample(v, grids[level], mode="bilinear", padding_mode="zeros", align_corners=False)
+        level_out = sampled[:, :, 0] * weights[level][:, :, 0]  # (N*M, D, Lq)
+        for point in range(1, P):
+            level_out = level_out + sampled[:, :, point] * weights[level][:, :, point]
+        out = level_out if out is None else out + level_out  # points, then levels: the order of a per-level sum(-1)
     return out.view(N, M * D, Lq).transpose(1, 2).contiguous()

@@ -129,3 +129,24 @@ def test_inference_without_aux_outputs_gives_the_same_prediction(size):
     product_first = torch.nn.functional.interpolate(torch.einsum("bqc,bchw->bqhw", embed, features), **resize)
     resize_first = torch.einsum("bqc,bchw->bqhw", embed, torch.nn.functional.interpolate(features, **resize))
     torch.testing.assert_close(resize_first, product_first, atol=1e-5, rtol=1e-5)
+
+
+def test_exported_deformable_attention_samples_each_level_once(tmp_path):
+    """What OpenVINO runs fast (benchmarks/results/issue20_msda_layout/): one GridSample per level, the sampling
+    offsets scaled in one division (no per-level stacks: Concat), the points summed elementwise (no ReduceSum)."""
+    onnx = pytest.importorskip("onnx")
+    from train.model.pixel_decoder import MSDeformAttn, MSDeformAttnEncoder
+
+    shapes = [(8, 8), (4, 4), (2, 2)]
+    attn = MSDeformAttn(d_model=32, n_levels=3, n_heads=2, n_points=4).eval()
+
+    class Layer(torch.nn.Module):
+        def forward(self, src: torch.Tensor) -> torch.Tensor:
+            return attn(src, MSDeformAttnEncoder.reference_points(shapes, 1, src.device), src, shapes)
+
+    src = torch.randn(1, sum(h * w for h, w in shapes), 32)
+    with torch.no_grad():
+        torch.onnx.export(Layer(), (src,), str(tmp_path / "msda.onnx"), dynamo=True, external_data=False)
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "msda.onnx")).graph.node]
+    assert ops.count("GridSample") == len(shapes)
+    assert "Concat" not in ops and "ReduceSum" not in ops, sorted(set(ops))

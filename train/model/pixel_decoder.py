@@ -61,13 +61,24 @@ class MSDeformAttn(nn.Module):
         M, L, P = self.n_heads, self.n_levels, self.n_points
         value = self.value_proj(value).view(N, S, M, self.d_model // M)  # (N, S, M, D)
         offsets = self.sampling_offsets(query).view(N, Lq, M, L, P, 2)
-        weights = self.attention_weights(query).view(N, Lq, M, L * P).softmax(-1).view(N, Lq, M, L, P)
-        # offsets are in pixels of each level: divide by (W, H); per level so sizes may be symbolic (export)
-        scaled = [
-            torch.stack((offsets[:, :, :, lvl, :, 0] / w, offsets[:, :, :, lvl, :, 1] / h), -1)
-            for lvl, (h, w) in enumerate(spatial_shapes)
-        ]
-        locations = reference_points[:, :, None, :, None, :] + torch.stack(scaled, 3)  # (N, Lq, M, L, P, 2)
+        # softmax over the L*P weights with the queries innermost (contiguous), back to the op's layout: exported
+        # graphs fuse the two transposes with the op's own, and an innermost 12-wide softmax is slow on OpenVINO
+        weights = self.attention_weights(query).view(N, Lq, M, L * P).permute(0, 2, 3, 1).softmax(2)
+        weights = weights.permute(0, 3, 1, 2).reshape(N, Lq, M, L, P)
+        # offsets are in pixels of each level: divide by (W, H)
+        if all(isinstance(n, int) for shape in spatial_shapes for n in shape):
+            # one division by a constant: per-level slices and stacks cost a Gather and a Concat each in exports
+            sizes = torch.tensor([(w, h) for h, w in spatial_shapes], dtype=offsets.dtype, device=offsets.device)
+            scaled = offsets / sizes[:, None, :]  # (N, Lq, M, L, P, 2)
+        else:  # symbolic sizes (a dynamic-size export) cannot form a tensor: per level
+            scaled = torch.stack(
+                [
+                    torch.stack((offsets[:, :, :, lvl, :, 0] / w, offsets[:, :, :, lvl, :, 1] / h), -1)
+                    for lvl, (h, w) in enumerate(spatial_shapes)
+                ],
+                3,
+            )
+        locations = reference_points[:, :, None, :, None, :] + scaled  # (N, Lq, M, L, P, 2)
         out = ms_deform_attn(value, spatial_shapes, None, locations, weights)  # (N, Lq, C)
         return self.output_proj(out)
 
