@@ -66,11 +66,12 @@ class MSDeformAttn(nn.Module):
         weights = self.attention_weights(query).view(N, Lq, M, L * P).permute(0, 2, 3, 1).softmax(2)
         weights = weights.permute(0, 3, 1, 2).reshape(N, Lq, M, L, P)
         # offsets are in pixels of each level: divide by (W, H)
-        if all(isinstance(n, int) for shape in spatial_shapes for n in shape):
+        if not offsets.is_cuda and all(isinstance(n, int) for shape in spatial_shapes for n in shape):
             # one division by a constant: per-level slices and stacks cost a Gather and a Concat each in exports
+            # (not on CUDA, where the op is the CUDA kernel: the constant is a host copy, which a graph capture forbids)
             sizes = torch.tensor([(w, h) for h, w in spatial_shapes], dtype=offsets.dtype, device=offsets.device)
             scaled = offsets / sizes[:, None, :]  # (N, Lq, M, L, P, 2)
-        else:  # symbolic sizes (a dynamic-size export) cannot form a tensor: per level
+        else:  # per level: symbolic sizes (a dynamic-size export) cannot form a tensor
             scaled = torch.stack(
                 [
                     torch.stack((offsets[:, :, :, lvl, :, 0] / w, offsets[:, :, :, lvl, :, 1] / h), -1)
