@@ -221,9 +221,11 @@ def test_progress_bar_only_on_a_terminal(tmp_path):
         seen += chunk
     os.close(controller)
     assert process.wait(timeout=60) == 0
-    assert b"1/1" in seen and (b"image/s" in seen or b"s/image" in seen), seen[-2000:]
+    # the bar as tqdm draws it ("0/1 [..., ?image/s]"); whether it redraws at 1/1 before it closes depends on how
+    # fast the image was (its refresh interval is 0.1 s), so any count of 1 will do
+    assert b"/1 [" in seen and (b"image/s" in seen or b"s/image" in seen), seen[-2000:]
     piped = m2f("predict", "street.jpg", *TARGET, cwd=tmp_path)
-    assert "1/1" not in piped.stderr and "image/s" not in piped.stderr and "s/image" not in piped.stderr
+    assert "/1 [" not in piped.stderr and "image/s" not in piped.stderr and "s/image" not in piped.stderr
 
 
 def test_predict_and_stream_have_their_own_help(tmp_path):
