@@ -146,7 +146,7 @@ def test_exported_deformable_attention_samples_each_level_once(tmp_path):
 
     src = torch.randn(1, sum(h * w for h, w in shapes), 32)
     with torch.no_grad():
-        torch.onnx.export(Layer(), (src,), str(tmp_path / "msda.onnx"), dynamo=True, external_data=False)
+        torch.onnx.export(Layer().eval(), (src,), str(tmp_path / "msda.onnx"), dynamo=True, external_data=False)
     ops = [n.op_type for n in onnx.load(str(tmp_path / "msda.onnx")).graph.node]
     assert ops.count("GridSample") == len(shapes)
     assert "Concat" not in ops and "ReduceSum" not in ops, sorted(set(ops))
