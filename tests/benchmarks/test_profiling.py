@@ -33,3 +33,17 @@ def test_bad_input_is_a_message(tmp_path: Path, capsys: pytest.CaptureFixture[st
     broken.write_bytes(b"not an onnx file")
     assert profiling.main([str(broken)]) == 2
     assert str(broken) in capsys.readouterr().err
+
+
+def test_int8_share_takes_each_node_at_its_fastest() -> None:
+    """Load from other processes only adds time, to whichever op runs: one slow run of a float node must not
+    drag the share (the sum over both runs would say 25 %, each node at its fastest 50 %)."""
+    from runtimes.profiling import int8_time_share
+
+    def is_int8(op: str, exec_type: str) -> bool:
+        return exec_type.endswith("I8")
+
+    runs = [("conv", "Convolution", 100.0, "brgconv_I8"), ("sample", "GridSample", 100.0, "jit_f32")]
+    slowed = [("conv", "Convolution", 100.0, "brgconv_I8"), ("sample", "GridSample", 500.0, "jit_f32")]
+    assert int8_time_share(runs + slowed, is_int8) == pytest.approx(0.5)
+    assert int8_time_share([], is_int8) == 0.0
