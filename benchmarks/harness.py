@@ -251,7 +251,8 @@ def plan_rows(targets: Sequence[str] | None, precisions: Sequence[str] | None) -
         kind = BENCHMARK_TARGETS[target]
         # a peer runs as its users run it, at its own precision whatever --precisions asks of ours
         rows += [(target, device, p) for p in kind.precisions[device] if p in precisions or kind.family != "m2f"]
-    unmatched = [t for t in targets if named and t not in {row[0] for row in rows}]
+    with_rows = {row[0] for row in rows}
+    unmatched = [t for t in targets if t not in with_rows] if named else []
     if unmatched:
         logger.warning("no row for %s: none of its precisions is among %s", ", ".join(unmatched), ", ".join(precisions))
     return [

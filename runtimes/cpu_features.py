@@ -42,6 +42,10 @@ class CpuFeatures:
     def native_bf16(self) -> bool:
         return self.amx_bf16 or self.avx512_bf16
 
+    def has(self, flag: str) -> bool:
+        """Whether the CPU has the extension named by ``flag`` (a field above; "" needs none): a speed order's test."""
+        return not flag or bool(getattr(self, flag))
+
     def describe(self) -> str:
         """E.g. "AMD EPYC: AVX512-BF16, AVX512-VNNI (no AMX)"."""
         names = [label for flag, label in FEATURE_NAMES.items() if getattr(self, flag)]

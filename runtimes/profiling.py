@@ -13,7 +13,8 @@ separate from the timed ones, so the profiling overhead never reaches the latenc
 node executed in (``exec_type`` ``brgconv_avx512_I8``, ``jit_uni_u8``, ...); ONNX Runtime runs int8 only in its
 quantised operators (``QLinearConv``, ``QGemm``, ``MatMulInteger``, ...), while a Conv between a
 DequantizeLinear and a QuantizeLinear that it did not fuse runs in float and counts as float, as do the Q/DQ
-conversions themselves. An int8 artifact whose share is near zero is an fp32 model with extra conversions.
+conversions themselves. Each node counts at its fastest of the runs (:func:`int8_time_share`): load from other
+processes only adds time. An int8 artifact whose share is near zero is an fp32 model with extra conversions.
 """
 
 from __future__ import annotations

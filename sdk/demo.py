@@ -85,7 +85,7 @@ def _default_precision(target: str, model: str | None, listed: list[str]) -> lis
         return []
     if model is None and spec.device == "cpu":
         features = cpu_features()
-        fast = {p for p, flag in RUNTIMES[runtime].cpu_speed_order if not flag or getattr(features, flag)}
+        fast = {p for p, flag in RUNTIMES[runtime].cpu_speed_order if features.has(flag)}
         chosen += [p for p in gated_offers(packaged_artifacts(), runtime) if p in PRECISIONS and p in fast]
     return [p for p in dict.fromkeys(chosen) if p not in listed]
 

@@ -124,7 +124,7 @@ def choose_precision(runtime: str, offers: Mapping[str, Path], features: CpuFeat
     needs: dict[str, list[str]] = {}  # faster precisions offered, and the features they would need
     unoffered: list[str] = []
     for key, flag in RUNTIMES[runtime].cpu_speed_order:
-        if flag and not getattr(features, flag):
+        if not features.has(flag):
             if key in offers:
                 needs.setdefault(key, []).append(FEATURE_NAMES.get(flag, flag))
             continue
