@@ -2,6 +2,11 @@
 
 Our ``.pt``: ``{"format": "m2f-checkpoint", "version": 1, "config": ..., "meta": ..., "state_dict": ...}`` —
 weights plus the full model config, class names, thing classes, colours and normalisation.
+
+Every file here may come from a stranger, so no reader runs code from it or lets it claim more memory than it holds:
+torch files load with ``weights_only=True`` from an uncompressed zip whose entries fit the file (no zip bomb, no
+legacy format); detectron2 pickles through an allow-list unpickler (``detectron2_pickle``); JSON is size-capped;
+and a model is built only after a copy on the meta device (no memory) shows the weights fit its config.
 """
 
 from __future__ import annotations
@@ -10,8 +15,11 @@ import dataclasses
 import hashlib
 import json
 import logging
-import pickle
 import re
+import threading
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +29,7 @@ import torch
 from torch import Tensor
 
 from train.model.config import IMAGENET_MEAN, IMAGENET_STD, Mask2FormerConfig, ModelMeta
+from train.model.detectron2_pickle import load_detectron2_pickle
 from train.model.mask2former import Mask2Former
 from train.model.zoo import get_zoo_entry
 
@@ -135,17 +144,31 @@ def read_checkpoint_if_ours(path: str | Path) -> CheckpointRecord | None:
 def _record(path: Path, payload: dict[str, Any]) -> CheckpointRecord:
     if payload.get("version") != CHECKPOINT_VERSION:
         raise ValueError(
-            f"{path} is checkpoint format version {payload.get('version')}; this build reads {CHECKPOINT_VERSION}"
+            f"{path} is checkpoint format version {payload.get('version')!r:.40}; this build reads {CHECKPOINT_VERSION}"
         )
+    for key, kind in (("config", dict), ("meta", dict), ("state_dict", dict), ("train_config", dict | None)):
+        if not isinstance(payload.get(key), kind):
+            raise ValueError(f"{path} is a damaged m2f checkpoint: its {key!r} is {type(payload.get(key)).__name__}")
+    state = _tensors(payload["state_dict"], path)
     return CheckpointRecord(
         path=path,
         config=payload["config"],
         meta=payload["meta"],
-        state_dict=dict(payload["state_dict"]),
+        state_dict=state,
         train_config=payload.get("train_config"),
         iteration=payload.get("iteration"),
         training_state={k: payload[k] for k in _TRAINING_STATE if k in payload},
     )
+
+
+def _tensors(state: dict[Any, Any], path: Path) -> dict[str, Tensor]:
+    """``state`` if it maps names to tensors, else ValueError naming the first entry that does not."""
+    for key, value in state.items():
+        if not isinstance(key, str) or not isinstance(value, Tensor):
+            raise ValueError(
+                f"{path}: its weights hold {type(value).__name__} under {key!r:.60}, not a tensor under a name"
+            )
+    return dict(state)
 
 
 def state_dict_from_detectron2(state: dict[str, Any]) -> dict[str, Tensor]:
@@ -154,6 +177,8 @@ def state_dict_from_detectron2(state: dict[str, Any]) -> dict[str, Tensor]:
     for key, value in state.items():
         if key in _DETECTRON2_DROPPED or key.endswith(("pixel_mean", "pixel_std")):
             continue
+        if not isinstance(key, str) or not isinstance(value, np.ndarray | np.generic | Tensor):
+            raise ValueError(f"{key!r:.60} holds {type(value).__name__}, not an array, in a detectron2 checkpoint")
         for src, dst in _DETECTRON2_PREFIXES.items():
             if key.startswith(src):
                 out[dst + key[len(src) :]] = (
@@ -161,18 +186,18 @@ def state_dict_from_detectron2(state: dict[str, Any]) -> dict[str, Tensor]:
                 )
                 break
         else:
-            raise ValueError(f"unexpected key {key!r} in a detectron2 Mask2Former checkpoint")
+            raise ValueError(f"unexpected key {key!r:.80} in a detectron2 Mask2Former checkpoint")
     return out
 
 
 def _read_detectron2(path: Path, payload: Any = None) -> dict[str, Any]:
     """The state dict of an official detectron2 checkpoint (``payload``: the already loaded .pth, None for .pkl)."""
     if path.suffix == ".pkl":
-        with path.open("rb") as f:
-            try:
-                payload = pickle.load(f, encoding="latin1")
-            except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError) as err:
-                raise ValueError(f"{path} is not a readable detectron2 pickle ({err}). {ACCEPTED}") from err
+        try:
+            payload = load_detectron2_pickle(path)
+        except Exception as err:  # a damaged pickle fails in any of a dozen ways; none is a bug of ours
+            detail = " ".join(str(err).split())[:300] or type(err).__name__
+            raise ValueError(f"{path} is not a readable detectron2 pickle: {detail}. {ACCEPTED}") from err
     data = payload
     if isinstance(data, dict) and "model" in data and isinstance(data["model"], dict):
         data = data["model"]
@@ -189,26 +214,70 @@ def _read_detectron2(path: Path, payload: Any = None) -> dict[str, Any]:
     return data
 
 
-def _load_weights(model: Mask2Former, state: dict[str, Tensor], source: Path) -> None:
-    own = model.state_dict()
-    # trainable BN carries a counter that detectron2's FrozenBN does not
-    for key in own:
-        if key.endswith("num_batches_tracked") and key not in state:
-            state[key] = own[key]
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
+_OPTIONAL_KEY = "num_batches_tracked"  # trainable BN carries a counter that detectron2's FrozenBN does not
+
+
+def build_with_weights(config: Mask2FormerConfig, state: dict[str, Tensor], source: Path) -> Mask2Former:
+    """``Mask2Former(config)`` holding ``state``. The config comes from the file too, so the model is first built
+    on the meta device (no memory), with no more submodules than the weights could fill, and compared with
+    ``state``; a config that asks for more than the file holds is refused before anything is allocated."""
+    try:
+        with _submodule_budget(len(state), source), torch.device("meta"):
+            shapes = {k: v.shape for k, v in Mask2Former(config).state_dict().items()}
+    except (TypeError, ValueError, RuntimeError, KeyError, AttributeError) as err:
+        raise ValueError(f"{source}: its config does not build a Mask2Former ({err})") from err
+    missing = sorted(k for k in set(shapes) - set(state) if not k.endswith(_OPTIONAL_KEY))
+    unexpected = sorted(set(state) - set(shapes))
     if missing or unexpected:
         raise ValueError(
             f"{source}: weights do not fit the config: {len(missing)} missing (e.g. {missing[:5]}), "
             f"{len(unexpected)} unexpected (e.g. {unexpected[:5]})"
         )
-    bad = [k for k in own if own[k].shape != state[k].shape]
+    bad = [k for k in state if shapes[k] != state[k].shape]
     if bad:
         k = bad[0]
         raise ValueError(
-            f"{source}: {len(bad)} shape mismatches, e.g. {k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+            f"{source}: {len(bad)} shape mismatches, e.g. {k}: {tuple(state[k].shape)} vs {tuple(shapes[k])}"
         )
-    model.load_state_dict(state, strict=True)
+    model = Mask2Former(config)
+    own = model.state_dict()
+    model.load_state_dict({**{k: own[k] for k in own if k not in state}, **state}, strict=True)
+    return model
+
+
+class _TooManyModules(Exception):
+    """Internal: a config asked for more submodules than ``_submodule_budget`` allows."""
+
+
+_budget = threading.local()
+
+
+def _count_module(module: torch.nn.Module, name: str, submodule: torch.nn.Module | None) -> None:
+    left = getattr(_budget, "left", None)
+    if left is None:  # another thread's construction: not counted
+        return
+    _budget.left = left - 1
+    if left <= 0:
+        raise _TooManyModules
+
+
+@contextmanager
+def _submodule_budget(tensors: int, source: Path) -> Iterator[None]:
+    """Refuse (ValueError) a model construction in this thread that registers more submodules than ``tensors``
+    weights could fill (a layer has at least one; activations and dropouts have none, hence the margin)."""
+    limit = 4 * tensors + 256
+    handle = torch.nn.modules.module.register_module_module_registration_hook(_count_module)
+    _budget.left = limit
+    try:
+        yield
+    except _TooManyModules:
+        raise ValueError(
+            f"{source}: its config asks for over {limit} modules, more layers than its {tensors} weights could "
+            "fill; refused before building it"
+        ) from None
+    finally:
+        _budget.left = None
+        handle.remove()
 
 
 def _resolve_config(config: str | Mask2FormerConfig | None, meta: ModelMeta | None, path: Path):
@@ -228,20 +297,32 @@ def _resolve_config(config: str | Mask2FormerConfig | None, meta: ModelMeta | No
 def _load_hf_folder(path: Path) -> tuple[Mask2FormerConfig, ModelMeta, dict[str, Tensor]]:
     from train.model.convert_hf import config_from_hf, state_dict_from_hf
 
-    hf_config = json.loads((path / "config.json").read_text())
-    config, class_names = config_from_hf(hf_config)
+    hf_config = _read_json(path / "config.json")
+    try:
+        config, class_names = config_from_hf(hf_config)
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise ValueError(
+            f"{path / 'config.json'} is not an HF Mask2Former config ({type(err).__name__}: {err})"
+        ) from err
     if (path / "model.safetensors").exists():
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        hf_state = load_file(str(path / "model.safetensors"))
+        try:  # the library checks the header (size-capped) and every offset against the file before reading
+            hf_state = load_file(str(path / "model.safetensors"))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise ValueError(f"{path / 'model.safetensors'} is not a readable safetensors file ({err})") from err
     elif (path / "pytorch_model.bin").exists():
-        hf_state = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        hf_state = _read_payload(path / "pytorch_model.bin")
+        if not isinstance(hf_state, dict):
+            raise ValueError(f"{path / 'pytorch_model.bin'} holds {type(hf_state).__name__}, not a state dict")
+        hf_state = _tensors(hf_state, path / "pytorch_model.bin")
     else:
         raise FileNotFoundError(f"{path} has config.json but neither model.safetensors nor pytorch_model.bin")
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     processor = path / "preprocessor_config.json"
     if processor.exists():
-        pp = json.loads(processor.read_text())
+        pp = _read_json(processor)
         scale = 255.0 if pp.get("do_rescale", True) else 1.0
         mean = tuple(float(m) * scale for m in pp.get("image_mean", np.array(IMAGENET_MEAN) / 255))
         std = tuple(float(s) * scale for s in pp.get("image_std", np.array(IMAGENET_STD) / 255))
@@ -285,8 +366,13 @@ def load_pretrained(
         payload = _read_payload(path)
         if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
             record = _record(path, payload)
-            cfg = Mask2FormerConfig.from_dict(record.config)
-            meta_ = ModelMeta.from_dict(record.meta)
+            try:
+                cfg = Mask2FormerConfig.from_dict(record.config)
+                meta_ = ModelMeta.from_dict(record.meta)
+            except (KeyError, TypeError, ValueError, AttributeError) as err:
+                raise ValueError(
+                    f"{path}: its config or class metadata is damaged ({type(err).__name__}: {err})"
+                ) from err
             state = record.state_dict
             source = "m2f"
         else:
@@ -296,14 +382,57 @@ def load_pretrained(
             cfg, meta_ = _resolve_config(config, meta, path)
             state = state_dict_from_detectron2(official)
             source = "detectron2"
-    model = Mask2Former(cfg)
-    _load_weights(model, state, path)
+    model = build_with_weights(cfg, state, path)
     return LoadedModel(model=model.to(device).eval(), config=cfg, meta=meta_, source=source)
+
+
+_JSON_LIMIT = 16 << 20  # bytes: a model's config.json is a few KB
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path`` (at most ``_JSON_LIMIT`` bytes); ValueError naming the file otherwise."""
+    size = path.stat().st_size
+    if size > _JSON_LIMIT:
+        raise ValueError(f"{path} is {size} bytes, not a model config (at most {_JSON_LIMIT} read)")
+    try:
+        data = json.loads(path.read_bytes())
+    except (ValueError, RecursionError) as err:  # RecursionError: nested thousands deep
+        raise ValueError(f"{path} is not valid JSON ({type(err).__name__}: {str(err)[:200]})") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a JSON {type(data).__name__}, not an object")
+    return data
+
+
+def _check_torch_zip(path: Path) -> None:
+    """Refuse a torch file that could claim more memory than it holds: torch.save writes an uncompressed zip (since
+    torch 1.6), but torch.load also inflates compressed entries (a 400 KB file became 400 MB) and reads the legacy
+    format, whose sizes come from the file."""
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:
+        raise ValueError(
+            f"{path} is not a readable torch checkpoint (not the zip archive torch.save writes since torch 1.6: "
+            f"{err}). {ACCEPTED}"
+        ) from err
+    compressed = [e.filename for e in entries if e.compress_type != zipfile.ZIP_STORED]
+    if compressed:
+        raise ValueError(
+            f"{path} is not a readable torch checkpoint: {compressed[0]!r:.80} is compressed, which torch.save never "
+            f"writes; refused, as it could inflate past memory. {ACCEPTED}"
+        )
+    claimed = sum(e.file_size for e in entries)
+    if claimed > size:
+        raise ValueError(
+            f"{path} is a damaged torch checkpoint: its entries claim {claimed} bytes, the file has {size}"
+        )
 
 
 def _read_payload(path: Path) -> Any:
     if path.suffix == ".pkl":
         return None  # detectron2 pickles are read by _read_detectron2
+    _check_torch_zip(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a corrupt file; its safe loader's text is a page long
