@@ -82,7 +82,7 @@ class Side:
         self.process.wait(timeout=60)
 
 
-def _tree(rev: str | None, folder: Path) -> Path:
+def commit_tree(rev: str | None, folder: Path) -> Path:
     """The working tree for None, else a detached worktree of ``rev`` under ``folder``."""
     if rev is None:
         return REPO_ROOT
@@ -90,6 +90,12 @@ def _tree(rev: str | None, folder: Path) -> Path:
     subprocess.run(["git", "worktree", "add", "--detach", str(path), rev], cwd=REPO_ROOT, check=True,
                    capture_output=True)  # fmt: skip
     return path
+
+
+def remove_tree(tree: Path) -> None:
+    """Undo ``commit_tree`` (nothing for the working tree)."""
+    if tree != REPO_ROOT:
+        subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO_ROOT, check=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     if not frames:
         parser.error(f"no images in {args.images}")
     with tempfile.TemporaryDirectory() as tmp:
-        trees = {"before": _tree(args.before, Path(tmp)), "after": _tree(args.after, Path(tmp))}
+        trees = {"before": commit_tree(args.before, Path(tmp)), "after": commit_tree(args.after, Path(tmp))}
         try:
             sides = [Side(name, tree, args, frames) for name, tree in trees.items()]
             started = time.time()
@@ -124,8 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                 side.close()
         finally:
             for tree in trees.values():
-                if tree != REPO_ROOT:
-                    subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO_ROOT, check=False)
+                remove_tree(tree)
     rows = {
         side.name: {
             "commit": args.before if side.name == "before" else (args.after or "working tree"),

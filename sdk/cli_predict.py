@@ -11,7 +11,9 @@
   progress bar when it is a terminal, then a summary with the timing and the images that failed.
 - An image that cannot be read or segmented is reported and skipped; the rest go on; a closed stdout (``| head``)
   stops quietly. Exit status:
-  0 every image segmented, 1 some failed, 2 nothing to do (bad arguments, model or ``--out``), 130 Ctrl-C.
+  0 every image segmented, 1 some failed, 2 nothing segmented (bad arguments, model or ``--out``, or every image
+  refused), 130 Ctrl-C.
+- ``--max-pixels``: images larger than this are refused from their header, before decoding (``runtimes.images``).
 """
 
 from __future__ import annotations
@@ -28,10 +30,9 @@ from itertools import takewhile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from runtimes.errors import M2FError
 from runtimes.geometry import parse_input_size
+from runtimes.images import DEFAULT_MAX_PIXELS, FrameError, check_image_file, read_image
 from runtimes.vocabulary import IMAGE_SUFFIXES, PRECISIONS, TASKS, image_files
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ instead of overwriting each other. Images that cannot be read or segmented are r
 
 PREDICT_EPILOG = """\
 exit status: 0 every image segmented, 1 some images failed (listed on stderr), 2 nothing segmented
-(bad arguments, model or --out), 130 interrupted (Ctrl-C; the summary so far is printed).
+(bad arguments, model or --out, or every image failed), 130 interrupted (Ctrl-C; the summary so far is printed).
 
 examples:
   m2f predict street.jpg
@@ -91,6 +92,25 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--input-size", type=parse_input_size, help="HxW to compile a .pt checkpoint at (default: dynamic size)"
     )
+    parser.add_argument(
+        "--max-pixels",
+        type=parse_pixel_limit,
+        default=DEFAULT_MAX_PIXELS,
+        help=f"largest frame accepted, checked before decoding (default {DEFAULT_MAX_PIXELS:_}; 'none': no limit)",
+    )
+
+
+def parse_pixel_limit(text: str) -> int | None:
+    """``--max-pixels``: a positive pixel count (``40000000``, ``4e7``, ``40_000_000``) or ``none``."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = float(text.replace("_", ""))
+    except ValueError:
+        value = 0.0
+    if not value.is_integer() or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of pixels or 'none', got {text!r}")
+    return int(value)
 
 
 def segmenter_from_args(args: argparse.Namespace) -> Segmenter:
@@ -98,7 +118,12 @@ def segmenter_from_args(args: argparse.Namespace) -> Segmenter:
     from sdk.segmenter import Segmenter
 
     return Segmenter(
-        args.target, model=args.model, task=args.task, precision=args.precision, input_size=args.input_size
+        args.target,
+        model=args.model,
+        task=args.task,
+        precision=args.precision,
+        input_size=args.input_size,
+        max_pixels=args.max_pixels,
     )
 
 
@@ -183,26 +208,6 @@ def out_problem(out: Path) -> str | None:
     return None
 
 
-def read_image(path: Path) -> np.ndarray:
-    """An image file as HxWx3 uint8 BGR (EXIF orientation applied; 16 bits scaled to 8 by ``>> 8``)."""
-    import cv2
-
-    try:
-        data = np.fromfile(path, np.uint8)
-    except OSError as err:
-        raise ImageError(f"cannot read the file ({err.strerror or err})") from err
-    if data.size == 0:
-        raise ImageError("empty file")
-    frame = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
-    if frame is None:
-        raise ImageError("not an image OpenCV can decode")
-    if frame.dtype == np.uint16:
-        return (frame >> 8).astype(np.uint8)
-    if frame.dtype != np.uint8:
-        raise ImageError(f"{frame.dtype} pixels (a float image?): save it as an 8- or 16-bit image first")
-    return frame
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # the command
 
@@ -246,8 +251,8 @@ def _segment_all(
     import cv2
     from tqdm import tqdm
 
-    from sdk.preprocess import FrameError
-
+    if not any(_passes_header_check(image, args.max_pixels) for image in images):  # stops at the first that does
+        return _report_refused(args, images, started)
     try:
         seg = segmenter_from_args(args)
     except (ValueError, FileNotFoundError, RuntimeError, ImportError) as err:
@@ -263,7 +268,7 @@ def _segment_all(
             for image, output in zip(images, outputs, strict=True):
                 start = time.perf_counter()
                 try:
-                    frame = read_image(image)
+                    frame = read_image(image, args.max_pixels)
                     result = seg.predict(frame)
                     if output is not None:
                         output.parent.mkdir(parents=True, exist_ok=True)
@@ -300,7 +305,43 @@ def _segment_all(
     )
     if interrupted:
         return EXIT_INTERRUPTED
+    if failed and not segmented:
+        return EXIT_USAGE
     return EXIT_SOME_FAILED if failed or missing else EXIT_OK
+
+
+def _passes_header_check(image: Path, max_pixels: int | None) -> bool:
+    try:
+        check_image_file(image, max_pixels)
+    except FrameError:
+        return False
+    return True
+
+
+def _report_refused(args: argparse.Namespace, images: list[Path], started: float) -> int:
+    """Every image was refused from its header: say why for each, without loading a model; exit 2."""
+    for image in images:
+        try:
+            check_image_file(image, args.max_pixels)
+        except FrameError as err:
+            message = " ".join(str(err).split())
+            if args.json:
+                _emit_plain(json.dumps({"file": str(image), "output": None, "error": message}))
+            else:
+                print(f"m2f predict: {image}: {message}", file=sys.stderr)
+    print(
+        f"m2f predict: 0 of {len(images)} images segmented: every one refused from its header in "
+        f"{time.perf_counter() - started:.2f} s, no model loaded",
+        file=sys.stderr,
+    )
+    return EXIT_USAGE
+
+
+def _emit_plain(line: str) -> None:
+    try:
+        print(line, flush=True)
+    except BrokenPipeError as err:
+        raise _StdoutClosed from err
 
 
 def _emit(bar: Any, line: str) -> None:

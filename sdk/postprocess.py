@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
@@ -32,7 +33,6 @@ from runtimes.vocabulary import MASK_STRIDE, OBJECT_MASK_THRESHOLD, OVERLAP_THRE
 logger = logging.getLogger(__name__)
 
 _CHUNK_ELEMENTS = 1 << 22  # ~16 MB of float32 per chunk of work
-CV_MAX_CHANNELS = 128  # the most channels one cv2.resize takes on every OpenCV this supports (5.x: 128)
 
 
 class OutputsError(M2FError, ValueError):
@@ -214,26 +214,46 @@ def semantic_from_labels(labels: np.ndarray, geometry: Geometry) -> np.ndarray:
     return cropped[rows][:, cols]  # (h, w)
 
 
-def scores_at_frame(scores: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """(K, Hp/4, Wp/4) class scores at the mask resolution (the semantic graph's ``class_scores``) -> (K, ceil(h/4),
-    ceil(w/4)) float32 at a quarter of the frame size: the frame's region cropped, resized bilinearly."""
+def _scores_region(scores: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """The frame's region of (K, Hp/4, Wp/4) class scores, checked, as float32."""
     scores = np.asarray(scores, dtype=np.float32)
     if scores.ndim != 3:
         raise OutputsError(f"expected (K, h, w) class scores, got shape {scores.shape}")
     rh, rw = (-(-n // MASK_STRIDE) for n in geometry.resized_size)
     if rh > scores.shape[1] or rw > scores.shape[2]:
         raise OutputsError(f"class scores {scores.shape} are smaller than the frame's region {geometry.resized_size}")
+    return scores[:, :rh, :rw]
+
+
+def scores_at_frame(scores: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """(K, Hp/4, Wp/4) class scores at the mask resolution (the semantic graph's ``class_scores``) -> (K, ceil(h/4),
+    ceil(w/4)) float32 at a quarter of the frame size: the frame's region cropped, resized bilinearly, one class
+    plane at a time into the result (peak memory: the result and nothing of its size beside it)."""
+    region = _scores_region(scores, geometry)
     h, w = (-(-n // MASK_STRIDE) for n in geometry.frame_size)
-    region = scores[:, :rh, :rw]
-    if (rh, rw) == (h, w):
+    if region.shape[1:] == (h, w):
         return np.ascontiguousarray(region)
-    # OpenCV 5 takes at most 128 channels per image (4.x: 512): ADE20K's 150 classes go in groups
-    groups = [
-        cv2.resize(np.ascontiguousarray(part.transpose(1, 2, 0)), (w, h), interpolation=cv2.INTER_LINEAR)
-        for part in np.array_split(region, -(-len(region) // CV_MAX_CHANNELS))
-    ]
-    groups = [g.reshape(h, w, -1) for g in groups]  # one channel comes back (h, w)
-    return np.ascontiguousarray(np.concatenate(groups, axis=2).transpose(2, 0, 1))
+    out = np.empty((len(region), h, w), np.float32)  # (K, h/4, w/4)
+    for plane, target in zip(region, out, strict=True):
+        cv2.resize(np.ascontiguousarray(plane), (w, h), dst=target, interpolation=cv2.INTER_LINEAR)
+    return out
+
+
+@dataclass(frozen=True)
+class DeferredScores:
+    """Class scores resized to the frame on first use (``SegmentationResult.class_scores``), not on every predict:
+    at a quarter of a large frame, K float32 planes can outweigh the frame itself (150 classes: 12x its bytes)."""
+
+    region: np.ndarray  # (K, rh/4, rw/4) float32, a copy: runtimes may reuse their output buffers
+    geometry: Geometry
+
+    @classmethod
+    def of(cls, scores: np.ndarray, geometry: Geometry) -> DeferredScores:
+        """Checked now (a wrong shape is the runtime's error, raised here), resized later."""
+        return cls(np.array(_scores_region(scores, geometry)), geometry)
+
+    def __call__(self) -> np.ndarray:
+        return scores_at_frame(self.region, self.geometry)
 
 
 def semantic_from_outputs(logits: np.ndarray, masks: np.ndarray, geometry: Geometry) -> np.ndarray:
@@ -465,7 +485,8 @@ def postprocess(
     ``task`` defaults to ``metadata["task"]``; a panoptic artifact (query outputs) can also give ``"semantic"``
     (official semantic inference from the queries) or ``"instance"``. Returns ``{"task": ...}`` plus
     ``"semantic"`` (h, w) ids, or ``"panoptic"`` (h, w) int32 + ``"segments_info"``, or ``"instances"``
-    (see :func:`instance_from_outputs`): the keys ``train.model.inference.postprocess`` returns.
+    (see :func:`instance_from_outputs`): the keys ``train.model.inference.postprocess`` returns; semantic
+    artifacts with a score output add ``"class_scores"``, a :class:`DeferredScores` (call it for the array).
     """
     task = task or metadata["task"]
     if task not in TASKS:
@@ -474,7 +495,7 @@ def postprocess(
         labels = _output(outputs, "labels", task, index, 3)  # (H, W)
         processed = {"task": task, "semantic": semantic_from_labels(labels, geometry)}
         if "class_scores" in outputs:  # semantic artifacts since the score output was added; older ones lack it
-            processed["class_scores"] = scores_at_frame(_output(outputs, "class_scores", task, index, 4), geometry)
+            processed["class_scores"] = DeferredScores.of(_output(outputs, "class_scores", task, index, 4), geometry)
         return processed
     if task == "semantic" and "pred_logits" not in outputs:
         raise OutputsError(

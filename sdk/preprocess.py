@@ -9,10 +9,11 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from runtimes.errors import M2FError
 from runtimes.geometry import RESIZE_POLICIES, Geometry, fit_to_input, letterbox, resize_shortest_edge
+from runtimes.images import DEFAULT_MAX_PIXELS, FrameError, check_pixels
 
 __all__ = [
+    "DEFAULT_MAX_PIXELS",
     "MAX_ASPECT_RATIO",
     "MIN_FRAME_SIDE",
     "RESIZE_POLICIES",
@@ -24,10 +25,6 @@ __all__ = [
     "letterbox",
     "resize_shortest_edge",
 ]
-
-
-class FrameError(M2FError, ValueError):
-    """A frame the SDK cannot turn into a BGR image, with what was wrong."""
 
 
 # Frames the SDK refuses rather than segment into noise. The model resizes every frame to its input (e.g. 512 px):
@@ -54,8 +51,9 @@ def _dtype_advice(dtype: np.dtype) -> str:
     return "scale the values into 0..255, then .astype(np.uint8)"
 
 
-def check_frame(frame: np.ndarray) -> None:
-    """Raise FrameError unless ``frame`` is an HxW, HxWx1, HxWx3 or HxWx4 uint8 image the model can segment."""
+def check_frame(frame: np.ndarray, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+    """Raise FrameError unless ``frame`` is an HxW, HxWx1, HxWx3 or HxWx4 uint8 image the model can segment, of at
+    most ``max_pixels`` pixels (None: no limit; the post-processing allocates at the frame's size)."""
     if not isinstance(frame, np.ndarray):
         raise FrameError(f"expected a numpy array (as cv2 gives), got {type(frame).__name__}")
     if frame.ndim not in (2, 3):
@@ -75,6 +73,7 @@ def check_frame(frame: np.ndarray) -> None:
     if frame.dtype != np.uint8:
         raise FrameError(f"expected uint8 pixels, got {frame.dtype}: convert first, e.g. {_dtype_advice(frame.dtype)}")
     h, w = frame.shape[:2]
+    check_pixels(w, h, max_pixels, "frame")
     if min(h, w) < MIN_FRAME_SIDE:
         raise FrameError(f"frame of {w}x{h} px is too small to segment (each side needs at least {MIN_FRAME_SIDE} px)")
     if max(h, w) / min(h, w) > MAX_ASPECT_RATIO:
@@ -84,12 +83,13 @@ def check_frame(frame: np.ndarray) -> None:
         )
 
 
-def as_bgr(frame: np.ndarray) -> np.ndarray:
+def as_bgr(frame: np.ndarray, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """HxWx3 uint8 BGR from a grey (HxW, HxWx1), BGR or BGRA uint8 frame; anything else raises FrameError.
 
-    Frames smaller than MIN_FRAME_SIDE or more elongated than MAX_ASPECT_RATIO are refused too (see above).
+    Frames smaller than MIN_FRAME_SIDE, more elongated than MAX_ASPECT_RATIO or larger than ``max_pixels`` are
+    refused too (see above).
     """
-    check_frame(frame)
+    check_frame(frame, max_pixels)
     if frame.ndim == 2 or frame.shape[2] == 1:
         return cv2.cvtColor(frame.reshape(frame.shape[:2]), cv2.COLOR_GRAY2BGR)
     if frame.shape[2] == 4:

@@ -118,12 +118,46 @@ class _DerivedFromPanoptic:
         obj.__dict__[self.slot] = value
 
 
+class _ComputedOnFirstUse:
+    """A dataclass field that may be given as a zero-argument callable (``sdk.postprocess.DeferredScores``): called
+    on first access, its array cached; an array or None is kept as it is."""
+
+    def __get__(self, obj: SegmentationResult | None, objtype: type | None = None) -> Any:
+        if obj is None:
+            return None  # the dataclass default
+        value = obj.__dict__.get("_class_scores")
+        if callable(value):
+            value = obj.__dict__["_class_scores"] = value()
+        return value
+
+    def __set__(self, obj: SegmentationResult, value: Any) -> None:
+        obj.__dict__["_class_scores"] = value
+
+
 _SEMANTIC = _DerivedFromPanoptic("semantic", _semantic_from_panoptic)
 _INSTANCES = _DerivedFromPanoptic("instances", _instances_from_panoptic)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # the result
+
+
+_BAND_PIXELS = 1 << 20  # pixels SegmentationResult.overlay and class_histogram work on at once
+
+
+def _label_counts(labels: np.ndarray) -> np.ndarray:
+    """Pixels per label value of an (h, w) label map, a band of rows at a time: uint8 by OpenCV's histogram (float32
+    counts, exact below 2^24 a band), other types by bincount (it takes intp: 8 bytes a pixel, for a band only)."""
+    counts = np.zeros(256 if labels.dtype == np.uint8 else 0, np.int64)
+    rows = max(1, _BAND_PIXELS // max(labels.shape[1], 1))
+    for top in range(0, labels.shape[0], rows):
+        part = np.ascontiguousarray(labels[top : top + rows])
+        if labels.dtype == np.uint8:
+            counts += cv2.calcHist([part], [0], None, [256], [0, 256]).ravel().astype(np.int64)
+        else:
+            band = np.bincount(part.ravel(), minlength=len(counts))
+            counts = band + np.pad(counts, (0, len(band) - len(counts)))
+    return counts
 
 
 def _palette(colors: Sequence[Sequence[int]] | None, n: int) -> np.ndarray:
@@ -157,7 +191,8 @@ class SegmentationResult:
     timings: dict[str, float] = field(default_factory=dict)
     frame_index: int | None = None
     carried_from: int | None = None  # live carry mode: the model frame whose labels optical flow moved here
-    class_scores: np.ndarray | None = None  # (K, ceil(h/4), ceil(w/4)) float32, semantic artifacts that give them
+    # (K, ceil(h/4), ceil(w/4)) float32, semantic artifacts that give them; resized on first access
+    class_scores: np.ndarray | None = _ComputedOnFirstUse()  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -233,7 +268,7 @@ class SegmentationResult:
         """
         h, w = self.size
         if self.semantic is not None:
-            counts = np.bincount(np.asarray(self.semantic, dtype=np.int64).ravel())
+            counts = _label_counts(np.asarray(self.semantic))
             fractions = {i: c / (h * w) for i, c in enumerate(counts) if c and i < len(self.class_names)}
         else:
             inst = self.instances
@@ -336,24 +371,22 @@ class SegmentationResult:
         Semantic/stuff pixels get their class colour blended by ``alpha``; instances (score >= ``min_score``) get
         their class colour (shaded per instance), an outline, and optionally a box and ``"name score"``.
         """
-        image = as_bgr(frame).copy()
+        image = as_bgr(frame, max_pixels=None)  # the result exists: its frame was already let through
+        if np.may_share_memory(image, frame):
+            image = image.copy()
         if image.shape[:2] != self.size:
             raise ValueError(f"frame is {image.shape[:2]}, the result is {self.size}: pass the frame it was made from")
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")
         palette = _palette(self.colors, max(len(self.class_names), 1))
-        colour = np.zeros_like(image)  # (h, w, 3) what each painted pixel becomes
-        painted = np.zeros(self.size, dtype=bool)  # (h, w)
-
+        labels, lut = None, None
         if self.semantic is not None and self.task != "instance":
             # a 256-entry lookup on uint8 labels (void and out-of-range -> unpainted): ~20x faster than masking
             lut = np.zeros((256, 3), dtype=np.uint8)
             lut[: min(len(palette), 255)] = palette[:255]
             labels = np.asarray(self.semantic)
-            labels = labels if labels.dtype == np.uint8 else np.where(labels < 255, labels, 255).astype(np.uint8)
-            colour = lut[labels]
-            painted = labels < len(palette)
 
+        shaded: list[tuple[np.ndarray, np.ndarray]] = []  # (mask, colour) of each instance, the best last
         drawn: list[tuple[int, np.ndarray, np.ndarray, str]] = []
         if self.instances is not None and self.task != "semantic":
             inst = self.instances
@@ -363,13 +396,27 @@ class SegmentationResult:
                     continue
                 base = palette[int(inst.labels[i]) % len(palette)].astype(np.int16)
                 shade = np.clip(base + (int(i) * 37 % 61 - 30), 0, 255).astype(np.uint8)
-                colour[inst.masks[i]] = shade
-                painted |= inst.masks[i]
+                shaded.append((inst.masks[i], shade))
                 text = f"{self.class_name(int(inst.labels[i]))} {inst.scores[i]:.2f}"
                 drawn.append((int(i), shade, inst.boxes[i], text))
 
-        blended = cv2.addWeighted(image, 1.0 - alpha, colour, alpha, 0.0)
-        np.copyto(image, blended, where=painted[..., None])
+        # blended a band of rows at a time: the temporaries stay ~_BAND_PIXELS, not several frames' worth
+        h, w = self.size
+        rows = max(1, _BAND_PIXELS // w)
+        for top in range(0, h, rows):
+            band = slice(top, min(top + rows, h))
+            if labels is not None and lut is not None:
+                part = labels[band]
+                part = part if part.dtype == np.uint8 else np.where(part < 255, part, 255).astype(np.uint8)
+                colour, painted = lut[part], part < len(palette)  # (rows, w, 3) what each painted pixel becomes
+            else:
+                colour = np.zeros((band.stop - top, w, 3), np.uint8)
+                painted = np.zeros((band.stop - top, w), bool)
+            for mask, shade in shaded:
+                colour[mask[band]] = shade
+                painted |= mask[band]
+            blended = cv2.addWeighted(image[band], 1.0 - alpha, colour, alpha, 0.0)
+            np.copyto(image[band], blended, where=painted[..., None])
         inst = self.instances
         for i, shade, _, _ in drawn:
             assert inst is not None

@@ -26,7 +26,7 @@ from runtimes.registry import RUNTIMES, TARGETS, TargetSpec, export_precisions
 from runtimes.vocabulary import INT8_BF16, PRECISIONS
 from sdk import host
 from sdk.postprocess import postprocess as postprocess_outputs
-from sdk.preprocess import Geometry, as_bgr, fit_to_input
+from sdk.preprocess import DEFAULT_MAX_PIXELS, Geometry, as_bgr, fit_to_input
 from sdk.results import SegmentationResult
 from sdk.targets import PrecisionChoice, choose_precision, resolve_target
 
@@ -116,6 +116,8 @@ class Segmenter:
     artifact's own). ``input_size``: (H, W) used when a checkpoint is compiled or run by torch (default: dynamic
     size; for TensorRT, whose export is fixed-size, ``compile.export.default_input_size``). ``options``: backend
     options of the chosen runtime (``runtimes.registry``; one it does not accept raises ValueError).
+    ``max_pixels``: the largest frame accepted, in pixels (``DEFAULT_MAX_PIXELS``, 40 megapixels; None: no limit),
+    for ``predict`` and for the frames of ``stream`` sources; the post-processing allocates at the frame's size.
 
     ``runtime``, ``device`` and ``precision`` say what really runs.
     """
@@ -127,8 +129,12 @@ class Segmenter:
         task: str | None = None,
         precision: str | None = None,
         input_size: tuple[int, int] | None = None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
         **options: Any,
     ) -> None:
+        if max_pixels is not None and (type(max_pixels) is not int or max_pixels <= 0):
+            raise ValueError(f"max_pixels must be a positive int or None (no limit), got {max_pixels!r}")
+        self.max_pixels = max_pixels
         if precision is not None and precision not in PRECISIONS:  # every runtime alike, before any loading
             raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)} or None")
         spec, runtime = resolve_target(target, _artifact_target(model))
@@ -163,6 +169,7 @@ class Segmenter:
         """A Segmenter over a backend that is already open (e.g. ``TorchBackend.from_module`` over a reference
         model). ``target``: the profile it stands for (default: the one named after the backend's runtime)."""
         segmenter = cls.__new__(cls)
+        segmenter.max_pixels = DEFAULT_MAX_PIXELS
         segmenter._attach(backend, task, TARGETS[target or backend.runtime])
         segmenter.model_path, segmenter.precision_reason = None, "the backend's own (from_backend)"
         return segmenter
@@ -184,7 +191,7 @@ class Segmenter:
     def preprocess(self, frame: np.ndarray) -> tuple[dict[str, np.ndarray], tuple[Geometry, dict[str, float]]]:
         """Frame -> (the engine's inputs, what postprocess needs to map results back onto the frame)."""
         start = time.perf_counter()
-        image, geometry = fit_to_input(as_bgr(frame), self.metadata["input"])
+        image, geometry = fit_to_input(as_bgr(frame, self.max_pixels), self.metadata["input"])
         inputs = {self.input_name: image[None]}
         return inputs, (geometry, {"preprocess_ms": (time.perf_counter() - start) * 1000})
 

@@ -3,6 +3,9 @@
 Sources (``open_source``):
 
 - a file path: ``FileNotFoundError`` if missing, ``SourceError`` if empty or OpenCV cannot decode it.
+
+Every kind: ``FrameError`` when its frames are larger than ``max_pixels`` (the size an image file's header states,
+checked before OpenCV decodes it; a video's size as its container or driver reports it, after opening).
 - a camera index: ``0`` or ``"0"`` (V4L2 on Linux, ``/dev/video0``).
 - a URL (``rtsp://``, ``rtsps://``, ``rtmp://``, ``http(s)://``, ``udp://``, ``tcp://``, ``srt://``): opened with
   the FFMPEG backend with ``CAP_PROP_OPEN_TIMEOUT_MSEC`` / ``CAP_PROP_READ_TIMEOUT_MSEC``, so a dead URL fails
@@ -46,6 +49,7 @@ import cv2
 import numpy as np
 
 from runtimes.errors import M2FError
+from runtimes.images import DEFAULT_MAX_PIXELS, check_pixels, header_size
 
 logger = logging.getLogger(__name__)
 
@@ -117,12 +121,25 @@ def open_source(
     *,
     open_timeout_s: float = 10.0,
     read_timeout_s: float = 5.0,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> cv2.VideoCapture:
     """Open a file, camera index, URL or GStreamer pipeline as an opened ``cv2.VideoCapture``.
 
-    Raises ``FileNotFoundError`` (missing file), ``SourceError`` (cannot open/decode, empty, no backend) or
-    ``StreamTimeoutError`` (a URL that did not open within ``open_timeout_s``).
+    Raises ``FileNotFoundError`` (missing file), ``SourceError`` (cannot open/decode, empty, no backend),
+    ``StreamTimeoutError`` (a URL that did not open within ``open_timeout_s``) or ``FrameError`` (frames over
+    ``max_pixels``; None: no limit).
     """
+    capture = _open(source, open_timeout_s, read_timeout_s, max_pixels)
+    width, height = (capture_property(capture, p) for p in (cv2.CAP_PROP_FRAME_WIDTH, cv2.CAP_PROP_FRAME_HEIGHT))
+    try:
+        check_pixels(int(width or 0), int(height or 0), max_pixels, f"{source_kind(source)} {source}: a frame")
+    except M2FError:
+        capture.release()
+        raise
+    return capture
+
+
+def _open(source: str | int | Path, open_timeout_s: float, read_timeout_s: float, max_pixels: int | None) -> Any:
     kind = source_kind(source)
     if kind == "camera":
         index = int(source)
@@ -145,11 +162,11 @@ def open_source(
     if kind == "url":
         return _open_url(str(source).strip(), open_timeout_s, read_timeout_s)
     if kind == "file":
-        return _open_file(Path(str(source).removeprefix("file://")))
+        return _open_file(Path(str(source).removeprefix("file://")), max_pixels)
     raise TypeError(f"open_source opens paths, camera indexes, URLs and pipelines, not {kind} {source!r}")
 
 
-def _open_file(path: Path) -> cv2.VideoCapture:
+def _open_file(path: Path, max_pixels: int | None) -> cv2.VideoCapture:
     if not path.exists():
         if "%" in path.name:  # an image sequence pattern such as frames/%05d.png
             capture = cv2.VideoCapture(str(path))
@@ -160,6 +177,10 @@ def _open_file(path: Path) -> cv2.VideoCapture:
         raise SourceError(f"{path} is a directory, not a video file")
     if path.stat().st_size == 0:
         raise SourceError(f"{path} is empty (0 bytes)")
+    with path.open("rb") as file:  # an image file: OpenCV decodes it while opening, so its size is checked first
+        size = header_size(file.read(1 << 16))
+    if size is not None:
+        check_pixels(*size, max_pixels, f"{path}: an image")
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
         raise SourceError(f"OpenCV cannot open or decode {path} (not a video, corrupt, or codec unsupported)")

@@ -38,6 +38,7 @@ from typing import Any
 
 import cv2
 
+from runtimes.images import DEFAULT_MAX_PIXELS
 from sdk.sources import (
     RealTimeReader,
     Source,
@@ -163,7 +164,7 @@ def stream(model: StagedModel, source: Source, options: StreamOptions | None = N
     kind = source_kind(source)
     options = StreamOptions.of(options, **overrides).for_source(kind)
     output = _output_path(options.output) if options.output is not None else None
-    reader, reopen = _connect(source, kind, options)
+    reader, reopen = _connect(source, kind, options, getattr(model, "max_pixels", DEFAULT_MAX_PIXELS))
     if options.realtime and kind == "file":
         reader = RealTimeReader(reader, frame_rate(reader) or DEFAULT_OUTPUT_FPS)
     fps = 0.0
@@ -179,15 +180,23 @@ def stream(model: StagedModel, source: Source, options: StreamOptions | None = N
     return Stream(Pipeline(model, name, reader, reopen, options, fps))
 
 
-def _connect(source: Source, kind: str, options: StreamOptions) -> tuple[Any, Callable[[], Any] | None]:
-    """The opened reader, and how to open it again (None: its end is the stream's end)."""
+def _connect(
+    source: Source, kind: str, options: StreamOptions, max_pixels: int | None
+) -> tuple[Any, Callable[[], Any] | None]:
+    """The opened reader, and how to open it again (None: its end is the stream's end); a source whose frames are
+    over ``max_pixels`` (the model's limit) is refused when opened."""
     if kind == "reader":
         return source, None
     if kind == "factory":
         return source(), source  # type: ignore[operator,return-value]
 
     def reopen() -> cv2.VideoCapture:
-        return open_source(source, open_timeout_s=options.open_timeout_s, read_timeout_s=options.read_timeout_s)  # type: ignore[arg-type]
+        return open_source(
+            source,  # type: ignore[arg-type]
+            open_timeout_s=options.open_timeout_s,
+            read_timeout_s=options.read_timeout_s,
+            max_pixels=max_pixels,
+        )
 
     return reopen(), (None if kind == "file" else reopen)
 
