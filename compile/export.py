@@ -9,7 +9,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import onnx
 
@@ -17,7 +16,9 @@ from compile.gate import GateError, GateImage, check_int8_execution, gate_image,
 from compile.onnx_export import DEFAULT_OPSET, INPUT_NAME, OUTPUTS, DeployableMask2Former, export_onnx
 from runtimes import Backend, load_backend
 from runtimes.artifact import ArtifactMetadata, Inference, InputSpec, Normalization, Source, write_metadata
+from runtimes.errors import CheckpointError
 from runtimes.geometry import fit_to_input
+from runtimes.images import FrameError, read_image
 from runtimes.registry import ARTIFACT_TARGETS, export_precisions
 from runtimes.vocabulary import IMAGE_SUFFIXES, image_files
 from train.evaluation.semantic import semantic_gt_from_sample
@@ -45,10 +46,10 @@ def _images_in(folder: Path, limit: int, seed: int = 0) -> list[np.ndarray]:
     random.Random(seed).shuffle(files)
     images = []
     for path in files[:limit]:
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None:
-            raise ValueError(f"cannot read image {path}")
-        images.append(image)
+        try:
+            images.append(read_image(path))
+        except FrameError as err:
+            raise ValueError(f"cannot use calibration image {path}: {err}") from err
     return images
 
 
@@ -93,6 +94,14 @@ def default_input_size(checkpoint: str | Path) -> tuple[int, int]:
     return int(side), int(side)
 
 
+def load_checkpoint(checkpoint: str | Path) -> LoadedModel:
+    """``train.model.load_pretrained``, its refusal of a damaged, unsafe or foreign file as a ``CheckpointError``."""
+    try:
+        return load_pretrained(checkpoint)
+    except (ValueError, FileNotFoundError) as err:
+        raise CheckpointError(str(err)) from err
+
+
 def reference_model(
     checkpoint: str | Path,
     task: str | None = None,
@@ -107,7 +116,7 @@ def reference_model(
     inside), with the same input spec for ``input_size`` (None: dynamic, shortest edge ``min_size``/``max_size``).
     """
     checkpoint = Path(checkpoint)
-    loaded = load_pretrained(checkpoint)
+    loaded = load_checkpoint(checkpoint)
     task = task or default_task(checkpoint, loaded)
     module = DeployableMask2Former(loaded.model, loaded.meta, task).eval()
     spec = input_spec(loaded.meta, input_size, min_size, max_size)
@@ -237,7 +246,7 @@ def export(
     if precision not in SUPPORTED[target]:
         raise ValueError(f"{target} does not take {precision}; it takes {', '.join(SUPPORTED[target])}")
     checkpoint, out = Path(checkpoint), Path(out)
-    loaded = load_pretrained(checkpoint)
+    loaded = load_checkpoint(checkpoint)
     task = task or default_task(checkpoint, loaded)
     resize = input_spec(loaded.meta, input_size, min_size, max_size)
     calibration = None

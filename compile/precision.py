@@ -48,6 +48,7 @@ Mask2Former trained 600 iterations, calibrated on 64 CamVid train images):
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -61,6 +62,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from runtimes.artifact import METADATA_KEY, write_metadata
 from runtimes.vocabulary import INPUT_NAME
 
 if TYPE_CHECKING:
@@ -115,10 +117,14 @@ def _load(src: str | Path) -> onnx.ModelProto:
 
 
 def _save(model: onnx.ModelProto, dst: str | Path, metadata_from: onnx.ModelProto) -> Path:
-    """Write ``model`` as one file carrying exactly ``metadata_from``'s metadata_props (tools add their own)."""
+    """Write ``model`` as one file carrying exactly ``metadata_from``'s metadata_props (tools add their own); an m2f
+    document gets this graph's ``graph_sha256``."""
     del model.metadata_props[:]
     for prop in metadata_from.metadata_props:
         model.metadata_props.add(key=prop.key, value=prop.value)
+    document = next((p.value for p in model.metadata_props if p.key == METADATA_KEY), None)
+    if document is not None:
+        write_metadata(model, json.loads(document))
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     onnx.save_model(model, str(dst), save_as_external_data=False)

@@ -19,6 +19,7 @@ import hashlib
 import json
 import mmap
 import re
+import reprlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from runtimes.vocabulary import PRECISIONS, TASKS
 
 ARTIFACT_FORMAT_VERSION = 1
 METADATA_KEY = "m2f"
+_METADATA_LIMIT = 4 << 20  # characters: 150 class names and colours take ~10 KB
 
 
 _EXPORT_HINT = "re-export it with `m2f export`"
@@ -198,6 +200,12 @@ class ArtifactMetadata:
         doc="lower precisions the gate verified the runtime running this artifact at (OpenVINO bf16: every op of an "
         "fp32 artifact, the float ops of an int8 one)",
     )
+    graph_sha256: str | None = _optional(
+        check=lambda x: isinstance(x, str) and re.fullmatch(r"[0-9a-f]{64}", x) is not None,
+        expected="64 lower-case hex digits",
+        doc="SHA-256 of the serialized graph (weights included), written with the metadata; every runtime checks it "
+        "before loading, so a damaged weight is an error instead of wrong masks",
+    )
     rewrites: list | None = _optional(
         check=lambda x: isinstance(x, list) and all(isinstance(r, dict) and isinstance(r.get("by"), str) for r in x),
         expected="a list of {by: module, changes: [str]}",
@@ -274,6 +282,15 @@ def _check_version(version: Any) -> None:
     )
 
 
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters: a hostile document's value can be megabytes long."""
+    shortener = reprlib.Repr()
+    shortener.maxstring = shortener.maxother = limit
+    shortener.maxlist = shortener.maxdict = 8
+    text = shortener.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _field_problems(cls: type, data: dict, prefix: str = "") -> tuple[list[str], list[str]]:
     """(missing required fields, ill-typed fields) of ``data`` against ``cls``, as dotted names / messages."""
     missing, problems = [], []
@@ -285,7 +302,7 @@ def _field_problems(cls: type, data: dict, prefix: str = "") -> tuple[list[str],
             continue
         value, rule = data[f.name], f.metadata
         if not rule["check"](value):
-            problems.append(f"{dotted}={value!r} (expected {rule['expected']})")
+            problems.append(f"{dotted}={_short(value)} (expected {rule['expected']})")
         elif "nested" in rule:
             more_missing, more_problems = _field_problems(rule["nested"], value, dotted + ".")
             missing += more_missing
@@ -473,36 +490,107 @@ _MESSAGES: dict[str, dict[int, str]] = {
 }
 
 
+_TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION, _EXTERNAL = 13, 14, 1  # TensorProto fields; DataLocation.EXTERNAL
+
+
+def _messages(buf: Any, kind: str, start: int, end: int) -> Iterator[tuple[str, list[tuple[int, int, int, int]]]]:
+    """Every message of the model, depth first: (its type in ``_MESSAGES``, its fields); ``_Damaged`` where the
+    structure breaks or nests deeper than any model (a hostile file can nest graphs without end)."""
+    fields, position = [], start
+    try:
+        for field in _fields(buf, start, end):
+            fields.append(field)
+            position = field[3]  # where the next field starts
+    except ValueError as err:
+        raise _Damaged(f"{err} at byte {position}, in a {kind} message") from err
+    yield kind, fields
+    children = _MESSAGES[kind]
+    for field, wire, s, e in fields:
+        if wire == 2 and field in children:
+            yield from _messages(buf, children[field], s, e)
+
+
+def _walk_model(path: Path, visit: Callable[[Any, str, list], None]) -> None:
+    """``visit(buffer, type, fields)`` for every message of the ONNX file at ``path``; _Damaged where it breaks."""
+    with path.open("rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        try:
+            for kind, fields in _messages(buf, "model", 0, len(buf)):
+                visit(buf, kind, fields)
+        except RecursionError:
+            raise _Damaged("messages nested deeper than any model's") from None
+
+
 def find_damage(path: str | Path) -> str | None:
     """Where the protobuf structure of an ONNX file breaks (model, graph, nodes, attributes, tensor headers), or
-    None when it holds together. Tensor contents are not checked: bytes changed inside weights stay unseen."""
+    None when it holds together. Tensor contents are not checked here (``graph_sha256`` covers them)."""
     path = Path(path)
     if path.stat().st_size == 0:
         return "the file is empty"
-
-    def walk(buf: Any, kind: str, start: int, end: int) -> None:
-        fields, position = [], start
-        try:
-            for field in _fields(buf, start, end):
-                fields.append(field)
-                position = field[3]  # where the next field starts
-        except ValueError as err:
-            raise _Damaged(f"{err} at byte {position}, in a {kind} message") from err
-        children = _MESSAGES[kind]
-        for field, wire, s, e in fields:
-            if wire == 2 and field in children:
-                walk(buf, children[field], s, e)
-
-    with path.open("rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        try:
-            walk(buf, "model", 0, len(buf))
-        except _Damaged as damage:
-            return str(damage)
+    try:
+        _walk_model(path, lambda buf, kind, fields: None)
+    except _Damaged as damage:
+        return str(damage)
     return None
 
 
+def external_data(path: str | Path) -> list[str]:
+    """The ``location`` of every tensor whose data lies outside the ONNX file (external data), in file order."""
+    locations: list[str] = []
+
+    def visit(buf: Any, kind: str, fields: list) -> None:
+        if kind != "tensor":
+            return
+        for number, wire, s, e in fields:
+            if number == _TENSOR_EXTERNAL_DATA and wire == 2:
+                entry = {f: bytes(buf[a:b]) for f, w, a, b in _fields(buf, s, e) if w == 2}
+                if entry.get(1) == b"location":
+                    locations.append(entry.get(2, b"").decode("utf-8", "replace"))
+
+    _walk_model(Path(path), visit)
+    return locations
+
+
+def graph_sha256(path: str | Path) -> str:
+    """SHA-256 of the bytes of the serialized graph (``ModelProto.graph``) of an ONNX file, read in place."""
+    with Path(path).open("rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        digest = hashlib.sha256()
+        with memoryview(buf) as view:
+            for field, wire, start, stop in _fields(buf):
+                if field == _MODEL_GRAPH and wire == 2:
+                    digest.update(view[start:stop])
+        return digest.hexdigest()
+
+
+def verify_artifact(path: str | Path) -> None:
+    """What an engine is handed is what was exported, and nothing beside it: ArtifactError when the graph's SHA-256
+    differs from the one the metadata recorded (a bit flipped in a weight), or when a tensor's external data lies
+    outside the artifact's folder (an absolute path or ``..``: a file the artifact has no business reading)."""
+    path = Path(path)
+    try:
+        recorded = read_metadata(path, validate=False).get("graph_sha256")
+        folder = path.parent.resolve()
+        for location in external_data(path):
+            target = (folder / location).resolve()
+            if Path(location).is_absolute() or not target.is_relative_to(folder):
+                raise ArtifactError(
+                    f"{path}: a tensor's external data points outside the artifact's folder ({location!r:.200}); "
+                    "refused: an artifact reads no file but its own and files beside it"
+                )
+            if not target.is_file():
+                raise ArtifactError(f"{path}: its external data file {location!r:.200} is missing beside it")
+    except _Damaged as damage:
+        raise ArtifactError(
+            f"{path} is corrupt or truncated ({damage}): copy the file again or {_EXPORT_HINT}"
+        ) from None
+    if recorded is not None and graph_sha256(path) != recorded:
+        raise ArtifactError(
+            f"{path} is damaged: its graph's SHA-256 differs from the one recorded at export (a changed weight or "
+            f"node); copy the file again or {_EXPORT_HINT}"
+        )
+
+
 class _Damaged(Exception):
-    """Internal: find_damage found a broken message."""
+    """Internal: the walk found a broken message."""
 
 
 # what an engine says when it cannot parse the protobuf at all
@@ -511,8 +599,11 @@ _ENGINE_PARSE_FAILURES = ("can't be parsed", "Protobuf parsing failed", "INVALID
 
 @contextmanager
 def engine_reads(path: str | Path, engine: str) -> Iterator[None]:
-    """Around an engine's loading of an artifact: its failure on a damaged file becomes an ArtifactError that names
-    the file and says it is corrupt or truncated; any other failure passes through unchanged."""
+    """Around an engine's loading of an artifact: first :func:`verify_artifact`; then the engine's failure on a
+    damaged file becomes an ArtifactError that names the file and says it is corrupt or truncated; any other failure
+    passes through unchanged."""
+    if Path(path).is_file():
+        verify_artifact(path)
     try:
         yield
     except Exception as err:
@@ -531,16 +622,27 @@ def read_metadata(path: str | Path, *, validate: bool = True) -> dict:
     props = read_metadata_props(path)
     if METADATA_KEY not in props:
         raise ArtifactError(f"{path} is not an m2f artifact: export it with `m2f export`")
+    document = props[METADATA_KEY]
+    if len(document) > _METADATA_LIMIT:
+        raise ArtifactError(
+            f"{path}: the m2f metadata is {len(document)} characters, more than any model's ({_METADATA_LIMIT} read): "
+            f"{_EXPORT_HINT}"
+        )
     try:
-        meta = json.loads(props[METADATA_KEY])
-    except json.JSONDecodeError as err:
-        raise ArtifactError(f"{path}: the m2f metadata is not valid JSON ({err}): {_EXPORT_HINT}") from err
+        meta = json.loads(document)
+    except (json.JSONDecodeError, RecursionError) as err:  # RecursionError: nested thousands deep
+        raise ArtifactError(f"{path}: the m2f metadata is not valid JSON ({str(err)[:200]}): {_EXPORT_HINT}") from err
+    if not isinstance(meta, dict):
+        raise ArtifactError(f"{path}: the m2f metadata is a JSON {type(meta).__name__}, not an object: {_EXPORT_HINT}")
     return validate_metadata(meta) if validate else meta
 
 
 def write_metadata(model_proto: Any, meta: dict | ArtifactMetadata) -> None:
-    """Validate ``meta`` and store it (keys sorted) as ``metadata_props["m2f"]`` of an ``onnx.ModelProto``."""
-    document = json.dumps(validate_metadata(meta), sort_keys=True, allow_nan=False)
+    """Validate ``meta`` and store it (keys sorted) as ``metadata_props["m2f"]`` of an ``onnx.ModelProto``, with
+    ``graph_sha256`` of its graph as it is now: save the model right after, with no change to the graph between."""
+    checked = validate_metadata(meta)
+    checked["graph_sha256"] = hashlib.sha256(model_proto.graph.SerializeToString()).hexdigest()
+    document = json.dumps(checked, sort_keys=True, allow_nan=False)
     props = model_proto.metadata_props
     others = [(p.key, p.value) for p in props if p.key != METADATA_KEY]
     del props[:]

@@ -17,6 +17,12 @@ class M2FError(Exception):
     device, a dead stream, a failed accuracy gate. Bugs stay builtin exceptions with tracebacks."""
 
 
+class CheckpointError(M2FError, ValueError):
+    """A checkpoint (ours, detectron2's or an HF folder) that cannot be used: damaged, unsafe, or another model's;
+    the message names the file and why. Raised where the SDK and the compiler read one (the training code itself
+    raises the builtin ``ValueError`` it wraps)."""
+
+
 def quiet_on_broken_pipe(main: Callable[[], int]) -> int:
     """``main()``, but a reader that leaves early (``... | head``) ends it with status 0 and no traceback: that is
     no error of the user's. Standard output is pointed at /dev/null so the interpreter's final flush is quiet too."""

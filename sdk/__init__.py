@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 from runtimes.artifact import ArtifactError
 from runtimes.base import BackendInputError, DeviceNotAvailable, RuntimeNotAvailable
-from runtimes.errors import M2FError
+from runtimes.errors import CheckpointError, M2FError
 from sdk.postprocess import OutputsError
 from sdk.preprocess import FrameError
 from sdk.results import Instances, SegmentationResult
@@ -26,6 +26,7 @@ __all__ = [
     "TARGETS",
     "ArtifactError",
     "BackendInputError",
+    "CheckpointError",
     "DeviceNotAvailable",
     "FrameError",
     "Instances",
