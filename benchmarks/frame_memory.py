@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"CPU: {report['cpu']}. Command: `python -m benchmarks.frame_memory --side {args.side}"
         f"{f' --before {args.before}' if args.before else ''} --out DIR`.",
+        "A commit without `--max-pixels` runs the two 'limit raised' cases without it (it had no limit).",
         "",
         "| code | case | exit | seconds | peak RSS (GB) | peak / decoded | last message |",
         "|---|---|---|---|---|---|---|",

@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
 from benchmarks.litert_peer import PEER_LABEL, default_peer_path
+from runtimes.images import FrameError, read_image
 from runtimes.registry import RUNTIMES, RuntimeSpec, runtimes_named, unknown_name
 from runtimes.vocabulary import IMAGE_SUFFIXES, PRECISIONS, REPO_ROOT, image_files
 from sdk.sources import evenly_spaced, read_video_frames
@@ -304,10 +304,10 @@ def prepare_eval_set(
             if not files:
                 raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {data}")
             for i in evenly_spaced(len(files), count):
-                image = cv2.imread(str(files[i]), cv2.IMREAD_COLOR)
-                if image is None:
-                    raise ValueError(f"cannot read image {files[i]}")
-                frames.append(image)
+                try:
+                    frames.append(read_image(files[i]))
+                except FrameError as err:
+                    raise ValueError(f"cannot use image {files[i]}: {err}") from err
             source = f"{data.name}: {len(frames)} images (no labels)"
         else:
             from train.data import build_dataset

@@ -599,21 +599,28 @@ _ENGINE_PARSE_FAILURES = ("can't be parsed", "Protobuf parsing failed", "INVALID
 
 @contextmanager
 def engine_reads(path: str | Path, engine: str) -> Iterator[None]:
-    """Around an engine's loading of an artifact: first :func:`verify_artifact`; then the engine's failure on a
-    damaged file becomes an ArtifactError that names the file and says it is corrupt or truncated; any other failure
-    passes through unchanged."""
+    """Around an engine's loading of an artifact: first :func:`verify_artifact`; then any failure of the engine to
+    load the file becomes an ArtifactError naming the file, what the engine said, and whether the file is corrupt
+    or truncated (``find_damage``) or whole but not loadable here (another runtime version, a hand-edited field
+    outside the graph). Our own errors and MemoryError pass through."""
     if Path(path).is_file():
         verify_artifact(path)
     try:
         yield
+    except (M2FError, MemoryError):
+        raise
     except Exception as err:
         damage = find_damage(path) if Path(path).is_file() else None
         said = str(err).strip().splitlines()
-        if damage is None and not any(text in str(err) for text in _ENGINE_PARSE_FAILURES):
-            raise
-        detail = damage or f"{engine} says: {said[-1] if said else type(err).__name__}"
+        detail = " ".join((said[-1] if said else type(err).__name__).split())[:300]
+        if damage is not None or any(text in str(err) for text in _ENGINE_PARSE_FAILURES):
+            raise ArtifactError(
+                f"{path} is corrupt or truncated ({damage or f'{engine} says: {detail}'}); {engine} cannot load it: "
+                f"copy the file again or {_EXPORT_HINT}"
+            ) from err
         raise ArtifactError(
-            f"{path} is corrupt or truncated ({detail}); {engine} cannot load it: copy the file again or {_EXPORT_HINT}"
+            f"{engine} cannot load {path} ({engine} says: {detail}): a file from another m2f or {engine} version, "
+            f"or edited outside its graph; {_EXPORT_HINT}"
         ) from err
 
 

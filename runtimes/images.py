@@ -59,10 +59,12 @@ def _jpeg(b: bytes) -> tuple[int, int] | None:
 
 
 def _bmp(b: bytes) -> tuple[int, int] | None:
-    if b[:2] != b"BM" or len(b) < 26:
+    if b[:2] != b"BM" or len(b) < 22:
         return None
     if struct.unpack("<I", b[14:18])[0] == 12:  # OS/2 BITMAPCOREHEADER
         return struct.unpack("<HH", b[18:22])
+    if len(b) < 26:
+        return None
     width, height = struct.unpack("<ii", b[18:26])
     return abs(width), abs(height)  # a negative height means top-down rows
 
@@ -72,9 +74,9 @@ def _gif(b: bytes) -> tuple[int, int] | None:
 
 
 def _webp(b: bytes) -> tuple[int, int] | None:
-    if b[:4] != b"RIFF" or b[8:12] != b"WEBP" or len(b) < 30:
+    if b[:4] != b"RIFF" or b[8:12] != b"WEBP":
         return None
-    chunk = b[12:16]
+    chunk = b[12:16]  # struct.error below where the file ends before the size
     if chunk == b"VP8 ":
         width, height = struct.unpack("<HH", b[26:30])
         return width & 0x3FFF, height & 0x3FFF

@@ -109,18 +109,47 @@ class TrainConfig:
         return dataclasses.replace(cfg, solver=solver)
 
 
+_CONFIG_BYTES = 1 << 20  # a training config is a few KB
+_CONFIG_NODES = 100_000  # values in the config once YAML aliases are expanded (ours have ~100)
+
+
 def load_train_config(path: str | Path) -> TrainConfig:
-    """Read a training config from ``.yaml``/``.yml`` or ``.json``."""
+    """Read a training config from ``.yaml``/``.yml`` (``safe_load``: plain data only) or ``.json``; ValueError for
+    a file over ``_CONFIG_BYTES``, one that does not parse, or YAML whose aliases expand past ``_CONFIG_NODES``
+    values (a "billion laughs" file is a few hundred bytes)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no training config at {path}")
-    text = path.read_text()
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
+    if path.stat().st_size > _CONFIG_BYTES:
+        raise ValueError(f"{path} is {path.stat().st_size} bytes, not a training config (at most {_CONFIG_BYTES})")
+    text = path.read_text(errors="replace")
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
 
-        data = yaml.safe_load(text)
-    else:
-        data = json.loads(text)
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except RecursionError:
+        raise ValueError(f"{path} nests deeper than any training config") from None
+    except Exception as err:  # yaml.YAMLError, json.JSONDecodeError: the parser's own message says where
+        raise ValueError(f"{path} does not parse: {' '.join(str(err).split())[:300]}") from err
     if not isinstance(data, dict):
         raise ValueError(f"{path} does not hold a mapping")
+    _check_expanded_size(data, path)
     return TrainConfig.from_dict(data)
+
+
+def _check_expanded_size(data: Any, path: Path) -> None:
+    """ValueError when ``data`` holds more than ``_CONFIG_NODES`` values counting every alias expanded: shared
+    references are cheap to load but every later walk (dataclasses, the copy in each checkpoint) expands them."""
+    stack, seen = [data], 0
+    while stack:
+        node = stack.pop()
+        seen += 1
+        if seen > _CONFIG_NODES:
+            raise ValueError(f"{path} expands to more than {_CONFIG_NODES} values (YAML aliases?): not a config")
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)

@@ -264,3 +264,24 @@ def _read_safetensors_only(folder: Path, load: Any) -> None:
         if "config.json" in str(err):
             pytest.fail(f"the config was refused, not the weights: {err}")
         raise
+
+
+def test_hostile_training_configs_are_refused(tmp_path: Path) -> None:
+    from train.train_config import load_train_config
+
+    laughs = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+    for level in "bcdefghij":
+        previous = chr(ord(level) - 1)
+        laughs.append(f"{level}: &{level} [{', '.join([f'*{previous}'] * 10)}]")  # 10^9 values once expanded
+    cases = {
+        "laughs.yaml": ("\n".join(laughs), r"expands to more than 100000 values"),
+        "python.yaml": ("model: !!python/object/apply:os.system ['touch pwned']", r"does not parse"),
+        "nested.json": ("[" * 100_000 + "]" * 100_000, r"nests deeper|does not parse"),
+        "huge.yaml": ("x: 1\n" * 300_000, r"not a training config"),
+        "list.yaml": ("- 1\n- 2", r"does not hold a mapping"),
+    }
+    for name, (text, said) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ValueError, match=said):
+            load_train_config(tmp_path / name)
+    assert not (tmp_path / "pwned").exists()

@@ -405,7 +405,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def _check_torch_zip(path: Path) -> None:
     """Refuse a torch file that could claim more memory than it holds: torch.save writes an uncompressed zip (since
-    torch 1.6), but torch.load also inflates compressed entries (a 400 KB file became 400 MB) and reads the legacy
+    torch 1.6), but torch.load also inflates compressed entries (a zip bomb) and reads the legacy
     format, whose sizes come from the file."""
     size = path.stat().st_size
     try:
