@@ -27,7 +27,8 @@ import numpy as np
 
 from benchmarks.code_ab import commit_tree, remove_tree
 
-CASES = {"default limit": [], "limit raised": ["--max-pixels", "none"], "limit raised, --out": ["--max-pixels", "none"]}
+UNLIMITED = ["--max-pixels", "none"]
+PREDICT_CASES = {"default limit": [], "limit raised": UNLIMITED, "limit raised, --out": UNLIMITED}
 
 
 def _run(tree: Path, args: list[str], timeout_s: float) -> dict:
@@ -53,7 +54,7 @@ def _run(tree: Path, args: list[str], timeout_s: float) -> dict:
 def _measure(tree: Path, image: Path, out: Path, timeout_s: float) -> dict[str, dict]:
     has_limit = "--max-pixels" in (tree / "sdk" / "cli_predict.py").read_text()
     rows = {}
-    for case, extra in CASES.items():
+    for case, extra in PREDICT_CASES.items():
         args = [str(image), *(extra if has_limit else [])]
         if case.endswith("--out"):
             args += ["--out", str(out / tree.name)]

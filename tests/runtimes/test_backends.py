@@ -16,6 +16,7 @@ import runtimes
 from runtimes.artifact import (
     ArtifactError,
     artifact_sha256,
+    graph_sha256,
     read_io_names,
     read_metadata,
     read_metadata_props,
@@ -71,7 +72,7 @@ def _assert_matches_reference(outputs: dict[str, np.ndarray], image: np.ndarray,
 
 def test_metadata_round_trip_and_fast_reader_agrees_with_onnx(artifacts: dict[str, Path]) -> None:
     path = artifacts["static"]
-    assert read_metadata(path) == validate_metadata(tiny_metadata())
+    assert read_metadata(path) == {**validate_metadata(tiny_metadata()), "graph_sha256": graph_sha256(path)}
     proto = onnx.load(str(path), load_external_data=False)
     assert read_metadata_props(path) == {p.key: p.value for p in proto.metadata_props}
     document = read_metadata_props(path)["m2f"]
