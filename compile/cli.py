@@ -55,6 +55,12 @@ def export_main(argv: Sequence[str]) -> int:
     parser.add_argument(
         "--compact", action="store_true", help="smaller file: uniform constants folded, fp32 weights stored as fp16"
     )
+    parser.add_argument(
+        "--no-native-ops",
+        action="store_true",
+        help="MSDA as standard ops even where our OpenVINO CPU extension is built (default: the fused node for a "
+        "static fp32 OpenVINO export when `m2f build-plugins` has built it)",
+    )
     parser.add_argument("--task", choices=TASKS)
     parser.add_argument("--out", required=True, help="artifact path (.onnx)")
     args = parser.parse_args(list(argv))
@@ -78,6 +84,7 @@ def export_main(argv: Sequence[str]) -> int:
             calib_images=args.calib_images,
             gate_images=args.gate_images,
             compact=args.compact,
+            native_ops=False if args.no_native_ops else None,
         )
     except (ValueError, FileNotFoundError, GateError) as err:
         print(f"m2f export: {err}", file=sys.stderr)

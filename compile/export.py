@@ -14,6 +14,7 @@ import onnx
 
 from compile.gate import GateError, GateImage, check_int8_execution, gate_image, run_gate
 from compile.onnx_export import DEFAULT_OPSET, INPUT_NAME, OUTPUTS, DeployableMask2Former, export_onnx
+from plugins.msda import openvino_extension
 from runtimes import Backend, load_backend
 from runtimes.artifact import ArtifactMetadata, Inference, InputSpec, Normalization, Source, write_metadata
 from runtimes.errors import CheckpointError
@@ -226,8 +227,13 @@ def export(
     max_size: int = DEFAULT_MAX_SIZE,
     opset: int = DEFAULT_OPSET,
     compact: bool = False,
+    native_ops: bool | None = None,
 ) -> Path:
     """Export ``checkpoint`` for ``target`` at ``precision`` to ``out`` and gate it; returns ``out``.
+
+    ``native_ops``: write each deformable-attention layer as one fused node for our OpenVINO CPU extension
+    (``plugins.msda.openvino_extension``): None where it applies (openvino, fp32, a static size, the extension
+    built here; otherwise standard ops and a log line saying why), False never, True or a ValueError why not.
 
     ``compact``: a smaller file (``compile.precision.compact_storage``): uniform constants as ConstantOfShape, and
     for fp32 the weights stored in fp16 behind a Cast (fp32 compute, as OpenVINO's own IR stores weights); the gate
@@ -246,6 +252,7 @@ def export(
     if precision not in SUPPORTED[target]:
         raise ValueError(f"{target} does not take {precision}; it takes {', '.join(SUPPORTED[target])}")
     checkpoint, out = Path(checkpoint), Path(out)
+    fused = _fused_msda(target, precision, input_size, native_ops)
     loaded = load_checkpoint(checkpoint)
     task = task or default_task(checkpoint, loaded)
     resize = input_spec(loaded.meta, input_size, min_size, max_size)
@@ -257,12 +264,14 @@ def export(
         gate_set = [GateImage(img) for img in calibration[:gate_images]]
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        export_graph = _graph_exporter(target)
+        export_graph = _graph_exporter(target, fused)
         raw = export_graph(loaded.model, loaded.meta, task, Path(tmp) / "raw.onnx", input_size, opset=opset)
         fp32 = Path(tmp) / "fp32.onnx"
         onnx.save(_simplify(raw), str(fp32))
         _apply_precision(fp32, out, target, precision, calibration)
     metadata = build_metadata(loaded, task, target, precision, resize, checkpoint, opset)
+    if fused:
+        metadata.native_ops = openvino_extension.metadata_record()
     if compact:
         from compile.precision import compact_storage
 
@@ -326,13 +335,38 @@ def _check_tensorrt_rules(path: Path) -> None:
         raise ValueError(f"{path} breaks TensorRT's ONNX parser rules ({len(violations)}):\n  {shown}{more}")
 
 
-def _graph_exporter(target: str) -> Callable[..., Path]:
-    """MSDA as standard ops (ONNX Runtime, OpenVINO), or as the TensorRT plugin node at a static size."""
+def _graph_exporter(target: str, fused_msda: bool) -> Callable[..., Path]:
+    """MSDA as standard ops (ONNX Runtime, OpenVINO), as our OpenVINO extension's fused node, or as the TensorRT
+    plugin node at a static size."""
     if target == "tensorrt":
         from compile.tensorrt_export import export_tensorrt_onnx
 
         return export_tensorrt_onnx
+    if fused_msda:
+        from compile.tensorrt_export import export_openvino_fused_onnx
+
+        return export_openvino_fused_onnx
     return export_onnx
+
+
+def _fused_msda(target: str, precision: str, input_size: tuple[int, int] | None, asked: bool | None) -> bool:
+    """Whether the export writes the fused MSDA node (see ``export``'s ``native_ops``)."""
+    if asked is False or target != "openvino":
+        if asked and target != "openvino":
+            raise ValueError(f"the fused MSDA node is an OpenVINO extension; {target} artifacts use standard ops")
+        return False
+    if input_size is None:
+        reason = "the input size is dynamic (the node's feature-map sizes are constants)"
+    elif precision != "fp32":
+        reason = f"{precision}: its quantiser runs the graph on ONNX Runtime, which has no such op"
+    else:
+        reason = openvino_extension.unavailable_reason()
+    if reason is None:
+        return True
+    if asked:
+        raise ValueError(f"cannot write the fused MSDA node: {reason}")
+    logger.info("MSDA as standard ops: %s", reason)
+    return False
 
 
 def _gate_backend(target: str, path: Path) -> Backend:

@@ -53,6 +53,7 @@ from onnx import TensorProto, helper
 from torch import Tensor
 
 from compile.onnx_export import DEFAULT_OPSET, DeployableMask2Former, torch_onnx_export
+from plugins.msda import openvino_extension
 from plugins.msda.reference import ms_deform_attn_reference, shapes_as_pairs
 from plugins.msda.tensorrt_plugin import (
     BUILTIN_PLUGIN_NAME,
@@ -73,6 +74,7 @@ __all__ = [
     "PLUGIN_OPS",
     "PluginReferenceBackend",
     "check_tensorrt_request",
+    "export_openvino_fused_onnx",
     "export_tensorrt_onnx",
     "is_plugin_node",
     "ms_deform_attn_numpy",
@@ -89,6 +91,12 @@ CUSTOM_OP = "m2f::ms_deform_attn"
 PLUGIN_OPS: dict[str, tuple[str, str, str]] = {
     "m2f": (PLUGIN_NAME, PLUGIN_VERSION, PLUGIN_NAMESPACE),
     "builtin": (BUILTIN_PLUGIN_NAME, BUILTIN_PLUGIN_VERSION, ""),
+}
+# the fused node for OpenVINO's CPU extension (plugins/msda/openvino_extension.cpp): no TensorRT attributes
+OPENVINO_FUSED = "openvino"
+_NODE_OF: dict[str, tuple[str, str]] = {  # flavour -> (domain, op_type)
+    **{flavour: (PLUGIN_DOMAIN, op_type) for flavour, (op_type, _, _) in PLUGIN_OPS.items()},
+    OPENVINO_FUSED: (openvino_extension.ONNX_DOMAIN, openvino_extension.ONNX_OP),
 }
 _PATCH_TARGET = "train.model.pixel_decoder"
 _patch_lock = threading.Lock()
@@ -134,7 +142,7 @@ def _ms_deform_attn_via_op(
     shapes = shapes_as_pairs(spatial_shapes)
     if not all(isinstance(v, int) for pair in shapes for v in pair):
         raise ValueError(
-            f"the TensorRT export needs static feature-map sizes, got {shapes}: export at a fixed input size"
+            f"the fused MSDA export needs static feature-map sizes, got {shapes}: export at a fixed input size"
         )
     sizes = [h * w for h, w in shapes]
     starts = [sum(sizes[:i]) for i in range(len(sizes))]
@@ -171,13 +179,18 @@ def msda_as_plugin_op() -> Iterator[None]:
 # --------------------------------------------------------------------------------------------- ONNX translation
 
 
-def _plugin_schema(op_type: str) -> onnx.defs.OpSchema:
-    """An ONNX schema for the plugin node; only the exporter's op builder sees it (never registered globally)."""
+def _plugin_schema(flavour: str) -> onnx.defs.OpSchema:
+    """An ONNX schema for the fused node; only the exporter's op builder sees it (never registered globally)."""
     param = onnx.defs.OpSchema.FormalParameter
     string = onnx.defs.OpSchema.AttrType.STRING
+    domain, op_type = _NODE_OF[flavour]
+    attributes = [] if flavour == OPENVINO_FUSED else [
+        onnx.defs.OpSchema.Attribute("plugin_version", string, "plugin creator version"),
+        onnx.defs.OpSchema.Attribute("plugin_namespace", string, "plugin creator namespace"),
+    ]  # fmt: skip
     return onnx.defs.OpSchema(
         op_type,
-        PLUGIN_DOMAIN,
+        domain,
         PLUGIN_DOMAIN_VERSION,
         inputs=[
             param("value", "T"),
@@ -188,33 +201,24 @@ def _plugin_schema(op_type: str) -> onnx.defs.OpSchema:
         ],
         outputs=[param("output", "T")],
         type_constraints=[("T", ["tensor(float)", "tensor(float16)"], "the plugin's float type")],
-        attributes=[
-            onnx.defs.OpSchema.Attribute("plugin_version", string, "plugin creator version"),
-            onnx.defs.OpSchema.Attribute("plugin_namespace", string, "plugin creator namespace"),
-        ],
+        attributes=attributes,
     )
 
 
 def _translation(plugin: str) -> Any:
-    """The onnxscript function that writes ``m2f::ms_deform_attn`` as the plugin node of flavour ``plugin``."""
+    """The onnxscript function that writes ``m2f::ms_deform_attn`` as the fused node of flavour ``plugin``."""
     import onnxscript
     from onnxscript import opset18 as op
 
-    op_type, version, namespace = PLUGIN_OPS[plugin]
-    opset = onnxscript.values.Opset(PLUGIN_DOMAIN, PLUGIN_DOMAIN_VERSION)
+    domain, op_type = _NODE_OF[plugin]
+    attributes = {} if plugin == OPENVINO_FUSED else dict(zip(("plugin_version", "plugin_namespace"),
+                                                              PLUGIN_OPS[plugin][1:], strict=True))  # fmt: skip
+    opset = onnxscript.values.Opset(domain, PLUGIN_DOMAIN_VERSION)
     # no ONNX schema exists for a plugin: the op carries its own (Opset.__getattr__ would look one up and fail)
-    plugin_op = onnxscript.values.Op(opset, op_type, _plugin_schema(op_type))
+    plugin_op = onnxscript.values.Op(opset, op_type, _plugin_schema(plugin))
 
     def ms_deform_attn_plugin(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):  # type: ignore[no-untyped-def]
-        out = plugin_op(
-            value,
-            spatial_shapes,
-            level_start_index,
-            sampling_locations,
-            attention_weights,
-            plugin_version=version,
-            plugin_namespace=namespace,
-        )
+        out = plugin_op(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, **attributes)
         if plugin == "builtin":  # (N, Lq, M, D) -> (N, Lq, M*D)
             out = op.Reshape(out, op.Constant(value_ints=[0, 0, -1]))
         return out
@@ -272,22 +276,52 @@ def export_tensorrt_onnx(
     if plugin not in PLUGIN_OPS:
         raise ValueError(f"unknown plugin {plugin!r}; expected one of {sorted(PLUGIN_OPS)}")
     check_tensorrt_request("fp32", input_size)
-    path = Path(path)
+    return _export_fused(model, meta, task, Path(path), input_size, batch_size, opset, plugin)
+
+
+def export_openvino_fused_onnx(
+    model: Mask2Former,
+    meta: ModelMeta,
+    task: str,
+    path: str | Path,
+    input_size: tuple[int, int] | None,
+    batch_size: int = 1,
+    opset: int = DEFAULT_OPSET,
+) -> Path:
+    """Export for OpenVINO with each deformable-attention layer as ONE ``m2f::MSDeformAttn`` node, which the CPU
+    extension (``plugins.msda.openvino_extension``) computes; static ``input_size`` only (the feature-map sizes
+    are constants of the node)."""
+    if input_size is None:
+        raise ValueError("the fused MSDA node needs a static input size (H, W); dynamic exports use standard ops")
+    return _export_fused(model, meta, task, Path(path), input_size, batch_size, opset, OPENVINO_FUSED)
+
+
+def _export_fused(
+    model: Mask2Former,
+    meta: ModelMeta,
+    task: str,
+    path: Path,
+    input_size: tuple[int, int],
+    batch_size: int,
+    opset: int,
+    flavour: str,
+) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     wrapper = DeployableMask2Former(model, meta, task).eval()
     h, w = input_size
     example = torch.randint(0, 256, (batch_size, h, w, 3), dtype=torch.uint8)
-    table = {torch.ops.m2f.ms_deform_attn.default: _translation(plugin)}
-    logger.info("exporting %s for TensorRT (%s plugin) at %dx%d to %s", task, plugin, h, w, path)
+    table = {torch.ops.m2f.ms_deform_attn.default: _translation(flavour)}
+    logger.info("exporting %s with fused MSDA nodes (%s) at %dx%d to %s", task, flavour, h, w, path)
     with msda_as_plugin_op():
         torch_onnx_export(wrapper, example, path, task, opset, custom_translation_table=table)
     exported = onnx.load(str(path))
     onnx.checker.check_model(exported, full_check=True)
     layers = sum(1 for m in model.modules() if type(m).__name__ == "MSDeformAttn")
-    found = len(plugin_nodes(exported))
+    domain, op_type = _NODE_OF[flavour]
+    found = sum(1 for node in exported.graph.node if node.domain == domain and node.op_type == op_type)
     if found != layers:
         raise RuntimeError(
-            f"the TensorRT export has {found} MSDA plugin nodes for {layers} deformable-attention layers: the "
+            f"the export has {found} fused MSDA nodes for {layers} deformable-attention layers: the "
             "model's MSDA no longer goes through train.model.pixel_decoder.ms_deform_attn"
         )
     return path

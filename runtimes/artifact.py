@@ -200,6 +200,17 @@ class ArtifactMetadata:
         doc="lower precisions the gate verified the runtime running this artifact at (OpenVINO bf16: every op of an "
         "fp32 artifact, the float ops of an int8 one)",
     )
+    native_ops: dict | None = _optional(
+        check=lambda x: (
+            isinstance(x, dict)
+            and isinstance(x.get("library"), str)
+            and _is_int(x.get("abi"))
+            and isinstance(x.get("op"), str)
+        ),
+        expected="an object {library: str, abi: int, op: str}",
+        doc="a native op library the graph needs (the fused MSDA node: plugins.msda.openvino_extension), loaded from "
+        "the package's build cache or $M2F_MSDA_OPENVINO_EXTENSION, never from a path in the artifact",
+    )
     graph_sha256: str | None = _optional(
         check=lambda x: isinstance(x, str) and re.fullmatch(r"[0-9a-f]{64}", x) is not None,
         expected="64 lower-case hex digits",
@@ -595,14 +606,17 @@ class _Damaged(Exception):
 
 # what an engine says when it cannot parse the protobuf at all
 _ENGINE_PARSE_FAILURES = ("can't be parsed", "Protobuf parsing failed", "INVALID_PROTOBUF")
+# what an engine says when the file parses but is not one it can load (an IR version or opset it does not know, an
+# op it lacks): the file's problem, an ArtifactError; anything else (memory, devices) passes through
+_ABOUT_THE_FILE = re.compile(r"(?i)load model|\bmodel\b|opset|ir version|onnx|graph|\bnode|operation|schema|pars")
 
 
 @contextmanager
 def engine_reads(path: str | Path, engine: str) -> Iterator[None]:
-    """Around an engine's loading of an artifact: first :func:`verify_artifact`; then any failure of the engine to
-    load the file becomes an ArtifactError naming the file, what the engine said, and whether the file is corrupt
+    """Around an engine's loading of an artifact: first :func:`verify_artifact`; then an engine's failure that is
+    about the file becomes an ArtifactError naming the file, what the engine said, and whether the file is corrupt
     or truncated (``find_damage``) or whole but not loadable here (another runtime version, a hand-edited field
-    outside the graph). Our own errors and MemoryError pass through."""
+    outside the graph). Other failures (memory, a device) and our own errors pass through unchanged."""
     if Path(path).is_file():
         verify_artifact(path)
     try:
@@ -618,6 +632,8 @@ def engine_reads(path: str | Path, engine: str) -> Iterator[None]:
                 f"{path} is corrupt or truncated ({damage or f'{engine} says: {detail}'}); {engine} cannot load it: "
                 f"copy the file again or {_EXPORT_HINT}"
             ) from err
+        if not _ABOUT_THE_FILE.search(str(err)):
+            raise  # the machine's problem (memory, a device), not the file's
         raise ArtifactError(
             f"{engine} cannot load {path} ({engine} says: {detail}): a file from another m2f or {engine} version, "
             f"or edited outside its graph; {_EXPORT_HINT}"

@@ -112,6 +112,12 @@ class OpenVinoBackend(Backend):
         ov = _import_openvino()
         super().__init__(read_metadata(path), path)
         core = ov.Core()
+        native = self.metadata.get("native_ops")
+        if native is not None:  # the fused MSDA node: our extension, from the cache or $M2F_MSDA_OPENVINO_EXTENSION
+            from plugins.msda import openvino_extension
+
+            core.add_extension(str(openvino_extension.check_record(native, self.path)))
+        self.native_ops = native is not None
         device = device.upper()
         self.ov_device = device  # OpenVINO's spelling ("CPU", "GPU.0")
         self.device = device.split(".")[0].split(":")[0].lower()

@@ -82,6 +82,10 @@ def info() -> dict[str, object]:
             except (FileNotFoundError, ValueError) as err:
                 targets[name] = f"{runtime} (packaged model: {err})"
     versions["targets"] = targets
+    from plugins.msda import openvino_extension
+
+    reason = openvino_extension.unavailable_reason()
+    versions["msda_openvino_extension"] = f"built: {openvino_extension.library_path()}" if reason is None else reason
     from runtimes.tensorrt_backend import tensorrt_status  # TensorRT usable?, CUDA binding, MSDA plugin library
 
     versions.update(tensorrt_status())
@@ -113,9 +117,15 @@ def _main(argv: Sequence[str] | None) -> int:
     )
     cli_predict.add_parser(sub)
     add_stream_parser(sub)
+    build_parser = sub.add_parser(
+        "build-plugins", help="build the native op libraries (the OpenVINO CPU extension of deformable attention)"
+    )
+    build_parser.add_argument("--force", action="store_true", help="rebuild even when a build for these sources exists")
     args = parser.parse_args(argv)
     if args.command == "stream":
         return stream_main(args)
+    if args.command == "build-plugins":
+        return build_plugins_main(args)
     if args.command == "predict":
         return cli_predict.predict_main(args)
     if args.command == "info" and args.schema:
@@ -136,6 +146,20 @@ def _main(argv: Sequence[str] | None) -> int:
                         print(f"{name:>16}: {what}")
                 else:
                     print(f"{key:>14}: {value if value is not None else 'not installed'}")
+    return 0
+
+
+def build_plugins_main(args: argparse.Namespace) -> int:
+    """``m2f build-plugins``: compile the OpenVINO MSDA extension into the cache (cmake, a C++17 compiler and the
+    openvino package's own headers; nothing is downloaded). Exit 2 with the reason where it cannot be built."""
+    from plugins.msda import openvino_extension
+
+    try:
+        path = openvino_extension.build(force=args.force)
+    except openvino_extension.ExtensionUnavailable as err:
+        print(f"m2f build-plugins: {err}", file=sys.stderr)
+        return 2
+    print(path)
     return 0
 
 

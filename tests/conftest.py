@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# The suite never reads the user's cache (~/.cache/m2f): a compiled artifact or a native op library built there
+# (`m2f build-plugins`) would change what an export writes. Tests that need a cache make their own.
+if "M2F_CACHE" not in os.environ:
+    os.environ["M2F_CACHE"] = tempfile.mkdtemp(prefix="m2f-test-cache-")
 
 
 # Runs ``python -m MODULE ARGS`` with SIGINT raising KeyboardInterrupt even when this test process was started

@@ -1,0 +1,199 @@
+"""The fused CPU kernel of multi-scale deformable attention as an OpenVINO extension, against the pure-torch oracle.
+
+The extension is built by the fixture (``plugins.msda.openvino_extension.build``: CMake against the openvino
+package's own headers) into a cache folder of this test session; a machine without cmake or a compiler skips
+with the reason. Each graph here is one ``m2f::MSDeformAttn`` node read by OpenVINO's ONNX frontend through the
+extension's mapping, as an exported artifact's nodes are.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from plugins.msda import openvino_extension
+from plugins.msda.reference import ms_deform_attn_reference
+
+ov = pytest.importorskip("openvino")
+
+BF16_EPS = 2.0**-8  # bf16 keeps 8 significant bits: a rounding is off by at most this much, relatively
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    previous = os.environ.get("M2F_CACHE")
+    os.environ["M2F_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    try:
+        return openvino_extension.build()
+    except openvino_extension.ExtensionUnavailable as err:
+        pytest.skip(f"the OpenVINO extension does not build here: {err}")
+    finally:
+        if previous is None:
+            os.environ.pop("M2F_CACHE", None)
+        else:
+            os.environ["M2F_CACHE"] = previous
+
+
+def _inputs(rng: np.random.Generator, N: int, shapes: list[tuple[int, int]], M: int, D: int, Lq: int, P: int):
+    L, S = len(shapes), sum(h * w for h, w in shapes)
+    value = rng.standard_normal((N, S, M, D)).astype(np.float32)
+    locations = rng.uniform(-0.15, 1.15, (N, Lq, M, L, P, 2)).astype(np.float32)  # some points off the map
+    logits = rng.standard_normal((N, Lq, M, L * P))
+    weights = (np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)).reshape(N, Lq, M, L, P).astype(np.float32)
+    return value, locations, weights
+
+
+def _graph(path: Path, shapes: list[tuple[int, int]], value: np.ndarray, locations: np.ndarray,
+           value_type: int = TensorProto.FLOAT, index_type: type = np.int32) -> Path:  # fmt: skip
+    """One fused node; with ``value_type`` BFLOAT16 the value is cast to bf16 on its way in and the result back."""
+    N, _, M, D = value.shape
+    sizes = [h * w for h, w in shapes]
+    consts = [
+        numpy_helper.from_array(np.array(shapes, index_type), "hw"),
+        numpy_helper.from_array(np.array([sum(sizes[:i]) for i in range(len(sizes))], index_type), "starts"),
+    ]
+    nodes, value_in, out = [], "value", "out"
+    if value_type != TensorProto.FLOAT:
+        nodes.append(helper.make_node("Cast", ["value"], ["value_cast"], to=value_type))
+        value_in, out = "value_cast", "out_cast"
+    nodes.append(helper.make_node("MSDeformAttn", [value_in, "hw", "starts", "loc", "w"], [out], domain="m2f"))
+    if value_type != TensorProto.FLOAT:
+        nodes.append(helper.make_node("Cast", ["out_cast"], ["out"], to=TensorProto.FLOAT))
+    inputs = [helper.make_tensor_value_info("value", TensorProto.FLOAT, list(value.shape)),
+              helper.make_tensor_value_info("loc", TensorProto.FLOAT, list(locations.shape)),
+              helper.make_tensor_value_info("w", TensorProto.FLOAT, list(locations.shape[:-1]))]  # fmt: skip
+    output = helper.make_tensor_value_info("out", TensorProto.FLOAT, [N, locations.shape[1], M * D])
+    model = helper.make_model(helper.make_graph(nodes, "msda", inputs, [output], consts),
+                              opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("m2f", 1)])  # fmt: skip
+    onnx.save(model, str(path))
+    return path
+
+
+def _run(library: Path, path: Path, value, locations, weights, precision: str = "f32") -> np.ndarray:
+    core = ov.Core()
+    core.add_extension(str(library))
+    compiled = core.compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": precision})
+    return compiled({"value": value, "loc": locations, "w": weights})[compiled.output(0)]
+
+
+def _reference(value, shapes, locations, weights) -> np.ndarray:
+    t = [torch.from_numpy(a) for a in (value, locations, weights)]
+    return ms_deform_attn_reference(t[0], shapes, None, t[1], t[2]).numpy()
+
+
+CASES = [  # N, levels, heads M, channels D, queries Lq, points P: odd sizes, every D, 1-4 levels, 1-8 points
+    (1, [(13, 17)], 1, 16, 7, 1),
+    (2, [(13, 17), (7, 9)], 4, 32, 50, 4),
+    (3, [(19, 23), (10, 12), (5, 6), (3, 3)], 8, 64, 33, 8),
+    (1, [(48, 60), (24, 30), (12, 15)], 4, 32, 4320, 4),  # the default model's layer: Lq = S
+    (2, [(1, 1), (2, 3)], 8, 16, 5, 2),  # maps of one pixel: every point at an edge
+    (1, [(9, 11), (5, 7)], 4, 30, 21, 3),  # D = 30: not a multiple of any vector width
+]
+
+
+@pytest.mark.parametrize(("N", "shapes", "M", "D", "Lq", "P"), CASES)
+def test_f32_equals_the_reference(library: Path, tmp_path: Path, N, shapes, M, D, Lq, P) -> None:
+    value, locations, weights = _inputs(np.random.default_rng(len(shapes) * 7 + D), N, shapes, M, D, Lq, P)
+    out = _run(library, _graph(tmp_path / "m.onnx", shapes, value, locations), value, locations, weights)
+    expected = _reference(value, shapes, locations, weights)
+    assert out.shape == expected.shape == (N, Lq, M * D)
+    assert np.abs(out - expected).max() <= 1e-5
+
+
+def test_int64_shapes_and_the_bf16_hint_change_nothing(library: Path, tmp_path: Path) -> None:
+    """int64 spatial shapes, and OpenVINO's bf16 inference hint: the op keeps f32 inputs in f32."""
+    shapes = [(13, 17), (7, 9)]
+    value, locations, weights = _inputs(np.random.default_rng(3), 2, shapes, 4, 32, 40, 4)
+    path = _graph(tmp_path / "m.onnx", shapes, value, locations, index_type=np.int64)
+    expected = _reference(value, shapes, locations, weights)
+    for precision in ("f32", "bf16"):
+        assert np.abs(_run(library, path, value, locations, weights, precision) - expected).max() <= 1e-5
+
+
+def test_bf16_values_within_the_derived_bound(library: Path, tmp_path: Path) -> None:
+    """bf16 values, f32 locations and weights, f32 accumulation, the result rounded to bf16.
+
+    With attention weights summing to 1 per (query, head) and bilinear corner weights summing to at most 1, the
+    output is a combination sum(c_i v_i) with c_i >= 0 and sum(c_i) <= 1. Rounding each value to bf16 moves it by
+    at most BF16_EPS |v_i|, so the sum by at most BF16_EPS max|v|; rounding the result (|out| <= max|v|) adds at
+    most the same: |fused - reference| <= 2 * BF16_EPS * max|value| (f32 accumulation adds ~1e-7, far below).
+    """
+    shapes = [(19, 23), (10, 12), (5, 6)]
+    value, locations, weights = _inputs(np.random.default_rng(5), 2, shapes, 8, 32, 60, 4)
+    path = _graph(tmp_path / "m.onnx", shapes, value, locations, value_type=TensorProto.BFLOAT16)
+    out = _run(library, path, value, locations, weights)
+    error = np.abs(out - _reference(value, shapes, locations, weights)).max()
+    bound = 2 * BF16_EPS * np.abs(value).max()
+    assert error <= bound, (error, bound)
+    assert error > 1e-5  # bf16 really ran: an f32 path would be ~1e-6 off
+
+
+def test_an_artifact_record_is_checked(library: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    record = openvino_extension.metadata_record()
+    monkeypatch.setenv(openvino_extension.EXTENSION_ENV, str(library))
+    assert openvino_extension.check_record(record, tmp_path / "a.onnx") == library
+    assert openvino_extension.library_abi(library) == openvino_extension.ABI_VERSION
+    with pytest.raises(openvino_extension.ExtensionUnavailable, match=r"ABI 99.*re-export"):
+        openvino_extension.check_record({**record, "abi": 99}, tmp_path / "a.onnx")
+    with pytest.raises(openvino_extension.ExtensionUnavailable, match=r"does not have"):
+        openvino_extension.check_record({**record, "library": "/tmp/evil.so"}, tmp_path / "a.onnx")
+    monkeypatch.setenv(openvino_extension.EXTENSION_ENV, str(tmp_path / "missing.so"))
+    with pytest.raises(openvino_extension.ExtensionUnavailable, match=r"missing\.so is not a file"):
+        openvino_extension.check_record(record, tmp_path / "a.onnx")
+
+
+def test_without_a_build_the_reason_names_the_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(openvino_extension.EXTENSION_ENV, raising=False)
+    monkeypatch.setenv("M2F_CACHE", str(tmp_path / "empty"))
+    assert "m2f build-plugins" in openvino_extension.unavailable_reason()
+    with pytest.raises(openvino_extension.ExtensionUnavailable, match="m2f build-plugins"):
+        openvino_extension.check_record(openvino_extension.metadata_record(), tmp_path / "a.onnx")
+
+
+def test_an_openvino_export_writes_and_runs_the_fused_node(library: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """``m2f export --target openvino`` at a static fp32 size: one fused node per deformable-attention layer, the
+    library recorded, the gate passed; outputs as the standard-op export's (and torch's, which the gate checks)."""
+    import cv2
+
+    from compile.export import export
+    from runtimes import load_backend
+    from runtimes.artifact import read_metadata
+    from tests.tiny_models import tiny_architecture
+    from train.data.synthetic import synthetic_meta
+    from train.model import Mask2Former, Mask2FormerConfig, save_checkpoint
+
+    monkeypatch.setenv(openvino_extension.EXTENSION_ENV, str(library))
+    meta = synthetic_meta()
+    model = Mask2Former(Mask2FormerConfig.from_dict({"num_classes": meta.num_classes, **tiny_architecture()}))
+    checkpoint = save_checkpoint(tmp_path / "tiny.pt", model, meta)
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        cv2.imwrite(str(calib / f"{i}.png"), rng.integers(0, 256, (96, 128, 3), dtype=np.uint8))
+    paths = {}
+    for native in (True, False):
+        paths[native] = export(checkpoint, "openvino", "fp32", tmp_path / f"native_{native}.onnx", input_size=(96, 128),
+                               calib_dir=calib, gate_images=4, native_ops=native)  # fmt: skip
+    fused = onnx.load(str(paths[True]))
+    assert sum(n.domain == "m2f" and n.op_type == "MSDeformAttn" for n in fused.graph.node) == 1  # one encoder layer
+    assert not any(n.op_type == "GridSample" for n in fused.graph.node)
+    metadata = read_metadata(paths[True])
+    assert metadata["native_ops"] == openvino_extension.metadata_record()
+    assert metadata["accuracy"]["label_agreement"] >= 0.999
+    assert "native_ops" not in read_metadata(paths[False])
+    frame = rng.integers(0, 256, (1, 96, 128, 3), dtype=np.uint8)
+    with load_backend("openvino", paths[True]) as a, load_backend("openvino", paths[False]) as b:
+        got, want = a.run({"images": frame}), b.run({"images": frame})
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], atol=1e-3, rtol=0)
+    monkeypatch.setenv(openvino_extension.EXTENSION_ENV, str(tmp_path / "gone.so"))
+    with pytest.raises(openvino_extension.ExtensionUnavailable, match="no-native-ops"):
+        load_backend("openvino", paths[True])
