@@ -85,7 +85,10 @@ def info() -> dict[str, object]:
     from plugins.msda import openvino_extension
 
     reason = openvino_extension.unavailable_reason()
-    versions["msda_openvino_extension"] = f"built: {openvino_extension.library_path()}" if reason is None else reason
+    if reason is None:
+        built = openvino_extension.library_path()
+        reason = f"built: {built} (kernel: {openvino_extension.library_info(built)[1]})" if built else reason
+    versions["msda_openvino_extension"] = reason
     from runtimes.tensorrt_backend import tensorrt_status  # TensorRT usable?, CUDA binding, MSDA plugin library
 
     versions.update(tensorrt_status())

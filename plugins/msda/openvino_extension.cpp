@@ -88,19 +88,11 @@ public:
         OPENVINO_ASSERT(total == s.S, "MSDeformAttn: spatial shapes cover ", total, " positions, value has ", s.S);
         outputs[0].set_shape(ov::Shape{vs[0], ls[1], vs[2] * vs[3]});
 
-        const bool value_bf16 = value.get_element_type() == ov::element::bf16;
-        const bool loc_bf16 = locations.get_element_type() == ov::element::bf16;
-        OPENVINO_ASSERT(value_bf16 || value.get_element_type() == ov::element::f32, "MSDeformAttn: value type");
-        OPENVINO_ASSERT(loc_bf16 || locations.get_element_type() == ov::element::f32, "MSDeformAttn: location type");
-        if (value_bf16 && loc_bf16) {
-            run<uint16_t, uint16_t>(inputs, outputs[0], hw, start, s);
-        } else if (value_bf16) {
-            run<uint16_t, float>(inputs, outputs[0], hw, start, s);
-        } else if (loc_bf16) {
-            run<float, uint16_t>(inputs, outputs[0], hw, start, s);
-        } else {
-            run<float, float>(inputs, outputs[0], hw, start, s);
-        }
+        const auto value_type = value.get_element_type(), location_type = locations.get_element_type();
+        OPENVINO_ASSERT(value_type == ov::element::bf16 || value_type == ov::element::f32, "MSDeformAttn: value type");
+        OPENVINO_ASSERT(location_type == ov::element::bf16 || location_type == ov::element::f32,
+                        "MSDeformAttn: location type");
+        run(inputs, outputs[0], hw, start, s);
         return true;
     }
 
@@ -118,27 +110,45 @@ private:
         return out;
     }
 
-    template <typename V, typename F>
-    static void run(const ov::TensorVector& inputs, ov::Tensor& output, const std::vector<int64_t>& hw,
-                    const std::vector<int64_t>& start, const msda::Shape& s) {
-        const auto* value = static_cast<const V*>(inputs[0].data());
-        const auto* locations = static_cast<const F*>(inputs[3].data());
-        const auto* weights = static_cast<const F*>(inputs[4].data());
-        auto* out = static_cast<V*>(output.data());
+    void run(const ov::TensorVector& inputs, ov::Tensor& output, const std::vector<int64_t>& hw,
+             const std::vector<int64_t>& start, const msda::Shape& s) const {
+        const msda::Call call{inputs[0].data(), hw.data(), start.data(), inputs[3].data(), inputs[4].data(),
+                              output.data(), s, inputs[0].get_element_type() == ov::element::bf16,
+                              inputs[3].get_element_type() == ov::element::bf16};
         const size_t work = static_cast<size_t>(s.N * s.Lq * s.M);
         ov::parallel_nt(0, [&](const int ithr, const int nthr) {
             size_t begin = 0, end = 0;
             ov::splitter(work, nthr, ithr, begin, end);
-            msda::forward_range<V, F>(value, hw.data(), start.data(), locations, weights, out, s,
-                                      static_cast<int64_t>(begin), static_cast<int64_t>(end));
+            kernel(call, static_cast<int64_t>(begin), static_cast<int64_t>(end));
         });
+    }
+
+    static void kernel(const msda::Call& call, int64_t begin, int64_t end) { chosen_kernel().run(call, begin, end); }
+
+public:
+    struct Kernel {
+        const char* isa = nullptr;
+        void (*run)(const msda::Call&, int64_t, int64_t) = nullptr;
+    };
+
+    static const Kernel& chosen_kernel() {  // once: the instruction set of this CPU
+        static const Kernel chosen = [] {
+            Kernel k;
+            k.run = msda::select(&k.isa);
+            return k;
+        }();
+        return chosen;
     }
 };
 
 }  // namespace m2f
 
-// the ABI tag the Python side checks against an artifact's metadata (plugins/msda/openvino_extension.py)
+// the ABI tag the Python side checks against an artifact's metadata, and the kernel's instruction set
+// (plugins/msda/openvino_extension.py)
 extern "C" __attribute__((visibility("default"))) int m2f_msda_abi_version() { return M2F_MSDA_ABI; }
+extern "C" __attribute__((visibility("default"))) const char* m2f_msda_isa() {
+    return m2f::MSDeformAttn::chosen_kernel().isa;
+}
 
 OPENVINO_CREATE_EXTENSIONS(std::vector<ov::Extension::Ptr>({
     std::make_shared<ov::OpExtension<m2f::MSDeformAttn>>(),

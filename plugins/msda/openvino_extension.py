@@ -111,18 +111,20 @@ def unavailable_reason() -> str | None:
         if missing:
             return f"not built, and {' and '.join(missing)} missing to build it: the standard-op graph runs"
         return f"not built for these sources and OpenVINO {_openvino_version()}: run `{BUILD_COMMAND}`"
-    abi = library_abi(path)
+    abi, _ = library_info(path)
     if abi != ABI_VERSION:
         return f"{path} has ABI {abi}, this m2f needs {ABI_VERSION}: run `{BUILD_COMMAND}`"
     return None
 
 
-def library_abi(path: Path) -> int | None:
-    """The ABI tag a built library reports (``m2f_msda_abi_version``), None when it has none."""
+def library_info(path: Path) -> tuple[int | None, str | None]:
+    """(ABI tag, instruction set of the kernel it runs here) a built library reports; Nones when it has none."""
     try:
-        return int(ctypes.CDLL(str(path)).m2f_msda_abi_version())
+        library = ctypes.CDLL(str(path))
+        library.m2f_msda_isa.restype = ctypes.c_char_p
+        return int(library.m2f_msda_abi_version()), library.m2f_msda_isa().decode()
     except (OSError, AttributeError):
-        return None
+        return None, None
 
 
 _build_lock = threading.Lock()
