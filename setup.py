@@ -14,7 +14,7 @@ setup(
         "train.model": ["zoo_classes.json"],
         "compile": ["tensorrt_onnx_support.json"],
         "sdk": ["models/*.onnx", "models/*.md"],
-        "plugins.msda": ["*.cu", "*.cpp", "*.h", "*.hpp", "*.md", "*.json", "CMakeLists.txt", "openvino/CMakeLists.txt"],
+        "plugins.msda": ["*.cu", "*.cpp", "*.h", "*.hpp", "*.md", "*.json", "CMakeLists.txt", "openvino/*.txt"],
     },
     install_requires=["numpy>=1.26", "opencv-python-headless>=4.9", "tqdm>=4.66"],
     extras_require={

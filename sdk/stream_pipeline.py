@@ -375,11 +375,14 @@ class Pipeline:
     def _end_of_file(self, worker: ReaderWorker) -> End | Failure:
         """The end of a source that is not reopened: its frames against the header's count (files).
 
-        A file whose later frames decode although frame ``got`` did not is corrupt (an error naming the frame);
-        a file that simply ends short of (or beyond) its header's count is complete: a warning, or with
-        ``strict`` an error.
+        A source that gave no frame at all is an error, whatever its header says. A file whose later frames decode
+        although frame ``got`` did not is corrupt (an error naming the frame); a file that simply ends short of (or
+        beyond) its header's count is complete: a warning, or with ``strict`` an error.
         """
         expected, got = self.frame_count, self.next_index
+        if got == 0:  # whatever the header says: a source that gives nothing is not a stream of nothing
+            says = f" (its header says {expected} frames)" if expected else ""
+            return Failure(SourceError(f"not one frame could be decoded from the source{says}: corrupt or not a video"))
         if expected is None or got == expected:
             return End()
         if worker.readable_after is not None:

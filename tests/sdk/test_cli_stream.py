@@ -19,8 +19,11 @@ import threading
 import time
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
+import sdk
 from sdk import cli
 from tests.conftest import REPO_ROOT, interruptible
 from tests.sdk.clips import header_and_decoded, over_counting_clip, write_clip
@@ -148,3 +151,17 @@ def test_realtime_carry_gives_every_frame_and_a_file_without_realtime_is_refused
     assert 0 <= figures["frames_carried"] < 30
     assert cli.main(["stream", str(clip), *model, "--carry"]) == 2  # a file played as fast as it decodes
     assert "carry skips model runs" in capsys.readouterr().err
+
+
+def test_a_source_without_one_decodable_frame_is_an_error(artifacts, tmp_path, capsys) -> None:
+    """A corrupt image whose header OpenCV accepts (it declares one frame) yielded nothing and exited 0."""
+    image = tmp_path / "broken.png"
+    cv2.imwrite(str(image), np.random.default_rng(0).integers(0, 256, (64, 80, 3), dtype=np.uint8))
+    data = image.read_bytes()
+    image.write_bytes(data[: len(data) // 2])  # the header intact, half the pixels gone
+    model = ["--model", str(artifacts["semantic"]), "--target", "onnxruntime"]
+    assert cli.main(["stream", str(image), *model, "--out", str(tmp_path / "x.mp4")]) == 2
+    err = capsys.readouterr().err
+    assert "no decodable frames" in err and "Traceback" not in err  # this OpenCV refuses it when opening
+    with sdk.Segmenter("onnxruntime", model=artifacts["semantic"]) as seg, pytest.raises(sdk.StreamError):
+        list(seg.stream(image))

@@ -208,6 +208,21 @@ def test_unreadable_empty_and_directory_sources_raise_clear_errors(tmp_path: Pat
         open_source(tmp_path)
 
 
+class _HeaderOfOneFrame(FakeReader):
+    """A reader whose container header declares one frame and which decodes none (a corrupt image file)."""
+
+    def get(self, prop: int) -> float:
+        return 1.0 if prop == cv2.CAP_PROP_FRAME_COUNT else 0.0
+
+
+def test_a_source_that_gives_no_frame_is_an_error_whatever_its_header_says() -> None:
+    for reader in (FakeReader(n=0), _HeaderOfOneFrame(n=0)):
+        with pytest.raises(SourceError, match=r"not one frame could be decoded"):
+            list(stream(FakeModel(), reader))
+    with pytest.raises(SourceError, match=r"its header says 1 frames"):
+        list(stream(FakeModel(), _HeaderOfOneFrame(n=0)))
+
+
 def test_dead_rtsp_url_fails_fast() -> None:
     start = time.perf_counter()
     with pytest.raises(SourceError, match="cannot open rtsp://"):
