@@ -20,9 +20,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import graph_code_key
 from compile.export import CALIB_IMAGES, export
 from runtimes import read_metadata
+from runtimes.cache import graph_code_key
 from runtimes.geometry import parse_input_size
 from runtimes.registry import TARGETS
 from runtimes.vocabulary import PRECISIONS

@@ -31,6 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from benchmarks.litert_peer import PEER_LABEL, default_peer_path
+from runtimes.cache import cache_root, graph_code_key
 from runtimes.images import FrameError, read_image
 from runtimes.registry import RUNTIMES, RuntimeSpec, runtimes_named, unknown_name
 from runtimes.vocabulary import IMAGE_SUFFIXES, PRECISIONS, REPO_ROOT, image_files
@@ -334,8 +335,8 @@ def prepare_eval_set(
 
 
 def default_cache() -> Path:
-    """$M2F_CACHE/benchmarks, else ~/.cache/m2f/benchmarks: artifacts, logs, evaluation frames."""
-    return Path(os.environ.get("M2F_CACHE", Path.home() / ".cache" / "m2f")) / "benchmarks"
+    """``runtimes.cache.cache_root()``/benchmarks: artifacts, logs, evaluation frames."""
+    return cache_root() / "benchmarks"
 
 
 def _slug(text: str) -> str:
@@ -352,21 +353,6 @@ def model_key(model: str, seed: int) -> str:
         files = sorted(p for p in path.iterdir() if p.is_file())
         digest = "-" + hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in files)).hexdigest()[:12]
     return f"{_slug(path.stem if (path.is_file() or path.is_dir()) else model)}{digest}-seed{seed}"
-
-
-# the code an exported graph depends on: a change there makes the cached artifacts stale
-GRAPH_SOURCES = ("compile", "train/model", "plugins/msda", "runtimes/vocabulary.py")
-
-
-def graph_code_key() -> str:
-    """A hash of the sources the export's graph comes from (``GRAPH_SOURCES``), so a benchmark after a change to
-    the model or the compiler builds its artifacts again instead of timing the old ones."""
-    digest = hashlib.sha256()
-    for source in GRAPH_SOURCES:
-        root = REPO_ROOT / source
-        for path in sorted(root.rglob("*.py") if root.is_dir() else [root] if root.exists() else []):
-            digest.update(str(path.relative_to(REPO_ROOT)).encode() + path.read_bytes())
-    return digest.hexdigest()[:12]
 
 
 def run_benchmark(opts: BenchmarkOptions) -> list[dict]:

@@ -17,6 +17,7 @@ from compile.onnx_export import DEFAULT_OPSET, INPUT_NAME, OUTPUTS, DeployableMa
 from plugins.msda import openvino_extension
 from runtimes import Backend, load_backend
 from runtimes.artifact import ArtifactMetadata, Inference, InputSpec, Normalization, Source, write_metadata
+from runtimes.cache import file_sha256
 from runtimes.errors import CheckpointError
 from runtimes.geometry import fit_to_input
 from runtimes.images import FrameError, read_image
@@ -24,7 +25,7 @@ from runtimes.registry import ARTIFACT_TARGETS, export_precisions
 from runtimes.vocabulary import IMAGE_SUFFIXES, image_files
 from train.evaluation.semantic import semantic_gt_from_sample
 from train.model import LoadedModel, load_pretrained
-from train.model.checkpoint import file_sha256, read_checkpoint_if_ours
+from train.model.checkpoint import read_checkpoint_if_ours
 
 logger = logging.getLogger(__name__)
 

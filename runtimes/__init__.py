@@ -16,7 +16,6 @@ from typing import Any
 from runtimes.artifact import (
     ARTIFACT_FORMAT_VERSION,
     ArtifactError,
-    artifact_sha256,
     read_metadata,
     validate_metadata,
     write_metadata,
@@ -37,7 +36,6 @@ __all__ = [
     "RuntimeSpec",
     "TargetSpec",
     "TensorSpec",
-    "artifact_sha256",
     "available_runtimes",
     "check_options",
     "device_unavailable",

@@ -678,15 +678,6 @@ def write_metadata(model_proto: Any, meta: dict | ArtifactMetadata) -> None:
 # identity of an artifact and of the engines derived from it
 
 
-def artifact_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of the artifact file."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as file:
-        while chunk := file.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def engine_cache_key(sha256: str, target: str, precision: str, device: str, runtime_version: str) -> str:
     """Folder name for an engine derived from an artifact: (artifact hash, target, precision, device, version)."""
     parts = [sha256[:16], target, precision, device, runtime_version]

@@ -29,8 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from runtimes.artifact import ArtifactError, artifact_sha256, engine_cache_key, read_io_names, read_metadata
+from runtimes.artifact import ArtifactError, engine_cache_key, read_io_names, read_metadata
 from runtimes.base import Backend, DeviceNotAvailable, ExclusivePool, RuntimeNotAvailable, TensorSpec
+from runtimes.cache import file_sha256
 from runtimes.registry import RUNTIMES
 from runtimes.vocabulary import PRECISIONS
 
@@ -137,7 +138,7 @@ class OpenVinoBackend(Backend):
             config["INFERENCE_NUM_THREADS"] = int(threads)
         self.cache_dir: Path | None = None
         if cache_dir is not None:
-            key = engine_cache_key(artifact_sha256(self.path), self.name, ov_precision, device, openvino_version())
+            key = engine_cache_key(file_sha256(self.path), self.name, ov_precision, device, openvino_version())
             self.cache_dir = Path(cache_dir) / key
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             (self.cache_dir / "m2f.json").write_text(json.dumps(self.metadata, sort_keys=True, indent=1))

@@ -63,8 +63,9 @@ import numpy as np
 
 from plugins.msda import tensorrt_plugin  # stdlib only: the package imports no torch
 from runtimes import INSTALL_HINTS, cuda_memory
-from runtimes.artifact import ArtifactError, artifact_sha256, read_metadata
+from runtimes.artifact import ArtifactError, read_metadata
 from runtimes.base import Backend, DeviceNotAvailable, RuntimeNotAvailable, TensorSpec
+from runtimes.cache import file_sha256
 from runtimes.registry import RUNTIMES
 from runtimes.tensorrt_build import (
     check_tensorrt_version,
@@ -219,7 +220,7 @@ class TensorRtBackend(Backend):
             with self._gpu.current():
                 info = self._gpu.info
                 self.device_tag = device_tag(info.name, info.compute_capability, dla_core)
-                sha = artifact_sha256(self.path)
+                sha = file_sha256(self.path)
                 kind = f"{self.precision}-{'strong' if self.plan.strongly_typed else 'weak'}"  # strongly typed or not
                 root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
                 self.engine_path = engine_path(root, sha, kind, self.device_tag, trt.__version__)

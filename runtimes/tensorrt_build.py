@@ -20,6 +20,7 @@ import numpy as np
 from runtimes import INSTALL_HINTS
 from runtimes.artifact import ArtifactError, engine_cache_key
 from runtimes.base import RuntimeNotAvailable
+from runtimes.cache import cache_root
 from runtimes.vocabulary import PRECISIONS
 
 MIN_TENSORRT_MAJOR = 10
@@ -74,8 +75,8 @@ def has_weak_typing(version: str) -> bool:
 
 
 def default_cache_dir() -> Path:
-    """``$M2F_CACHE/tensorrt``, else ``~/.cache/m2f/tensorrt``."""
-    return Path(os.environ.get("M2F_CACHE", Path.home() / ".cache" / "m2f")) / "tensorrt"
+    """``runtimes.cache.cache_root()``/tensorrt."""
+    return cache_root() / "tensorrt"
 
 
 def device_tag(name: str, compute_capability: tuple[int, int], dla_core: int | None = None) -> str:

@@ -9,9 +9,7 @@ for result in seg.stream("street.mp4"):       # file, camera index, RTSP URL, GS
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import time
 import warnings
 from collections.abc import Iterable
@@ -22,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from runtimes import Backend, check_options, load_backend, read_metadata
+from runtimes.cache import cache_root, file_sha256, graph_code_key
 from runtimes.registry import RUNTIMES, TARGETS, TargetSpec, export_precisions
 from runtimes.vocabulary import INT8_BF16, PRECISIONS
 from sdk import host
@@ -42,8 +41,8 @@ CHECKPOINT_SUFFIXES = (".pt", ".pth", ".pkl")
 
 
 def cache_dir() -> Path:
-    """Where compiled artifacts and engines are cached: $M2F_CACHE or ~/.cache/m2f."""
-    return Path(os.environ.get("M2F_CACHE", Path.home() / ".cache" / "m2f"))
+    """Where compiled artifacts and engines are cached (``runtimes.cache.cache_root``)."""
+    return cache_root()
 
 
 def packaged_artifacts() -> list[tuple[Path, dict]]:
@@ -347,9 +346,10 @@ def _compile(checkpoint: Path, runtime: str, precision: str, input_size: tuple[i
         precision = "fp32"
     if input_size is None and runtime in export.FIXED_SIZE_TARGETS:
         input_size = export.default_input_size(checkpoint)
-    digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()[:16]
+    digest = file_sha256(checkpoint)[:16]
     size = "x".join(map(str, input_size)) if input_size else "dynamic"
-    out = cache_dir() / "artifacts" / f"{digest}-{runtime}-{precision}-{size}.onnx"
+    # the compiler's code is part of the key: after a change to it the checkpoint compiles anew
+    out = cache_dir() / "artifacts" / f"{digest}-code{graph_code_key()}-{runtime}-{precision}-{size}.onnx"
     if out.exists():
         return out
     logger.info("compiling %s for %s %s (cached as %s)", checkpoint, runtime, precision, out)

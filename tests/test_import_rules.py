@@ -26,8 +26,9 @@ ALLOWED = {
 TORCH_FREE = {"sdk", "runtimes"}  # except runtimes/torch_backend.py, the torch runtime
 # Leaves every package may import: they import no torch and nothing of ours but each other. runtimes.geometry is
 # how a frame is placed into the model input, one definition for the SDK, the compiler's gate and the evaluation
-# (train); runtimes.errors holds the base class of every error we explain, runtimes.vocabulary the words.
-SHARED_LEAVES = {"runtimes.geometry", "runtimes.errors", "runtimes.vocabulary"}
+# (train); runtimes.errors holds the base class of every error we explain, runtimes.vocabulary the words,
+# runtimes.cache the cache's identity (root, file hash, graph-code key).
+SHARED_LEAVES = {"runtimes.geometry", "runtimes.errors", "runtimes.vocabulary", "runtimes.cache"}
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -9,10 +9,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from runtimes.cache import file_sha256
 from runtimes.vocabulary import TASKS
 from train.evaluation.runner import HEADLINE
 from train.model import load_pretrained, save_checkpoint
-from train.model.checkpoint import file_sha256, read_checkpoint_if_ours
+from train.model.checkpoint import read_checkpoint_if_ours
 from train.model.zoo import MODEL_ZOO
 
 logger = logging.getLogger(__name__)

@@ -24,6 +24,7 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from plugins.msda.reference import shapes_as_pairs
+from runtimes.cache import cache_root
 
 __all__ = [
     "KERNEL_DTYPES",
@@ -75,7 +76,7 @@ def _arch_tag() -> str:
 def build_directory() -> Path:
     """Build folder of the extension: ``$M2F_CACHE`` (else ``~/.cache/m2f``)/torch_extensions/
     msda_torch<version>_cuda<version>_<architectures>."""
-    root = Path(os.environ.get("M2F_CACHE") or Path.home() / ".cache" / "m2f")
+    root = cache_root()
     tag = re.sub(r"[^A-Za-z0-9.]+", "_", f"torch{torch.__version__}_cuda{torch.version.cuda}")
     return root / "torch_extensions" / f"msda_{tag}_{_arch_tag()}"
 

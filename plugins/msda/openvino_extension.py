@@ -24,6 +24,7 @@ import threading
 from pathlib import Path
 
 from plugins.msda.tensorrt_plugin import SOURCE_DIR
+from runtimes.cache import cache_root
 from runtimes.errors import M2FError
 
 logger = logging.getLogger(__name__)
@@ -79,9 +80,8 @@ def build_key() -> str:
 
 
 def build_directory() -> Path:
-    """``$M2F_CACHE`` (else ``~/.cache/m2f``)/openvino_extension/<build key>."""
-    root = Path(os.environ.get("M2F_CACHE") or Path.home() / ".cache" / "m2f")
-    return root / "openvino_extension" / build_key()
+    """``runtimes.cache.cache_root()``/openvino_extension/<build key>."""
+    return cache_root() / "openvino_extension" / build_key()
 
 
 def library_path() -> Path | None:

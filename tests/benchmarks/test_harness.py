@@ -224,21 +224,18 @@ def test_eval_set_from_a_labelled_folder_and_from_a_video(tmp_path):
         prepare_eval_set(tmp_path / "none.npz", None, None, 3)
 
 
-def test_cached_artifacts_follow_the_graph_code(tmp_path, monkeypatch):
+def test_cached_artifacts_follow_the_graph_code(tmp_path):
     """A change to the model or compiler sources gives a new artifact folder: no timing of a stale export."""
-    import benchmarks.harness as harness
+    from runtimes import cache
 
     (tmp_path / "compile").mkdir()
     (tmp_path / "compile" / "export.py").write_text("x = 1\n")
-    monkeypatch.setattr(harness, "REPO_ROOT", tmp_path)
-    monkeypatch.setattr(harness, "GRAPH_SOURCES", ("compile", "absent"))
-    before = harness.graph_code_key()
-    assert harness.graph_code_key() == before
+    before = cache.graph_code_key(tmp_path, ("compile", "absent"))
+    assert cache.graph_code_key(tmp_path, ("compile", "absent")) == before
     (tmp_path / "compile" / "export.py").write_text("x = 2\n")
-    assert harness.graph_code_key() != before
-    monkeypatch.undo()
-    for source in harness.GRAPH_SOURCES:  # the real list names what is there
-        assert (harness.REPO_ROOT / source).exists(), source
+    assert cache.graph_code_key(tmp_path, ("compile", "absent")) != before
+    for source in cache.GRAPH_SOURCES:  # the real list names what is there
+        assert (cache.PACKAGES_ROOT / source).exists(), source
 
 
 def test_timed_runs_split_into_rounds():

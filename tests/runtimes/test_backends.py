@@ -15,7 +15,6 @@ import pytest
 import runtimes
 from runtimes.artifact import (
     ArtifactError,
-    artifact_sha256,
     graph_sha256,
     read_io_names,
     read_metadata,
@@ -24,6 +23,7 @@ from runtimes.artifact import (
     write_metadata,
 )
 from runtimes.base import BackendInputError, DeviceNotAvailable, RuntimeNotAvailable
+from runtimes.cache import file_sha256
 from tests.conftest import REPO_ROOT
 from tests.runtimes.tiny_artifact import (
     HEIGHT,
@@ -168,16 +168,14 @@ def test_metadata_must_match_the_graph(tmp_path: Path) -> None:
             runtimes.load_backend(name, path)
 
 
-def test_artifact_sha256(tmp_path: Path) -> None:
+def test_file_sha256(tmp_path: Path) -> None:
     """Against published SHA-256 test vectors (FIPS 180-2), and across the 1 MiB read chunks."""
     (tmp_path / "abc").write_bytes(b"abc")
-    assert artifact_sha256(tmp_path / "abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    assert file_sha256(tmp_path / "abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     (tmp_path / "empty").write_bytes(b"")
-    assert artifact_sha256(tmp_path / "empty") == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    assert file_sha256(tmp_path / "empty") == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
     (tmp_path / "million_a").write_bytes(b"a" * 1_000_000)
-    assert artifact_sha256(tmp_path / "million_a") == (
-        "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0"
-    )
+    assert file_sha256(tmp_path / "million_a") == ("cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0")
 
 
 # --- backends against the numpy reference -----------------------------------------------------------------------
@@ -400,7 +398,7 @@ def test_openvino_cache_dir_is_populated(tmp_path: Path, artifacts: dict[str, Pa
     with runtimes.load_backend("openvino", artifacts["static"], cache_dir=tmp_path, threads=1) as backend:
         first = backend.run({"image": image})
         folder = backend.cache_dir
-    sha = artifact_sha256(artifacts["static"])
+    sha = file_sha256(artifacts["static"])
     assert folder.parent == tmp_path
     assert folder.name == f"{sha[:16]}-openvino-f32-CPU-{openvino_version()}"
     assert json.loads((folder / "m2f.json").read_text()) == read_metadata(artifacts["static"])

@@ -23,8 +23,9 @@ from onnx import TensorProto, helper
 import runtimes
 from runtimes import cuda_memory
 from runtimes import tensorrt_backend as trt_backend
-from runtimes.artifact import ArtifactError, artifact_sha256, write_metadata
+from runtimes.artifact import ArtifactError, write_metadata
 from runtimes.base import DeviceNotAvailable, RuntimeNotAvailable
+from runtimes.cache import file_sha256
 from runtimes.tensorrt_build import (
     BuildPlan,
     check_tensorrt_version,
@@ -146,7 +147,7 @@ def test_numpy_dtype_rejects_types_numpy_lacks(name: str) -> None:
 
 
 def test_engine_path_is_keyed_by_artifact_precision_device_and_version(tmp_path: Path, tiny: Path) -> None:
-    sha = artifact_sha256(tiny)
+    sha = file_sha256(tiny)
     device = device_tag("NVIDIA Jetson AGX Orin", (8, 7))
     path = engine_path(tmp_path, sha, "fp16", device, "10.3.0")
     # one folder per engine directly under the cache root, the plan always named model.engine
@@ -208,7 +209,7 @@ def test_backend_refuses_tensorrt_8(tiny: Path, monkeypatch: pytest.MonkeyPatch)
 def test_timing_cache_sits_beside_the_engine_cache(tmp_path: Path, tiny: Path) -> None:
     device = device_tag("NVIDIA Jetson AGX Orin", (8, 7))
     cache = timing_cache_path(tmp_path, device, "10.3.0")
-    engine = engine_path(tmp_path, artifact_sha256(tiny), "fp16", device, "10.3.0")
+    engine = engine_path(tmp_path, file_sha256(tiny), "fp16", device, "10.3.0")
     assert cache.is_relative_to(tmp_path) and not cache.is_relative_to(engine.parent)  # shared by every artifact
     assert cache == timing_cache_path(tmp_path, device, "10.3.0")
     assert cache != timing_cache_path(tmp_path, device, "10.3.1")  # a cache is valid for one TensorRT version

@@ -119,6 +119,23 @@ def test_checkpoint_is_compiled_once_and_cached(checkpoint, tmp_path, monkeypatc
     assert cached[0].stat().st_mtime_ns == stamp
 
 
+def test_a_compiler_change_compiles_the_checkpoint_again(checkpoint, tmp_path, monkeypatch):
+    """The cache key of a compiled checkpoint holds the compiler's code (runtimes.cache.graph_code_key): after a
+    change to it, Segmenter(model="x.pt") no longer runs the artifact the old code made."""
+    from runtimes import cache
+
+    monkeypatch.setenv("M2F_CACHE", str(tmp_path / "cache"))
+    compiler_change = tmp_path / "compiler_change.py"  # stands for an edit of compile/ or train/model/
+    compiler_change.write_text("x = 1\n")
+    monkeypatch.setattr(cache, "GRAPH_SOURCES", (*cache.GRAPH_SOURCES, str(compiler_change)))
+    with Segmenter("onnxruntime", model=checkpoint, input_size=(96, 128)):
+        pass
+    compiler_change.write_text("x = 2\n")
+    with Segmenter("onnxruntime", model=checkpoint, input_size=(96, 128)) as seg:
+        artifacts = sorted((tmp_path / "cache" / "artifacts").glob("*.onnx"))
+        assert len(artifacts) == 2 and seg.model_path == max(artifacts, key=lambda p: p.stat().st_mtime_ns)
+
+
 def test_full_predict_with_torch_blocked(artifacts):
     code = (
         "import sys, json; sys.modules['torch'] = None\n"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from benchmarks.fold_artifacts import markdown, score_folds
-from benchmarks.harness import graph_code_key
+from runtimes.cache import graph_code_key
 from tests.tiny_models import tiny_architecture
 from train.cross_validate import cross_validate, hold_out, labelled_pool, pool_sequences
 from train.data import build_dataset

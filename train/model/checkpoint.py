@@ -12,7 +12,6 @@ and a model is built only after a copy on the meta device (no memory) shows the 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import re
@@ -446,12 +445,3 @@ def _read_payload(path: Path) -> Any:
         unpickler = re.search(r"WeightsUnpickler error: (.*?)(?: Check the documentation|$)", text)
         detail = unpickler.group(1) if unpickler else text.split(". ")[0][:200] or type(err).__name__
         raise ValueError(f"{path} is not a readable torch checkpoint ({detail}). {ACCEPTED}") from err
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file (checkpoint provenance in artifacts)."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
