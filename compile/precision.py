@@ -589,9 +589,9 @@ def openvino_runtime_precisions(path: str | Path, device: str = "CPU") -> Counte
     Compiled with ``INFERENCE_PRECISION_HINT=f32`` so that non-quantised layers show as f32, not the bf16 that
     OpenVINO picks by default on bf16-capable CPUs.
     """
-    import openvino as ov
+    from runtimes.openvino_backend import openvino_core
 
-    core = ov.Core()
+    core = openvino_core(path)
     config = {"INFERENCE_PRECISION_HINT": "f32"} if device == "CPU" else {}
     compiled = core.compile_model(str(path), device, config)
     counts: Counter[tuple[str, str]] = Counter()

@@ -94,6 +94,24 @@ def int8_float_ops_of(path: str | Path) -> str:
     return int8_float_ops_hint(metadata, _import_openvino().Core())
 
 
+def openvino_core(path: str | Path, metadata: dict | None = None) -> Any:
+    """An ``openvino.Core`` that can compile the artifact at ``path``: with our MSDA extension added when its
+    metadata records the fused node (``native_ops``; the library from the cache or $M2F_MSDA_OPENVINO_EXTENSION,
+    never from the artifact). ``metadata``: the artifact's, when already read; a bare ONNX file has none."""
+    core = _import_openvino().Core()
+    if metadata is None:
+        try:
+            metadata = read_metadata(path, validate=False)
+        except ArtifactError:
+            metadata = {}
+    native = metadata.get("native_ops")
+    if native is not None:
+        from plugins.msda import openvino_extension
+
+        core.add_extension(str(openvino_extension.check_record(native, Path(path))))
+    return core
+
+
 class OpenVinoBackend(Backend):
     """Run an artifact with OpenVINO on ``device`` ("CPU", "GPU", "NPU", "AUTO", ...); see the module docstring
     for ``precision``, ``performance_mode``, ``num_requests`` (the request pool) and ``cache_dir``."""
@@ -110,15 +128,10 @@ class OpenVinoBackend(Backend):
         num_requests: int | None = None,
         performance_mode: str = "latency",
     ) -> None:
-        ov = _import_openvino()
+        _import_openvino()  # RuntimeNotAvailable with the install hint, before the metadata is read
         super().__init__(read_metadata(path), path)
-        core = ov.Core()
-        native = self.metadata.get("native_ops")
-        if native is not None:  # the fused MSDA node: our extension, from the cache or $M2F_MSDA_OPENVINO_EXTENSION
-            from plugins.msda import openvino_extension
-
-            core.add_extension(str(openvino_extension.check_record(native, self.path)))
-        self.native_ops = native is not None
+        core = openvino_core(self.path, self.metadata)
+        self.native_ops = self.metadata.get("native_ops") is not None
         device = device.upper()
         self.ov_device = device  # OpenVINO's spelling ("CPU", "GPU.0")
         self.device = device.split(".")[0].split(":")[0].lower()

@@ -111,6 +111,8 @@ def profile_openvino(
     """OpenVINO CPU per-node execution times (``PERF_COUNT``), aggregated by the executed layer type."""
     import openvino as ov
 
+    from runtimes.openvino_backend import openvino_core
+
     config: dict[str, Any] = {
         "INFERENCE_PRECISION_HINT": precision_hint,
         "PERFORMANCE_HINT": "LATENCY",
@@ -118,7 +120,7 @@ def profile_openvino(
     }
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
-    compiled = ov.Core().compile_model(str(model_path), "CPU", config)
+    compiled = openvino_core(model_path).compile_model(str(model_path), "CPU", config)
     request = compiled.create_infer_request()
     request.infer(feed)
     per_node = []

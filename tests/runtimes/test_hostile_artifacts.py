@@ -155,7 +155,7 @@ NATIVE_LOADS = {
     ("plugins/msda/extension.py", "_build", "cpp_extension.load"),  # compiled into $M2F_CACHE from our sources
     # the OpenVINO MSDA extension: $M2F_MSDA_OPENVINO_EXTENSION or the cache's build of our sources
     ("plugins/msda/openvino_extension.py", "library_info", "CDLL"),
-    ("runtimes/openvino_backend.py", "__init__", "add_extension"),
+    ("runtimes/openvino_backend.py", "openvino_core", "add_extension"),
     ("benchmarks/msda_openvino.py", "main", "add_extension"),
 }
 _LOADERS = ("CDLL", "LoadLibrary", "add_extension", "register_custom_ops_library", "load_library", "dlopen")
