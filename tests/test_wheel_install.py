@@ -80,7 +80,13 @@ def test_a_fresh_venv_without_torch_builds_the_extension_and_predicts(fused_arti
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["M2F_CACHE"] = str(tmp_path / "cache")  # nothing built there yet
     env.pop(openvino_extension.EXTENSION_ENV, None)
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"), str(REPO_ROOT)],
+    source = tmp_path / "source"  # the project's files, copied: building in the checkout would leave build/ there
+    listed = _run(["git", "ls-files", "-co", "--exclude-standard"], env, REPO_ROOT).stdout.splitlines()
+    for name in listed:
+        if (REPO_ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO_ROOT / name, source / name)
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"), str(source)],
          env, tmp_path)  # fmt: skip
     wheel = next((tmp_path / "dist").glob("m2f_edge-*.whl"))
     venv = tmp_path / "venv"
