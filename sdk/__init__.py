@@ -11,14 +11,19 @@ Every error the SDK raises for a user's frame, file, machine or stream is an ``s
 
 __version__ = "0.1.0"
 
+from plugins.msda.openvino_extension import ExtensionUnavailable
 from runtimes.artifact import ArtifactError
 from runtimes.base import BackendInputError, DeviceNotAvailable, RuntimeNotAvailable
+from runtimes.cuda_memory import CudaError
 from runtimes.errors import CheckpointError, M2FError
+from runtimes.geometry import InputSizeError
+from sdk.cli_predict import ImageError
 from sdk.postprocess import OutputsError
 from sdk.preprocess import FrameError
 from sdk.results import Instances, SegmentationResult
 from sdk.segmenter import Segmenter
 from sdk.sources import SourceError, StreamError, StreamTimeoutError
+from sdk.stream_options import StreamOptions
 from sdk.stream_pipeline import StageError
 from sdk.targets import TARGETS, TargetNotAvailable
 
@@ -27,8 +32,12 @@ __all__ = [
     "ArtifactError",
     "BackendInputError",
     "CheckpointError",
+    "CudaError",
     "DeviceNotAvailable",
+    "ExtensionUnavailable",
     "FrameError",
+    "ImageError",
+    "InputSizeError",
     "Instances",
     "M2FError",
     "OutputsError",
@@ -38,6 +47,7 @@ __all__ = [
     "SourceError",
     "StageError",
     "StreamError",
+    "StreamOptions",
     "StreamTimeoutError",
     "TargetNotAvailable",
     "__version__",

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -208,22 +207,6 @@ class Segmenter:
         result.timings["postprocess_ms"] = (time.perf_counter() - start) * 1000
         return result
 
-    # the steps' earlier names (this spelling goes in the next release)
-    def prepare(self, frame: np.ndarray) -> tuple[dict[str, np.ndarray], tuple[Geometry, dict[str, float]]]:
-        """Deprecated: :meth:`preprocess`."""
-        _renamed("Segmenter.prepare()", "preprocess()")
-        return self.preprocess(frame)
-
-    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Deprecated: :meth:`inference`."""
-        _renamed("Segmenter.infer()", "inference()")
-        return self.inference(inputs)
-
-    def finish(self, outputs: dict[str, np.ndarray], context: tuple[Geometry, dict], frame: Any = None) -> Any:
-        """Deprecated: :meth:`postprocess` (which needs no frame)."""
-        _renamed("Segmenter.finish()", "postprocess(outputs, context)")
-        return self.postprocess(outputs, context)
-
     # ------------------------------------------------------------------ public API
     def predict(self, frame: np.ndarray) -> SegmentationResult:
         """One HxWx3 uint8 BGR frame (grey and BGRA are converted) -> SegmentationResult at the frame's size."""
@@ -325,10 +308,6 @@ def _artifact_target(model: str | Path | None) -> str | None:
         return read_metadata(path, validate=False).get("target")
     except (FileNotFoundError, ValueError, OSError, StopIteration):
         return None
-
-
-def _renamed(old: str, new: str) -> None:
-    warnings.warn(f"{old} is now {new} (the old name goes in the next release)", DeprecationWarning, stacklevel=3)
 
 
 def _asked(precision: str | None, spec: TargetSpec) -> str:

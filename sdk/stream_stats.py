@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-import warnings
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,11 +54,6 @@ class StreamStats:
             "stage_ms": {k: round(v, 2) for k, v in self.stage_ms.items()},
             "stability": self.stability,
         }
-
-    def as_dict(self) -> dict[str, Any]:
-        """Deprecated: :meth:`to_dict` (this spelling goes in the next release)."""
-        warnings.warn("StreamStats.as_dict() is now to_dict()", DeprecationWarning, stacklevel=2)
-        return self.to_dict()
 
     def summary(self) -> str:
         """One line for a command line to print at the end."""

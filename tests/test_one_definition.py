@@ -128,23 +128,3 @@ def test_one_set_of_step_names() -> None:
     steps = [key.removesuffix("_ms") for key in timings if key.endswith("_ms")]
     assert steps and set(steps) <= set(STAGES), steps
     assert all(callable(getattr(seg, step)) for step in steps)  # Segmenter.preprocess / inference / postprocess
-
-
-def test_old_names_still_work_for_one_release_with_a_warning() -> None:
-    import numpy as np
-    import pytest
-
-    import sdk
-    from sdk.stream_stats import StreamStats
-
-    with pytest.warns(DeprecationWarning, match="to_dict"):
-        assert StreamStats().as_dict() == StreamStats().to_dict()
-    frame = np.zeros((48, 64, 3), np.uint8)
-    with sdk.Segmenter("cpu", precision="fp32") as seg:
-        with pytest.warns(DeprecationWarning, match="preprocess"):
-            inputs, context = seg.prepare(frame)
-        with pytest.warns(DeprecationWarning, match="inference"):
-            outputs = seg.infer(inputs)
-        with pytest.warns(DeprecationWarning, match="postprocess"):
-            result = seg.finish(outputs, context, frame)
-        assert np.array_equal(result.semantic, seg.predict(frame).semantic)

@@ -43,6 +43,14 @@ def test_every_public_exception_is_an_m2f_error() -> None:
     assert outside == []
 
 
+def test_every_public_error_of_the_device_side_is_reachable_as_sdk_name() -> None:
+    """What a user can meet from the SDK, the runtimes or a native op library is ``sdk.<Name>``."""
+    public = [name for path, name, _ in _exception_classes()
+              if not name.startswith("_") and path.startswith(("sdk/", "runtimes/", "plugins/"))]  # fmt: skip
+    assert len(public) >= 15
+    assert [name for name in public if not hasattr(sdk, name)] == []
+
+
 def test_the_sdk_exports_every_error_a_user_meets() -> None:
     for name in ("FrameError", "ArtifactError", "TargetNotAvailable", "RuntimeNotAvailable", "DeviceNotAvailable",
                  "StreamError", "SourceError", "StreamTimeoutError", "StageError", "OutputsError",
