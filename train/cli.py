@@ -56,7 +56,7 @@ def train_main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="m2f train", description=train_main.__doc__)
     parser.add_argument("config", help="training config (.yaml / .json)")
     parser.add_argument("--data-root", help="replaces the dataset root of the config")
-    parser.add_argument("--out", "--output", dest="out", help="run folder (checkpoints, metrics.csv, tensorboard/)")
+    parser.add_argument("--out", help="run folder (checkpoints, metrics.csv, tensorboard/)")
     parser.add_argument("--max-iters", type=int, help="replaces solver.max_iters")
     parser.add_argument("--batch-size", type=int, help="replaces solver.batch_size (global)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt if present")
@@ -66,7 +66,6 @@ def train_main(argv: Sequence[str]) -> int:
         help="train on every labelled sequence but this one (train + val splits pooled) and validate on it",
     )
     args = parser.parse_args(list(argv))
-    _warn_renamed(argv, "m2f train", "--output", "--out")
     try:
         config = load_train_config(args.config).with_overrides(args.data_root, args.max_iters, args.batch_size)
         if args.hold_out:
@@ -164,14 +163,11 @@ def cross_validate_main(argv: Sequence[str]) -> int:
     )
     parser.add_argument("config", help="training config (.yaml / .json) whose train/val specs name one dataset")
     parser.add_argument("--data-root", help="replaces the dataset root of the config")
-    parser.add_argument(
-        "--out", "--output", dest="out", required=True, help=f"folder for fold_<sequence>/ runs and {REPORT_NAME}.md"
-    )
+    parser.add_argument("--out", required=True, help=f"folder for fold_<sequence>/ runs and {REPORT_NAME}.md")
     parser.add_argument("--sequences", nargs="+", help="hold out only these sequences (default: every one)")
     parser.add_argument("--max-iters", type=int, help="replaces solver.max_iters (every fold)")
     parser.add_argument("--batch-size", type=int, help="replaces solver.batch_size (global)")
     args = parser.parse_args(list(argv))
-    _warn_renamed(argv, "m2f cross-validate", "--output", "--out")
     try:
         config = load_train_config(args.config).with_overrides(args.data_root, args.max_iters, args.batch_size)
         report = cross_validate(config, args.out, args.sequences)
@@ -182,9 +178,3 @@ def cross_validate_main(argv: Sequence[str]) -> int:
     print(json.dumps({"mean_mIoU": round(report["mean_mIoU"], 3),
                       "folds": {s: round(f["mIoU"], 3) for s, f in report["folds"].items()}}))  # fmt: skip
     return 0
-
-
-def _warn_renamed(argv: Sequence[str], command: str, old: str, new: str) -> None:
-    """An old flag spelling still works for one release, with a note on stderr naming the new one."""
-    if any(arg == old or arg.startswith(old + "=") for arg in argv):
-        print(f"{command}: {old} is now {new} (the old spelling goes in the next release)", file=sys.stderr)

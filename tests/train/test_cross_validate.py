@@ -158,10 +158,9 @@ def test_eval_by_sequence_and_hold_out_on_the_command_line(camvid_like: Path, tm
     config_path = tmp_path / "tiny.json"
     config_path.write_text(json.dumps(_config(camvid_like).to_dict()))
     run = [sys.executable, "-m", "sdk.cli"]
-    bad = subprocess.run([*run, "train", str(config_path), "--hold-out", "NOPE", "--output", str(tmp_path / "x")],
+    bad = subprocess.run([*run, "train", str(config_path), "--hold-out", "NOPE", "--out", str(tmp_path / "x")],
                          capture_output=True, text=True)  # fmt: skip
     assert bad.returncode == 2 and "NOPE" in bad.stderr and "Traceback" not in bad.stderr
-    assert "--output is now --out" in bad.stderr  # the old spelling works, with a note
     out = tmp_path / "fold"
     trained = subprocess.run([*run, "train", str(config_path), "--hold-out", "DRIVEB", "--out", str(out)],
                              capture_output=True, text=True)  # fmt: skip
