@@ -112,7 +112,9 @@ def test_int64_shapes_and_the_bf16_hint_change_nothing(library: Path, tmp_path: 
     value, locations, weights = _inputs(np.random.default_rng(3), 2, shapes, 4, 32, 40, 4)
     path = _graph(tmp_path / "m.onnx", shapes, value, locations, index_type=np.int64)
     expected = _reference(value, shapes, locations, weights)
-    for precision in ("f32", "bf16"):
+    from runtimes.cpu_features import cpu_features
+
+    for precision in ("f32", "bf16") if cpu_features().native_bf16 else ("f32",):
         assert np.abs(_run(library, path, value, locations, weights, precision) - expected).max() <= 1e-5
 
 
@@ -131,7 +133,10 @@ def test_bf16_values_within_the_derived_bound(library: Path, tmp_path: Path) -> 
     error = np.abs(out - _reference(value, shapes, locations, weights)).max()
     bound = 2 * BF16_EPS * np.abs(value).max()
     assert error <= bound, (error, bound)
-    assert error > 1e-5  # bf16 really ran: an f32 path would be ~1e-6 off
+    from runtimes.cpu_features import cpu_features
+
+    if cpu_features().native_bf16:  # where the CPU has bf16, OpenVINO keeps the Cast: the op's bf16 path ran
+        assert error > 1e-5  # an f32 path would be ~1e-6 off
 
 
 def test_an_artifact_record_is_checked(library: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
