@@ -352,9 +352,11 @@ def _graph_exporter(target: str, fused_msda: bool) -> Callable[..., Path]:
 
 def _fused_msda(target: str, precision: str, input_size: tuple[int, int] | None, asked: bool | None) -> bool:
     """Whether the export writes the fused MSDA node (see ``export``'s ``native_ops``)."""
-    if asked is False or target != "openvino":
-        if asked and target != "openvino":
+    if target != "openvino":
+        if asked:
             raise ValueError(f"the fused MSDA node is an OpenVINO extension; {target} artifacts use standard ops")
+        return False
+    if asked is False:
         return False
     if input_size is None:
         reason = "the input size is dynamic (the node's feature-map sizes are constants)"

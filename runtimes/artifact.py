@@ -501,7 +501,7 @@ _MESSAGES: dict[str, dict[int, str]] = {
 }
 
 
-_TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION, _EXTERNAL = 13, 14, 1  # TensorProto fields; DataLocation.EXTERNAL
+_TENSOR_EXTERNAL_DATA = 13  # TensorProto.external_data: repeated StringStringEntryProto {key = 1; value = 2}
 
 
 def _messages(buf: Any, kind: str, start: int, end: int) -> Iterator[tuple[str, list[tuple[int, int, int, int]]]]:

@@ -87,7 +87,7 @@ def info() -> dict[str, object]:
     reason = openvino_extension.unavailable_reason()
     if reason is None:
         built = openvino_extension.library_path()
-        reason = f"built: {built} (kernel: {openvino_extension.library_info(built)[1]})" if built else reason
+        reason = f"built: {built} (kernel: {openvino_extension.library_info(built)[1]})"
     versions["msda_openvino_extension"] = reason
     from runtimes.tensorrt_backend import tensorrt_status  # TensorRT usable?, CUDA binding, MSDA plugin library
 

@@ -405,7 +405,7 @@ class SegmentationResult:
         rows = max(1, _BAND_PIXELS // w)
         for top in range(0, h, rows):
             band = slice(top, min(top + rows, h))
-            if labels is not None and lut is not None:
+            if labels is not None:
                 part = labels[band]
                 part = part if part.dtype == np.uint8 else np.where(part < 255, part, 255).astype(np.uint8)
                 colour, painted = lut[part], part < len(palette)  # (rows, w, 3) what each painted pixel becomes

@@ -180,10 +180,9 @@ def check_record(record: dict, artifact: Path) -> Path:
             "re-export it with `m2f export` (or with --no-native-ops for standard ops)"
         )
     reason = unavailable_reason()
-    path = library_path() if reason is None else None
-    if path is None:
+    if reason is not None:
         raise ExtensionUnavailable(
             f"{artifact} holds the fused MSDA op ({record.get('op')}), and its OpenVINO extension is not usable "
             f"here: {reason}. Or re-export with `m2f export --no-native-ops`"
         )
-    return path
+    return library_path()  # found: unavailable_reason said nothing against it
