@@ -159,6 +159,12 @@ def header_size(head: bytes) -> tuple[int, int] | None:
     return None
 
 
+def file_header_size(path: str | Path) -> tuple[int, int] | None:
+    """:func:`header_size` of the file at ``path`` (its first ``_HEADER_BYTES``); OSError where it cannot be read."""
+    with Path(path).open("rb") as file:
+        return header_size(file.read(_HEADER_BYTES))
+
+
 def check_pixels(width: int, height: int, max_pixels: int | None, what: str = "image") -> None:
     """FrameError when a ``width`` x ``height`` frame has more than ``max_pixels`` pixels (None: no limit)."""
     if max_pixels is not None and width * height > max_pixels:
@@ -174,14 +180,12 @@ def check_image_file(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXE
     file, a format whose size its header does not tell, or more than ``max_pixels`` pixels (None: no limit)."""
     path = Path(path)
     try:
-        with path.open("rb") as file:
-            head = file.read(_HEADER_BYTES)
         size = path.stat().st_size
+        dims = file_header_size(path)
     except OSError as err:
         raise FrameError(f"cannot read the file ({err.strerror or err})") from err
     if size == 0:
         raise FrameError("empty file")
-    dims = header_size(head)
     if dims is None:
         raise FrameError(f"not an image whose size can be read before decoding (m2f reads {', '.join(_FORMATS)})")
     check_pixels(*dims, max_pixels)

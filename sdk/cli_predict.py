@@ -251,8 +251,9 @@ def _segment_all(
     import cv2
     from tqdm import tqdm
 
-    if not any(_passes_header_check(image, args.max_pixels) for image in images):  # stops at the first that does
-        return _report_refused(args, images, started)
+    refused = _header_refusals(images, args.max_pixels)
+    if refused is not None:
+        return _report_refused(args, refused, tqdm, started)
     try:
         seg = segmenter_from_args(args)
     except (ValueError, FileNotFoundError, RuntimeError, ImportError) as err:
@@ -276,11 +277,7 @@ def _segment_all(
                             raise ImageError(f"could not write {output}")
                 except (ImageError, FrameError, OSError, RuntimeError, ValueError, cv2.error) as err:
                     failed.append(image)
-                    message = " ".join(str(err).split()) or type(err).__name__
-                    if args.json:
-                        _emit(bar, json.dumps({"file": str(image), "output": None, "error": message}))
-                    else:
-                        bar.write(f"m2f predict: {image}: {message}", file=sys.stderr)
+                    _report_failure(bar, args.json, image, err)
                 else:
                     segmented += 1
                     ms = (time.perf_counter() - start) * 1000
@@ -310,38 +307,39 @@ def _segment_all(
     return EXIT_SOME_FAILED if failed or missing else EXIT_OK
 
 
-def _passes_header_check(image: Path, max_pixels: int | None) -> bool:
-    try:
-        check_image_file(image, max_pixels)
-    except FrameError:
-        return False
-    return True
-
-
-def _report_refused(args: argparse.Namespace, images: list[Path], started: float) -> int:
-    """Every image was refused from its header: say why for each, without loading a model; exit 2."""
+def _header_refusals(images: list[Path], max_pixels: int | None) -> list[tuple[Path, FrameError]] | None:
+    """(image, why) for each image its header refuses, when every one is refused; None as soon as one passes."""
+    refused = []
     for image in images:
         try:
-            check_image_file(image, args.max_pixels)
+            check_image_file(image, max_pixels)
         except FrameError as err:
-            message = " ".join(str(err).split())
-            if args.json:
-                _emit_plain(json.dumps({"file": str(image), "output": None, "error": message}))
-            else:
-                print(f"m2f predict: {image}: {message}", file=sys.stderr)
+            refused.append((image, err))
+            continue
+        return None
+    return refused
+
+
+def _report_refused(args: argparse.Namespace, refused: list[tuple[Path, FrameError]], bar: Any, started: float) -> int:
+    """Every image was refused from its header: say why for each, without loading a model; exit 2."""
+    for image, err in refused:
+        _report_failure(bar, args.json, image, err)
     print(
-        f"m2f predict: 0 of {len(images)} images segmented: every one refused from its header in "
+        f"m2f predict: 0 of {len(refused)} images segmented: every one refused from its header in "
         f"{time.perf_counter() - started:.2f} s, no model loaded",
         file=sys.stderr,
     )
     return EXIT_USAGE
 
 
-def _emit_plain(line: str) -> None:
-    try:
-        print(line, flush=True)
-    except BrokenPipeError as err:
-        raise _StdoutClosed from err
+def _report_failure(bar: Any, as_json: bool, image: Path, err: Exception) -> None:
+    """One image that failed: a JSON line on stdout (``--json``), else a line on stderr. ``bar``: the progress
+    bar, or the ``tqdm`` class itself where there is none (its ``write`` is a classmethod)."""
+    message = " ".join(str(err).split()) or type(err).__name__
+    if as_json:
+        _emit(bar, json.dumps({"file": str(image), "output": None, "error": message}))
+    else:
+        bar.write(f"m2f predict: {image}: {message}", file=sys.stderr)
 
 
 def _emit(bar: Any, line: str) -> None:

@@ -49,7 +49,7 @@ import cv2
 import numpy as np
 
 from runtimes.errors import M2FError
-from runtimes.images import DEFAULT_MAX_PIXELS, check_pixels, header_size
+from runtimes.images import DEFAULT_MAX_PIXELS, check_pixels, file_header_size
 
 logger = logging.getLogger(__name__)
 
@@ -177,8 +177,7 @@ def _open_file(path: Path, max_pixels: int | None) -> cv2.VideoCapture:
         raise SourceError(f"{path} is a directory, not a video file")
     if path.stat().st_size == 0:
         raise SourceError(f"{path} is empty (0 bytes)")
-    with path.open("rb") as file:  # an image file: OpenCV decodes it while opening, so its size is checked first
-        size = header_size(file.read(1 << 16))
+    size = file_header_size(path)  # an image file: OpenCV decodes it while opening, so its size is checked first
     if size is not None:
         check_pixels(*size, max_pixels, f"{path}: an image")
     capture = cv2.VideoCapture(str(path))
