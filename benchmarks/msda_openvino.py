@@ -17,7 +17,7 @@ import json
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,33 +26,16 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from plugins.msda import openvino_extension
+from plugins.msda.benchmark import BenchCase, pyramid
 from plugins.msda.reference import ms_deform_attn_reference
 
-
-@dataclass(frozen=True)
-class Layer:
-    """One deformable-attention call: (H, W) per level, heads, channels per head, points; queries = positions."""
-
-    name: str
-    levels: tuple[tuple[int, int], ...]
-    heads: int
-    channels: int
-    points: int = 4
-
-
-def _levels(height: int, width: int) -> tuple[tuple[int, int], ...]:
-    """Strides 8, 16, 32 of the input padded up to a multiple of 32, as the pixel decoder sees it."""
-    h, w = -(-height // 32) * 32, -(-width // 32) * 32
-    return tuple((h // s, w // s) for s in (8, 16, 32))
-
-
-LAYERS = (
-    Layer("default 360x480 (4 heads x 32)", _levels(360, 480), heads=4, channels=32),
-    Layer("Swin-T 512x512 (8 heads x 32)", _levels(512, 512), heads=8, channels=32),
+LAYERS = (  # one deformable-attention call each; queries = positions, as in the pixel decoder
+    BenchCase("default 360x480 (4 heads x 32)", 1, pyramid(360, 480), heads=4, channels=32),
+    BenchCase("Swin-T 512x512 (8 heads x 32)", 1, pyramid(512, 512), heads=8, channels=32),
 )
 
 
-def _inputs(layer: Layer, seed: int = 0) -> dict[str, np.ndarray]:
+def _inputs(layer: BenchCase, seed: int = 0) -> dict[str, np.ndarray]:
     """As the pixel decoder calls it: every position is a query, sampling around its own place on each level (its
     reference point plus offsets of a few pixels of that level, some off the map at the borders)."""
     rng = np.random.default_rng(seed)
@@ -82,7 +65,7 @@ class _Reference(torch.nn.Module):
         return ms_deform_attn_reference(value, self.levels, None, loc, w)
 
 
-def standard_graph(layer: Layer, inputs: dict[str, np.ndarray], path: Path) -> Path:
+def standard_graph(layer: BenchCase, inputs: dict[str, np.ndarray], path: Path) -> Path:
     """The reference exported as our exports write it (static shapes)."""
     args = tuple(torch.from_numpy(inputs[k]) for k in ("value", "loc", "w"))
     torch.onnx.export(_Reference(layer.levels), args, str(path), input_names=["value", "loc", "w"],
@@ -90,19 +73,37 @@ def standard_graph(layer: Layer, inputs: dict[str, np.ndarray], path: Path) -> P
     return path
 
 
-def fused_graph(layer: Layer, inputs: dict[str, np.ndarray], path: Path) -> Path:
-    """One ``m2f::MSDeformAttn`` node."""
-    sizes = [h * w for h, w in layer.levels]
+def fused_graph(
+    path: Path,
+    levels: Sequence[tuple[int, int]],
+    value_shape: Sequence[int],
+    locations_shape: Sequence[int],
+    value_type: int = TensorProto.FLOAT,
+    index_type: type = np.int32,
+) -> Path:
+    """An ONNX model of one ``m2f::MSDeformAttn`` node with inputs ``value``, ``loc``, ``w`` (f32) and output
+    ``out``; with ``value_type`` BFLOAT16 the value is cast to bf16 on its way in and the result back to f32.
+    ``index_type``: of the spatial-shape and level-start constants."""
+    N, _, M, D = value_shape
+    sizes = [h * w for h, w in levels]
     consts = [
-        numpy_helper.from_array(np.array(layer.levels, np.int32), "hw"),
-        numpy_helper.from_array(np.array([sum(sizes[:i]) for i in range(len(sizes))], np.int32), "starts"),
+        numpy_helper.from_array(np.array(levels, index_type), "hw"),
+        numpy_helper.from_array(np.array([sum(sizes[:i]) for i in range(len(sizes))], index_type), "starts"),
     ]
-    node = helper.make_node("MSDeformAttn", ["value", "hw", "starts", "loc", "w"], ["out"], domain="m2f")
-    ios = [helper.make_tensor_value_info(k, TensorProto.FLOAT, list(v.shape)) for k, v in inputs.items()]
-    queries, channels = inputs["loc"].shape[1], layer.heads * layer.channels
-    out = helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, queries, channels])
-    graph = helper.make_graph([node], "fused", ios, [out], consts)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("m2f", 1)])
+    nodes, value_in, out = [], "value", "out"
+    if value_type != TensorProto.FLOAT:
+        nodes.append(helper.make_node("Cast", ["value"], ["value_cast"], to=value_type))
+        value_in, out = "value_cast", "out_cast"
+    domain, op = openvino_extension.ONNX_DOMAIN, openvino_extension.ONNX_OP
+    nodes.append(helper.make_node(op, [value_in, "hw", "starts", "loc", "w"], [out], domain=domain))
+    if value_type != TensorProto.FLOAT:
+        nodes.append(helper.make_node("Cast", ["out_cast"], ["out"], to=TensorProto.FLOAT))
+    inputs = [helper.make_tensor_value_info("value", TensorProto.FLOAT, list(value_shape)),
+              helper.make_tensor_value_info("loc", TensorProto.FLOAT, list(locations_shape)),
+              helper.make_tensor_value_info("w", TensorProto.FLOAT, list(locations_shape[:-1]))]  # fmt: skip
+    output = helper.make_tensor_value_info("out", TensorProto.FLOAT, [N, locations_shape[1], M * D])
+    model = helper.make_model(helper.make_graph(nodes, "msda", inputs, [output], consts),
+                              opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(domain, 1)])  # fmt: skip
     onnx.save(model, str(path))
     return path
 
@@ -126,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         for layer in LAYERS:
             inputs = _inputs(layer)
             graphs = {"standard ops": standard_graph(layer, inputs, Path(tmp) / "standard.onnx"),
-                      "fused op": fused_graph(layer, inputs, Path(tmp) / "fused.onnx")}  # fmt: skip
+                      "fused op": fused_graph(Path(tmp) / "fused.onnx", layer.levels, inputs["value"].shape,
+                                              inputs["loc"].shape)}  # fmt: skip
             for precision in precisions:
                 core = ov.Core()
                 core.add_extension(str(library))

@@ -48,18 +48,20 @@ class BenchCase:
         return sum(h * w for h, w in self.levels)
 
 
-def _pyramid(height: int, width: int) -> tuple[tuple[int, int], ...]:
-    """Mask2Former pixel-decoder levels of an input image: strides 8, 16, 32."""
+def pyramid(height: int, width: int) -> tuple[tuple[int, int], ...]:
+    """Mask2Former pixel-decoder levels of an input image (padded to a multiple of 32, as the model pads it):
+    strides 8, 16, 32."""
+    height, width = -(-height // 32) * 32, -(-width // 32) * 32
     return tuple((height // s, width // s) for s in (8, 16, 32))
 
 
 CASES: tuple[BenchCase, ...] = (
-    BenchCase("m2f_512x512_b1", 1, _pyramid(512, 512)),
-    BenchCase("m2f_512x512_b4", 4, _pyramid(512, 512)),
-    BenchCase("m2f_1024x1024_b1", 1, _pyramid(1024, 1024)),
-    BenchCase("m2f_1024x2048_b1", 1, _pyramid(1024, 2048)),  # Cityscapes
-    BenchCase("ddetr_4levels_q300", 2, (*_pyramid(800, 1088), (13, 17)), queries=300),
-    BenchCase("odd_channels_d30", 1, _pyramid(512, 512), channels=30),
+    BenchCase("m2f_512x512_b1", 1, pyramid(512, 512)),
+    BenchCase("m2f_512x512_b4", 4, pyramid(512, 512)),
+    BenchCase("m2f_1024x1024_b1", 1, pyramid(1024, 1024)),
+    BenchCase("m2f_1024x2048_b1", 1, pyramid(1024, 2048)),  # Cityscapes
+    BenchCase("ddetr_4levels_q300", 2, (*pyramid(800, 1088), (13, 17)), queries=300),
+    BenchCase("odd_channels_d30", 1, pyramid(512, 512), channels=30),
 )
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto
 
 from plugins.msda import openvino_extension
 from plugins.msda.reference import ms_deform_attn_reference
@@ -51,28 +51,10 @@ def _inputs(rng: np.random.Generator, N: int, shapes: list[tuple[int, int]], M: 
 
 def _graph(path: Path, shapes: list[tuple[int, int]], value: np.ndarray, locations: np.ndarray,
            value_type: int = TensorProto.FLOAT, index_type: type = np.int32) -> Path:  # fmt: skip
-    """One fused node; with ``value_type`` BFLOAT16 the value is cast to bf16 on its way in and the result back."""
-    N, _, M, D = value.shape
-    sizes = [h * w for h, w in shapes]
-    consts = [
-        numpy_helper.from_array(np.array(shapes, index_type), "hw"),
-        numpy_helper.from_array(np.array([sum(sizes[:i]) for i in range(len(sizes))], index_type), "starts"),
-    ]
-    nodes, value_in, out = [], "value", "out"
-    if value_type != TensorProto.FLOAT:
-        nodes.append(helper.make_node("Cast", ["value"], ["value_cast"], to=value_type))
-        value_in, out = "value_cast", "out_cast"
-    nodes.append(helper.make_node("MSDeformAttn", [value_in, "hw", "starts", "loc", "w"], [out], domain="m2f"))
-    if value_type != TensorProto.FLOAT:
-        nodes.append(helper.make_node("Cast", ["out_cast"], ["out"], to=TensorProto.FLOAT))
-    inputs = [helper.make_tensor_value_info("value", TensorProto.FLOAT, list(value.shape)),
-              helper.make_tensor_value_info("loc", TensorProto.FLOAT, list(locations.shape)),
-              helper.make_tensor_value_info("w", TensorProto.FLOAT, list(locations.shape[:-1]))]  # fmt: skip
-    output = helper.make_tensor_value_info("out", TensorProto.FLOAT, [N, locations.shape[1], M * D])
-    model = helper.make_model(helper.make_graph(nodes, "msda", inputs, [output], consts),
-                              opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("m2f", 1)])  # fmt: skip
-    onnx.save(model, str(path))
-    return path
+    """One fused node (``benchmarks.msda_openvino.fused_graph``) for these inputs."""
+    from benchmarks.msda_openvino import fused_graph
+
+    return fused_graph(path, shapes, value.shape, locations.shape, value_type, index_type)
 
 
 def _run(library: Path, path: Path, value, locations, weights, precision: str = "f32") -> np.ndarray:
