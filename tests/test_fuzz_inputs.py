@@ -117,19 +117,15 @@ def test_fuzzed_artifacts_through_the_segmenter(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Our tiny .pt and the same weights as an official detectron2 .pkl."""
-    from tests.tiny_models import tiny_architecture
-    from train.data.synthetic import synthetic_meta
-    from train.model import Mask2Former, Mask2FormerConfig, save_checkpoint
+    """Our tiny .pt and the same weights as an official detectron2 .pkl (our key prefixes mapped back)."""
+    from tests.runtimes.deployable import tiny_checkpoint
+    from train.model.checkpoint import _DETECTRON2_PREFIXES, read_checkpoint
 
     folder = tmp_path_factory.mktemp("checkpoints")
-    meta = synthetic_meta()
-    model = Mask2Former(Mask2FormerConfig.from_dict({"num_classes": meta.num_classes, **tiny_architecture()}))
-    ours = save_checkpoint(folder / "tiny.pt", model, meta)
-    prefixes = {"pixel_decoder.": "sem_seg_head.pixel_decoder.", "transformer_decoder.": "sem_seg_head.predictor."}
+    ours = tiny_checkpoint(folder / "tiny.pt")
     official = {}
-    for key, value in model.state_dict().items():
-        new = next((dst + key[len(src) :] for src, dst in prefixes.items() if key.startswith(src)), key)
+    for key, value in read_checkpoint(ours).state_dict.items():
+        new = next(src + key[len(dst) :] for src, dst in _DETECTRON2_PREFIXES.items() if key.startswith(dst))
         official[new] = value.numpy()
     with (folder / "model_final_tiny.pkl").open("wb") as file:
         pickle.dump({"model": official, "__author__": "tests"}, file, protocol=2)

@@ -47,30 +47,20 @@ def fused_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import cv2
 
     from compile.export import export
-    from tests.tiny_models import tiny_architecture
-    from train.data.synthetic import synthetic_meta
-    from train.model import Mask2Former, Mask2FormerConfig, save_checkpoint
+    from tests.runtimes.deployable import tiny_checkpoint
 
     folder = tmp_path_factory.mktemp("fused")
-    previous = os.environ.get("M2F_CACHE")
-    os.environ["M2F_CACHE"] = str(folder / "cache")
-    try:
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("M2F_CACHE", str(folder / "cache"))
         try:
             openvino_extension.build()
         except openvino_extension.ExtensionUnavailable as err:
             pytest.skip(f"the OpenVINO extension does not build here: {err}")
-        meta = synthetic_meta()
-        model = Mask2Former(Mask2FormerConfig.from_dict({"num_classes": meta.num_classes, **tiny_architecture()}))
-        checkpoint = save_checkpoint(folder / "tiny.pt", model, meta)
+        checkpoint = tiny_checkpoint(folder / "tiny.pt")
         (folder / "calib").mkdir()
         cv2.imwrite(str(folder / "calib" / "0.png"), np.zeros((96, 128, 3), np.uint8))
         return export(checkpoint, "openvino", "fp32", folder / "fused.onnx", input_size=(96, 128), task="semantic",
                       calib_dir=folder / "calib", gate_images=1, native_ops=True)  # fmt: skip
-    finally:
-        if previous is None:
-            os.environ.pop("M2F_CACHE", None)
-        else:
-            os.environ["M2F_CACHE"] = previous
 
 
 def test_a_fresh_venv_without_torch_builds_the_extension_and_predicts(fused_artifact: Path, tmp_path: Path) -> None:

@@ -8,7 +8,6 @@ extension's mapping, as an exported artifact's nodes are.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -27,17 +26,12 @@ BF16_EPS = 2.0**-8  # bf16 keeps 8 significant bits: a rounding is off by at mos
 
 @pytest.fixture(scope="module")
 def library(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    previous = os.environ.get("M2F_CACHE")
-    os.environ["M2F_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    try:
-        return openvino_extension.build()
-    except openvino_extension.ExtensionUnavailable as err:
-        pytest.skip(f"the OpenVINO extension does not build here: {err}")
-    finally:
-        if previous is None:
-            os.environ.pop("M2F_CACHE", None)
-        else:
-            os.environ["M2F_CACHE"] = previous
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("M2F_CACHE", str(tmp_path_factory.mktemp("cache")))
+        try:
+            return openvino_extension.build()
+        except openvino_extension.ExtensionUnavailable as err:
+            pytest.skip(f"the OpenVINO extension does not build here: {err}")
 
 
 def _inputs(rng: np.random.Generator, N: int, shapes: list[tuple[int, int]], M: int, D: int, Lq: int, P: int):
@@ -153,14 +147,10 @@ def test_an_openvino_export_writes_and_runs_the_fused_node(library: Path, tmp_pa
     from compile.export import export
     from runtimes import load_backend
     from runtimes.artifact import read_metadata
-    from tests.tiny_models import tiny_architecture
-    from train.data.synthetic import synthetic_meta
-    from train.model import Mask2Former, Mask2FormerConfig, save_checkpoint
+    from tests.runtimes.deployable import tiny_checkpoint
 
     monkeypatch.setenv(openvino_extension.EXTENSION_ENV, str(library))
-    meta = synthetic_meta()
-    model = Mask2Former(Mask2FormerConfig.from_dict({"num_classes": meta.num_classes, **tiny_architecture()}))
-    checkpoint = save_checkpoint(tmp_path / "tiny.pt", model, meta)
+    checkpoint = tiny_checkpoint(tmp_path / "tiny.pt")
     calib = tmp_path / "calib"
     calib.mkdir()
     rng = np.random.default_rng(0)

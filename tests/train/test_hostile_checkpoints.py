@@ -19,9 +19,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.tiny_models import tiny_architecture
 from train.cli import convert_main
-from train.model import Mask2Former, Mask2FormerConfig, load_pretrained, save_checkpoint
+from train.model import load_pretrained
 from train.model.checkpoint import read_checkpoint
 from train.model.detectron2_pickle import UnsafePickleError, load_detectron2_pickle
 
@@ -160,11 +159,9 @@ def test_official_pickles_load_bit_identically(tmp_path: Path, protocol: int) ->
 
 @pytest.fixture()
 def checkpoint(tmp_path: Path) -> Path:
-    from train.data.synthetic import synthetic_meta
+    from tests.runtimes.deployable import tiny_checkpoint
 
-    meta = synthetic_meta()
-    model = Mask2Former(Mask2FormerConfig.from_dict({"num_classes": meta.num_classes, **tiny_architecture()}))
-    return save_checkpoint(tmp_path / "ours.pt", model, meta)
+    return tiny_checkpoint(tmp_path / "ours.pt")
 
 
 def _rezip(src: Path, dst: Path, compression: int = zipfile.ZIP_STORED, edit: Any = None) -> Path:
