@@ -1,6 +1,6 @@
-"""The wheel as an edge device installs it: a fresh venv with ``m2f-edge[openvino]`` and no torch builds the
-OpenVINO MSDA extension from the sources the wheel carries (``m2f build-plugins``) and segments a frame with an
-artifact holding the fused node, torch blocked.
+"""The wheel as an edge device installs it: a fresh venv with ``m2f-edge[openvino]`` and no torch segments a frame
+with the packaged default model, builds the OpenVINO MSDA extension from the sources the wheel carries
+(``m2f build-plugins``) and segments one with an artifact holding the fused node, torch blocked.
 
 Needs the package registry (the venv installs numpy, OpenCV and OpenVINO), cmake and a C++ compiler; skipped with
 the reason where one is missing.
@@ -27,11 +27,13 @@ _PREDICT = r"""
 import sys
 sys.modules["torch"] = None  # an edge device: any import of torch fails
 import json, numpy as np, sdk
+frame = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)
+with sdk.Segmenter("cpu") as packaged:  # the packaged default model, as a device runs it out of the box
+    packaged_shape = list(packaged.predict(frame).semantic.shape)
 with sdk.Segmenter("cpu", model=sys.argv[1]) as seg:
-    frame = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)
     result = seg.predict(frame)
     print(json.dumps({"runtime": seg.runtime, "shape": list(result.semantic.shape), "sdk": sdk.__file__,
-                      "native_ops": seg.backend.native_ops}))
+                      "native_ops": seg.backend.native_ops, "packaged_shape": packaged_shape}))
 """
 
 
@@ -89,4 +91,5 @@ def test_a_fresh_venv_without_torch_builds_the_extension_and_predicts(fused_arti
     said = _run([str(python), "-c", _PREDICT, str(fused_artifact)], env, tmp_path)
     result = json.loads(said.stdout.strip().splitlines()[-1])
     assert result["sdk"].startswith(str(venv))  # the installed wheel ran, not the checkout
-    assert result == {**result, "runtime": "openvino", "shape": [96, 128], "native_ops": True}
+    assert result == {**result, "runtime": "openvino", "shape": [96, 128], "native_ops": True,
+                      "packaged_shape": [96, 128]}  # fmt: skip
