@@ -117,8 +117,8 @@ RUNTIMES: dict[str, RuntimeSpec] = {
             # gate verified them, the CPU has AVX512-BF16) comes before bf16: on a 2-core EPYC (AVX512-BF16, VNNI)
             # the default took 0.85-0.98x bf16's time in three cpu_precisions runs and 0.943x interleaved
             # (benchmarks/results/issue20_int8_tail); with f32 float ops it is slower than bf16 (56.2 vs 50.4 ms),
-            # so a file without that record waits behind bf16. int8 where VNNI is all there is (README: "Precision
-            # by default")
+            # so a file without that record waits behind bf16. int8 where VNNI is all there is (docs/compiling.md:
+            # "Precision by default")
             cpu_speed_order=(
                 ("int8", "amx_int8"),
                 ("bf16", "amx_bf16"),
