@@ -39,9 +39,12 @@ def convert_main(argv: Sequence[str]) -> int:
         print(f"m2f convert: {err}", file=sys.stderr)
         return 2
     source = Path(args.checkpoint)
-    provenance = {"source": loaded.source, "source_name": source.name}
+    provenance: dict[str, Any] = {"source": loaded.source, "source_name": source.name}
     if source.is_file():
         provenance["source_sha256"] = file_sha256(source)
+    ours = read_checkpoint_if_ours(source)
+    if ours is not None and ours.train_config is not None:  # a trainer's run: keep what it was trained for (task)
+        provenance["train_config"] = ours.train_config
     out = save_checkpoint(args.out, loaded.model, loaded.meta, extra=provenance)
     logger.info("wrote %s (%s weights, %d classes)", out, loaded.source, loaded.config.num_classes)
     return 0
