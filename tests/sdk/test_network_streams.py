@@ -1,13 +1,23 @@
-"""Network sources against a real stream server on the loopback: ffmpeg serving MPEG-TS over HTTP (``-listen 1``),
-killed and restarted mid-stream. Every frame carries its own number (8 black/white bars), so the test can tell a
-repeated or invented frame from a dropped one. ffmpeg comes from the PATH or the ``imageio-ffmpeg`` wheel (the
-[dev] extra); without either the tests skip with that reason. RTSP needs a server ffmpeg does not have
-(``-rtsp_flags listen`` receives, it does not serve players): the same reconnect path is covered over HTTP."""
+"""Network sources against real stream servers on the loopback, killed, restarted and stalled mid-stream.
+
+- HTTP: ffmpeg serving MPEG-TS (``-listen 1``). ffmpeg comes from the PATH or the ``imageio-ffmpeg`` wheel (the
+  [dev] extra); without either those tests skip with that reason.
+- RTSP: GStreamer's RTSP server (``tests/sdk/rtsp_server.py``, run by Debian's Python with python3-gi) serving the
+  clip as RTP/JPEG; read by OpenCV's FFmpeg RTSP client (over TCP, OpenCV's default) as a camera would be. Restarted
+  mid-stream. ``make test`` installs the Debian packages (the Makefile's
+  ``rtsp-server`` target, as root with apt-get); without them those tests skip with what is missing.
+
+Every frame carries its own number (8 black/white bars), so the tests can tell a repeated or invented frame from a
+dropped one."""
 
 from __future__ import annotations
 
+import functools
 import itertools
+import os
+import select
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -122,8 +132,9 @@ def _increasing(values: list[int]) -> bool:
     return all(a < b for a, b in itertools.pairwise(values))
 
 
-@pytest.mark.slow
-def test_http_stream_survives_a_server_restart(server: StreamServer) -> None:
+def _read_across_a_restart(server: StreamServer | RtspServer) -> None:
+    """60 frames, the server killed (a crash: no goodbye), 1 s with nothing served, the server started again on the
+    same address, 60 more frames: every number in order on each side of the gap, and the stream's own count too."""
     server.start()
     live = stream(NumberReader(), server.url, live=True, reconnect=20, reconnect_delay_s=0.25, read_timeout_s=2.0,
                   open_timeout_s=3.0)  # fmt: skip
@@ -158,6 +169,11 @@ def test_http_stream_survives_a_server_restart(server: StreamServer) -> None:
 
 
 @pytest.mark.slow
+def test_http_stream_survives_a_server_restart(server: StreamServer) -> None:
+    _read_across_a_restart(server)
+
+
+@pytest.mark.slow
 def test_http_stream_that_ends_raises_after_its_reconnects_with_every_frame_delivered(tmp_path: Path) -> None:
     """A live source that stops for good (the server plays its clip and exits): the frames it sent arrive in
     order, then the reconnects run out and the stream raises ``StreamError`` saying so, not a silent end."""
@@ -179,3 +195,67 @@ def test_http_stream_that_ends_raises_after_its_reconnects_with_every_frame_deli
         assert live.stats.reconnects == 2
     finally:
         served.kill()
+
+
+# ---------------------------------------------------------------------------------------------------------------- RTSP
+RTSP_SERVER = Path(__file__).with_name("rtsp_server.py")
+SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's, where python3-gi binds GStreamer
+
+
+@functools.cache
+def _rtsp_server_missing() -> str | None:
+    """What the RTSP server lacks here, in words (the tests skip with it); None when it runs."""
+    if not os.path.exists(SYSTEM_PYTHON):
+        return f"no {SYSTEM_PYTHON}"
+    done = subprocess.run([SYSTEM_PYTHON, str(RTSP_SERVER), "--check"], capture_output=True, text=True, timeout=120)
+    return None if done.returncode == 0 else done.stderr.strip() or f"{RTSP_SERVER.name} --check: {done.returncode}"
+
+
+class RtspServer:
+    """GStreamer's RTSP server (``rtsp_server.py``) serving ``clip`` at ``rtsp://127.0.0.1:PORT/live`` in real time;
+    restarted on the port it first got, paused with SIGSTOP (it keeps its connections and sends nothing)."""
+
+    def __init__(self, clip: Path, log: Path) -> None:
+        self.clip, self.log, self.port, self.process = clip, log, 0, None
+
+    @property
+    def url(self) -> str:
+        return f"rtsp://127.0.0.1:{self.port}/live"
+
+    def start(self) -> None:
+        command = [SYSTEM_PYTHON, str(RTSP_SERVER), str(self.clip), str(self.port), "/live"]
+        with self.log.open("a") as log:
+            self.process = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, text=True
+            )
+        ready, _, _ = select.select([self.process.stdout], [], [], 60.0)
+        line = self.process.stdout.readline() if ready else ""
+        if not line.startswith("ready "):
+            self.kill()
+            raise RuntimeError(f"the RTSP server did not start ({line!r}): {self.log.read_text()[-2000:]}")
+        self.port = int(line.split()[1])
+
+    def pause(self) -> None:
+        self.process.send_signal(signal.SIGSTOP)
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()  # a stopped process dies too
+            self.process.wait()
+            self.process.stdout.close()
+            self.process = None
+
+
+@pytest.fixture
+def rtsp_server(numbered_clip: Path, tmp_path: Path) -> Iterator[RtspServer]:
+    missing = _rtsp_server_missing()
+    if missing:
+        pytest.skip(f"no RTSP server here ({missing}): `make rtsp-server` installs its Debian packages (as root)")
+    served = RtspServer(numbered_clip, tmp_path / "rtsp_server.log")
+    yield served
+    served.kill()
+
+
+@pytest.mark.slow
+def test_rtsp_stream_survives_a_server_restart(rtsp_server: RtspServer) -> None:
+    _read_across_a_restart(rtsp_server)
