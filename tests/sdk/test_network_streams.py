@@ -4,8 +4,9 @@
   [dev] extra); without either those tests skip with that reason.
 - RTSP: GStreamer's RTSP server (``tests/sdk/rtsp_server.py``, run by Debian's Python with python3-gi) serving the
   clip as RTP/JPEG; read by OpenCV's FFmpeg RTSP client (over TCP, OpenCV's default) as a camera would be. Restarted
-  mid-stream. ``make test`` installs the Debian packages (the Makefile's
-  ``rtsp-server`` target, as root with apt-get); without them those tests skip with what is missing.
+  mid-stream and stalled (SIGSTOP: the connection stays open, nothing comes). ``make test`` installs the Debian
+  packages (the Makefile's ``rtsp-server`` target, as root with apt-get); without them those tests skip with what is
+  missing.
 
 Every frame carries its own number (8 black/white bars), so the tests can tell a repeated or invented frame from a
 dropped one."""
@@ -30,6 +31,7 @@ import cv2
 import numpy as np
 import pytest
 
+from sdk.sources import StreamTimeoutError
 from sdk.stream import stream
 
 CLIP_FRAMES, CLIP_FPS, BITS, BAR = 200, 25, 8, 40  # frame k: bar b white when bit b of k is set
@@ -259,3 +261,28 @@ def rtsp_server(numbered_clip: Path, tmp_path: Path) -> Iterator[RtspServer]:
 @pytest.mark.slow
 def test_rtsp_stream_survives_a_server_restart(rtsp_server: RtspServer) -> None:
     _read_across_a_restart(rtsp_server)
+
+
+@pytest.mark.slow
+def test_rtsp_server_that_stalls_is_the_read_timeout_then_the_open_timeout(rtsp_server: RtspServer) -> None:
+    """The server stops sending mid-stream but keeps the connection (SIGSTOP): no frame is invented, the stream
+    raises ``StreamTimeoutError`` naming the read timeout within about that time, and opening the silent server
+    again is the open timeout, not a hang."""
+    rtsp_server.start()
+    live = stream(NumberReader(), rtsp_server.url, live=True, reconnect=0, read_timeout_s=1.5, open_timeout_s=3.0)
+    seen, paused_at = [], None
+    with pytest.raises(StreamTimeoutError, match=r"^source stalled: no frame within 1\.5 s after \d+ frames$"):
+        for result in live:
+            seen.append(result.number)
+            if len(seen) == 25:
+                rtsp_server.pause()
+                paused_at = time.monotonic()
+    waited = time.monotonic() - paused_at
+    live.close()
+    assert _increasing(seen) and seen[-1] < CLIP_FRAMES, seen  # frames in flight at the pause still arrive
+    assert 1.5 <= waited < 1.5 + 6.0, waited  # the timeout, not OpenCV's own 30 s (slack: a loaded 2-core CI)
+
+    started = time.monotonic()
+    with pytest.raises(StreamTimeoutError, match=r"did not open within 2 s"):
+        stream(NumberReader(), rtsp_server.url, open_timeout_s=2.0)
+    assert time.monotonic() - started < 2.0 + 6.0
