@@ -4,9 +4,9 @@
   [dev] extra); without either those tests skip with that reason.
 - RTSP: GStreamer's RTSP server (``tests/sdk/rtsp_server.py``, run by Debian's Python with python3-gi) serving the
   clip as RTP/JPEG; read by OpenCV's FFmpeg RTSP client (over TCP, OpenCV's default) as a camera would be. Restarted
-  mid-stream and stalled (SIGSTOP: the connection stays open, nothing comes). ``make test`` installs the Debian
-  packages (the Makefile's ``rtsp-server`` target, as root with apt-get); without them those tests skip with what is
-  missing.
+  mid-stream, stalled (SIGSTOP: the connection stays open, nothing comes), asked for a path it does not serve (in
+  the SDK and through ``m2f stream``), and gone. ``make test`` installs the Debian packages (the Makefile's
+  ``rtsp-server`` target, as root with apt-get); without them those tests skip with what is missing.
 
 Every frame carries its own number (8 black/white bars), so the tests can tell a repeated or invented frame from a
 dropped one."""
@@ -21,6 +21,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,8 +32,9 @@ import cv2
 import numpy as np
 import pytest
 
-from sdk.sources import StreamTimeoutError
+from sdk.sources import SourceError, StreamTimeoutError
 from sdk.stream import stream
+from tests.conftest import REPO_ROOT
 
 CLIP_FRAMES, CLIP_FPS, BITS, BAR = 200, 25, 8, 40  # frame k: bar b white when bit b of k is set
 
@@ -286,3 +288,28 @@ def test_rtsp_server_that_stalls_is_the_read_timeout_then_the_open_timeout(rtsp_
     with pytest.raises(StreamTimeoutError, match=r"did not open within 2 s"):
         stream(NumberReader(), rtsp_server.url, open_timeout_s=2.0)
     assert time.monotonic() - started < 2.0 + 6.0
+
+
+@pytest.mark.slow
+def test_rtsp_wrong_path_or_no_server_is_a_clear_error_in_the_sdk_and_the_cli(
+    rtsp_server: RtspServer, tmp_path: Path
+) -> None:
+    """What the server answered (404 Not Found), or that nothing listens, is the error; ``m2f stream`` prints it as
+    one line and exits 2 without a traceback or an output file."""
+    rtsp_server.start()
+    wrong = rtsp_server.url.replace("/live", "/wrong")
+    with pytest.raises(SourceError, match=r"^cannot open rtsp://\S+/wrong: the RTSP server answered 404 Not Found"):
+        stream(NumberReader(), wrong, open_timeout_s=3.0)
+
+    out = tmp_path / "x.mp4"
+    environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "sdk.cli", "stream", wrong, "--out", str(out)], env=environment,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    messages = [line for line in done.stderr.splitlines() if line.startswith("m2f stream:")]
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert len(messages) == 1 and "404 Not Found" in messages[0] and wrong in messages[0], done.stderr
+    assert not out.exists()
+
+    rtsp_server.kill()  # nothing listens on the port now
+    with pytest.raises(SourceError, match=r"connection refused: nothing listens on 127\.0\.0\.1 port \d+"):
+        stream(NumberReader(), rtsp_server.url, open_timeout_s=3.0)
