@@ -11,7 +11,8 @@ checked before OpenCV decodes it; a video's size as its container or driver repo
   the FFMPEG backend with ``CAP_PROP_OPEN_TIMEOUT_MSEC`` / ``CAP_PROP_READ_TIMEOUT_MSEC``, so a dead URL fails
   within the open timeout. RTSP runs over TCP (OpenCV's default); ``OPENCV_FFMPEG_CAPTURE_OPTIONS="rtsp_transport;udp"``
   asks for UDP (the variable replaces OpenCV's options). An ``rtsp://`` URL that does not open says what its server
-  answered (``404 Not Found``, ``401 Unauthorized``) or that nothing listens there.
+  answered (``404 Not Found``, ``401 Unauthorized``) or that nothing listens there. Messages and logs show a URL's
+  password as ``***``.
 - a GStreamer pipeline (any string containing ``!``): opened with ``cv2.CAP_GSTREAMER``; needs an OpenCV built
   with GStreamer (the pip wheels are not; JetPack's OpenCV is). It must end in ``appsink`` and give BGR.
 
@@ -136,7 +137,9 @@ def open_source(
     capture = _open(source, open_timeout_s, read_timeout_s, max_pixels)
     width, height = (capture_property(capture, p) for p in (cv2.CAP_PROP_FRAME_WIDTH, cv2.CAP_PROP_FRAME_HEIGHT))
     try:
-        check_pixels(int(width or 0), int(height or 0), max_pixels, f"{source_kind(source)} {source}: a frame")
+        check_pixels(
+            int(width or 0), int(height or 0), max_pixels, f"{source_kind(source)} {redacted(source)}: a frame"
+        )
     except M2FError:
         capture.release()
         raise
@@ -200,8 +203,9 @@ def _open_file(path: Path, max_pixels: int | None) -> cv2.VideoCapture:
 
 
 def _open_url(url: str, open_timeout_s: float, read_timeout_s: float) -> cv2.VideoCapture:
+    name = redacted(url)
     if not backend_available(cv2.CAP_FFMPEG, "FFMPEG"):
-        raise SourceError(f"this OpenCV ({cv2.__version__}) has no FFMPEG backend, needed for {url}")
+        raise SourceError(f"this OpenCV ({cv2.__version__}) has no FFMPEG backend, needed for {name}")
     params = [
         cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
         max(1, int(open_timeout_s * 1000)),
@@ -229,21 +233,34 @@ def _open_url(url: str, open_timeout_s: float, read_timeout_s: float) -> cv2.Vid
     opener.join(open_timeout_s + 1.0)
     if opener.is_alive():
         abandoned.set()
-        raise StreamTimeoutError(f"{url} did not open within {open_timeout_s:g} s")
+        raise StreamTimeoutError(f"{name} did not open within {open_timeout_s:g} s")
     if "error" in box:
-        raise SourceError(f"OpenCV/FFMPEG rejected {url}: {box['error']}") from box["error"]
+        raise SourceError(f"OpenCV/FFMPEG rejected {name}: {box['error']}") from box["error"]
     capture = box["capture"]
     if not capture.isOpened():
         elapsed = time.perf_counter() - start
         if elapsed >= open_timeout_s * 0.9:
-            raise StreamTimeoutError(f"{url} did not open within {open_timeout_s:g} s")
+            raise StreamTimeoutError(f"{name} did not open within {open_timeout_s:g} s")
         refusal = rtsp_refusal(url, min(open_timeout_s - elapsed, 2.0))  # within the open timeout
         raise SourceError(
-            f"cannot open {url}: {refusal}"
+            f"cannot open {name}: {refusal}"
             if refusal
-            else f"cannot open {url} (refused, not found, or not a video stream)"
+            else f"cannot open {name} (refused, not found, or not a video stream)"
         )
     return capture
+
+
+def redacted(source: object) -> str:
+    """``source`` for messages and logs: a URL's password as ``***`` (camera URLs carry credentials)."""
+    text = str(source)
+    try:
+        parts = urllib.parse.urlsplit(text)
+        if parts.password is None:
+            return text
+    except ValueError:  # not a URL that parses (a path with brackets): nothing to hide
+        return text
+    userinfo, _, host = parts.netloc.rpartition("@")
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{userinfo.partition(':')[0]}:***@{host}"))
 
 
 RTSP_HINTS = {

@@ -47,6 +47,7 @@ from sdk.sources import (
     StreamTimeoutError,
     frame_rate,
     open_source,
+    redacted,
     source_kind,
 )
 from sdk.stream_options import StreamOptions
@@ -180,7 +181,9 @@ def stream(model: StagedModel, source: Source, options: StreamOptions | None = N
             )
             fps = DEFAULT_OUTPUT_FPS
     name = f"m2f-stream{next(_STREAM_IDS)}"
-    logger.info("%s: %s source %s (live=%s, keep_latest=%s)", name, kind, source, options.live, options.keep_latest)
+    logger.info(
+        "%s: %s source %s (live=%s, keep_latest=%s)", name, kind, redacted(source), options.live, options.keep_latest
+    )
     return Stream(Pipeline(model, name, reader, reopen, options, fps))
 
 

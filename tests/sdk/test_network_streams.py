@@ -5,8 +5,8 @@
 - RTSP: GStreamer's RTSP server (``tests/sdk/rtsp_server.py``, run by Debian's Python with python3-gi) serving the
   clip as RTP/JPEG; read by OpenCV's FFmpeg RTSP client (over TCP, OpenCV's default) as a camera would be. Restarted
   mid-stream, stalled (SIGSTOP: the connection stays open, nothing comes), asked for a path it does not serve (in
-  the SDK and through ``m2f stream``), and gone. ``make test`` installs the Debian packages (the Makefile's
-  ``rtsp-server`` target, as root with apt-get); without them those tests skip with what is missing.
+  the SDK and through ``m2f stream``), behind a password, and gone. ``make test`` installs its Debian packages (the
+  Makefile's ``rtsp-server`` target, as root with apt-get); without them those tests skip with what is missing.
 
 Every frame carries its own number (8 black/white bars), so the tests can tell a repeated or invented frame from a
 dropped one."""
@@ -219,8 +219,9 @@ class RtspServer:
     """GStreamer's RTSP server (``rtsp_server.py``) serving ``clip`` at ``rtsp://127.0.0.1:PORT/live`` in real time;
     restarted on the port it first got, paused with SIGSTOP (it keeps its connections and sends nothing)."""
 
-    def __init__(self, clip: Path, log: Path) -> None:
+    def __init__(self, clip: Path, log: Path, credentials: str | None = None) -> None:
         self.clip, self.log, self.port, self.process = clip, log, 0, None
+        self.credentials = credentials  # "user:password": the stream needs them
 
     @property
     def url(self) -> str:
@@ -228,6 +229,7 @@ class RtspServer:
 
     def start(self) -> None:
         command = [SYSTEM_PYTHON, str(RTSP_SERVER), str(self.clip), str(self.port), "/live"]
+        command += [self.credentials] if self.credentials else []
         with self.log.open("a") as log:
             self.process = subprocess.Popen(
                 command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, text=True
@@ -313,3 +315,23 @@ def test_rtsp_wrong_path_or_no_server_is_a_clear_error_in_the_sdk_and_the_cli(
     rtsp_server.kill()  # nothing listens on the port now
     with pytest.raises(SourceError, match=r"connection refused: nothing listens on 127\.0\.0\.1 port \d+"):
         stream(NumberReader(), rtsp_server.url, open_timeout_s=3.0)
+
+
+@pytest.mark.slow
+def test_rtsp_stream_behind_a_password(rtsp_server: RtspServer, caplog: pytest.LogCaptureFixture) -> None:
+    """A camera that wants credentials (RTSP Basic auth): without them or with a wrong password the error says so
+    (401 Unauthorized); with them the frames flow. Neither the error nor the log shows the password."""
+    rtsp_server.credentials = "cam:s3cret"
+    rtsp_server.start()
+    bare = rtsp_server.url
+    with pytest.raises(SourceError, match=r"answered 401 Unauthorized \(a user name and password are needed"):
+        stream(NumberReader(), bare, open_timeout_s=3.0)
+    wrong = bare.replace("rtsp://", "rtsp://cam:guess@")
+    with pytest.raises(SourceError, match=r"401 Unauthorized \(check the user name and password") as raised:
+        stream(NumberReader(), wrong, open_timeout_s=3.0)
+    assert "guess" not in str(raised.value) and "rtsp://cam:***@127.0.0.1" in str(raised.value)
+    right = bare.replace("rtsp://", "rtsp://cam:s3cret@")
+    with caplog.at_level("INFO", logger="sdk.stream"), stream(NumberReader(), right, open_timeout_s=3.0) as live:
+        numbers = [seen.number for seen in itertools.islice(live, 10)]
+    assert _increasing(numbers), numbers
+    assert "rtsp://cam:***@127.0.0.1" in caplog.text and "s3cret" not in caplog.text
