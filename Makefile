@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed-stamp
 PYTEST_WORKERS ?= 2
 DEMO_ARGS ?=
 
-.PHONY: install test lint demo clean gpu-check
+.PHONY: install test lint demo clean gpu-check rtsp-server
 
 $(STAMP): setup.py
 	python3 -m venv $(VENV)
@@ -20,9 +20,24 @@ install: $(STAMP)
 lint: install
 	$(PY) -m ruff check .
 
+# The RTSP server of tests/sdk/test_network_streams.py: GStreamer's (tests/sdk/rtsp_server.py), run by Debian's
+# python3. Its packages are installed when it cannot run and this is root with apt-get; elsewhere those tests skip
+# saying what is missing. A failed install fails here, not as skipped tests.
+RTSP_PACKAGES := python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good
+RTSP_CHECK := /usr/bin/python3 tests/sdk/rtsp_server.py --check
+rtsp-server:
+	@if $(RTSP_CHECK) 2>/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing the RTSP test server's packages: $(RTSP_PACKAGES)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			$(RTSP_PACKAGES) >/dev/null && $(RTSP_CHECK); \
+	else \
+		echo "no RTSP test server (not root with apt-get to install $(RTSP_PACKAGES)): the RTSP tests skip"; \
+	fi
+
 # --max-worker-restart=0: a worker that dies ends the run naming its test (a restarted worker under
 # --dist loadfile can leave xdist waiting forever: pytest-dev/pytest-xdist#784, #1378)
-test: install lint
+test: install lint rtsp-server
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --max-worker-restart=0 -q
 
 # the street-scene demo: DEMO_ARGS="path/to/clip.mp4 --target onnxruntime" to change source or target

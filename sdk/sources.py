@@ -9,7 +9,10 @@ checked before OpenCV decodes it; a video's size as its container or driver repo
 - a camera index: ``0`` or ``"0"`` (V4L2 on Linux, ``/dev/video0``).
 - a URL (``rtsp://``, ``rtsps://``, ``rtmp://``, ``http(s)://``, ``udp://``, ``tcp://``, ``srt://``): opened with
   the FFMPEG backend with ``CAP_PROP_OPEN_TIMEOUT_MSEC`` / ``CAP_PROP_READ_TIMEOUT_MSEC``, so a dead URL fails
-  within the open timeout. RTSP over TCP: set ``OPENCV_FFMPEG_CAPTURE_OPTIONS="rtsp_transport;tcp"``.
+  within the open timeout. RTSP runs over TCP (OpenCV's default); ``OPENCV_FFMPEG_CAPTURE_OPTIONS="rtsp_transport;udp"``
+  asks for UDP (the variable replaces OpenCV's options). An ``rtsp://`` URL that does not open says what its server
+  answered (``404 Not Found``, ``401 Unauthorized``) or that nothing listens there. Messages and logs show a URL's
+  password as ``***``.
 - a GStreamer pipeline (any string containing ``!``): opened with ``cv2.CAP_GSTREAMER``; needs an OpenCV built
   with GStreamer (the pip wheels are not; JetPack's OpenCV is). It must end in ``appsink`` and give BGR.
 
@@ -39,8 +42,10 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -132,7 +137,9 @@ def open_source(
     capture = _open(source, open_timeout_s, read_timeout_s, max_pixels)
     width, height = (capture_property(capture, p) for p in (cv2.CAP_PROP_FRAME_WIDTH, cv2.CAP_PROP_FRAME_HEIGHT))
     try:
-        check_pixels(int(width or 0), int(height or 0), max_pixels, f"{source_kind(source)} {source}: a frame")
+        check_pixels(
+            int(width or 0), int(height or 0), max_pixels, f"{source_kind(source)} {redacted(source)}: a frame"
+        )
     except M2FError:
         capture.release()
         raise
@@ -196,8 +203,9 @@ def _open_file(path: Path, max_pixels: int | None) -> cv2.VideoCapture:
 
 
 def _open_url(url: str, open_timeout_s: float, read_timeout_s: float) -> cv2.VideoCapture:
+    name = redacted(url)
     if not backend_available(cv2.CAP_FFMPEG, "FFMPEG"):
-        raise SourceError(f"this OpenCV ({cv2.__version__}) has no FFMPEG backend, needed for {url}")
+        raise SourceError(f"this OpenCV ({cv2.__version__}) has no FFMPEG backend, needed for {name}")
     params = [
         cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
         max(1, int(open_timeout_s * 1000)),
@@ -225,16 +233,76 @@ def _open_url(url: str, open_timeout_s: float, read_timeout_s: float) -> cv2.Vid
     opener.join(open_timeout_s + 1.0)
     if opener.is_alive():
         abandoned.set()
-        raise StreamTimeoutError(f"{url} did not open within {open_timeout_s:g} s")
+        raise StreamTimeoutError(f"{name} did not open within {open_timeout_s:g} s")
     if "error" in box:
-        raise SourceError(f"OpenCV/FFMPEG rejected {url}: {box['error']}") from box["error"]
+        raise SourceError(f"OpenCV/FFMPEG rejected {name}: {box['error']}") from box["error"]
     capture = box["capture"]
     if not capture.isOpened():
         elapsed = time.perf_counter() - start
         if elapsed >= open_timeout_s * 0.9:
-            raise StreamTimeoutError(f"{url} did not open within {open_timeout_s:g} s")
-        raise SourceError(f"cannot open {url} (refused, not found, or not a video stream)")
+            raise StreamTimeoutError(f"{name} did not open within {open_timeout_s:g} s")
+        refusal = rtsp_refusal(url, min(open_timeout_s - elapsed, 2.0))  # within the open timeout
+        raise SourceError(
+            f"cannot open {name}: {refusal}"
+            if refusal
+            else f"cannot open {name} (refused, not found, or not a video stream)"
+        )
     return capture
+
+
+def redacted(source: object) -> str:
+    """``source`` for messages and logs: a URL's password as ``***`` (camera URLs carry credentials)."""
+    text = str(source)
+    try:
+        parts = urllib.parse.urlsplit(text)
+        if parts.password is None:
+            return text
+    except ValueError:  # not a URL that parses (a path with brackets): nothing to hide
+        return text
+    userinfo, _, host = parts.netloc.rpartition("@")
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{userinfo.partition(':')[0]}:***@{host}"))
+
+
+RTSP_HINTS = {
+    401: "a user name and password are needed: rtsp://USER:PASSWORD@host/path",
+    403: "this user may not read this stream",
+    404: "the server has no stream at this path",
+}
+
+
+def rtsp_refusal(url: str, timeout_s: float) -> str | None:
+    """Why an ``rtsp://`` URL that FFmpeg did not open was refused, in words; None when that cannot be told.
+
+    FFmpeg writes the server's answer (``DESCRIBE failed: 404``) to its log, and OpenCV only says "not opened": ask
+    the server once more as a player starts (``DESCRIBE``, no credentials) and read its status line. Nothing
+    listening on the port is said too. Other schemes, a server that answers 2xx, or no answer in time: None.
+    """
+    parts = urllib.parse.urlsplit(url)
+    try:
+        host, port = parts.hostname, parts.port or 554
+    except ValueError:  # a port that is not a number
+        return None
+    if parts.scheme.lower() != "rtsp" or not host:
+        return None
+    netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
+    target = urllib.parse.urlunsplit(("rtsp", netloc, parts.path or "/", parts.query, ""))  # no user:password
+    request = f"DESCRIBE {target} RTSP/1.0\r\nCSeq: 1\r\nAccept: application/sdp\r\nUser-Agent: m2f\r\n\r\n"
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as conn:
+            conn.sendall(request.encode())
+            status = conn.makefile("rb").readline(256).decode("latin-1")
+    except ConnectionRefusedError:
+        return f"connection refused: nothing listens on {host} port {port}"
+    except OSError:  # unreachable, timed out, reset: FFmpeg's generic failure stands
+        return None
+    match = re.match(r"RTSP/\d\.\d\s+(\d{3})\s*(.*)", status)
+    if match is None or match.group(1).startswith("2"):
+        return None
+    code, reason = int(match.group(1)), match.group(2).strip()
+    hint = RTSP_HINTS.get(code)
+    if code == 401 and parts.username:
+        hint = "check the user name and password in the URL"
+    return f"the RTSP server answered {code} {reason}".rstrip() + (f" ({hint})" if hint else "")
 
 
 def capture_property(reader: Any, prop: int) -> float | None:

@@ -47,6 +47,7 @@ from sdk.sources import (
     StreamTimeoutError,
     frame_rate,
     open_source,
+    redacted,
     source_kind,
 )
 from sdk.stream_options import StreamOptions
@@ -65,6 +66,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 DEFAULT_OUTPUT_FPS = 30.0  # when neither output_fps nor the source says
+# The pipeline's watcher decides that a read stalled (StreamTimeoutError, then a reconnect) after read_timeout_s;
+# OpenCV's own read timeout, this much later, only ends the read it abandoned. Equal, the two raced, and where
+# OpenCV's won a stall read as a plain end of stream ("source ended or connection lost", no StreamTimeoutError).
+BACKEND_READ_TIMEOUT_MARGIN_S = 1.0
 
 
 _STREAM_IDS = itertools.count()
@@ -176,7 +181,9 @@ def stream(model: StagedModel, source: Source, options: StreamOptions | None = N
             )
             fps = DEFAULT_OUTPUT_FPS
     name = f"m2f-stream{next(_STREAM_IDS)}"
-    logger.info("%s: %s source %s (live=%s, keep_latest=%s)", name, kind, source, options.live, options.keep_latest)
+    logger.info(
+        "%s: %s source %s (live=%s, keep_latest=%s)", name, kind, redacted(source), options.live, options.keep_latest
+    )
     return Stream(Pipeline(model, name, reader, reopen, options, fps))
 
 
@@ -194,7 +201,7 @@ def _connect(
         return open_source(
             source,  # type: ignore[arg-type]
             open_timeout_s=options.open_timeout_s,
-            read_timeout_s=options.read_timeout_s,
+            read_timeout_s=options.read_timeout_s + BACKEND_READ_TIMEOUT_MARGIN_S,
             max_pixels=max_pixels,
         )
 

@@ -1,15 +1,27 @@
-"""Network sources against a real stream server on the loopback: ffmpeg serving MPEG-TS over HTTP (``-listen 1``),
-killed and restarted mid-stream. Every frame carries its own number (8 black/white bars), so the test can tell a
-repeated or invented frame from a dropped one. ffmpeg comes from the PATH or the ``imageio-ffmpeg`` wheel (the
-[dev] extra); without either the tests skip with that reason. RTSP needs a server ffmpeg does not have
-(``-rtsp_flags listen`` receives, it does not serve players): the same reconnect path is covered over HTTP."""
+"""Network sources against real stream servers on the loopback, killed, restarted and stalled mid-stream.
+
+- HTTP: ffmpeg serving MPEG-TS (``-listen 1``). ffmpeg comes from the PATH or the ``imageio-ffmpeg`` wheel (the
+  [dev] extra); without either those tests skip with that reason.
+- RTSP: GStreamer's RTSP server (``tests/sdk/rtsp_server.py``, run by Debian's Python with python3-gi) serving the
+  clip as RTP/JPEG; read by OpenCV's FFmpeg RTSP client (over TCP, OpenCV's default) as a camera would be. Restarted
+  mid-stream, stalled (SIGSTOP: the connection stays open, nothing comes), asked for a path it does not serve (in
+  the SDK and through ``m2f stream``), behind a password, and gone. ``make test`` installs its Debian packages (the
+  Makefile's ``rtsp-server`` target, as root with apt-get); without them those tests skip with what is missing.
+
+Every frame carries its own number (8 black/white bars), so the tests can tell a repeated or invented frame from a
+dropped one."""
 
 from __future__ import annotations
 
+import functools
 import itertools
+import os
+import select
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +32,9 @@ import cv2
 import numpy as np
 import pytest
 
+from sdk.sources import SourceError, StreamTimeoutError
 from sdk.stream import stream
+from tests.conftest import REPO_ROOT
 
 CLIP_FRAMES, CLIP_FPS, BITS, BAR = 200, 25, 8, 40  # frame k: bar b white when bit b of k is set
 
@@ -122,8 +136,9 @@ def _increasing(values: list[int]) -> bool:
     return all(a < b for a, b in itertools.pairwise(values))
 
 
-@pytest.mark.slow
-def test_http_stream_survives_a_server_restart(server: StreamServer) -> None:
+def _read_across_a_restart(server: StreamServer | RtspServer) -> None:
+    """60 frames, the server killed (a crash: no goodbye), 1 s with nothing served, the server started again on the
+    same address, 60 more frames: every number in order on each side of the gap, and the stream's own count too."""
     server.start()
     live = stream(NumberReader(), server.url, live=True, reconnect=20, reconnect_delay_s=0.25, read_timeout_s=2.0,
                   open_timeout_s=3.0)  # fmt: skip
@@ -158,6 +173,11 @@ def test_http_stream_survives_a_server_restart(server: StreamServer) -> None:
 
 
 @pytest.mark.slow
+def test_http_stream_survives_a_server_restart(server: StreamServer) -> None:
+    _read_across_a_restart(server)
+
+
+@pytest.mark.slow
 def test_http_stream_that_ends_raises_after_its_reconnects_with_every_frame_delivered(tmp_path: Path) -> None:
     """A live source that stops for good (the server plays its clip and exits): the frames it sent arrive in
     order, then the reconnects run out and the stream raises ``StreamError`` saying so, not a silent end."""
@@ -179,3 +199,139 @@ def test_http_stream_that_ends_raises_after_its_reconnects_with_every_frame_deli
         assert live.stats.reconnects == 2
     finally:
         served.kill()
+
+
+# ---------------------------------------------------------------------------------------------------------------- RTSP
+RTSP_SERVER = Path(__file__).with_name("rtsp_server.py")
+SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's, where python3-gi binds GStreamer
+
+
+@functools.cache
+def _rtsp_server_missing() -> str | None:
+    """What the RTSP server lacks here, in words (the tests skip with it); None when it runs."""
+    if not os.path.exists(SYSTEM_PYTHON):
+        return f"no {SYSTEM_PYTHON}"
+    done = subprocess.run([SYSTEM_PYTHON, str(RTSP_SERVER), "--check"], capture_output=True, text=True, timeout=120)
+    return None if done.returncode == 0 else done.stderr.strip() or f"{RTSP_SERVER.name} --check: {done.returncode}"
+
+
+class RtspServer:
+    """GStreamer's RTSP server (``rtsp_server.py``) serving ``clip`` at ``rtsp://127.0.0.1:PORT/live`` in real time;
+    restarted on the port it first got, paused with SIGSTOP (it keeps its connections and sends nothing)."""
+
+    def __init__(self, clip: Path, log: Path, credentials: str | None = None) -> None:
+        self.clip, self.log, self.port, self.process = clip, log, 0, None
+        self.credentials = credentials  # "user:password": the stream needs them
+
+    @property
+    def url(self) -> str:
+        return f"rtsp://127.0.0.1:{self.port}/live"
+
+    def start(self) -> None:
+        command = [SYSTEM_PYTHON, str(RTSP_SERVER), str(self.clip), str(self.port), "/live"]
+        command += [self.credentials] if self.credentials else []
+        with self.log.open("a") as log:
+            self.process = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, text=True
+            )
+        ready, _, _ = select.select([self.process.stdout], [], [], 60.0)
+        line = self.process.stdout.readline() if ready else ""
+        if not line.startswith("ready "):
+            self.kill()
+            raise RuntimeError(f"the RTSP server did not start ({line!r}): {self.log.read_text()[-2000:]}")
+        self.port = int(line.split()[1])
+
+    def pause(self) -> None:
+        self.process.send_signal(signal.SIGSTOP)
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()  # a stopped process dies too
+            self.process.wait()
+            self.process.stdout.close()
+            self.process = None
+
+
+@pytest.fixture
+def rtsp_server(numbered_clip: Path, tmp_path: Path) -> Iterator[RtspServer]:
+    missing = _rtsp_server_missing()
+    if missing:
+        pytest.skip(f"no RTSP server here ({missing}): `make rtsp-server` installs its Debian packages (as root)")
+    served = RtspServer(numbered_clip, tmp_path / "rtsp_server.log")
+    yield served
+    served.kill()
+
+
+@pytest.mark.slow
+def test_rtsp_stream_survives_a_server_restart(rtsp_server: RtspServer) -> None:
+    _read_across_a_restart(rtsp_server)
+
+
+@pytest.mark.slow
+def test_rtsp_server_that_stalls_is_the_read_timeout_then_the_open_timeout(rtsp_server: RtspServer) -> None:
+    """The server stops sending mid-stream but keeps the connection (SIGSTOP): no frame is invented, the stream
+    raises ``StreamTimeoutError`` naming the read timeout within about that time, and opening the silent server
+    again is the open timeout, not a hang."""
+    rtsp_server.start()
+    live = stream(NumberReader(), rtsp_server.url, live=True, reconnect=0, read_timeout_s=1.5, open_timeout_s=3.0)
+    seen, paused_at = [], None
+    with pytest.raises(StreamTimeoutError, match=r"^source stalled: no frame within 1\.5 s after \d+ frames$"):
+        for result in live:
+            seen.append(result.number)
+            if len(seen) == 25:
+                rtsp_server.pause()
+                paused_at = time.monotonic()
+    waited = time.monotonic() - paused_at
+    live.close()
+    assert _increasing(seen) and seen[-1] < CLIP_FRAMES, seen  # frames in flight at the pause still arrive
+    assert 1.5 <= waited < 1.5 + 6.0, waited  # the timeout, not OpenCV's own 30 s (slack: a loaded 2-core CI)
+
+    started = time.monotonic()
+    with pytest.raises(StreamTimeoutError, match=r"did not open within 2 s"):
+        stream(NumberReader(), rtsp_server.url, open_timeout_s=2.0)
+    assert time.monotonic() - started < 2.0 + 6.0
+
+
+@pytest.mark.slow
+def test_rtsp_wrong_path_or_no_server_is_a_clear_error_in_the_sdk_and_the_cli(
+    rtsp_server: RtspServer, tmp_path: Path
+) -> None:
+    """What the server answered (404 Not Found), or that nothing listens, is the error; ``m2f stream`` prints it as
+    one line and exits 2 without a traceback or an output file."""
+    rtsp_server.start()
+    wrong = rtsp_server.url.replace("/live", "/wrong")
+    with pytest.raises(SourceError, match=r"^cannot open rtsp://\S+/wrong: the RTSP server answered 404 Not Found"):
+        stream(NumberReader(), wrong, open_timeout_s=3.0)
+
+    out = tmp_path / "x.mp4"
+    environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "sdk.cli", "stream", wrong, "--out", str(out)], env=environment,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    messages = [line for line in done.stderr.splitlines() if line.startswith("m2f stream:")]
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert len(messages) == 1 and "404 Not Found" in messages[0] and wrong in messages[0], done.stderr
+    assert not out.exists()
+
+    rtsp_server.kill()  # nothing listens on the port now
+    with pytest.raises(SourceError, match=r"connection refused: nothing listens on 127\.0\.0\.1 port \d+"):
+        stream(NumberReader(), rtsp_server.url, open_timeout_s=3.0)
+
+
+@pytest.mark.slow
+def test_rtsp_stream_behind_a_password(rtsp_server: RtspServer, caplog: pytest.LogCaptureFixture) -> None:
+    """A camera that wants credentials (RTSP Basic auth): without them or with a wrong password the error says so
+    (401 Unauthorized); with them the frames flow. Neither the error nor the log shows the password."""
+    rtsp_server.credentials = "cam:s3cret"
+    rtsp_server.start()
+    bare = rtsp_server.url
+    with pytest.raises(SourceError, match=r"answered 401 Unauthorized \(a user name and password are needed"):
+        stream(NumberReader(), bare, open_timeout_s=3.0)
+    wrong = bare.replace("rtsp://", "rtsp://cam:guess@")
+    with pytest.raises(SourceError, match=r"401 Unauthorized \(check the user name and password") as raised:
+        stream(NumberReader(), wrong, open_timeout_s=3.0)
+    assert "guess" not in str(raised.value) and "rtsp://cam:***@127.0.0.1" in str(raised.value)
+    right = bare.replace("rtsp://", "rtsp://cam:s3cret@")
+    with caplog.at_level("INFO", logger="sdk.stream"), stream(NumberReader(), right, open_timeout_s=3.0) as live:
+        numbers = [seen.number for seen in itertools.islice(live, 10)]
+    assert _increasing(numbers), numbers
+    assert "rtsp://cam:***@127.0.0.1" in caplog.text and "s3cret" not in caplog.text
