@@ -21,16 +21,18 @@ lint: install
 	$(PY) -m ruff check .
 
 # The RTSP server of tests/sdk/test_network_streams.py: GStreamer's (tests/sdk/rtsp_server.py), run by Debian's
-# python3. Its packages are installed when it cannot run and this is root with apt-get; elsewhere those tests skip
-# saying what is missing. A failed install fails here, not as skipped tests.
+# python3. Its packages are installed when it cannot run and this is root with apt-get; elsewhere, or when the
+# install fails (no reachable mirror), the run goes on and those tests skip saying what is missing (this target
+# prints why). A machine without a package mirror must not fail the whole suite over one server.
 RTSP_PACKAGES := python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good
 RTSP_CHECK := /usr/bin/python3 tests/sdk/rtsp_server.py --check
 rtsp-server:
 	@if $(RTSP_CHECK) 2>/dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		echo "installing the RTSP test server's packages: $(RTSP_PACKAGES)"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-			$(RTSP_PACKAGES) >/dev/null && $(RTSP_CHECK); \
+		{ timeout 600 apt-get update -qq && DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -qq \
+			--no-install-recommends $(RTSP_PACKAGES) >/dev/null && $(RTSP_CHECK); } \
+		|| echo "could not install the RTSP test server's packages: the RTSP tests skip"; \
 	else \
 		echo "no RTSP test server (not root with apt-get to install $(RTSP_PACKAGES)): the RTSP tests skip"; \
 	fi
