@@ -63,9 +63,10 @@ import numpy as np
 
 from plugins.msda import tensorrt_plugin  # stdlib only: the package imports no torch
 from runtimes import INSTALL_HINTS, cuda_memory
-from runtimes.artifact import ArtifactError, read_metadata
+from runtimes.artifact import read_metadata
 from runtimes.base import Backend, DeviceNotAvailable, RuntimeNotAvailable, TensorSpec
 from runtimes.cache import file_sha256
+from runtimes.errors import ArtifactError
 from runtimes.registry import RUNTIMES
 from runtimes.tensorrt_build import (
     check_tensorrt_version,

@@ -17,7 +17,9 @@ import onnx
 import pytest
 
 from runtimes import load_backend
-from runtimes.artifact import ArtifactError, graph_sha256, read_metadata, verify_artifact, write_metadata
+from runtimes.artifact import read_metadata, write_metadata
+from runtimes.artifact_file import graph_sha256, verify_artifact
+from runtimes.errors import ArtifactError
 from tests.conftest import REPO_ROOT
 from tests.runtimes.tiny_artifact import build_tiny_artifact, random_image, reference, tiny_metadata, tiny_model
 

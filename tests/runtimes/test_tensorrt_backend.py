@@ -23,10 +23,11 @@ from onnx import TensorProto, helper
 import runtimes
 from runtimes import cuda_memory
 from runtimes import tensorrt_backend as trt_backend
-from runtimes.artifact import ArtifactError, write_metadata
+from runtimes.artifact import write_metadata
 from runtimes.base import DeviceNotAvailable, RuntimeNotAvailable
 from runtimes.cache import file_sha256
 from runtimes.tensorrt_build import (
+from runtimes.errors import ArtifactError
     BuildPlan,
     check_tensorrt_version,
     default_cache_dir,
