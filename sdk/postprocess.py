@@ -26,7 +26,7 @@ import numpy as np
 
 from runtimes.errors import M2FError
 from runtimes.geometry import Geometry
-from runtimes.vocabulary import MASK_STRIDE, OBJECT_MASK_THRESHOLD, OVERLAP_THRESHOLD, TASKS, TOPK
+from runtimes.vocabulary import MASK_STRIDE, OBJECT_MASK_THRESHOLD, OVERLAP_THRESHOLD, TASKS, TOPK, VOID
 from sdk.bilinear import linear_taps, resize_axis, resize_bilinear
 
 logger = logging.getLogger(__name__)
@@ -174,7 +174,7 @@ class DeferredScores:
 
 
 def semantic_from_outputs(logits: np.ndarray, masks: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """Official semantic inference from query outputs: (h, w) class ids at the frame size (uint8 for < 255 classes).
+    """Official semantic inference from query outputs: (h, w) class ids at the frame size (uint8 up to VOID classes).
 
     ``logits`` (Q, K+1), ``masks`` (Q, h4, w4). As the official semantic-only model (and the semantic graph):
     class-probability x sigmoid-mask scores at the padded size, crop, bilinear to the frame, argmax. Costs K x
@@ -189,7 +189,7 @@ def semantic_from_outputs(logits: np.ndarray, masks: np.ndarray, geometry: Geome
     sig = sigmoid(resize_bilinear(masks, _padded_size(masks), crop=(rh, rw)))  # (Q, rh, rw)
     scores = (probs.T @ sig.reshape(Q, -1)).reshape(K, rh, rw)  # (K, rh, rw)
     scores = resize_axis(scores, 2, rw, w)  # (K, rh, w)
-    dtype = np.uint8 if K <= 255 else np.int32  # as the semantic graph's labels
+    dtype = np.uint8 if K <= VOID else np.int32  # as the semantic graph's labels
     if rh == h:
         return scores.argmax(0).astype(dtype)
     labels = np.empty((h, w), dtype=dtype)
