@@ -25,9 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.paths import SHARED_ROOT
 from runtimes.errors import M2FError
 from runtimes.geometry import fit_to_input
-from runtimes.vocabulary import SHARED_ROOT, VOID
+from runtimes.vocabulary import VOID
 from sdk.postprocess import semantic_from_labels
 
 PEER_FILE = "deeplab_mobilenet_edgetpu_slim_cityscapes_quant.tflite"
@@ -59,7 +60,7 @@ class PeerNotAvailable(M2FError, RuntimeError):
 
 
 def pretrained_dir() -> Path:
-    """The LiteRT files' folder: $M2F_PRETRAINED, else ../shared/third_party/pretrained beside the repository."""
+    """The LiteRT files' folder: $M2F_PRETRAINED, else ``benchmarks.paths.SHARED_ROOT``/third_party/pretrained."""
     root = os.environ.get("M2F_PRETRAINED")
     return Path(root) if root else SHARED_ROOT / "third_party" / "pretrained"
 
