@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtimes.vocabulary import REPO_ROOT, image_files
+from benchmarks.paths import REPO_ROOT
+from runtimes.vocabulary import image_files
 
 # the worker: one Segmenter, then one JSON line of timings per "round" line on stdin
 _WORKER = r"""

@@ -24,11 +24,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from benchmarks.paths import DATA_ROOT
 from runtimes.openvino_backend import openvino_version
-from runtimes.vocabulary import SHARED_ROOT
 from sdk.segmenter import Segmenter, default_model
 
-DEFAULT_DATA = Path(os.environ.get("M2F_DATA", SHARED_ROOT / "data")) / "camvid"
+DEFAULT_DATA = DATA_ROOT / "camvid"
 
 
 def read_frames(data: Path, count: int) -> list[np.ndarray]:

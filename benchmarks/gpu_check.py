@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from runtimes.vocabulary import REPO_ROOT
+from benchmarks.paths import REPO_ROOT
 
 logger = logging.getLogger("benchmarks.gpu_check")
 

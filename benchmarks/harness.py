@@ -31,10 +31,11 @@ import numpy as np
 from tqdm import tqdm
 
 from benchmarks.litert_peer import PEER_LABEL, default_peer_path
+from benchmarks.paths import REPO_ROOT
 from runtimes.cache import cache_root, graph_code_key
 from runtimes.images import FrameError, read_image
 from runtimes.registry import RUNTIMES, RuntimeSpec, runtimes_named, unknown_name
-from runtimes.vocabulary import IMAGE_SUFFIXES, PRECISIONS, REPO_ROOT, image_files
+from runtimes.vocabulary import IMAGE_SUFFIXES, PRECISIONS, image_files
 from sdk.sources import evenly_spaced, read_video_frames
 
 logger = logging.getLogger(__name__)

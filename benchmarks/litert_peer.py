@@ -25,9 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.paths import SHARED_ROOT
 from runtimes.errors import M2FError
 from runtimes.geometry import fit_to_input
-from runtimes.vocabulary import SHARED_ROOT
+from runtimes.vocabulary import VOID
 from sdk.postprocess import semantic_from_labels
 
 PEER_FILE = "deeplab_mobilenet_edgetpu_slim_cityscapes_quant.tflite"
@@ -59,7 +60,7 @@ class PeerNotAvailable(M2FError, RuntimeError):
 
 
 def pretrained_dir() -> Path:
-    """The LiteRT files' folder: $M2F_PRETRAINED, else ../shared/third_party/pretrained beside the repository."""
+    """The LiteRT files' folder: $M2F_PRETRAINED, else ``benchmarks.paths.SHARED_ROOT``/third_party/pretrained."""
     root = os.environ.get("M2F_PRETRAINED")
     return Path(root) if root else SHARED_ROOT / "third_party" / "pretrained"
 
@@ -76,11 +77,11 @@ def camvid_lookup(class_names: tuple[str, ...] | list[str]) -> np.ndarray:
         raise PeerNotAvailable(
             f"the Cityscapes peer maps onto CamVid's 11 classes; this evaluation has {list(class_names)}"
         )
-    lut = np.full(len(CITYSCAPES_CLASSES), 255, dtype=np.uint8)
+    lut = np.full(len(CITYSCAPES_CLASSES), VOID, dtype=np.uint8)
     for camvid, sources in CITYSCAPES_TO_CAMVID.items():
         for source in sources:
             lut[CITYSCAPES_CLASSES.index(source)] = list(class_names).index(camvid)
-    assert (lut != 255).all(), "every Cityscapes class has a CamVid class"
+    assert (lut != VOID).all(), "every Cityscapes class has a CamVid class"
     return lut
 
 
@@ -130,7 +131,7 @@ def score_peer(dataset: Any, path: str | Path | None = None, threads: int | None
     from train.evaluation.semantic import SemanticEvaluator, semantic_gt_from_sample
 
     peer = LiteRtDeepLab(path or default_peer_path(), dataset.meta.class_names, threads=threads)
-    evaluator = SemanticEvaluator(len(dataset.meta.class_names), 255)
+    evaluator = SemanticEvaluator(len(dataset.meta.class_names), VOID)
     times = []
     for i in range(len(dataset)):
         sample = dataset[i]

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.litert_peer import PeerNotAvailable
+from runtimes.vocabulary import VOID
 from train.model.config import Mask2FormerConfig, ResNetConfig, SwinConfig
 
 logger = logging.getLogger(__name__)
@@ -196,7 +197,7 @@ def hf_processor(pixel_mean: Sequence[float], pixel_std: Sequence[float], folder
         do_normalize=True,
         image_mean=[m / 255 for m in pixel_mean],
         image_std=[s / 255 for s in pixel_std],
-        ignore_index=255,
+        ignore_index=VOID,
     )
 
 

@@ -22,8 +22,8 @@ import cv2
 import numpy as np
 import torch
 
+from benchmarks.paths import DATA_ROOT
 from runtimes.cpu_features import cpu_features
-from runtimes.vocabulary import SHARED_ROOT
 from sdk.sources import read_video_frames
 from sdk.stability import UNCHANGED_LEVEL, LabelStabilizer, TemporalStability, changed
 
@@ -112,7 +112,7 @@ def markdown(report: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, required=True, help="the model's training checkpoint (.pt)")
-    parser.add_argument("--clip", type=Path, default=SHARED_ROOT / "data" / "videos" / "car-detection.mp4")
+    parser.add_argument("--clip", type=Path, default=DATA_ROOT / "videos" / "car-detection.mp4")
     parser.add_argument("--frames", type=int, default=150)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)

@@ -18,14 +18,15 @@ from pathlib import Path
 
 import cv2
 
+from benchmarks.paths import DATA_ROOT
 from runtimes.cpu_features import cpu_features
-from runtimes.vocabulary import SHARED_ROOT, VOID
+from runtimes.vocabulary import VOID
 from sdk.segmenter import Segmenter
 from sdk.sources import read_video_frames
 from sdk.stability import LabelStabilizer, TemporalStability
 from train.evaluation.semantic import SemanticEvaluator
 
-DEFAULT_CLIPS = [SHARED_ROOT / "data" / "videos" / name for name in
+DEFAULT_CLIPS = [DATA_ROOT / "videos" / name for name in
                  ("car-detection.mp4", "one-by-one-person-detection.mp4", "solidWhiteRight.mp4")]  # fmt: skip
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")  # Debian's opencv-doc clip, where installed
 

@@ -21,6 +21,7 @@ from compile.onnx_export import INPUT_NAME, OUTPUTS, DeployableMask2Former
 from runtimes.base import Backend
 from runtimes.errors import M2FError
 from runtimes.geometry import fit_to_input
+from runtimes.vocabulary import VOID
 from train.evaluation.semantic import SemanticEvaluator
 from train.model.inference import semantic_labels
 
@@ -41,7 +42,7 @@ class GateError(M2FError, RuntimeError):
 
 @dataclass(frozen=True)
 class GateImage:
-    """A model-input-sized BGR image and, optionally, its (H, W) ground-truth label map (255 = ignore)."""
+    """A model-input-sized BGR image and, optionally, its (H, W) ground-truth label map (``VOID`` = ignore)."""
 
     image: np.ndarray  # (H, W, 3) uint8 BGR
     labels: np.ndarray | None = None  # (H, W) int
@@ -49,12 +50,12 @@ class GateImage:
 
 def gate_image(frame: np.ndarray, input_spec: Mapping[str, Any], labels: np.ndarray | None = None) -> GateImage:
     """An (h, w, 3) uint8 BGR frame placed into the model input as the SDK places it (``runtimes.geometry``), and
-    its (h, w) ground truth likewise (nearest resize, ``255`` = ignore in the padding)."""
+    its (h, w) ground truth likewise (nearest resize, ``VOID`` = ignore in the padding)."""
     image, geometry = fit_to_input(frame, input_spec)  # (H, W, 3)
     if labels is None:
         return GateImage(image)
     rh, rw = geometry.resized_size
-    placed = np.full(geometry.input_size, 255, dtype=np.int64)  # (H, W)
+    placed = np.full(geometry.input_size, VOID, dtype=np.int64)  # (H, W)
     placed[:rh, :rw] = cv2.resize(labels.astype(np.uint8), (rw, rh), interpolation=cv2.INTER_NEAREST)
     return GateImage(image, placed)
 
@@ -73,7 +74,7 @@ def run_gate(
     images: Sequence[GateImage],
     precision: str,
     drop_budget: float = 1.0,
-    ignore_index: int = 255,
+    ignore_index: int = VOID,
 ) -> dict:
     """Compare ``backend`` with ``reference`` on ``images``; returns the figures for the artifact metadata."""
     if not images:

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from runtimes.vocabulary import INPUT_NAME
+from runtimes.vocabulary import INPUT_NAME, VOID
 from train.model import Mask2Former, ModelMeta
 from train.model.inference import semantic_inference, semantic_labels
 
@@ -49,7 +49,7 @@ class DeployableMask2Former(nn.Module):
         super().__init__()
         if task not in OUTPUTS:
             raise ValueError(f"unknown task {task!r}; expected one of {sorted(OUTPUTS)}")
-        if meta.num_classes > 255 and task == "semantic":
+        if meta.num_classes > VOID and task == "semantic":  # ids 0..K-1 and the void label in uint8
             raise ValueError(f"{meta.num_classes} classes do not fit the uint8 label map")
         self.model = model.eval()
         self.task = task

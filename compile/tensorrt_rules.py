@@ -390,7 +390,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
         if not src.is_file():
             print(f"{src}: no such file", file=sys.stderr)
             return 2
-        from runtimes.artifact import ArtifactError
+        from runtimes.errors import ArtifactError
 
         try:
             done = rewrite_artifact(src, dst)

@@ -13,14 +13,9 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from runtimes.artifact import (
-    ARTIFACT_FORMAT_VERSION,
-    ArtifactError,
-    read_metadata,
-    validate_metadata,
-    write_metadata,
-)
+from runtimes.artifact import ARTIFACT_FORMAT_VERSION, read_metadata, validate_metadata, write_metadata
 from runtimes.base import Backend, BackendInputError, DeviceNotAvailable, RuntimeNotAvailable, TensorSpec
+from runtimes.errors import ArtifactError
 from runtimes.registry import ARTIFACT_TARGETS, RUNTIMES, TARGETS, RuntimeSpec, TargetSpec, check_options, runtime_spec
 
 __all__ = [

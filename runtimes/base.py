@@ -14,8 +14,9 @@ from typing import ClassVar, Generic, TypeVar
 
 import numpy as np
 
-from runtimes.artifact import ArtifactError, engine_reads, validate_metadata
-from runtimes.errors import M2FError
+from runtimes.artifact import validate_metadata
+from runtimes.artifact_file import engine_reads
+from runtimes.errors import ArtifactError, M2FError
 
 logger = logging.getLogger(__name__)
 

@@ -23,6 +23,13 @@ class CheckpointError(M2FError, ValueError):
     raises the builtin ``ValueError`` it wraps)."""
 
 
+class ArtifactError(M2FError, ValueError):
+    """The file is not a usable m2f artifact; the message says why and what to do."""
+
+
+EXPORT_HINT = "re-export it with `m2f export`"  # what an ArtifactError about a compiled file tells the user to do
+
+
 def quiet_on_broken_pipe(main: Callable[[], int]) -> int:
     """``main()``, but a reader that leaves early (``... | head``) ends it with status 0 and no traceback: that is
     no error of the user's. Standard output is pointed at /dev/null so the interpreter's final flush is quiet too."""

@@ -8,8 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from runtimes.artifact import ArtifactError, read_metadata
+from runtimes.artifact import read_metadata
 from runtimes.base import Backend, DeviceNotAvailable, RuntimeNotAvailable, TensorSpec
+from runtimes.errors import ArtifactError
 from runtimes.registry import RUNTIMES
 
 logger = logging.getLogger(__name__)

@@ -29,9 +29,11 @@ from typing import Any
 
 import numpy as np
 
-from runtimes.artifact import ArtifactError, engine_cache_key, read_io_names, read_metadata
+from runtimes.artifact import engine_cache_key, read_metadata
+from runtimes.artifact_file import read_io_names
 from runtimes.base import Backend, DeviceNotAvailable, ExclusivePool, RuntimeNotAvailable, TensorSpec
 from runtimes.cache import file_sha256
+from runtimes.errors import ArtifactError
 from runtimes.registry import RUNTIMES
 from runtimes.vocabulary import PRECISIONS
 

@@ -63,9 +63,10 @@ import numpy as np
 
 from plugins.msda import tensorrt_plugin  # stdlib only: the package imports no torch
 from runtimes import INSTALL_HINTS, cuda_memory
-from runtimes.artifact import ArtifactError, read_metadata
+from runtimes.artifact import read_metadata
 from runtimes.base import Backend, DeviceNotAvailable, RuntimeNotAvailable, TensorSpec
 from runtimes.cache import file_sha256
+from runtimes.errors import ArtifactError
 from runtimes.registry import RUNTIMES
 from runtimes.tensorrt_build import (
     check_tensorrt_version,
@@ -148,7 +149,7 @@ def tensorrt_status() -> dict[str, str]:
     except ImportError:
         trt = f"not installed ({INSTALL_HINT})"
     library = tensorrt_plugin.plugin_library_path()
-    built = f"built: {library}" if library.is_file() else f"not built ({library}; {tensorrt_plugin.BUILD_COMMANDS})"
+    built = f"built: {library}" if library.is_file() else f"not built ({library}; {tensorrt_plugin.build_commands()})"
     return {"trt_backend": trt, "cuda_binding": cuda_memory.binding_status(), "trt_plugin": built}
 
 
@@ -174,9 +175,10 @@ class TensorRtBackend(Backend):
     ``precision``: None for the artifact's own; ``workspace_mb``: builder workspace pool; ``dla_core``: build for
     that DLA core with GPU fallback; ``cache_dir``: engine cache root; ``timing_cache``: True (default: beside the
     engine cache), a file path, or False; ``plugin_library``: the MSDA plugin library (default
-    ``$M2F_MSDA_TRT_PLUGIN`` or ``build/msda/libm2f_msda_trt.so``); ``strongly_typed``: see :func:`plan_build`;
-    ``rebuild``: ignore a cached engine; ``cuda_binding``: "cuda-python" or "pycuda" (default: whichever is
-    installed, cuda-python first). Safe to share across threads (an execution context per thread).
+    ``plugins.msda.tensorrt_plugin.plugin_library_path()``: ``$M2F_MSDA_TRT_PLUGIN``, else the cache's build);
+    ``strongly_typed``: see :func:`plan_build`; ``rebuild``: ignore a cached engine; ``cuda_binding``:
+    "cuda-python" or "pycuda" (default: whichever is installed, cuda-python first). Safe to share across threads
+    (an execution context per thread).
     """
 
     name = "tensorrt"

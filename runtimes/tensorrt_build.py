@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 
 from runtimes import INSTALL_HINTS
-from runtimes.artifact import ArtifactError, engine_cache_key
+from runtimes.artifact import engine_cache_key
 from runtimes.base import RuntimeNotAvailable
 from runtimes.cache import cache_root
+from runtimes.errors import ArtifactError
 from runtimes.vocabulary import PRECISIONS
 
 MIN_TENSORRT_MAJOR = 10

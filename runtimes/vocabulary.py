@@ -1,7 +1,8 @@
 """The project's words and fixed facts, defined once: tasks, precisions, the model's input name, its mask stride,
-the void label, the image files we read, where the checkout is. A torch-free leaf (it imports nothing of ours), so
-the device side (sdk, runtimes), the host side (train, compile), the benchmarks, plugins and every CLI's
-``choices`` read the same values. ``tests/test_one_definition.py`` keeps it the only place they are written."""
+the void label, the image files we read. A torch-free leaf (it imports nothing of ours), so the device side (sdk,
+runtimes), the host side (train, compile), the benchmarks and every CLI's ``choices`` read the same values.
+``tests/test_one_definition.py`` keeps it the only place they are written. Where a checkout or its shared files are
+is not here: it means nothing in a wheel install (the benchmarks' ``benchmarks.paths`` has it)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,3 @@ IMAGE_SUFFIXES = frozenset(  # the still-image files OpenCV reads, lower case
 def image_files(folder: Path) -> list[Path]:
     """The image files (``IMAGE_SUFFIXES``) under ``folder`` and its subfolders, sorted."""
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-
-
-REPO_ROOT = Path(__file__).resolve().parents[1]  # this checkout (sdk/models, build/)
-SHARED_ROOT = REPO_ROOT.parent / "shared"  # the data and third-party files kept beside it

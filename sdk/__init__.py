@@ -12,10 +12,9 @@ Every error the SDK raises for a user's frame, file, machine or stream is an ``s
 __version__ = "0.1.0"
 
 from plugins.msda.openvino_extension import ExtensionUnavailable
-from runtimes.artifact import ArtifactError
 from runtimes.base import BackendInputError, DeviceNotAvailable, RuntimeNotAvailable
 from runtimes.cuda_memory import CudaError
-from runtimes.errors import CheckpointError, M2FError
+from runtimes.errors import ArtifactError, CheckpointError, M2FError
 from runtimes.geometry import InputSizeError
 from sdk.cli_predict import ImageError
 from sdk.postprocess import OutputsError

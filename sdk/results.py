@@ -1,9 +1,9 @@
 """What ``Segmenter.predict`` returns: :class:`SegmentationResult` (and :class:`Instances`), numpy + cv2 only.
 
-A result is at the original frame's size. A panoptic result also answers as semantic (class per pixel, void = 255)
-and as instances (one per "thing" segment); both are derived on first access and cached. Exports: COCO result
-annotations (:meth:`SegmentationResult.to_coco`), a JSON-safe summary (:meth:`~SegmentationResult.to_dict`) and a
-BGR visualisation (:meth:`~SegmentationResult.overlay`).
+A result is at the original frame's size. A panoptic result also answers as semantic (class per pixel, void =
+``runtimes.vocabulary.VOID``) and as instances (one per "thing" segment); both are derived on first access and
+cached. Exports: COCO result annotations (:meth:`SegmentationResult.to_coco`), a JSON-safe summary
+(:meth:`~SegmentationResult.to_dict`) and a BGR visualisation (:meth:`~SegmentationResult.overlay`).
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ def _palette(colors: Sequence[Sequence[int]] | None, n: int) -> np.ndarray:
 class SegmentationResult:
     """Results for one frame, at the frame's size.
 
-    ``semantic``: (h, w) class ids (void = 255) or None; ``instances``: :class:`Instances` or None; ``panoptic``:
+    ``semantic``: (h, w) class ids (void = ``VOID``) or None; ``instances``: :class:`Instances` or None; ``panoptic``:
     (h, w) int32 segment ids (0 = void) or None, described by ``segments_info`` (dicts with ``id``, ``isthing``,
     ``category_id``, ``score``, ``area``). A panoptic result derives ``semantic`` and ``instances`` on access.
     ``timings``: stage -> milliseconds. ``class_scores``: per-class scores at a quarter of the frame size, from
@@ -256,7 +256,7 @@ class SegmentationResult:
         return f"SegmentationResult({', '.join(parts)})"
 
     def class_name(self, label: int) -> str:
-        """The name of a class index (``"void"`` for 255 outside the classes, else ``"class <i>"``)."""
+        """The name of a class index (``"void"`` for ``VOID`` outside the classes, else ``"class <i>"``)."""
         if 0 <= label < len(self.class_names):
             return self.class_names[label]
         return "void" if label == VOID else f"class {label}"
@@ -383,7 +383,7 @@ class SegmentationResult:
         if self.semantic is not None and self.task != "instance":
             # a 256-entry lookup on uint8 labels (void and out-of-range -> unpainted): ~20x faster than masking
             lut = np.zeros((256, 3), dtype=np.uint8)
-            lut[: min(len(palette), 255)] = palette[:255]
+            lut[: min(len(palette), VOID)] = palette[:VOID]  # every class id below VOID
             labels = np.asarray(self.semantic)
 
         shaded: list[tuple[np.ndarray, np.ndarray]] = []  # (mask, colour) of each instance, the best last
@@ -407,7 +407,7 @@ class SegmentationResult:
             band = slice(top, min(top + rows, h))
             if labels is not None:
                 part = labels[band]
-                part = part if part.dtype == np.uint8 else np.where(part < 255, part, 255).astype(np.uint8)
+                part = part if part.dtype == np.uint8 else np.where(part < VOID, part, VOID).astype(np.uint8)
                 colour, painted = lut[part], part < len(palette)  # (rows, w, 3) what each painted pixel becomes
             else:
                 colour = np.zeros((band.stop - top, w, 3), np.uint8)

@@ -50,8 +50,9 @@ from sdk.sources import (
     redacted,
     source_kind,
 )
+from sdk.stream_channel import End, Failure
 from sdk.stream_options import StreamOptions
-from sdk.stream_pipeline import End, Failure, Pipeline, StagedModel, StageError
+from sdk.stream_pipeline import Pipeline, StagedModel, StageError
 from sdk.stream_stats import StreamStats
 
 __all__ = [

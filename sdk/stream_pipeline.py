@@ -3,7 +3,8 @@
 Three daemon stage threads (decode supervisor, inference, post-processing) and one reader thread per connection.
 The decode supervisor watches the reader's blocking ``read()`` for stalls and reconnects live sources; markers
 (``End``, ``Failure``) flow through every stage so results and errors reach the consumer in frame order.
-``Pipeline.close()`` stops everything with bounded joins. The public face is ``sdk.stream.Stream``.
+``Pipeline.close()`` stops everything with bounded joins. The queues and what flows through them are
+``sdk.stream_channel``; the public face is ``sdk.stream.Stream``.
 """
 
 from __future__ import annotations
@@ -12,9 +13,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,13 +30,13 @@ from sdk.sources import (
     release,
 )
 from sdk.stability import LabelCarrier, LabelStabilizer, ScoreStabilizer, TemporalStability
+from sdk.stream_channel import POLL_S, Channel, End, Failure, FrameInFlight, _StoppedError
 from sdk.stream_options import HEALTHY_CONNECTION_S, Annotate, StreamOptions
 from sdk.stream_stats import StatsRecorder
 
 logger = logging.getLogger(__name__)
 
 JOIN_TIMEOUT_S = 3.0  # close() waits at most this long for all threads together
-POLL_S = 0.05  # how often blocked threads look at the stop flag / the supervisor looks for stalls
 
 
 class StageError(StreamError):
@@ -59,91 +58,6 @@ class StagedModel(Protocol):
     def inference(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
     def postprocess(self, outputs: dict[str, np.ndarray], context: Any) -> Any: ...
-
-
-class _StoppedError(Exception):
-    """Raised inside a stage thread when the stream is being closed."""
-
-
-@dataclass
-class End:
-    """End of stream marker, flows through every stage."""
-
-
-@dataclass
-class Failure:
-    """An error that flows downstream to the consumer in frame order."""
-
-    error: BaseException
-
-
-@dataclass(slots=True)
-class _Item:
-    index: int
-    frame: np.ndarray
-    t_decoded: float
-    inputs: dict[str, np.ndarray] | None = None
-    context: Any = None
-    outputs: dict[str, np.ndarray] | None = None
-    inference_ms: float = 0.0
-    carried: bool = False  # carry mode: no model run, labels moved here from the last model frame
-
-
-class Channel:
-    """A bounded FIFO between two stages. With ``keep_latest`` a full channel drops its oldest frame instead of
-    blocking the producer; markers (End, Failure) are never dropped and never wait for room."""
-
-    def __init__(self, maxsize: int, stop: threading.Event, keep_latest: bool = False) -> None:
-        self._items: deque[Any] = deque()
-        self._cond = threading.Condition()
-        self._maxsize = max(1, maxsize)
-        self._stop = stop
-        self._keep_latest = keep_latest
-        self.dropped = 0
-
-    def put(self, item: Any) -> None:
-        with self._cond:
-            if isinstance(item, _Item):
-                while len(self._items) >= self._maxsize:
-                    if self._keep_latest and isinstance(self._items[0], _Item):
-                        self._items.popleft()
-                        self.dropped += 1
-                        continue
-                    if self._stop.is_set():
-                        raise _StoppedError
-                    self._cond.wait(POLL_S * 2)
-            self._items.append(item)
-            self._cond.notify_all()
-
-    def get(self) -> Any:
-        with self._cond:
-            while not self._items:
-                if self._stop.is_set():
-                    raise _StoppedError
-                self._cond.wait(POLL_S * 2)
-            item = self._items.popleft()
-            self._cond.notify_all()
-            return item
-
-    def poll(self, timeout: float) -> Any | None:
-        """The next item, or None after ``timeout`` s (for the consumer, which checks thread health in between)."""
-        with self._cond:
-            if not self._items:
-                self._cond.wait(timeout)
-            if not self._items:
-                return None
-            item = self._items.popleft()
-            self._cond.notify_all()
-            return item
-
-    def waiting(self) -> int:
-        """Frames queued now."""
-        with self._cond:
-            return sum(isinstance(item, _Item) for item in self._items)
-
-    def wake(self) -> None:
-        with self._cond:
-            self._cond.notify_all()
 
 
 class ReaderWorker:
@@ -278,7 +192,7 @@ class Pipeline:
         with self._push_lock:  # a stalled connection that wakes up late must not push after its replacement
             if worker.abandoned.is_set():
                 raise _StoppedError
-            item = _Item(index=self.next_index, frame=frame, t_decoded=t_decoded)
+            item = FrameInFlight(index=self.next_index, frame=frame, t_decoded=t_decoded)
             self.next_index += 1
             self.stats.decoded += 1
             self.stats.stage("decode", decode_ms)
@@ -410,7 +324,7 @@ class Pipeline:
         try:
             while True:
                 item = self.frames.get()
-                if not isinstance(item, _Item):
+                if not isinstance(item, FrameInFlight):
                     self.inferred.put(item)
                     return
                 if self.carrier is not None:
@@ -443,7 +357,7 @@ class Pipeline:
         try:
             while True:
                 item = self.inferred.get()
-                if not isinstance(item, _Item):
+                if not isinstance(item, FrameInFlight):
                     if writer is not None:
                         writer.release()  # the video is complete before the consumer sees the end
                         writer = None
@@ -492,7 +406,7 @@ class Pipeline:
             if writer is not None:
                 writer.release()
 
-    def _postprocessed(self, item: _Item) -> tuple[Any, np.ndarray | None]:
+    def _postprocessed(self, item: FrameInFlight) -> tuple[Any, np.ndarray | None]:
         """A model frame's result and its label map (semantic results); remembered for carrying."""
         start = time.perf_counter()
         result = self.model.postprocess(item.outputs, item.context)
@@ -509,7 +423,7 @@ class Pipeline:
         self.stats.stage("postprocess", (time.perf_counter() - start) * 1000)
         return result, labels
 
-    def _carried(self, item: _Item) -> tuple[Any, np.ndarray]:
+    def _carried(self, item: FrameInFlight) -> tuple[Any, np.ndarray]:
         """A carried frame's result: the last model result with its labels moved onto this frame by optical flow."""
         assert self.carrier is not None
         start = time.perf_counter()

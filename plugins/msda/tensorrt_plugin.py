@@ -1,12 +1,15 @@
 """Where the TensorRT MSDA plugin library lives, how it is built, and loading it into the process.
 
 The library (``tensorrt_plugin.cpp`` + ``msda_kernel.cu``) is built with CMake on the machine that runs TensorRT,
-from the repository root::
+into the m2f cache (:func:`build_commands` gives the two commands with this install's paths)::
 
-    cmake -S plugins/msda -B build/msda -DTensorRT_ROOT=<TensorRT prefix>   # JetPack: TensorRT_ROOT not needed
-    cmake --build build/msda
+    cmake -S <this folder> -B $M2F_CACHE/tensorrt_plugin -DTensorRT_ROOT=<TensorRT prefix>   # JetPack: not needed
+    cmake --build $M2F_CACHE/tensorrt_plugin
 
-(add ``-DCMAKE_CUDA_COMPILER=/usr/local/cuda/bin/nvcc`` where nvcc is not on PATH, as on JetPack).
+(add ``-DCMAKE_CUDA_COMPILER=/usr/local/cuda/bin/nvcc`` where nvcc is not on PATH, as on JetPack). It is found
+(:func:`plugin_library_path`) through ``$M2F_MSDA_TRT_PLUGIN``, else in that cache folder, else in a development
+checkout's ``build/msda/`` (``cmake -S plugins/msda -B build/msda`` from the repository root), located from this
+folder; a wheel install has no such folder and looks in the cache alone.
 
 Loading it with ``RTLD_GLOBAL`` registers the ``M2F_MultiscaleDeformableAttn`` creator in TensorRT's global plugin
 registry, where the ONNX parser finds it for nodes of that op type. No torch and no TensorRT import here.
@@ -21,16 +24,16 @@ import os
 import threading
 from pathlib import Path
 
-from runtimes.vocabulary import REPO_ROOT
+from runtimes.cache import cache_root
 
 __all__ = [
-    "BUILD_COMMANDS",
     "BUILTIN_PLUGIN_NAME",
     "BUILTIN_PLUGIN_VERSION",
     "LIBRARY_NAME",
     "PLUGIN_NAME",
     "PLUGIN_NAMESPACE",
     "PLUGIN_VERSION",
+    "build_commands",
     "load_plugin_library",
     "plugin_library_path",
 ]
@@ -49,20 +52,35 @@ BUILTIN_PLUGIN_VERSION = "1"  # IPluginV2DynamicExt; "2" is the IPluginV3 port, 
 
 LIBRARY_NAME = "libm2f_msda_trt.so"
 
-BUILD_COMMANDS = "cmake -S plugins/msda -B build/msda && cmake --build build/msda"
 ENV_PATH = "M2F_MSDA_TRT_PLUGIN"
+# where a development checkout's CMake build puts the library: <checkout>/build/msda, found from this folder (in a
+# wheel install the folder above plugins/ is site-packages, where no such file is)
+CHECKOUT_LIBRARY = SOURCE_DIR.parents[1] / "build" / "msda" / LIBRARY_NAME
 
 _lock = threading.Lock()
 _loaded: dict[Path, ctypes.CDLL] = {}
 
 
+def build_directory() -> Path:
+    """``runtimes.cache.cache_root()``/tensorrt_plugin: where :func:`build_commands` build the library."""
+    return cache_root() / "tensorrt_plugin"
+
+
+def build_commands() -> str:
+    """The two CMake commands that build the library from this install's sources into :func:`build_directory`."""
+    build = build_directory()
+    return f"cmake -S {SOURCE_DIR} -B {build} && cmake --build {build}"
+
+
 def plugin_library_path() -> Path:
-    """The plugin library: ``$M2F_MSDA_TRT_PLUGIN`` if set, else ``<repository>/build/msda/libm2f_msda_trt.so``,
-    where ``BUILD_COMMANDS`` run from the repository root put it. The file need not exist yet."""
+    """The plugin library: ``$M2F_MSDA_TRT_PLUGIN`` if set; else the cache's build (:func:`build_directory`), else
+    a development checkout's ``build/msda`` (``CHECKOUT_LIBRARY``), whichever exists first; else the cache's,
+    where :func:`build_commands` put it. The file need not exist yet."""
     override = os.environ.get(ENV_PATH)
     if override:
         return Path(override).expanduser()
-    return REPO_ROOT / "build" / "msda" / LIBRARY_NAME
+    cached = build_directory() / LIBRARY_NAME
+    return next((path for path in (cached, CHECKOUT_LIBRARY) if path.is_file()), cached)
 
 
 def load_plugin_library(path: Path | str | None = None) -> ctypes.CDLL:
@@ -74,9 +92,9 @@ def load_plugin_library(path: Path | str | None = None) -> ctypes.CDLL:
     library = Path(path).expanduser() if path is not None else plugin_library_path()
     if not library.is_file():
         raise FileNotFoundError(
-            f"the TensorRT MSDA plugin library {library} is not built. Build it on the machine that runs TensorRT, "
-            f"from {REPO_ROOT}: {BUILD_COMMANDS} (add -DTensorRT_ROOT=<TensorRT prefix> to the first command if "
-            f"TensorRT is not in the system paths), or point ${ENV_PATH} at a built {LIBRARY_NAME}"
+            f"the TensorRT MSDA plugin library {library} is not built. Build it on the machine that runs TensorRT: "
+            f"{build_commands()} (add -DTensorRT_ROOT=<TensorRT prefix> to the first command if TensorRT is not in "
+            f"the system paths), or point ${ENV_PATH} at a built {LIBRARY_NAME}"
         )
     library = library.resolve()
     with _lock:

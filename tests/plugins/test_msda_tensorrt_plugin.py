@@ -2,20 +2,21 @@
 tensorrt_plugin.cpp compiles against TensorRT's headers and behaves through TensorRT's plugin interfaces on the host.
 
 Header sets: TensorRT 10.3 (JetPack 6.1/6.2) and 11.1 from ``<shared>/third_party/tensorrt-*/include``, where
-``<shared>`` is ``$M2F_SHARED``, else the folder above ``$M2F_DATA``, else ``../shared`` beside the repository; plus
-``$TensorRT_ROOT`` or a system install when present. Each set is skipped only where its folder is absent.
+``<shared>`` is ``benchmarks.paths.SHARED_ROOT`` (``$M2F_SHARED``, else the folder above ``$M2F_DATA``, else
+``../shared`` beside the repository); plus ``$TensorRT_ROOT`` or a system install when present. Each set is skipped
+only where its folder is absent.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from benchmarks.paths import SHARED_ROOT
 from plugins.msda import tensorrt_plugin
 from tests.conftest import REPO_ROOT
 from tests.plugins.cuda_toolchain import CXX, NVCC, cuda_home, cuda_library_dir, tensorrt_include_dir
@@ -26,14 +27,36 @@ HARNESS_SOURCE = Path(__file__).with_name("msda_trt_plugin_harness.cpp")
 
 
 def test_plugin_library_path(monkeypatch, tmp_path):
+    """$M2F_MSDA_TRT_PLUGIN, else the cache's build, else a checkout's build/msda; none built: the cache's."""
+    cache, checkout = tmp_path / "cache", tmp_path / "checkout" / "build" / "msda" / tensorrt_plugin.LIBRARY_NAME
+    cached = cache / "tensorrt_plugin" / tensorrt_plugin.LIBRARY_NAME
     monkeypatch.delenv(tensorrt_plugin.ENV_PATH, raising=False)
-    assert tensorrt_plugin.plugin_library_path() == REPO_ROOT / "build" / "msda" / "libm2f_msda_trt.so"
+    monkeypatch.setenv("M2F_CACHE", str(cache))
+    monkeypatch.setattr(tensorrt_plugin, "CHECKOUT_LIBRARY", checkout)
+    assert tensorrt_plugin.plugin_library_path() == cached  # nothing built yet: where build_commands() put it
+    checkout.parent.mkdir(parents=True)
+    checkout.touch()
+    assert tensorrt_plugin.plugin_library_path() == checkout
+    cached.parent.mkdir(parents=True)
+    cached.touch()
+    assert tensorrt_plugin.plugin_library_path() == cached
     monkeypatch.setenv(tensorrt_plugin.ENV_PATH, str(tmp_path / "lib.so"))
     assert tensorrt_plugin.plugin_library_path() == tmp_path / "lib.so"
 
 
-def test_load_missing_library_says_how_to_build(tmp_path):
-    with pytest.raises(FileNotFoundError, match=re.escape(tensorrt_plugin.BUILD_COMMANDS)):
+def test_the_checkout_build_is_found_from_the_package_itself():
+    """A checkout's build/msda is beside plugins/, wherever the process runs; a wheel install has none there."""
+    assert tensorrt_plugin.CHECKOUT_LIBRARY == REPO_ROOT / "build" / "msda" / tensorrt_plugin.LIBRARY_NAME
+
+
+def test_load_missing_library_says_how_to_build(monkeypatch, tmp_path):
+    monkeypatch.setenv("M2F_CACHE", str(tmp_path / "cache"))
+    commands = tensorrt_plugin.build_commands()
+    assert commands == (
+        f"cmake -S {MSDA_DIR} -B {tmp_path / 'cache' / 'tensorrt_plugin'} "
+        f"&& cmake --build {tmp_path / 'cache' / 'tensorrt_plugin'}"
+    )
+    with pytest.raises(FileNotFoundError, match=re.escape(commands)):
         tensorrt_plugin.load_plugin_library(tmp_path / "libm2f_msda_trt.so")
 
 
@@ -67,22 +90,13 @@ def test_exporter_writes_the_identity():
     assert PLUGIN_OPS["m2f"] == (identity["name"], identity["version"], identity["namespace"])
 
 
-def shared_dir() -> Path:
-    """``$M2F_SHARED``, else the folder holding ``$M2F_DATA``, else ``../shared`` beside the repository."""
-    if os.environ.get("M2F_SHARED"):
-        return Path(os.environ["M2F_SHARED"])
-    if os.environ.get("M2F_DATA"):
-        return Path(os.environ["M2F_DATA"]).parent
-    return REPO_ROOT.parent / "shared"
-
-
 HEADER_SETS = {"tensorrt-10.3": "tensorrt-10.3.0", "tensorrt-11.1": "tensorrt-11.1"}
 
 
 def _header_dir(header_set: str) -> Path | None:
     if header_set == "installed":  # $TensorRT_ROOT or a system install
         return tensorrt_include_dir()
-    folder = shared_dir() / "third_party" / HEADER_SETS[header_set] / "include"
+    folder = SHARED_ROOT / "third_party" / HEADER_SETS[header_set] / "include"
     return folder if (folder / "NvInferRuntime.h").is_file() else None
 
 
@@ -92,7 +106,7 @@ def include_dirs(request: pytest.FixtureRequest) -> list[str]:
     if CXX is None or cuda is None:
         pytest.skip("needs a C++ compiler and the CUDA headers")
     if trt is None:
-        pytest.skip(f"no {request.param} headers (shared folder {shared_dir()}; or set TensorRT_ROOT)")
+        pytest.skip(f"no {request.param} headers (shared folder {SHARED_ROOT}; or set TensorRT_ROOT)")
     return ["-isystem", str(trt), "-isystem", str(cuda / "include"), f"-I{MSDA_DIR}"]
 
 

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 import runtimes
-from runtimes.artifact import ArtifactError, _fields, engine_reads, find_damage, read_metadata
+from runtimes.artifact import read_metadata
+from runtimes.artifact_file import _fields, engine_reads, find_damage
+from runtimes.errors import ArtifactError
 from sdk.segmenter import DEFAULT_MODELS_DIR, Segmenter
 from tests.runtimes.tiny_artifact import build_tiny_artifact
 

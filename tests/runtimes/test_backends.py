@@ -13,17 +13,11 @@ import onnx
 import pytest
 
 import runtimes
-from runtimes.artifact import (
-    ArtifactError,
-    graph_sha256,
-    read_io_names,
-    read_metadata,
-    read_metadata_props,
-    validate_metadata,
-    write_metadata,
-)
+from runtimes.artifact import read_metadata, validate_metadata, write_metadata
+from runtimes.artifact_file import graph_sha256, read_io_names, read_metadata_props
 from runtimes.base import BackendInputError, DeviceNotAvailable, RuntimeNotAvailable
 from runtimes.cache import file_sha256
+from runtimes.errors import ArtifactError
 from tests.conftest import REPO_ROOT
 from tests.runtimes.tiny_artifact import (
     HEIGHT,

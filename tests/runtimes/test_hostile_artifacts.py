@@ -17,7 +17,9 @@ import onnx
 import pytest
 
 from runtimes import load_backend
-from runtimes.artifact import ArtifactError, graph_sha256, read_metadata, verify_artifact, write_metadata
+from runtimes.artifact import read_metadata, write_metadata
+from runtimes.artifact_file import graph_sha256, verify_artifact
+from runtimes.errors import ArtifactError
 from tests.conftest import REPO_ROOT
 from tests.runtimes.tiny_artifact import build_tiny_artifact, random_image, reference, tiny_metadata, tiny_model
 
@@ -150,7 +152,7 @@ def test_graphs_nested_without_end_are_damage_not_a_crash(tmp_path: Path) -> Non
 # every call that loads native code into the process, and the function it is allowed in (its path comes from the
 # package's build location or cache, the backend's own option, or an environment variable; never an artifact)
 NATIVE_LOADS = {
-    ("plugins/msda/tensorrt_plugin.py", "load_plugin_library", "CDLL"),  # option, $M2F_MSDA_TRT_PLUGIN or build/
+    ("plugins/msda/tensorrt_plugin.py", "load_plugin_library", "CDLL"),  # option, $M2F_MSDA_TRT_PLUGIN, cache, build/
     ("compile/tensorrt_export.py", "_extend_options", "register_custom_ops_library"),  # onnxruntime-extensions'
     ("plugins/msda/extension.py", "_build", "cpp_extension.load"),  # compiled into $M2F_CACHE from our sources
     # the OpenVINO MSDA extension: $M2F_MSDA_OPENVINO_EXTENSION or the cache's build of our sources

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import runtimes
-from runtimes.artifact import ArtifactError
+from runtimes.errors import ArtifactError
 from runtimes.registry import (
     ARTIFACT_TARGETS,
     PRECISIONS,

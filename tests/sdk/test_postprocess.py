@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 import sdk.postprocess as pp
 from runtimes.geometry import Geometry
+from sdk import bilinear
 from train.model.config import InferenceConfig
 from train.model.inference import postprocess as oracle_postprocess
 from train.model.inference import semantic_labels, upsample_masks
@@ -89,11 +90,11 @@ params = pytest.mark.parametrize(("seed", "name"), [(s, n) for s in range(3) for
 def test_resize_bilinear_matches_torch(src, dst):
     x = (np.random.default_rng(0).standard_normal((3, *src)) * 5).astype(np.float32)
     expected = F.interpolate(torch.from_numpy(x)[None], size=dst, mode="bilinear", align_corners=False)[0].numpy()
-    got = pp.resize_bilinear(x, dst)
+    got = bilinear.resize_bilinear(x, dst)
     assert got.shape == (3, *dst) and got.dtype == np.float32
     np.testing.assert_allclose(got, expected, rtol=0, atol=4e-6)  # 1-2 ulp at |x| ~ 16
     np.testing.assert_array_equal(
-        pp.resize_bilinear(x, dst, crop=(dst[0] // 2, dst[1] - 1)), got[:, : dst[0] // 2, :-1]
+        bilinear.resize_bilinear(x, dst, crop=(dst[0] // 2, dst[1] - 1)), got[:, : dst[0] // 2, :-1]
     )
 
 
@@ -103,11 +104,11 @@ def test_resize_bilinear_matches_torch(src, dst):
 def test_integer_upsample_equals_general_path(n, factor, axis):
     x = (np.random.default_rng(n).standard_normal((2, n, n + 3) if axis == 1 else (2, n + 3, n)) * 5).astype(np.float32)
     for count in sorted({1, factor * n, max(1, factor * n - 3), factor * n // 2 + 1}):
-        i0, i1, w0, w1 = pp._linear_taps(n, factor * n, count)
+        i0, i1, w0, w1 = bilinear.linear_taps(n, factor * n, count)
         shape = [1, 1, 1]
         shape[axis] = -1
         general = np.take(x, i0, axis=axis) * w0.reshape(shape) + np.take(x, i1, axis=axis) * w1.reshape(shape)
-        np.testing.assert_array_equal(pp._upsample_int_axis(x, axis, factor, count), general)
+        np.testing.assert_array_equal(bilinear._upsample_int_axis(x, axis, factor, count), general)
 
 
 @pytest.mark.parametrize("name", list(GEOMETRIES))

@@ -13,8 +13,8 @@ import numpy as np
 import onnx
 import pytest
 
-from runtimes.artifact import ArtifactError
 from runtimes.base import DeviceNotAvailable
+from runtimes.errors import ArtifactError
 from sdk.preprocess import FrameError
 from sdk.segmenter import Segmenter
 from sdk.targets import TargetNotAvailable

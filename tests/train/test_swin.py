@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from train.model.backbones.swin import SwinTransformer, swin_state_dict_from_hf
+from train.model.backbones.swin import SwinTransformer
+from train.model.backbones.swin_hf import swin_state_dict_from_hf
 from train.model.config import SwinConfig
 
 transformers = pytest.importorskip("transformers")

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from runtimes.vocabulary import VOID
 from train.data.coco_panoptic import CocoPanopticDataset
 from train.data.semantic_folder import SemanticFolderDataset, require_dir, require_file, select_sequences
 from train.model.config import ModelMeta
@@ -59,8 +60,8 @@ def camvid(
             root / name,
             root / f"{name}annot",
             meta=camvid_meta(root),
-            ignore_index=255,
-            label_map={CAMVID_VOID: 255},
+            ignore_index=VOID,
+            label_map={CAMVID_VOID: VOID},
         )
         for name in splits
     ]
@@ -79,12 +80,12 @@ def ade20k(root: str | Path, split: str = "train") -> SemanticFolderDataset:
     if split not in ADE20K_SPLITS:
         raise ValueError(f"unknown ADE20K split {split!r}; expected one of {sorted(ADE20K_SPLITS)}")
     folder = ADE20K_SPLITS[split]
-    label_map = {0: 255, **{k: k - 1 for k in range(1, 151)}}
+    label_map = {0: VOID, **{k: k - 1 for k in range(1, 151)}}
     return SemanticFolderDataset(
         root / "images" / folder,
         root / "annotations" / folder,
         meta=dataset_meta("ade20k_semantic"),
-        ignore_index=255,
+        ignore_index=VOID,
         label_map=label_map,
         image_suffix=".jpg",
         label_suffix=".png",
@@ -107,7 +108,7 @@ def cityscapes(
     """Cityscapes fine annotations.
 
     Semantic: ``leftImg8bit/{split}/{city}/*_leftImg8bit.png`` with ``gtFine/.../*_gtFine_labelTrainIds.png``
-    (19 train ids, 255 ignored; made by cityscapesscripts' ``createTrainIdLabelImgs``). Panoptic:
+    (19 train ids, 255 ignored, which is our ``VOID``; made by cityscapesscripts' ``createTrainIdLabelImgs``). Panoptic:
     ``gtFine/cityscapes_panoptic_{split}.json`` + ``gtFine/cityscapes_panoptic_{split}/`` (``createPanopticImgs``).
     """
     root = require_dir(root, "Cityscapes root")
@@ -125,7 +126,7 @@ def cityscapes(
         image_dir,
         root / "gtFine" / split,
         meta=dataset_meta("cityscapes_semantic"),
-        ignore_index=255,
+        ignore_index=VOID,
         image_suffix="_leftImg8bit.png",
         label_suffix="_gtFine_labelTrainIds.png",
     )

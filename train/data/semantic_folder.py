@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from runtimes.vocabulary import VOID
 from train.data.sample import Sample
 from train.model.config import ModelMeta
 
@@ -151,7 +152,7 @@ class SemanticFolderDataset:
         image_dir: str | Path,
         label_dir: str | Path,
         meta: ModelMeta,
-        ignore_index: int = 255,
+        ignore_index: int = VOID,
         label_map: Mapping[int, int] | None = None,
         split_file: str | Path | None = None,
         image_suffix: str = ".png",

@@ -11,7 +11,7 @@ Images are PNG, not JPEG: lossless, so every pixel of a segment keeps its class 
 
 Layout under ``root``: ``images/00000.png``, ``panoptic/00000.png`` + ``panoptic.json`` (RGB-encoded ids,
 segments_info also carries ``amodal_area`` and ``occluded_by``), ``labels/00000.png`` (contiguous class ids,
-255 = void) and ``meta.json`` (``ModelMeta.to_dict()``).
+``VOID`` = void) and ``meta.json`` (``ModelMeta.to_dict()``).
 """
 
 from __future__ import annotations
@@ -25,13 +25,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from runtimes.vocabulary import VOID
 from train.data.coco_panoptic import CocoPanopticDataset, id_to_rgb
 from train.data.semantic_folder import SemanticFolderDataset, require_file
 from train.model.config import ModelMeta
 
 logger = logging.getLogger(__name__)
-
-IGNORE = 255
 
 
 @dataclass(frozen=True)
@@ -230,7 +229,7 @@ def write_synthetic_dataset(
         name = f"{index:05d}"
         Image.fromarray(image).save(paths["image_dir"] / f"{name}.png")
         Image.fromarray(id_to_rgb(ids)).save(paths["panoptic_png_dir"] / f"{name}.png")
-        label = np.full(ids.shape, IGNORE, dtype=np.uint8)  # (H, W)
+        label = np.full(ids.shape, VOID, dtype=np.uint8)  # (H, W)
         for seg in segments:
             label[ids == seg["id"]] = seg["label"]
         Image.fromarray(label).save(paths["label_dir"] / f"{name}.png")
@@ -281,7 +280,7 @@ def synthetic_panoptic(root: str | Path) -> CocoPanopticDataset:
 def synthetic_semantic(root: str | Path) -> SemanticFolderDataset:
     """The semantic view of a folder written by ``write_synthetic_dataset``."""
     root = Path(root)
-    return SemanticFolderDataset(root / "images", root / "labels", meta=_meta(root), ignore_index=IGNORE)
+    return SemanticFolderDataset(root / "images", root / "labels", meta=_meta(root), ignore_index=VOID)
 
 
 def synthetic_datasets(root: str | Path) -> tuple[CocoPanopticDataset, SemanticFolderDataset]:

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from runtimes.vocabulary import TASKS
+from runtimes.vocabulary import TASKS, VOID
 from train.evaluation.instance import InstanceEvaluator
 from train.evaluation.panoptic import PanopticEvaluator
 from train.evaluation.semantic import SemanticEvaluator, as_numpy, semantic_gt_from_sample
@@ -24,7 +24,7 @@ def evaluate(
     predictions: Iterable[tuple[Sample, dict[str, Any]]],
     task: str,
     meta: ModelMeta,
-    ignore_index: int = 255,
+    ignore_index: int = VOID,
 ) -> dict[str, float]:
     """Score post-processed outputs (``train.model.inference.postprocess`` form) against their samples.
 

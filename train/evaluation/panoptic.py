@@ -59,6 +59,30 @@ def panoptic_gt_from_sample(labels: Any, masks: Any, iscrowd: Any) -> tuple[np.n
     return id_map, segments
 
 
+def _predicted_areas(pan_pred: np.ndarray, pred_cats: dict[int, int]) -> dict[int, int]:
+    """{segment id: pixel count} of the predicted (H, W) id map, void left out; an id without a listed segment is an
+    error, a listed segment without pixels is skipped."""
+    ids, counts = np.unique(pan_pred, return_counts=True)
+    pred_area: dict[int, int] = {}
+    for seg_id, count in zip(ids.tolist(), counts.tolist(), strict=True):
+        if seg_id == VOID_ID:
+            continue
+        if seg_id not in pred_cats:
+            raise ValueError(f"segment id {seg_id} is in the predicted map but not in its segments list")
+        pred_area[seg_id] = count
+    empty = sorted(set(pred_cats) - set(pred_area))
+    if empty:
+        logger.debug("skipping predicted segments without pixels: %s", empty)
+    return pred_area
+
+
+def _intersections(pan_gt: np.ndarray, pan_pred: np.ndarray) -> dict[tuple[int, int], int]:
+    """{(GT id, predicted id): shared pixels} of every pair present, VOID_ID included on both sides."""
+    offset = int(pan_pred.max(initial=0)) + 1
+    pairs, inter = np.unique(pan_gt * offset + pan_pred, return_counts=True)
+    return {(p // offset, p % offset): n for p, n in zip(pairs.tolist(), inter.tolist(), strict=True)}
+
+
 class PanopticEvaluator:
     """Accumulates panopticapi's per-category TP/FP/FN/IoU sums over images; ``compute`` averages them.
 
@@ -105,7 +129,18 @@ class PanopticEvaluator:
             raise ValueError(f"prediction {pan_pred.shape} and ground truth {pan_gt.shape} differ in shape")
         if pan_pred.size and pan_pred.min() < 0:
             raise ValueError("predicted segment ids must be >= 0 (0 = void)")
+        pred_cats = self._predicted_categories(pred_segments)
+        pred_area = _predicted_areas(pan_pred, pred_cats)
+        gt_ids, gt_counts = np.unique(pan_gt, return_counts=True)
+        gt_area = dict(zip(gt_ids.tolist(), gt_counts.tolist(), strict=True))
+        gt_pred_map = _intersections(pan_gt, pan_pred)
+        gt_matched, pred_matched = self._count_matches(gt_pred_map, gt_segms, gt_area, pred_cats, pred_area)
+        crowd_by_cat = self._count_false_negatives(gt_segms, gt_matched)
+        self._count_false_positives(pred_cats, pred_area, pred_matched, gt_pred_map, crowd_by_cat)
+        self.num_images += 1
 
+    def _predicted_categories(self, pred_segments: Sequence[Mapping[str, Any]]) -> dict[int, int]:
+        """{predicted segment id: category}, checked: no void or repeated id, no unknown category."""
         pred_cats: dict[int, int] = {}
         for seg in pred_segments:
             seg_id, cat = int(seg["id"]), int(seg["category_id"])
@@ -114,26 +149,18 @@ class PanopticEvaluator:
             if not 0 <= cat < self.num_classes:
                 raise ValueError(f"predicted segment {seg_id} has unknown category_id {cat}")
             pred_cats[seg_id] = cat
+        return pred_cats
 
-        ids, counts = np.unique(pan_pred, return_counts=True)
-        pred_area: dict[int, int] = {}
-        for seg_id, count in zip(ids.tolist(), counts.tolist(), strict=True):
-            if seg_id == VOID_ID:
-                continue
-            if seg_id not in pred_cats:
-                raise ValueError(f"segment id {seg_id} is in the predicted map but not in its segments list")
-            pred_area[seg_id] = count
-        empty = sorted(set(pred_cats) - set(pred_area))
-        if empty:
-            logger.debug("skipping predicted segments without pixels: %s", empty)
-        gt_ids, gt_counts = np.unique(pan_gt, return_counts=True)
-        gt_area = dict(zip(gt_ids.tolist(), gt_counts.tolist(), strict=True))
-
-        # intersections of every (gt id, pred id) pair present, VOID_ID included on both sides
-        offset = int(pan_pred.max(initial=0)) + 1
-        pairs, inter = np.unique(pan_gt * offset + pan_pred, return_counts=True)
-        gt_pred_map = {(p // offset, p % offset): n for p, n in zip(pairs.tolist(), inter.tolist(), strict=True)}
-
+    def _count_matches(
+        self,
+        gt_pred_map: dict[tuple[int, int], int],
+        gt_segms: dict[int, tuple[int, bool]],
+        gt_area: dict[int, int],
+        pred_cats: dict[int, int],
+        pred_area: dict[int, int],
+    ) -> tuple[set[int], set[int]]:
+        """Count the true positives (same category, not crowd, IoU > 0.5 with the prediction's void pixels left out
+        of the union) and their IoU; the matched (GT ids, prediction ids)."""
         gt_matched: set[int] = set()
         pred_matched: set[int] = set()
         for (gt_id, pred_id), intersection in gt_pred_map.items():
@@ -149,7 +176,10 @@ class PanopticEvaluator:
                 self.iou[gt_cat] += iou
                 gt_matched.add(gt_id)
                 pred_matched.add(pred_id)
+        return gt_matched, pred_matched
 
+    def _count_false_negatives(self, gt_segms: dict[int, tuple[int, bool]], gt_matched: set[int]) -> dict[int, int]:
+        """Count every unmatched non-crowd GT segment as a false negative; {category: its crowd GT id}."""
         crowd_by_cat: dict[int, int] = {}
         for gt_id, (gt_cat, gt_crowd) in gt_segms.items():
             if gt_id in gt_matched:
@@ -158,7 +188,18 @@ class PanopticEvaluator:
                 crowd_by_cat[gt_cat] = gt_id
                 continue
             self.fn[gt_cat] += 1
+        return crowd_by_cat
 
+    def _count_false_positives(
+        self,
+        pred_cats: dict[int, int],
+        pred_area: dict[int, int],
+        pred_matched: set[int],
+        gt_pred_map: dict[tuple[int, int], int],
+        crowd_by_cat: dict[int, int],
+    ) -> None:
+        """Count every unmatched prediction as a false positive unless more than half of it lies on void plus the
+        crowd region of its own category."""
         for pred_id, area in pred_area.items():
             if pred_id in pred_matched:
                 continue
@@ -169,7 +210,6 @@ class PanopticEvaluator:
             if ignored / area > 0.5:
                 continue
             self.fp[cat] += 1
-        self.num_images += 1
 
     def _average(self, isthing: bool | None) -> tuple[float, float, float, int]:
         """panopticapi's ``pq_average`` over all, thing or stuff categories: (PQ, SQ, RQ, n) as fractions."""

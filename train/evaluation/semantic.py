@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from runtimes.vocabulary import VOID
+
 logger = logging.getLogger(__name__)
 
 
@@ -37,7 +39,7 @@ def semantic_gt_from_sample(
     iscrowd: Any,
     height: int,
     width: int,
-    ignore_index: int = 255,
+    ignore_index: int = VOID,
     crowd_as_ignore: bool = False,
 ) -> np.ndarray:
     """Paint a ``Sample``'s segments into an (H, W) int64 class map; pixels in no segment are ``ignore_index``.
@@ -66,7 +68,7 @@ class SemanticEvaluator:
     of the classes whose pixels they took). Pixels whose GT is ``ignore_index`` count nowhere.
     """
 
-    def __init__(self, num_classes: int, ignore_index: int = 255, class_names: Sequence[str] | None = None) -> None:
+    def __init__(self, num_classes: int, ignore_index: int = VOID, class_names: Sequence[str] | None = None) -> None:
         self.num_classes = int(num_classes)
         self.ignore_index = int(ignore_index)
         self.class_names = default_class_names(self.num_classes, class_names)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from train.model.backbones.resnet import resnet_state_dict_from_hf
-from train.model.backbones.swin import swin_state_dict_from_hf
+from train.model.backbones.swin_hf import swin_state_dict_from_hf
 from train.model.config import (
     BackboneConfig,
     Mask2FormerConfig,

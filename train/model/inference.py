@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from runtimes.vocabulary import MASK_STRIDE, OBJECT_MASK_THRESHOLD, OVERLAP_THRESHOLD, TASKS, TOPK
+from runtimes.vocabulary import MASK_STRIDE, OBJECT_MASK_THRESHOLD, OVERLAP_THRESHOLD, TASKS, TOPK, VOID
 from train.model.config import InferenceConfig
 
 
@@ -87,12 +87,12 @@ def semantic_scores(
 
 
 def label_map(scores: Tensor) -> Tensor:
-    """(..., K, H, W) class scores -> (..., H, W) class ids (first class on ties); uint8 for up to 255 classes."""
+    """(..., K, H, W) class scores -> (..., H, W) class ids (first class on ties); uint8 for up to ``VOID`` classes."""
     return scores.argmax(-3).to(_label_dtype(scores.shape[-3]))
 
 
 def _label_dtype(num_classes: int) -> torch.dtype:
-    return torch.uint8 if num_classes <= 255 else torch.int32
+    return torch.uint8 if num_classes <= VOID else torch.int32  # ids 0..K-1 below VOID, the void label
 
 
 def semantic_labels(mask_cls: Tensor, mask_pred: Tensor, image_size: tuple[int, int]) -> Tensor:

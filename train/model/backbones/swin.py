@@ -8,9 +8,6 @@ window mask is always built for the padded map, even when a stage is smaller tha
 
 from __future__ import annotations
 
-import math
-import re
-
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
@@ -350,11 +347,6 @@ class SwinTransformer(nn.Module):
             H, W = (H + 1) // 2, (W + 1) // 2
         return outs
 
-    @staticmethod
-    def state_dict_from_hf(hf_state: dict[str, Tensor]) -> dict[str, Tensor]:
-        """See :func:`swin_state_dict_from_hf`."""
-        return swin_state_dict_from_hf(hf_state)
-
 
 def _init_weights(m: nn.Module) -> None:
     """Swin init: truncated-normal (std 0.02) linear weights, zero biases, unit LayerNorms."""
@@ -365,115 +357,3 @@ def _init_weights(m: nn.Module) -> None:
     elif isinstance(m, nn.LayerNorm):
         nn.init.ones_(m.weight)
         nn.init.zeros_(m.bias)
-
-
-# Older HF Swin checkpoints (the ones on the Hub) name the block parts differently; map them to the current names.
-_HF_LEGACY_RENAMES = (
-    (".attention.self.query.", ".attention.q_proj."),
-    (".attention.self.key.", ".attention.k_proj."),
-    (".attention.self.value.", ".attention.v_proj."),
-    (".attention.self.relative_position_bias_table", ".attention.relative_position_bias.relative_position_bias_table"),
-    (".attention.output.dense.", ".attention.o_proj."),
-    (".intermediate.dense.", ".mlp.fc1."),
-    (".output.dense.", ".mlp.fc2."),
-)
-# HF keys that carry nothing our model needs: the unused final norm and recomputed index buffers.
-_HF_IGNORED = re.compile(r"^layernorm\.|relative_position_index$|^embeddings\.mask_token$")
-_HF_BLOCK = re.compile(r"^encoder\.layers\.(\d+)\.blocks\.(\d+)\.")
-
-
-def _normalise_hf_key(key: str) -> str:
-    """Strip the optional ``model.pixel_level_module.encoder.`` / ``swin.`` prefixes and apply legacy renames."""
-    for prefix in ("model.pixel_level_module.encoder.", "swin."):
-        if key.startswith(prefix):
-            key = key[len(prefix) :]
-    for old, new in _HF_LEGACY_RENAMES:
-        key = key.replace(old, new)
-    return key
-
-
-def swin_state_dict_from_hf(hf_state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """HF Swin backbone state dict (as inside ``Mask2FormerForUniversalSegmentation``) -> our key layout.
-
-    Accepts the keys under ``model.pixel_level_module.encoder.`` with that prefix stripped, in the current
-    transformers layout (``swin.encoder.layers.0.blocks.0.attention.q_proj.weight``, ``hidden_states_norms.stage1``)
-    or the older Hub layout (``encoder.layers.0.blocks.0.attention.self.query.weight``). q, k, v are fused into
-    ``qkv``; ``relative_position_index`` is recomputed; HF's unused final ``layernorm`` is dropped.
-
-    Raises:
-        ValueError: naming the missing keys, or any keys that would be silently dropped.
-    """
-    src = {_normalise_hf_key(k): v for k, v in hf_state.items()}
-    out: dict[str, Tensor] = {}
-    used: set[str] = set()
-    missing: list[str] = []
-
-    def take(key: str) -> Tensor | None:
-        if key not in src:
-            missing.append(key)
-            return None
-        used.add(key)
-        return src[key]
-
-    def copy(dst: str, key: str) -> None:
-        value = take(key)
-        if value is not None:
-            out[dst] = value
-
-    blocks: dict[int, set[int]] = {}
-    for key in src:
-        match = _HF_BLOCK.match(key)
-        if match:
-            blocks.setdefault(int(match[1]), set()).add(int(match[2]))
-    if not blocks:
-        raise ValueError("no HF Swin blocks found (expected keys like 'encoder.layers.0.blocks.0.attention.*')")
-    num_stages = max(blocks) + 1
-
-    for wb in ("weight", "bias"):
-        copy(f"patch_embed.proj.{wb}", f"embeddings.patch_embeddings.projection.{wb}")
-        copy(f"patch_embed.norm.{wb}", f"embeddings.norm.{wb}")
-    if "embeddings.position_embeddings" in src:
-        pos = src["embeddings.position_embeddings"]  # (1, n*n, C)
-        used.add("embeddings.position_embeddings")
-        n = math.isqrt(pos.shape[1])
-        if n * n != pos.shape[1]:
-            raise ValueError(f"non-square HF absolute position embeddings of length {pos.shape[1]}")
-        out["absolute_pos_embed"] = pos.reshape(1, n, n, -1).permute(0, 3, 1, 2).contiguous()  # (1, C, n, n)
-
-    for i in range(num_stages):
-        for j in range(max(blocks.get(i, {-1})) + 1):
-            hf, ours = f"encoder.layers.{i}.blocks.{j}.", f"layers.{i}.blocks.{j}."
-            for wb in ("weight", "bias"):
-                copy(f"{ours}norm1.{wb}", f"{hf}layernorm_before.{wb}")
-                copy(f"{ours}norm2.{wb}", f"{hf}layernorm_after.{wb}")
-                copy(f"{ours}attn.proj.{wb}", f"{hf}attention.o_proj.{wb}")
-                copy(f"{ours}mlp.fc1.{wb}", f"{hf}mlp.fc1.{wb}")
-                copy(f"{ours}mlp.fc2.{wb}", f"{hf}mlp.fc2.{wb}")
-            qkv = [t for t in (take(f"{hf}attention.{p}_proj.weight") for p in "qkv") if t is not None]
-            if len(qkv) == 3:
-                out[f"{ours}attn.qkv.weight"] = torch.cat(qkv, dim=0)  # (3C, C), rows q | k | v
-            bias_keys = [f"{hf}attention.{p}_proj.bias" for p in "qkv"]
-            if any(k in src for k in bias_keys):  # qkv_bias=False checkpoints have none of them
-                biases = [t for t in (take(k) for k in bias_keys) if t is not None]
-                if len(biases) == 3:
-                    out[f"{ours}attn.qkv.bias"] = torch.cat(biases, dim=0)  # (3C,)
-            table = take(f"{hf}attention.relative_position_bias.relative_position_bias_table")
-            if table is not None:
-                out[f"{ours}attn.relative_position_bias_table"] = table  # ((2ws-1)^2, nH)
-                ws = (math.isqrt(table.shape[0]) + 1) // 2
-                if (2 * ws - 1) ** 2 != table.shape[0]:
-                    raise ValueError(f"{hf}: relative position table of {table.shape[0]} rows is not (2*ws-1)^2")
-                out[f"{ours}attn.relative_position_index"] = relative_position_index(ws)
-        if i < num_stages - 1:
-            copy(f"layers.{i}.downsample.reduction.weight", f"encoder.layers.{i}.downsample.reduction.weight")
-            for wb in ("weight", "bias"):
-                copy(f"layers.{i}.downsample.norm.{wb}", f"encoder.layers.{i}.downsample.norm.{wb}")
-        for wb in ("weight", "bias"):
-            copy(f"norm{i}.{wb}", f"hidden_states_norms.stage{i + 1}.{wb}")
-
-    if missing:
-        raise ValueError(f"HF Swin state dict is missing {len(missing)} keys: {missing}")
-    unexpected = sorted(k for k in src if k not in used and not _HF_IGNORED.search(k))
-    if unexpected:
-        raise ValueError(f"HF Swin state dict has {len(unexpected)} unrecognised keys: {unexpected}")
-    return out
