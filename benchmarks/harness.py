@@ -89,18 +89,15 @@ PEERS = tuple(_PEERS)  # what a user would run instead, named with --peers
 
 def benchmark_targets(targets: Sequence[str] | None, peers: Sequence[str] | None = None) -> list[str] | None:
     """``m2f benchmark --targets`` (profiles or runtimes: ``cpu`` means openvino and onnxruntime) and ``--peers``
-    -> the row names of ``BENCHMARK_TARGETS``; None (both unset): every available one. A peer given under
-    ``--targets`` (the old spelling) still works, with a warning; an unknown name suggests the closest."""
+    -> the row names of ``BENCHMARK_TARGETS``; None (both unset): every available one. A peer under ``--targets``
+    is refused with the option that takes it; an unknown name suggests the closest."""
     if targets is None and peers is None:
         return None
     names: list[str] = []
     for name in targets or ():
         if name in _PEERS:
-            logger.warning("%s is a peer: name it with --peers %s (--targets %s goes in the next release)", name,
-                           name, name)  # fmt: skip
-            names.append(name)
-        else:
-            names += [r for r in runtimes_named(name) if r in BENCHMARK_TARGETS]
+            raise ValueError(f"{name} is a peer: name it with --peers {name}")
+        names += [r for r in runtimes_named(name) if r in BENCHMARK_TARGETS]
     for name in peers or ():
         if name not in _PEERS:
             raise unknown_name("peer", name, _PEERS)

@@ -305,7 +305,7 @@ def test_tiny_model_end_to_end(tmp_path, monkeypatch, capsys):
     argv = [
         *("--model", str(config), "--data", str(data), "--input-size", "64x64", "--images", "2"),
         *("--runs", "2", "--warmup", "1", "--threads", "1", "--cache", str(tmp_path / "cache"), "--out", str(out)),
-        *("--targets", "torch", "hf-eager", "hf-openvino", "onnxruntime", "--precisions", "fp32", "fp16"),
+        *("--targets", "torch", "onnxruntime", "--peers", "hf-eager", "hf-openvino", "--precisions", "fp32", "fp16"),
     ]
     assert benchmark_main(argv) == 0
     printed = capsys.readouterr().out
@@ -366,15 +366,14 @@ def test_tiny_model_end_to_end(tmp_path, monkeypatch, capsys):
     assert not list(out.rglob("*.onnx")), "artifacts belong in the cache, not the report folder"
 
 
-def test_benchmark_targets_take_profiles_runtimes_and_peers(caplog) -> None:
+def test_benchmark_targets_take_profiles_runtimes_and_peers() -> None:
     from benchmarks.harness import benchmark_targets
 
     assert benchmark_targets(None, None) is None  # every available one
     assert benchmark_targets(["cpu"], ["litert-deeplab"]) == ["openvino", "onnxruntime", "litert-deeplab"]
     assert benchmark_targets(["jetson", "openvino"]) == ["tensorrt", "torch", "openvino"]
-    with caplog.at_level("WARNING"):
-        assert benchmark_targets(["hf-eager"]) == ["hf-eager"]  # the old spelling of a peer, with a warning
-    assert "name it with --peers hf-eager" in caplog.text
+    with pytest.raises(ValueError, match="hf-eager is a peer: name it with --peers hf-eager"):
+        benchmark_targets(["hf-eager"])
     with pytest.raises(ValueError, match="did you mean 'jetson'"):
         benchmark_targets(["jetsn"])
     with pytest.raises(ValueError, match="unknown peer"):
