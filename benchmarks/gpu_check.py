@@ -229,8 +229,8 @@ def untrained_edge(path: Path) -> Path:
 
 
 def prepare_swin(work: Path, tiny: bool) -> dict[str, Any]:
-    """Our checkpoint and the HF folder with the same seeded random weights (``benchmarks.worker.prepare_model``)."""
-    from benchmarks.worker import prepare_model
+    """Our checkpoint and the HF folder with the same seeded random weights (``benchmarks.models.prepare_model``)."""
+    from benchmarks.models import prepare_model
 
     model = SWIN_T_MODEL
     if tiny:
@@ -246,7 +246,7 @@ def prepare_swin(work: Path, tiny: bool) -> dict[str, Any]:
         path = work / "tiny_swin.json"
         path.write_text(json.dumps(hf_config_dict(Mask2FormerConfig.from_dict(arch), [f"c{i}" for i in range(5)])))
         model = str(path)
-    return prepare_model({"model": model, "dir": str(work / "swin"), "seed": 0})
+    return prepare_model(model, work / "swin", seed=0).to_dict()
 
 
 def median_ms(fn: Callable[[], Any], warmup: int, runs: int) -> float:
@@ -262,11 +262,10 @@ def median_ms(fn: Callable[[], Any], warmup: int, runs: int) -> float:
 
 def bench_ours(checkpoint: Path, input_size: tuple[int, int], device: str, precision: str, graph: bool, frames, n):
     """(e2e ms, model ms, labels per frame, facts) of our torch runtime behind ``Segmenter.predict``."""
-    from benchmarks.worker import _torch_segmenter
+    from benchmarks.pipelines import torch_segmenter
     from sdk.preprocess import fit_to_input
 
-    row = {"device": device, "precision": precision, "cuda_graph": graph}
-    seg = _torch_segmenter({"checkpoint": str(checkpoint), "task": "semantic", "input_size": input_size, "row": row})
+    seg = torch_segmenter(str(checkpoint), "semantic", input_size, device, precision, cuda_graph=graph)
     feed = {seg.input_name: fit_to_input(frames[0], seg.metadata["input"])[0][None]}
     model_ms = median_ms(lambda: seg.backend.run(feed), *n)
     cycle = itertools.count()
