@@ -47,13 +47,13 @@ demo: install
 	$(VENV)/bin/m2f info
 	$(VENV)/bin/m2f demo $(DEMO_ARGS)
 
-# The GPU machine's own check (benchmarks/gpu_check.py): the machine's python, no venv, no internet; <= 6 minutes on
+# The GPU machine's own check (tools/gpu_check.py): the machine's python, no venv, no internet; <= 6 minutes on
 # an H200. GPU_CHECK_OUT receives gpu_check.md/.json and pytest_gpu.log (README: "GPU").
 GPU_PY ?= python3
 GPU_CHECK_OUT ?= benchmarks/results/gpu_check
 GPU_CHECK_ARGS ?=
 gpu-check:
-	PYTHONPATH=$(CURDIR) PYTHONUNBUFFERED=1 $(GPU_PY) -m benchmarks.gpu_check --out $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)
+	PYTHONPATH=$(CURDIR) PYTHONUNBUFFERED=1 $(GPU_PY) -m tools.gpu_check --out $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -10,112 +10,83 @@ Prints the Markdown table; writes benchmark.md / .csv / .json / .png (and profil
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
-from pathlib import Path
+import types
+import typing
+from collections.abc import Sequence
+from typing import Any
 
-from benchmarks.harness import (
-    BENCH_CALIB_IMAGES,
-    BENCH_GATE_IMAGES,
-    BENCHMARK_TARGETS,
-    DATA_FORMATS,
-    PEERS,
-    BenchmarkOptions,
-    benchmark_targets,
-    run_benchmark,
-)
-from runtimes.geometry import parse_input_size
-from runtimes.vocabulary import PRECISIONS
+from benchmarks.harness import BenchmarkOptions, run_benchmark
+from benchmarks.rows import PEERS, benchmark_targets
 
 logger = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """``m2f benchmark``'s options: one per ``BenchmarkOptions`` field with a help (its default, help and choices
+    are the field's), and ``--peers``, which joins ``--targets``."""
     parser = argparse.ArgumentParser(
         prog="m2f benchmark", description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--model",
-        default="ade20k-semantic-swin-t",
-        help="model-zoo name or HF config.json (random seeded weights; HF peers get the same), an HF folder with "
-        "weights, or our .pt checkpoint (no HF peers) [ade20k-semantic-swin-t]",
-    )
-    parser.add_argument(
-        "--targets",
-        nargs="+",
-        metavar="TARGET",
-        help="profiles (cpu, cuda, jetson: every runtime there) or runtimes "
-        f"({', '.join(t for t in BENCHMARK_TARGETS if t not in PEERS)}); default: every available one and the peers",
-    )
-    parser.add_argument("--peers", nargs="+", choices=PEERS, help="what a user would run instead, beside ours")
-    parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, help="default: fp32 bf16 int8")
-    parser.add_argument(
-        "--data", type=Path, help="CamVid/ADE20K/Cityscapes root (labelled: mIoU) or a folder of images"
-    )
-    parser.add_argument("--data-format", choices=DATA_FORMATS, default="auto")
-    parser.add_argument("--split", default="val", help="dataset split for the frames [val]")
-    parser.add_argument("--video", type=Path, help="take the frames from a video file instead")
-    parser.add_argument("--images", type=int, default=10, help="frames for timing, agreement and mIoU [10]")
-    parser.add_argument("--input-size", type=parse_input_size, default=(512, 512), help="model input HxW [512x512]")
-    parser.add_argument("--runs", type=int, default=10, help="timed runs per row [10]")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed runs first, in every round [3]")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="split the timed runs into rounds, rows in a rotated order each round [3]")  # fmt: skip
-    parser.add_argument("--threads", type=int, help="threads per engine [all cores]")
-    parser.add_argument("--calib", type=Path, help="int8 calibration images [--data's train split if any]")
-    parser.add_argument(
-        "--calib-images", type=int, default=BENCH_CALIB_IMAGES, help=f"calibration images [{BENCH_CALIB_IMAGES}]"
-    )
-    parser.add_argument("--gate-images", type=int, default=BENCH_GATE_IMAGES,
-                        help=f"images for the compiler's own gate [{BENCH_GATE_IMAGES}]")  # fmt: skip
-    parser.add_argument("--seed", type=int, default=0, help="seed of random weights [0]")
-    parser.add_argument("--cache", type=Path, help="artifacts, logs, frames [$M2F_CACHE/benchmarks]")
-    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per job (export or row) [3600]")
-    parser.add_argument("--profile", action="store_true", help="per-op-type profile of every row (profile.md)")
-    parser.add_argument("--no-stream", action="store_true", help="skip the pipelined sdk.stream throughput")
-    parser.add_argument("--title", help="report title")
-    parser.add_argument("--out", type=Path, required=True, help="report folder (md, csv, json, png)")
+    hints = typing.get_type_hints(BenchmarkOptions)
+    for option in dataclasses.fields(BenchmarkOptions):
+        if "help" in option.metadata:
+            _add_field(parser, option, hints[option.name])
+        if option.name == "targets":
+            help_text = "what a user would run instead, beside ours"
+            parser.add_argument("--peers", nargs="+", choices=PEERS, default=argparse.SUPPRESS, help=help_text)
     return parser
+
+
+def _add_field(parser: argparse.ArgumentParser, option: dataclasses.Field, hint: Any) -> None:
+    """The option of one field: ``--name-with-dashes`` (or its ``flag``); a bool is a switch away from its default,
+    a sequence takes one or more values, any other type converts the value. Unset, it stays unset (the field's
+    default applies)."""
+    meta = dict(option.metadata)
+    help_text, flag = meta.pop("help"), meta.pop("flag", "--" + option.name.replace("_", "-"))
+    default = option.default if option.default is not dataclasses.MISSING else None
+    shown = meta.pop("shown", None) or _shown(default)
+    kinds = [arg for arg in typing.get_args(hint) if arg is not type(None)] if isinstance(hint, types.UnionType) else []
+    kind = kinds[0] if len(kinds) == 1 else hint
+    if kind is bool:
+        meta["action"] = "store_false" if default else "store_true"
+    elif typing.get_origin(kind) is Sequence:
+        meta["nargs"] = "+"
+    else:
+        meta.setdefault("type", kind)
+        meta.setdefault("metavar", flag.removeprefix("--").replace("-", "_").upper())
+    required = option.default is dataclasses.MISSING and option.default_factory is dataclasses.MISSING
+    parser.add_argument(
+        flag,
+        dest=option.name,
+        default=argparse.SUPPRESS,
+        required=required,
+        help=help_text + (f" [{shown}]" if shown else ""),
+        **meta,
+    )
+
+
+def _shown(default: Any) -> str | None:
+    """A default as the help names it: ``512x512``, ``3600``, ``val``; None where it goes without saying."""
+    if default is None or isinstance(default, bool):
+        return None
+    if isinstance(default, tuple):
+        return "x".join(map(str, default))
+    if isinstance(default, float):
+        return f"{default:g}"
+    return str(default)
 
 
 def benchmark_main(argv: list[str] | None = None) -> int:
     """Entry point of ``m2f benchmark``; returns 0 when the report was written (error rows included)."""
-    args = build_parser().parse_args(argv)
+    values = vars(build_parser().parse_args(argv))
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        targets = benchmark_targets(args.targets, args.peers)
-    except ValueError as err:
-        print(f"m2f benchmark: {err}", file=sys.stderr)
-        return 2
-    options = BenchmarkOptions(
-        out=args.out,
-        model=args.model,
-        targets=targets,
-        precisions=args.precisions,
-        data=args.data,
-        data_format=args.data_format,
-        split=args.split,
-        video=args.video,
-        images=args.images,
-        input_size=args.input_size,
-        runs=args.runs,
-        warmup=args.warmup,
-        rounds=args.rounds,
-        calib=args.calib,
-        calib_images=args.calib_images,
-        gate_images=args.gate_images,
-        seed=args.seed,
-        cache=args.cache,
-        timeout_s=args.timeout,
-        profile=args.profile,
-        stream=not args.no_stream,
-        title=args.title,
-    )
-    if args.threads:
-        options.threads = args.threads
-    try:
-        rows = run_benchmark(options)
+        targets = benchmark_targets(values.pop("targets", None), values.pop("peers", None))
+        rows = run_benchmark(BenchmarkOptions(**values, targets=targets))
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"m2f benchmark: {err}", file=sys.stderr)
         return 2

@@ -3,333 +3,201 @@
     from benchmarks.harness import BenchmarkOptions, run_benchmark
     rows = run_benchmark(BenchmarkOptions(model="ade20k-semantic-swin-t", data=Path(".../camvid"), out=Path(...)))
 
-Rows, in order: our eager torch model (the fp32 reference every row's label agreement is measured against), the
-HF transformers model eager and its own ONNX export on OpenVINO (the peers, same architecture and weights), then
-our artifacts per target x precision. Each row is measured in its own process (``benchmarks.worker``), so its
-peak memory is its own and a crashing runtime only turns its row into an error; artifacts and logs go to a cache
-folder, never into ``out`` (which gets Markdown, CSV, JSON and a PNG plot: see ``benchmarks.report``).
+Rows, in order (``benchmarks.rows``): our eager torch model (the fp32 reference every row's label agreement is
+measured against), the HF transformers model eager and its own ONNX export on OpenVINO (the peers, same architecture
+and weights), then our artifacts per target x precision. Each row is measured in its own process
+(``benchmarks.jobs``, ``benchmarks.measure``), so its peak memory is its own and a crashing runtime only turns its
+row into an error; artifacts and logs go to a cache folder, never into ``out`` (which gets Markdown, CSV, JSON and a
+PNG plot: see ``benchmarks.report``). ``m2f benchmark`` (``benchmarks.cli``) builds its options from
+``BenchmarkOptions``' fields.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import importlib.util
 import json
 import logging
 import os
 import re
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from tqdm import tqdm
 
-from benchmarks.litert_peer import PEER_LABEL, default_peer_path
-from benchmarks.paths import REPO_ROOT
+from benchmarks.eval_set import DATA_FORMATS, EvalSet, detect_format, prepare_eval_set
+from benchmarks.jobs import run_job
+from benchmarks.litert_peer import default_peer_path
+from benchmarks.models import PreparedModel
+from benchmarks.rows import (
+    BENCHMARK_TARGETS,
+    DEFAULT_PRECISIONS,
+    PEERS,
+    MeasureSpec,
+    Row,
+    plan_rows,
+    target_available,
+)
 from runtimes.cache import cache_root, graph_code_key
-from runtimes.images import FrameError, read_image
-from runtimes.registry import RUNTIMES, RuntimeSpec, runtimes_named, unknown_name
-from runtimes.vocabulary import IMAGE_SUFFIXES, PRECISIONS, image_files
-from sdk.sources import evenly_spaced, read_video_frames
+from runtimes.geometry import parse_input_size
+from runtimes.vocabulary import PRECISIONS
 
 logger = logging.getLogger(__name__)
 
-DATA_FORMATS = ("auto", "camvid", "ade20k", "cityscapes", "images")
-
-
-@dataclass(frozen=True)
-class TargetKind:
-    """One benchmark target: who made it (``m2f`` or the ``hf`` peer), its runtime, the devices and precisions it
-    runs on, and its label. Ours are rows of ``runtimes.registry`` (a runtime or device added there appears here)."""
-
-    family: str
-    runtime: str
-    devices: tuple[str, ...]
-    precisions: dict[str, tuple[str, ...]]  # device -> precisions
-    needs: tuple[str, ...]  # Python packages
-    label: str
-
-
-def _ours(spec: RuntimeSpec) -> TargetKind:
-    """Our runtime's row: the artifact is exported (or the reference model built) with torch."""
-    precisions = {device: spec.precisions_on(device) for device in spec.devices}
-    needs = tuple(dict.fromkeys(("torch", spec.package)))
-    return TargetKind("m2f", spec.name, spec.devices, precisions, needs, f"m2f {spec.label}")
-
-
-_PEERS: dict[str, TargetKind] = {  # the same architecture and weights, run the HF user's way
-    "hf-eager": TargetKind(
-        "hf", "eager", ("cpu",), {"cpu": ("fp32",)}, ("torch", "transformers"), "HF transformers (eager)"
-    ),
-    "hf-openvino": TargetKind(
-        "hf",
-        "openvino",
-        ("cpu",),
-        {"cpu": ("fp32",)},
-        ("torch", "transformers", "onnxruntime", "openvino"),
-        "HF → ONNX → OpenVINO",
-    ),
-    # what a street-scene user would pick instead: an off-the-shelf int8 model (benchmarks.litert_peer); its
-    # classes are mapped onto CamVid's, so it joins evaluations with CamVid's classes only
-    "litert-deeplab": TargetKind("litert", "litert", ("cpu",), {"cpu": ("int8",)}, ("ai_edge_litert",), PEER_LABEL),
-}
-# target name -> kind: the reference (our torch) first, then the peers, then our other runtimes in table order
-BENCHMARK_TARGETS: dict[str, TargetKind] = {
-    "torch": _ours(RUNTIMES["torch"]),
-    **_PEERS,
-    **{name: _ours(spec) for name, spec in RUNTIMES.items() if name != "torch"},
-}
-PEERS = tuple(_PEERS)  # what a user would run instead, named with --peers
-
-
-def benchmark_targets(targets: Sequence[str] | None, peers: Sequence[str] | None = None) -> list[str] | None:
-    """``m2f benchmark --targets`` (profiles or runtimes: ``cpu`` means openvino and onnxruntime) and ``--peers``
-    -> the row names of ``BENCHMARK_TARGETS``; None (both unset): every available one. A peer given under
-    ``--targets`` (the old spelling) still works, with a warning; an unknown name suggests the closest."""
-    if targets is None and peers is None:
-        return None
-    names: list[str] = []
-    for name in targets or ():
-        if name in _PEERS:
-            logger.warning("%s is a peer: name it with --peers %s (--targets %s goes in the next release)", name,
-                           name, name)  # fmt: skip
-            names.append(name)
-        else:
-            names += [r for r in runtimes_named(name) if r in BENCHMARK_TARGETS]
-    for name in peers or ():
-        if name not in _PEERS:
-            raise unknown_name("peer", name, _PEERS)
-        names.append(name)
-    return list(dict.fromkeys(names))
-
-
-REFERENCE = ("torch", "cpu", "fp32")
-DEFAULT_PRECISIONS = ("fp32", "bf16", "int8")  # fp16 joins when a GPU row runs
 # the benchmark's own exports time a file rather than ship it: fewer calibration images (int8 calibration is the
 # slowest step of a row) and a gate on a few frames as a sanity check; what ships uses compile.export's defaults
 BENCH_CALIB_IMAGES = 32
 BENCH_GATE_IMAGES = 4
 
 
-@dataclass
+def _cli(help: str, **argparse: Any) -> dict[str, Any]:
+    """A field's ``m2f benchmark`` option (``benchmarks.cli`` builds the parser from these): its help and what the
+    field's type and default do not say (``flag``, ``type``, ``choices``, ``metavar``, ``shown``: the default as
+    the help names it). A field without one is not on the command line."""
+    return {"help": help, **argparse}
+
+
+_OUR_TARGETS = ", ".join(t for t in BENCHMARK_TARGETS if t not in PEERS)
+
+
+@dataclass(frozen=True, kw_only=True)
 class BenchmarkOptions:
-    """Everything one benchmark run needs; ``m2f benchmark --help`` documents each field."""
+    """Everything one benchmark run needs; each default is written here once and ``m2f benchmark --help`` shows
+    it."""
 
-    out: Path
-    model: str = "ade20k-semantic-swin-t"
-    targets: Sequence[str] | None = None  # None: every available target
-    precisions: Sequence[str] | None = None  # None: DEFAULT_PRECISIONS (+ fp16 with a GPU target)
-    data: Path | None = None
-    data_format: str = "auto"
-    split: str = "val"
-    video: Path | None = None
-    images: int = 10
-    input_size: tuple[int, int] = (512, 512)
-    task: str = "semantic"
-    runs: int = 10
-    warmup: int = 3
-    rounds: int = 3  # the timed runs split into rounds, the rows' order rotated from round to round
-    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
-    calib: Path | None = None
-    calib_images: int = BENCH_CALIB_IMAGES
-    gate_images: int = BENCH_GATE_IMAGES
-    seed: int = 0
-    cache: Path | None = None
-    timeout_s: float = 3600.0
+    model: str = field(
+        default="ade20k-semantic-swin-t",
+        metadata=_cli("model-zoo name or HF config.json (random seeded weights; HF peers get the same), an HF "
+                      "folder with weights, or our .pt checkpoint (no HF peers)"),
+    )  # fmt: skip
+    targets: Sequence[str] | None = field(  # None: every available target
+        default=None,
+        metadata=_cli(f"profiles (cpu, cuda, jetson: every runtime there) or runtimes ({_OUR_TARGETS})",
+                      metavar="TARGET", shown="every available one and the peers"),
+    )  # fmt: skip
+    precisions: Sequence[str] | None = field(
+        default=None,
+        metadata=_cli("our rows' precisions", choices=PRECISIONS,
+                      shown=f"{' '.join(DEFAULT_PRECISIONS)}, and fp16 with a GPU row"),
+    )  # fmt: skip
+    data: Path | None = field(
+        default=None, metadata=_cli("CamVid/ADE20K/Cityscapes root (labelled: mIoU) or a folder of images")
+    )
+    data_format: str = field(default="auto", metadata=_cli("the layout under --data", choices=DATA_FORMATS))
+    split: str = field(default="val", metadata=_cli("dataset split for the frames"))
+    video: Path | None = field(default=None, metadata=_cli("take the frames from a video file instead"))
+    images: int = field(default=10, metadata=_cli("frames for timing, agreement and mIoU"))
+    input_size: tuple[int, int] = field(default=(512, 512), metadata=_cli("model input HxW", type=parse_input_size))
+    task: str = "semantic"  # the harness measures label maps: not an option
+    runs: int = field(default=10, metadata=_cli("timed runs per row"))
+    warmup: int = field(default=3, metadata=_cli("untimed runs first, in every round"))
+    rounds: int = field(
+        default=3, metadata=_cli("split the timed runs into rounds, rows in a rotated order each round")
+    )
+    threads: int = field(
+        default_factory=lambda: os.cpu_count() or 1, metadata=_cli("threads per engine", shown="all cores")
+    )
+    calib: Path | None = field(
+        default=None, metadata=_cli("int8 calibration images", shown="--data's train split if any")
+    )
+    calib_images: int = field(default=BENCH_CALIB_IMAGES, metadata=_cli("calibration images"))
+    gate_images: int = field(default=BENCH_GATE_IMAGES, metadata=_cli("images for the compiler's own gate"))
+    seed: int = field(default=0, metadata=_cli("seed of random weights"))
+    cache: Path | None = field(default=None, metadata=_cli("artifacts, logs, frames", shown="$M2F_CACHE/benchmarks"))
+    timeout_s: float = field(default=3600.0, metadata=_cli("seconds per job (export or row)", flag="--timeout"))
     peer_model: Path = field(default_factory=default_peer_path)  # the LiteRT peer's .tflite
-    profile: bool = False
-    stream: bool = True
-    title: str | None = None
+    profile: bool = field(default=False, metadata=_cli("per-op-type profile of every row (profile.md)"))
+    stream: bool = field(default=True, metadata=_cli("skip the pipelined sdk.stream throughput", flag="--no-stream"))
+    title: str | None = field(default=None, metadata=_cli("report title"))
+    out: Path = field(metadata=_cli("report folder (md, csv, json, png)"))
 
 
-# ---------------------------------------------------------------------------------------------- subprocess jobs
+@dataclass(frozen=True)
+class RunInfo:
+    """The run's header: ``benchmark.json``'s ``"run"`` (``to_dict``), read by ``benchmarks.report.markdown``."""
+
+    title: str
+    model: str
+    weights: str | None
+    num_classes: int
+    task: str
+    input_size: tuple[int, int]
+    evaluation: str  # where the frames came from (EvalSet.source)
+    runs: int
+    warmup: int
+    rounds: int
+    threads: int
+    calibration: str | None
+    started: str  # local time
+    duration_s: float
+    work_dir: str  # jobs, logs, frames and reference labels of this run
+    environment: dict[str, Any]  # benchmarks.report.environment
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "input_size": list(self.input_size)}
 
 
-def run_job(
-    job: str, spec: dict, work: Path, name: str, timeout_s: float, module: str = "benchmarks.worker", threads: int = 1
-) -> dict:
-    """Run ``python -m module job spec.json result.json`` and return its result (``{"error": ...}`` on failure).
+@dataclass(frozen=True)
+class _RunSetup:
+    """What every row of one run shares: the options, the prepared model, the frames and where files go."""
 
-    A timeout, a crash (signal) or a non-zero exit becomes an error message with the log's last line; the full
-    log stays in ``work/logs/name.log``.
-    """
-    for sub in ("jobs", "logs"):
-        (work / sub).mkdir(parents=True, exist_ok=True)
-    spec_path, result_path, log_path = work / "jobs" / f"{name}.json", work / "jobs" / f"{name}.result.json", None
-    log_path = work / "logs" / f"{name}.log"
-    spec_path.write_text(json.dumps(spec, indent=1, default=str))
-    result_path.unlink(missing_ok=True)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
-    env["OMP_NUM_THREADS"] = str(threads)
-    command = [sys.executable, "-m", module, job, str(spec_path), str(result_path)]
-    start = time.perf_counter()
-    with log_path.open("w") as log:
-        try:
-            proc = subprocess.run(
-                command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT, timeout=timeout_s
-            )
-        except subprocess.TimeoutExpired:
-            return {"error": f"timed out after {timeout_s:.0f} s (log: {log_path})"}
-    elapsed = time.perf_counter() - start
-    result: dict = json.loads(result_path.read_text()) if result_path.exists() else {}
-    if proc.returncode != 0 and "error" not in result:
-        if proc.returncode < 0:
-            try:
-                why = f"crashed with {signal.Signals(-proc.returncode).name}"
-            except ValueError:
-                why = f"crashed with signal {-proc.returncode}"
-        else:
-            why = f"exited with status {proc.returncode}"
-        result = {"error": f"{job} {why}: {_last_line(log_path)} (log: {log_path})"}
-    result.setdefault("job_s", elapsed)
-    return result
+    opts: BenchmarkOptions
+    model: PreparedModel
+    evaluation: EvalSet
+    num_classes: int
+    work: Path  # the run's jobs, logs and frames
+    artifacts: Path  # the exports, cached per model and graph code
+    calib: Path | None  # int8 calibration images
 
+    @property
+    def labels_match(self) -> bool:
+        """The frames' labels use the model's classes: mIoU can be measured."""
+        names = self.evaluation.class_names
+        return self.evaluation.has_labels and names is not None and len(names) == self.num_classes
 
-def _last_line(path: Path) -> str:
-    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    return lines[-1][:300] if lines else "(no output)"
+    def measure_spec(self, row: Row, artifact: Path | None = None, exporter: str | None = None) -> MeasureSpec:
+        opts = self.opts
+        return MeasureSpec(
+            checkpoint=self.model.checkpoint,
+            hf_dir=self.model.hf_dir,
+            task=opts.task,
+            input_size=opts.input_size,
+            threads=opts.threads,
+            runs=opts.runs,
+            warmup=opts.warmup,
+            eval=str(self.work / "eval.npz"),
+            reference=str(self.work / "reference_labels.npz"),
+            num_classes=self.num_classes,
+            num_classes_match=self.labels_match,
+            stream=opts.stream,
+            video=opts.video is not None,
+            profile=opts.profile,
+            class_names=self.evaluation.class_names,
+            peer_model=str(opts.peer_model),
+            row=row,
+            write_reference=row.is_reference,
+            artifact=None if artifact is None else str(artifact),
+            exporter=exporter,
+        )
 
 
-# ---------------------------------------------------------------------------------------------- planning
+@dataclass(frozen=True)
+class _BuiltRow:
+    """A row ready to measure: its spec and what building it found (export time, the compiler's gate, ...)."""
+
+    spec: MeasureSpec
+    facts: dict[str, Any]
 
 
-def target_available(name: str, device: str | None = None) -> str | None:
-    """None when ``name`` can run here (on ``device``, default its first), else why not."""
-    kind = BENCHMARK_TARGETS[name]
-    missing = [m for m in kind.needs if importlib.util.find_spec(m) is None]
-    if missing:
-        return f"{name} needs {', '.join(missing)} (not installed)"
-    if kind.family == "m2f":
-        from sdk.targets import runtime_usable
+class _RowFailed(Exception):
+    """A row that cannot be measured; ``facts`` (its error first) become its entry in the report."""
 
-        return runtime_usable(kind.runtime, device or kind.devices[0])
-    return None
-
-
-def row_id(name: str, device: str, precision: str) -> str:
-    """``m2f-openvino-int8``, ``hf-eager-fp32``; a device other than the target's first is named:
-    ``m2f-torch-cuda-fp16``."""
-    kind = BENCHMARK_TARGETS[name]
-    where = "" if device == kind.devices[0] else f"-{device}"
-    return f"{kind.family}-{name.removeprefix(kind.family + '-')}{where}-{precision}"
-
-
-def plan_rows(targets: Sequence[str] | None, precisions: Sequence[str] | None) -> list[dict]:
-    """The rows to run, reference first: ``{"id", "target", "family", "runtime", "device", "precision", "label"}``.
-
-    ``targets=None`` means every available target x device (unavailable ones named explicitly become error rows on
-    their first device; their other devices join where available).
-    """
-    unknown = [t for t in targets or () if t not in BENCHMARK_TARGETS]
-    if unknown:
-        raise ValueError(f"unknown target(s) {unknown}; expected some of {', '.join(BENCHMARK_TARGETS)}")
-    named = targets is not None
-    if targets is None:
-        targets = [t for t in BENCHMARK_TARGETS if target_available(t) is None]
-        skipped = [t for t in BENCHMARK_TARGETS if t not in targets]
-        if skipped:
-            logger.info("not available here, skipped: %s", ", ".join(skipped))
-    places = [
-        (t, device)
-        for t in BENCHMARK_TARGETS  # table order, not command-line order
-        if t in targets
-        for i, device in enumerate(BENCHMARK_TARGETS[t].devices)
-        if (i == 0 and named) or target_available(t, device) is None
-    ]
-    if precisions is None:
-        precisions = DEFAULT_PRECISIONS + (("fp16",) if any(device == "cuda" for _, device in places) else ())
-    bad = [p for p in precisions if p not in PRECISIONS]
-    if bad:
-        raise ValueError(f"unknown precision(s) {bad}; expected some of {', '.join(PRECISIONS)}")
-    rows = [REFERENCE]
-    for target, device in places:
-        kind = BENCHMARK_TARGETS[target]
-        # a peer runs as its users run it, at its own precision whatever --precisions asks of ours
-        rows += [(target, device, p) for p in kind.precisions[device] if p in precisions or kind.family != "m2f"]
-    with_rows = {row[0] for row in rows}
-    unmatched = [t for t in targets if t not in with_rows] if named else []
-    if unmatched:
-        logger.warning("no row for %s: none of its precisions is among %s", ", ".join(unmatched), ", ".join(precisions))
-    return [
-        {
-            "id": row_id(t, d, p),
-            "target": t,
-            "family": BENCHMARK_TARGETS[t].family,
-            "runtime": BENCHMARK_TARGETS[t].runtime,
-            "device": d,
-            "precision": p,
-            "label": BENCHMARK_TARGETS[t].label + ("" if d == BENCHMARK_TARGETS[t].devices[0] else f" on {d.upper()}"),
-        }
-        for t, d, p in dict.fromkeys(rows)  # the reference once
-    ]
-
-
-# ---------------------------------------------------------------------------------------------- evaluation set
-
-
-def _detect_format(data: Path, split: str) -> str:
-    if (data / "classes.csv").exists() and (data / split).is_dir() and (data / f"{split}annot").is_dir():
-        return "camvid"
-    if (data / "images").is_dir() and (data / "annotations").is_dir():
-        return "ade20k"
-    if (data / "leftImg8bit").is_dir():
-        return "cityscapes"
-    return "images"
-
-
-def prepare_eval_set(
-    out: Path, data: Path | None, video: Path | None, count: int, data_format: str = "auto", split: str = "val"
-) -> dict:
-    """Write ``count`` frames (evenly spread over the source) and their ground truth, if any, to ``out`` (.npz).
-
-    Returns ``{"source", "count", "has_labels", "class_names"}``.
-    """
-    frames: list[np.ndarray] = []
-    labels: list[np.ndarray] = []
-    class_names: list[str] | None = None
-    if video is not None:
-        frames = read_video_frames(video, count)
-        source = f"{video.name}: {len(frames)} frames"
-    elif data is not None:
-        if not data.is_dir():
-            raise FileNotFoundError(f"--data {data} is not a folder")
-        fmt = _detect_format(data, split) if data_format == "auto" else data_format
-        if fmt == "images":
-            files = image_files(data)
-            if not files:
-                raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {data}")
-            for i in evenly_spaced(len(files), count):
-                try:
-                    frames.append(read_image(files[i]))
-                except FrameError as err:
-                    raise ValueError(f"cannot use image {files[i]}: {err}") from err
-            source = f"{data.name}: {len(frames)} images (no labels)"
-        else:
-            from train.data import build_dataset
-            from train.evaluation.semantic import semantic_gt_from_sample
-
-            dataset = build_dataset({"format": fmt, "root": str(data), "split": split})
-            class_names = list(dataset.meta.class_names)
-            for i in evenly_spaced(len(dataset), count):
-                sample = dataset[i]
-                frames.append(np.ascontiguousarray(sample["image"].permute(1, 2, 0).numpy()[..., ::-1]))
-                h, w = frames[-1].shape[:2]
-                labels.append(semantic_gt_from_sample(sample["labels"], sample["masks"], sample["iscrowd"], h, w))
-            source = f"{fmt} {split}: {len(frames)} of {len(dataset)} images, labelled"
-    else:
-        raise ValueError("pass --data DIR (CamVid/ADE20K/Cityscapes root or a folder of images) or --video FILE")
-    arrays = {f"frame_{i}": f for i, f in enumerate(frames)}
-    arrays.update({f"label_{i}": lab.astype(np.uint8 if lab.max() < 256 else np.int32) for i, lab in enumerate(labels)})
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, count=len(frames), **arrays)
-    return {"source": source, "count": len(frames), "has_labels": bool(labels), "class_names": class_names}
+    def __init__(self, error: str, **facts: Any) -> None:
+        super().__init__(error)
+        self.facts = {"error": error, **facts}
 
 
 # ---------------------------------------------------------------------------------------------- the run
@@ -364,100 +232,78 @@ def run_benchmark(opts: BenchmarkOptions) -> list[dict]:
         raise ValueError("the harness measures semantic segmentation (label maps); --task semantic")
     if opts.runs < 1 or opts.warmup < 0 or opts.images < 1 or opts.rounds < 1:
         raise ValueError("need --runs >= 1, --warmup >= 0, --images >= 1 and --rounds >= 1")
+    started = time.time()
+    env = environment(opts.threads)
+    rows = plan_rows(opts.targets, opts.precisions)
+    setup = _set_up(opts)
+    if opts.targets is None and not _camvid_classes(setup.evaluation.class_names):
+        rows = [row for row in rows if row.family != "litert"]  # the peer's classes map onto CamVid's only
+    results: dict[str, dict] = {}
+    built: dict[str, _BuiltRow] = {}
+    for row in tqdm(rows, desc="building rows", unit="row"):
+        try:
+            built[row.id] = _build_row(row, setup)
+        except _RowFailed as failed:
+            results[row.id] = {**row.to_dict(), **failed.facts}
+            logger.warning("row %s failed: %s", row.id, failed)
+    _measure_rows(rows, built, results, setup.work, opts)
+    results_list = [results[row.id] for row in rows]
+    h, w = opts.input_size
+    info = RunInfo(
+        title=opts.title or f"{opts.model}, {h}x{w}, {opts.task}",
+        model=opts.model,
+        weights=setup.model.weights,
+        num_classes=setup.num_classes,
+        task=opts.task,
+        input_size=opts.input_size,
+        evaluation=setup.evaluation.source,
+        runs=opts.runs,
+        warmup=opts.warmup,
+        rounds=len(round_runs(opts.runs, opts.rounds)),
+        threads=opts.threads,
+        calibration=f"{setup.calib} ({opts.calib_images} images, letterboxed)" if setup.calib else None,
+        started=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
+        duration_s=round(time.time() - started, 1),
+        work_dir=str(setup.work),
+        environment=env,
+    )
+    write_report(opts.out, results_list, info.to_dict())
+    return results_list
+
+
+def _set_up(opts: BenchmarkOptions) -> _RunSetup:
+    """The model (prepared once per model key), the evaluation frames and the run's folders."""
     cache = (opts.cache or default_cache()).resolve()
     key = model_key(opts.model, opts.seed)
     work = cache / "runs" / _slug(str(opts.out.resolve()))
     work.mkdir(parents=True, exist_ok=True)
-    started = time.time()
-    env = environment(opts.threads)
-    rows = plan_rows(opts.targets, opts.precisions)
+    model = _prepared_model(opts, cache / "models" / key, work)
+    evaluation = prepare_eval_set(work / "eval.npz", opts.data, opts.video, opts.images, opts.data_format, opts.split)
+    calib = opts.calib
+    if calib is None and opts.data is not None and detect_format(opts.data, "train") == "camvid":
+        calib = opts.data / "train"
+    (work / "reference_labels.npz").unlink(missing_ok=True)
+    artifacts = cache / "artifacts" / key / f"code-{graph_code_key()}"
+    setup = _RunSetup(opts, model, evaluation, _num_classes(model.checkpoint), work, artifacts, calib)
+    if evaluation.has_labels and not setup.labels_match:
+        names = evaluation.class_names or ()
+        logger.warning("no mIoU: the model has %d classes, the dataset %d", setup.num_classes, len(names))
+    return setup
 
-    model_dir = cache / "models" / key
+
+def _prepared_model(opts: BenchmarkOptions, model_dir: Path, work: Path) -> PreparedModel:
+    """The benchmark model in ``model_dir``, prepared in a worker process the first time."""
     info_path = model_dir / "info.json"
     if info_path.exists():
-        model = json.loads(info_path.read_text())
-    else:
-        logger.info("preparing model %s in %s", opts.model, model_dir)
-        model = run_job(
-            "prepare_model",
-            {"model": opts.model, "dir": str(model_dir), "seed": opts.seed},
-            work,
-            "prepare_model",
-            opts.timeout_s,
-            threads=opts.threads,
-        )
-        if "error" in model:
-            raise RuntimeError(f"cannot prepare --model {opts.model}: {model['error']}")
-        info_path.write_text(json.dumps(model, indent=1))
-
-    eval_path = work / "eval.npz"
-    evaluation = prepare_eval_set(eval_path, opts.data, opts.video, opts.images, opts.data_format, opts.split)
-    num_classes = _num_classes(model["checkpoint"])
-    match = (
-        evaluation["has_labels"]
-        and evaluation["class_names"] is not None
-        and len(evaluation["class_names"]) == num_classes
-    )
-    if evaluation["has_labels"] and not match:
-        logger.warning("no mIoU: the model has %d classes, the dataset %d", num_classes, len(evaluation["class_names"]))
-    if opts.targets is None and not _camvid_classes(evaluation["class_names"]):
-        rows = [row for row in rows if row["family"] != "litert"]  # the peer's classes map onto CamVid's only
-    calib = opts.calib
-    if calib is None and opts.data is not None and _detect_format(opts.data, "train") == "camvid":
-        calib = opts.data / "train"
-    reference = work / "reference_labels.npz"
-    reference.unlink(missing_ok=True)
-
-    common = {
-        "checkpoint": model["checkpoint"],
-        "hf_dir": model.get("hf_dir"),
-        "task": opts.task,
-        "input_size": list(opts.input_size),
-        "threads": opts.threads,
-        "runs": opts.runs,
-        "warmup": opts.warmup,
-        "eval": str(eval_path),
-        "reference": str(reference),
-        "num_classes": num_classes,
-        "num_classes_match": match,
-        "stream": opts.stream,
-        "video": opts.video is not None,  # consecutive frames: the stream also measures temporal stability
-        "profile": opts.profile,
-        "class_names": evaluation["class_names"],
-        "peer_model": str(opts.peer_model),
-    }
-    artifacts = cache / "artifacts" / key / f"code-{graph_code_key()}"
-    results: dict[str, dict] = {}
-    specs: dict[str, dict] = {}
-    for row in tqdm(rows, desc="building rows", unit="row"):
-        prepared = _prepare_row(row, common, model, artifacts, work, opts, calib)
-        if "error" in prepared:
-            results[row["id"]] = {**row, **prepared}
-            logger.warning("row %s failed: %s", row["id"], prepared["error"])
-        else:
-            specs[row["id"]] = prepared
-    _measure_rows(rows, specs, results, work, opts)
-    results_list = [results[row["id"]] for row in rows]
-    run_info = {
-        "title": opts.title or f"{opts.model}, {opts.input_size[0]}x{opts.input_size[1]}, {opts.task}",
-        "model": opts.model,
-        "weights": model.get("weights"),
-        "num_classes": num_classes,
-        "task": opts.task,
-        "input_size": list(opts.input_size),
-        "evaluation": evaluation["source"],
-        "runs": opts.runs,
-        "warmup": opts.warmup,
-        "rounds": len(round_runs(opts.runs, opts.rounds)),
-        "threads": opts.threads,
-        "calibration": f"{calib} ({opts.calib_images} images, letterboxed)" if calib else None,
-        "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
-        "duration_s": round(time.time() - started, 1),
-        "work_dir": str(work),
-        "environment": env,
-    }
-    write_report(opts.out, results_list, run_info)
-    return results_list
+        return PreparedModel.from_dict(json.loads(info_path.read_text()))
+    logger.info("preparing model %s in %s", opts.model, model_dir)
+    spec = {"model": opts.model, "dir": str(model_dir), "seed": opts.seed}
+    result = run_job("prepare_model", spec, work, "prepare_model", opts.timeout_s, threads=opts.threads)
+    if "error" in result:
+        raise RuntimeError(f"cannot prepare --model {opts.model}: {result['error']}")
+    model = PreparedModel.from_dict(result)
+    info_path.write_text(json.dumps(model.to_dict(), indent=1))
+    return model
 
 
 def round_runs(runs: int, rounds: int) -> list[int]:
@@ -467,7 +313,7 @@ def round_runs(runs: int, rounds: int) -> list[int]:
 
 
 def _measure_rows(
-    rows: Sequence[dict], specs: dict[str, dict], results: dict[str, dict], work: Path, opts: BenchmarkOptions
+    rows: Sequence[Row], built: dict[str, _BuiltRow], results: dict[str, dict], work: Path, opts: BenchmarkOptions
 ) -> None:
     """Measure every built row in rounds, each row in its own process every time.
 
@@ -477,31 +323,30 @@ def _measure_rows(
     thread pools in one process compete for the cores (``benchmarks.cpu_precisions``: the LiteRT peer 75 ms a frame
     beside OpenVINO, 43-47 ms alone). Each row's latency figures come from all its rounds' frames.
     """
-    order = [row for row in rows if row["id"] in specs]
-    by_id = {row["id"]: row for row in order}
+    order = [row for row in rows if row.id in built]
     for index, runs in enumerate(round_runs(opts.runs, opts.rounds)):
         shift = index % len(order) if order else 0
         for row in tqdm(order[shift:] + order[:shift], desc=f"round {index + 1}", unit="row"):
-            if "error" in results.get(row["id"], {}):
+            if "error" in results.get(row.id, {}):
                 continue
-            logger.info("round %d: row %s (%s %s)", index + 1, row["id"], row["target"], row["precision"])
-            spec = {**specs[row["id"]]["spec"], "runs": runs, "latency_only": index > 0}
-            name = row["id"] if index == 0 else f"{row['id']}-round{index + 1}"
-            measured = run_job("measure", spec, work, name, opts.timeout_s, threads=opts.threads)
+            logger.info("round %d: row %s (%s %s)", index + 1, row.id, row.target, row.precision)
+            spec = dataclasses.replace(built[row.id].spec, runs=runs, latency_only=index > 0)
+            name = row.id if index == 0 else f"{row.id}-round{index + 1}"
+            measured = run_job("measure", spec.to_dict(), work, name, opts.timeout_s, threads=opts.threads)
             if index == 0:
-                results[row["id"]] = {**by_id[row["id"]], **specs[row["id"]]["extra"], **measured}
+                results[row.id] = {**row.to_dict(), **built[row.id].facts, **measured}
                 if "error" in measured:
-                    logger.warning("row %s failed: %s", row["id"], measured["error"])
+                    logger.warning("row %s failed: %s", row.id, measured["error"])
             elif "error" in measured:
-                results[row["id"]].setdefault("round_errors", []).append(f"round {index + 1}: {measured['error']}")
+                results[row.id].setdefault("round_errors", []).append(f"round {index + 1}: {measured['error']}")
             else:
-                merge_round(results[row["id"]], measured)
+                merge_round(results[row.id], measured)
 
 
 def merge_round(result: dict, measured: dict) -> None:
     """Add a later round's timed frames to a row's result: latency figures, CPU time and stage means (pre-
     processing, inference, ...) over all its frames."""
-    from benchmarks.worker import latency_figures
+    from benchmarks.measure import latency_figures
 
     before, added = len(result["times_ms"]), len(measured["times_ms"])
     times = result["times_ms"] + measured["times_ms"]
@@ -527,61 +372,69 @@ def _num_classes(checkpoint: str) -> int:
     return len(read_checkpoint(checkpoint).meta["class_names"])
 
 
-def _prepare_row(
-    row: dict, common: dict, model: dict, artifacts: Path, work: Path, opts: BenchmarkOptions, calib: Path | None
-) -> dict:
-    """Build what the row needs (artifact / HF export, cached): ``{"spec": measure spec, "extra": build facts}``,
-    or ``{"error": ...}``."""
-    why = target_available(row["target"], row["device"])
+# ---------------------------------------------------------------------------------------------- building rows
+
+
+def _build_row(row: Row, setup: _RunSetup) -> _BuiltRow:
+    """Build what the row needs (its artifact or the HF export, cached); raises ``_RowFailed`` when it cannot run."""
+    why = target_available(row.target, row.device)
     if why is not None:
-        return {"error": why}
-    if row["family"] == "hf" and not model.get("hf_dir"):
-        return {"error": model.get("peer_error", "no HF model for this --model")}
-    if row["family"] == "litert" and not _camvid_classes(common["class_names"]):
-        return {"error": "the Cityscapes peer maps onto CamVid's 11 classes: evaluate on CamVid-labelled frames"}
-    spec = {**common, "row": row, "write_reference": (row["target"], row["device"], row["precision"]) == REFERENCE}
+        raise _RowFailed(why)
+    if row.family == "hf" and not setup.model.hf_dir:
+        raise _RowFailed(setup.model.peer_error or "no HF model for this --model")
+    if row.family == "litert" and not _camvid_classes(setup.evaluation.class_names):
+        raise _RowFailed("the Cityscapes peer maps onto CamVid's 11 classes: evaluate on CamVid-labelled frames")
+    if row.target == "hf-openvino":
+        return _hf_export_row(row, setup)
+    if row.family == "m2f" and row.runtime != "torch":
+        return _export_row(row, setup)
+    return _BuiltRow(setup.measure_spec(row), {})
+
+
+def _hf_export_row(row: Row, setup: _RunSetup) -> _BuiltRow:
+    """The HF peer's own ONNX export, run on OpenVINO."""
+    opts = setup.opts
+    path = setup.artifacts / f"hf-{'x'.join(map(str, opts.input_size))}.onnx"
+    spec = {"hf_dir": setup.model.hf_dir, "input_size": list(opts.input_size), "threads": opts.threads}
+    built = _cached_build(path, "hf_export", spec, setup.work, f"{row.id}-export", opts)
+    if "error" in built:
+        raise _RowFailed(f"HF ONNX export: {built['error']}", export_errors=built.get("export_errors"))
+    facts = {
+        "exporter": built["exporter"],
+        "export_errors": built.get("errors") or None,
+        "export_max_abs_diff": built.get("max_abs_diff"),
+    }
+    return _BuiltRow(setup.measure_spec(row, path, built["exporter"]), _known(facts))
+
+
+def _export_row(row: Row, setup: _RunSetup) -> _BuiltRow:
+    """Our artifact for the row's target x precision (int8 calibrated on ``setup.calib``)."""
+    opts, precision = setup.opts, row.precision
+    if precision == "int8" and setup.calib is None:
+        raise _RowFailed("int8 needs calibration images: pass --calib DIR (or --data with a train split)")
     size = "x".join(map(str, opts.input_size))
-    extra: dict[str, Any] = {}
-    if row["target"] == "hf-openvino":
-        path = artifacts / f"hf-{size}.onnx"
-        built = _cached_build(
-            path,
-            "hf_export",
-            {"hf_dir": model["hf_dir"], "input_size": common["input_size"], "threads": opts.threads},
-            work,
-            f"{row['id']}-export",
-            opts,
-        )
-        if "error" in built:
-            return {"error": f"HF ONNX export: {built['error']}", "export_errors": built.get("export_errors")}
-        spec.update(artifact=str(path), exporter=built["exporter"])
-        extra = {
-            "exporter": built["exporter"],
-            "export_errors": built.get("errors") or None,
-            "export_max_abs_diff": built.get("max_abs_diff"),
-        }
-    elif row["family"] == "m2f" and row["runtime"] != "torch":
-        precision = row["precision"]
-        if precision == "int8" and calib is None:
-            return {"error": "int8 needs calibration images: pass --calib DIR (or --data with a train split)"}
-        suffix = f"-calib{opts.calib_images}-{_slug(str(calib))[-24:]}" if precision == "int8" else ""
-        path = artifacts / f"{row['target']}-{precision}-{size}{suffix}.onnx"
-        export_spec = {
-            "checkpoint": model["checkpoint"],
-            "target": row["target"],
-            "precision": precision,
-            "task": opts.task,
-            "input_size": common["input_size"],
-            "calib_dir": str(calib) if precision == "int8" else None,
-            "calib_images": opts.calib_images,
-            "gate_images": opts.gate_images,
-        }
-        built = _cached_build(path, "export", export_spec, work, f"{row['id']}-export", opts)
-        if "error" in built:
-            return {"error": f"export: {built['error']}"}
-        spec["artifact"] = str(path)
-        extra = {"export_s": built.get("export_s"), "gate": built.get("gate")}
-    return {"spec": spec, "extra": {k: v for k, v in extra.items() if v is not None}}
+    suffix = f"-calib{opts.calib_images}-{_slug(str(setup.calib))[-24:]}" if precision == "int8" else ""
+    path = setup.artifacts / f"{row.target}-{precision}-{size}{suffix}.onnx"
+    spec = {
+        "checkpoint": setup.model.checkpoint,
+        "target": row.target,
+        "precision": precision,
+        "task": opts.task,
+        "input_size": list(opts.input_size),
+        "calib_dir": str(setup.calib) if precision == "int8" else None,
+        "calib_images": opts.calib_images,
+        "gate_images": opts.gate_images,
+    }
+    built = _cached_build(path, "export", spec, setup.work, f"{row.id}-export", opts)
+    if "error" in built:
+        raise _RowFailed(f"export: {built['error']}")
+    return _BuiltRow(
+        setup.measure_spec(row, path), _known({"export_s": built.get("export_s"), "gate": built.get("gate")})
+    )
+
+
+def _known(facts: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in facts.items() if v is not None}
 
 
 def _cached_build(path: Path, job: str, spec: dict, work: Path, name: str, opts: BenchmarkOptions) -> dict:

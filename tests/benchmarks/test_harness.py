@@ -13,7 +13,9 @@ import cv2
 import numpy as np
 import pytest
 
-from benchmarks.harness import BENCHMARK_TARGETS, plan_rows, prepare_eval_set, run_job
+from benchmarks.eval_set import EvalSet, prepare_eval_set
+from benchmarks.jobs import run_job
+from benchmarks.rows import BENCHMARK_TARGETS, MeasureSpec, Row, plan_rows
 from tests.conftest import REPO_ROOT
 
 # A very small HF Mask2Former (Swin backbone) with 3 classes: the harness builds it with seeded random weights.
@@ -69,7 +71,7 @@ def _fake_camvid(root: Path, images: int = 3) -> Path:
 
 def test_plan_puts_the_reference_first_and_filters_precisions():
     rows = plan_rows(["openvino", "onnxruntime", "hf-eager"], ["fp32", "bf16", "int8"])
-    ids = [r["id"] for r in rows]
+    ids = [r.id for r in rows]
     assert ids == [
         "m2f-torch-fp32",
         "hf-eager-fp32",
@@ -89,7 +91,7 @@ def test_peers_run_at_their_own_precision(caplog):
     """--precisions picks our rows' precisions; a named peer (fp32 or int8 only) is never dropped by it, and a
     runtime named with none of its precisions asked for is a warning, not a silent gap."""
     rows = plan_rows(["openvino", "hf-eager", "litert-deeplab"], ["bf16", "int8"])
-    assert [r["id"] for r in rows] == [
+    assert [r.id for r in rows] == [
         "m2f-torch-fp32",
         "hf-eager-fp32",
         "litert-deeplab-int8",
@@ -97,7 +99,7 @@ def test_peers_run_at_their_own_precision(caplog):
         "m2f-openvino-int8",
     ]
     assert "no row" not in caplog.text
-    assert [r["id"] for r in plan_rows(["onnxruntime"], ["bf16"])] == ["m2f-torch-fp32"]
+    assert [r.id for r in plan_rows(["onnxruntime"], ["bf16"])] == ["m2f-torch-fp32"]
     assert "no row for onnxruntime: none of its precisions is among bf16" in caplog.text
 
 
@@ -106,11 +108,11 @@ def test_rows_follow_the_runtime_table(monkeypatch):
     joining the default precisions); a device nobody can use here adds nothing."""
     import sdk.targets
 
-    cpu_only = [r["id"] for r in plan_rows(["torch", "onnxruntime"], None)]
+    cpu_only = [r.id for r in plan_rows(["torch", "onnxruntime"], None)]
     assert cpu_only == ["m2f-torch-fp32", "m2f-onnxruntime-fp32", "m2f-onnxruntime-int8"]
     monkeypatch.setattr(sdk.targets, "runtime_usable", lambda runtime, device: None)  # every device usable
     rows = plan_rows(["torch", "onnxruntime"], None)
-    assert [r["id"] for r in rows] == [
+    assert [r.id for r in rows] == [
         "m2f-torch-fp32",
         "m2f-torch-cuda-fp32",
         "m2f-torch-cuda-fp16",
@@ -120,9 +122,9 @@ def test_rows_follow_the_runtime_table(monkeypatch):
         "m2f-onnxruntime-cuda-fp32",
         "m2f-onnxruntime-cuda-int8",
     ]
-    cuda = next(r for r in rows if r["id"] == "m2f-torch-cuda-fp16")
-    assert cuda["device"] == "cuda" and cuda["runtime"] == "torch" and cuda["label"] == "m2f torch (eager) on CUDA"
-    assert {r["device"] for r in rows if r["id"].startswith("m2f-onnxruntime-cuda")} == {"cuda"}
+    cuda = next(r for r in rows if r.id == "m2f-torch-cuda-fp16")
+    assert cuda.device == "cuda" and cuda.runtime == "torch" and cuda.label == "m2f torch (eager) on CUDA"
+    assert {r.device for r in rows if r.id.startswith("m2f-onnxruntime-cuda")} == {"cuda"}
 
 
 def test_tensorrt_rows_take_what_the_export_makes():
@@ -209,7 +211,7 @@ def test_eval_set_from_a_labelled_folder_and_from_a_video(tmp_path):
     pytest.importorskip("torch")
     root = _fake_camvid(tmp_path / "camvid", images=4)
     info = prepare_eval_set(tmp_path / "eval.npz", root, None, 2)
-    assert info["count"] == 2 and info["has_labels"] and info["class_names"] == ["Sky", "Road", "Car"]
+    assert info.count == 2 and info.has_labels and info.class_names == ("Sky", "Road", "Car")
     with np.load(tmp_path / "eval.npz") as data:
         assert data["frame_0"].shape == (72, 96, 3) and set(np.unique(data["label_0"])) <= {0, 1, 2, 255}
 
@@ -219,7 +221,7 @@ def test_eval_set_from_a_labelled_folder_and_from_a_video(tmp_path):
         writer.write(np.full((72, 96, 3), 20 * i, np.uint8))
     writer.release()
     info = prepare_eval_set(tmp_path / "video.npz", None, video, 3)
-    assert info == {"source": "clip.avi: 3 frames", "count": 3, "has_labels": False, "class_names": None}
+    assert info == EvalSet(source="clip.avi: 3 frames", count=3, has_labels=False, class_names=None)
     with pytest.raises(ValueError, match="--data DIR"):
         prepare_eval_set(tmp_path / "none.npz", None, None, 3)
 
@@ -246,6 +248,30 @@ def test_timed_runs_split_into_rounds():
     assert round_runs(5, 1) == [5]
 
 
+def _measure_spec(row: Row, **changes) -> MeasureSpec:
+    """A measure job's spec for ``row`` on frames at ``eval``, held to no reference."""
+    spec = MeasureSpec(
+        checkpoint="model.pt",
+        hf_dir=None,
+        task="semantic",
+        input_size=(64, 64),
+        threads=1,
+        runs=1,
+        warmup=0,
+        eval="eval.npz",
+        reference="none.npz",
+        num_classes=3,
+        num_classes_match=False,
+        stream=False,
+        video=False,
+        profile=False,
+        class_names=None,
+        peer_model="peer.tflite",
+        row=row,
+    )
+    return dataclasses.replace(spec, **changes)
+
+
 def test_rounds_rotate_the_rows_and_merge_their_frames(tmp_path, monkeypatch):
     """Round 0 in plan order measures everything; later rounds time frames only, the order rotated by one row;
     a row that failed in round 0 is not run again; a later round's failure is kept beside the row's figures."""
@@ -265,11 +291,12 @@ def test_rounds_rotate_the_rows_and_merge_their_frames(tmp_path, monkeypatch):
                 "inference_ms": stage, "stage_keys": ["inference_ms"]}  # fmt: skip
 
     monkeypatch.setattr(harness, "run_job", fake_job)
-    rows = [{"id": k, "target": "t", "precision": "fp32"} for k in ("a", "b", "c")]
-    specs = {k: {"spec": {"row": k}, "extra": {"gate": k}} for k in ("a", "b", "c")}
+    rows = [Row(id=k, target="t", family="m2f", runtime="openvino", device="cpu", precision="fp32", label=k)
+            for k in ("a", "b", "c")]  # fmt: skip
+    built = {row.id: harness._BuiltRow(_measure_spec(row), {"gate": row.id}) for row in rows}
     results: dict = {}
     opts = harness.BenchmarkOptions(out=tmp_path, runs=4, rounds=3)
-    harness._measure_rows(rows, specs, results, tmp_path, opts)
+    harness._measure_rows(rows, built, results, tmp_path, opts)
     assert calls == [
         ("a", 2, False), ("b", 2, False), ("c", 2, False),  # round 1: plan order, everything
         ("c-round2", 1, True), ("a-round2", 1, True),  # round 2 starts one row later (b failed: not rerun)
@@ -305,7 +332,7 @@ def test_tiny_model_end_to_end(tmp_path, monkeypatch, capsys):
     argv = [
         *("--model", str(config), "--data", str(data), "--input-size", "64x64", "--images", "2"),
         *("--runs", "2", "--warmup", "1", "--threads", "1", "--cache", str(tmp_path / "cache"), "--out", str(out)),
-        *("--targets", "torch", "hf-eager", "hf-openvino", "onnxruntime", "--precisions", "fp32", "fp16"),
+        *("--targets", "torch", "onnxruntime", "--peers", "hf-eager", "hf-openvino", "--precisions", "fp32", "fp16"),
     ]
     assert benchmark_main(argv) == 0
     printed = capsys.readouterr().out
@@ -338,7 +365,7 @@ def test_tiny_model_end_to_end(tmp_path, monkeypatch, capsys):
     ort, hf = rows["m2f-onnxruntime-fp32"], rows["hf-eager-fp32"]
     assert float(ort["p50_speedup_vs_hf_eager"]) == pytest.approx(float(hf["p50_ms"]) / float(ort["p50_ms"]), rel=1e-4)
     # the reference labels the rows are held to are the SDK's own torch target on the same frames
-    from benchmarks.worker import load_eval_set
+    from benchmarks.eval_set import load_eval_set
     from sdk.segmenter import Segmenter
 
     (work,) = (tmp_path / "cache" / "runs").iterdir()
@@ -366,15 +393,14 @@ def test_tiny_model_end_to_end(tmp_path, monkeypatch, capsys):
     assert not list(out.rglob("*.onnx")), "artifacts belong in the cache, not the report folder"
 
 
-def test_benchmark_targets_take_profiles_runtimes_and_peers(caplog) -> None:
-    from benchmarks.harness import benchmark_targets
+def test_benchmark_targets_take_profiles_runtimes_and_peers() -> None:
+    from benchmarks.rows import benchmark_targets
 
     assert benchmark_targets(None, None) is None  # every available one
     assert benchmark_targets(["cpu"], ["litert-deeplab"]) == ["openvino", "onnxruntime", "litert-deeplab"]
     assert benchmark_targets(["jetson", "openvino"]) == ["tensorrt", "torch", "openvino"]
-    with caplog.at_level("WARNING"):
-        assert benchmark_targets(["hf-eager"]) == ["hf-eager"]  # the old spelling of a peer, with a warning
-    assert "name it with --peers hf-eager" in caplog.text
+    with pytest.raises(ValueError, match="hf-eager is a peer: name it with --peers hf-eager"):
+        benchmark_targets(["hf-eager"])
     with pytest.raises(ValueError, match="did you mean 'jetson'"):
         benchmark_targets(["jetsn"])
     with pytest.raises(ValueError, match="unknown peer"):
@@ -414,9 +440,10 @@ def test_timed_frames_hold_the_prediction_alone(tmp_path, monkeypatch):
     outside the timed span: it once sat inside it, adding ~1 s to HF frames seen for the first time."""
     import time
 
-    import benchmarks.worker as worker
+    import benchmarks.measure as measure
+    from benchmarks.pipelines import HfPipeline
 
-    class SlowParityPipeline(worker._HfPipeline):
+    class SlowParityPipeline(HfPipeline):
         def __init__(self) -> None:
             self.calls = 0
 
@@ -432,14 +459,14 @@ def test_timed_frames_hold_the_prediction_alone(tmp_path, monkeypatch):
     pipeline = SlowParityPipeline()
     eval_path = tmp_path / "eval.npz"
     np.savez(eval_path, count=3, **{f"frame_{i}": np.zeros((8, 8, 3), np.uint8) for i in range(3)})
-    monkeypatch.setattr(worker, "build_pipeline", lambda spec: (pipeline, {}))
-    spec = {"row": {"family": "hf", "runtime": "torch"}, "eval": str(eval_path), "warmup": 1, "runs": 3,
-            "reference": str(tmp_path / "none.npz")}  # fmt: skip
-    result = worker.measure(spec)
+    monkeypatch.setattr(measure, "build_pipeline", lambda spec: (pipeline, {}))
+    row = Row.planned("hf-eager", "cpu", "fp32")
+    spec = _measure_spec(row, eval=str(eval_path), warmup=1, runs=3, reference=str(tmp_path / "none.npz"))
+    result = measure.measure(spec)
     assert pipeline.calls == 3  # every frame still gets its parity labels
     assert max(result["times_ms"]) < 200, result["times_ms"]
     pipeline.calls = 0
-    assert max(worker.measure({**spec, "latency_only": True})["times_ms"]) < 200
+    assert max(measure.measure(dataclasses.replace(spec, latency_only=True))["times_ms"]) < 200
     assert pipeline.calls == 0  # a later round times frames only
 
 

@@ -1,6 +1,6 @@
 """GPU tests: every module sets ``pytestmark = GPU``: marked ``gpu``, skipped without a CUDA device.
 
-Run them on a GPU machine with ``pytest -m gpu`` (``make gpu-check`` does, see benchmarks/gpu_check.py).
+Run them on a GPU machine with ``pytest -m gpu`` (``make gpu-check`` does, see tools/gpu_check.py).
 """
 
 from __future__ import annotations

@@ -1,23 +1,36 @@
-"""``make gpu-check`` starts and runs every step on a CPU at toy sizes, without OpenVINO or pycocotools, as it must
-on the lent GPU image; the HF peer runner casts and places the model as asked."""
+"""``make gpu-check`` (``tools.gpu_check``) starts and runs every step on a CPU at toy sizes, without OpenVINO or
+pycocotools, as it must on the lent GPU image; tools stay out of the wheel."""
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from setuptools import find_packages
 
 from tests.conftest import REPO_ROOT
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
+
+def test_tools_stay_out_of_the_wheel() -> None:
+    """tools/ is a checkout-only room: setup.py's package list leaves it out (and benchmarks never import it:
+    tests/test_import_rules.py)."""
+    setup = ast.parse((REPO_ROOT / "setup.py").read_text())
+    call = next(n for n in ast.walk(setup) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "setup")
+    packages = next(k.value for k in call.keywords if k.arg == "packages")
+    include = ast.literal_eval(next(k.value for k in packages.keywords if k.arg == "include"))
+    shipped = find_packages(str(REPO_ROOT), include=include)
+    assert "benchmarks" in shipped and "sdk" in shipped
+    assert not [name for name in shipped if name.split(".")[0] == "tools"]
 
 
 @pytest.mark.slow
 def test_gpu_check_runs_every_step_on_cpu_without_openvino_or_pycocotools(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
     out = tmp_path / "out"
     command = [
         *("make", "-s", "-C", str(REPO_ROOT), "gpu-check", f"GPU_PY={sys.executable}", f"GPU_CHECK_OUT={out}"),
@@ -45,21 +58,3 @@ def test_gpu_check_runs_every_step_on_cpu_without_openvino_or_pycocotools(tmp_pa
     markdown = (out / "gpu_check.md").read_text()
     assert "| torch eager fp32 |" in markdown and "images/s" in markdown and "Profiled (" in markdown
     assert (out / "pytest_gpu.log").exists()
-
-
-def test_hf_runner_places_and_casts_the_model() -> None:
-    from benchmarks.peers import hf_runner, random_hf_model
-    from tests.benchmarks.test_harness import TINY_HF_CONFIG
-
-    model = random_hf_model(TINY_HF_CONFIG, seed=0)
-    pixel_values = torch.randn(1, 3, 64, 64)
-    with torch.inference_mode():
-        want = model(pixel_values=pixel_values).masks_queries_logits
-    _, masks = hf_runner(model, "cpu", "fp32")(pixel_values)
-    torch.testing.assert_close(masks, want)
-    _, masks = hf_runner(model, "cpu", "bf16")(pixel_values)
-    assert next(model.parameters()).dtype == torch.bfloat16  # cast weights, as torch_dtype does
-    assert masks.dtype == torch.float32 and masks.device.type == "cpu"
-    assert torch.corrcoef(torch.stack([masks.flatten(), want.flatten()]))[0, 1] > 0.99
-    with pytest.raises(ValueError, match="runs precision fp32, fp16, bf16, not 'int8'"):
-        hf_runner(model, "cpu", "int8")
