@@ -195,21 +195,24 @@ def _retype_untyped_values(model: onnx.ModelProto, raw: onnx.ModelProto) -> None
 def _apply_precision(
     fp32: Path, out: Path, target: str, precision: str, calibration: Sequence[np.ndarray] | None
 ) -> None:
-    if precision in ("fp32", "bf16"):  # bf16 is the OpenVINO execution hint; the graph stays fp32
-        out.write_bytes(fp32.read_bytes())
-        return
-    from compile import precision as prec
+    from compile.precision import write_float_precision
 
-    if precision == "fp16":
-        prec.convert_fp16(fp32, out)
+    if precision != "int8":
+        write_float_precision(fp32, out, precision)
         return
     if not calibration:
         raise ValueError("int8 needs calibration images: pass --calib DIR (real images of the deployment scene)")
-    inputs = list(prec.calibration_inputs(calibration))
+    from compile.quantization import QuantizationConfig, calibration_inputs
+
+    config = QuantizationConfig(calibration_inputs(calibration))
     if target == "openvino":
-        prec.quantize_openvino_int8(fp32, out, inputs)
+        from compile.quantize_openvino import quantize_openvino_int8
+
+        quantize_openvino_int8(fp32, out, config)
     else:
-        prec.quantize_onnxruntime_int8(fp32, out, inputs)
+        from compile.quantize_onnxruntime import quantize_onnxruntime_int8
+
+        quantize_onnxruntime_int8(fp32, out, config)
 
 
 def export(
