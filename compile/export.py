@@ -47,6 +47,7 @@ DEFAULT_MIN_SIZE, DEFAULT_MAX_SIZE = 512, 2048  # shortest-edge resize of a dyna
 # exports use fewer (benchmarks.harness.BENCH_CALIB_IMAGES / BENCH_GATE_IMAGES): their rows time a file, not ship it
 CALIB_IMAGES = 64
 GATE_IMAGES = 32
+MAX_DROP = 1.0  # the gate's metric drop budget in points (``m2f export --max-drop`` reads it)
 
 # (model, meta, task, path, input_size, opset=...) -> path: the model as an fp32 ONNX graph
 GraphExporter = Callable[..., Path]
@@ -286,7 +287,7 @@ def export(
     task: str | None = None,
     calib_dir: str | Path | None = None,
     val_data: dict | None = None,
-    max_drop: float = 1.0,
+    max_drop: float = MAX_DROP,
     gate_images: int = GATE_IMAGES,
     calib_images: int = CALIB_IMAGES,
     min_size: int = DEFAULT_MIN_SIZE,
