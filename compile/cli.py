@@ -26,7 +26,7 @@ def _export_target(name: str) -> str:
 
 def export_main(argv: Sequence[str]) -> int:
     """``m2f export CHECKPOINT --target T --precision P (--input-size HxW | --dynamic) [--calib DIR] --out FILE``."""
-    from compile.export import CALIB_IMAGES, GATE_IMAGES, export
+    from compile.export import CALIB_IMAGES, GATE_IMAGES, MAX_DROP, export
     from compile.gate import GateError
 
     parser = argparse.ArgumentParser(prog="m2f export", description=export_main.__doc__)
@@ -46,7 +46,9 @@ def export_main(argv: Sequence[str]) -> int:
     size.add_argument("--dynamic", action="store_true", help="any H and W (frames resized by shortest edge)")
     parser.add_argument("--calib", help="folder of real images for int8 calibration (and the gate without --val-data)")
     parser.add_argument("--val-data", help="dataset root for the checkpoint's validation spec, or a JSON spec")
-    parser.add_argument("--max-drop", type=float, default=1.0, help="metric drop budget in points (default 1.0)")
+    parser.add_argument(
+        "--max-drop", type=float, default=MAX_DROP, help=f"metric drop budget in points (default {MAX_DROP})"
+    )
     parser.add_argument(
         "--calib-images", type=int, default=CALIB_IMAGES, help=f"int8 calibration images (default {CALIB_IMAGES})"
     )

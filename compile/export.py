@@ -6,6 +6,7 @@ import logging
 import random
 import tempfile
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,17 @@ import onnx
 
 from compile.gate import GateError, GateImage, check_int8_execution, gate_image, run_gate
 from compile.onnx_export import DEFAULT_OPSET, INPUT_NAME, OUTPUTS, DeployableMask2Former, export_onnx
+from compile.precision import compact_storage, write_float_precision
+from compile.quantization import QuantizationConfig, calibration_inputs
+from compile.quantize_onnxruntime import quantize_onnxruntime_int8
+from compile.quantize_openvino import quantize_openvino_int8
+from compile.tensorrt_export import (
+    PluginReferenceBackend,
+    check_tensorrt_request,
+    export_openvino_fused_onnx,
+    export_tensorrt_onnx,
+)
+from compile.tensorrt_rules import check_artifact
 from plugins.msda import openvino_extension
 from runtimes import Backend, load_backend
 from runtimes.artifact import ArtifactMetadata, Inference, InputSpec, Normalization, Source, write_metadata
@@ -29,16 +41,70 @@ from train.model.checkpoint import read_checkpoint_if_ours
 
 logger = logging.getLogger(__name__)
 
-# artifact target -> the precisions the export makes for it (a view of runtimes.registry)
-SUPPORTED: dict[str, tuple[str, ...]] = {target: export_precisions(target) for target in ARTIFACT_TARGETS}
-FIXED_SIZE_TARGETS = ("tensorrt",)  # exported at one static input size (TensorRT builds one engine per size)
 DEFAULT_MIN_SIZE, DEFAULT_MAX_SIZE = 512, 2048  # shortest-edge resize of a dynamic-size export
-
 
 # what an export that ships calibrates on (int8) and compares with torch on (every precision); the benchmark's own
 # exports use fewer (benchmarks.harness.BENCH_CALIB_IMAGES / BENCH_GATE_IMAGES): their rows time a file, not ship it
 CALIB_IMAGES = 64
 GATE_IMAGES = 32
+MAX_DROP = 1.0  # the gate's metric drop budget in points (``m2f export --max-drop`` reads it)
+
+# (model, meta, task, path, input_size, opset=...) -> path: the model as an fp32 ONNX graph
+GraphExporter = Callable[..., Path]
+
+
+# --------------------------------------------------------------------------------------------- the export table
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    """How ``export`` makes and checks the artifact of one artifact target: one row of :data:`EXPORT_FORMATS`.
+
+    Which artifact targets exist and which precisions each takes are ``runtimes.registry``'s (``ARTIFACT_TARGETS``,
+    ``export_precisions``); a row says only how. fp32 / fp16 / bf16 are the same pass for every target
+    (``compile.precision.write_float_precision``); int8 is the target's own quantiser.
+    """
+
+    graph: GraphExporter  # MSDA lowered as the target runs it: standard ops, or the TensorRT plugin node
+    int8: Callable[[Path, Path, QuantizationConfig], Path] | None = None  # (fp32 src, dst, config) -> dst
+    # each MSDA layer as one node for our OpenVINO CPU extension, where the target has one (``native_ops``)
+    fused_msda_graph: GraphExporter | None = None
+    fixed_input_size: bool = False  # exported at one static size only (TensorRT builds one engine per size)
+    # (precision, input size): refuses before any work, saying what to do instead
+    check_request: Callable[[str, tuple[int, int] | None], None] | None = None
+    check_artifact: Callable[[Path], None] | None = None  # refuses a written file that breaks the parser's rules
+    gate_backend: Callable[[str, Path], Backend] = load_backend  # (target, path): runs the file for the gate here
+
+
+def _plugin_reference_backend(target: str, path: Path) -> Backend:
+    """A tensorrt artifact on this host: ONNX Runtime, its plugin nodes computed by the MSDA reference (the engine
+    itself is built on the device)."""
+    return PluginReferenceBackend(path)
+
+
+EXPORT_FORMATS: dict[str, ExportFormat] = {
+    "onnxruntime": ExportFormat(graph=export_onnx, int8=quantize_onnxruntime_int8),
+    "openvino": ExportFormat(
+        graph=export_onnx, int8=quantize_openvino_int8, fused_msda_graph=export_openvino_fused_onnx
+    ),
+    "tensorrt": ExportFormat(
+        graph=export_tensorrt_onnx,
+        fixed_input_size=True,
+        check_request=check_tensorrt_request,
+        check_artifact=check_artifact,
+        gate_backend=_plugin_reference_backend,
+    ),
+}
+
+
+def export_format(target: str) -> ExportFormat:
+    """The row of artifact target ``target`` (a name of ``runtimes.registry.ARTIFACT_TARGETS``)."""
+    if target not in ARTIFACT_TARGETS:
+        raise ValueError(f"unknown target {target!r}; expected one of {sorted(ARTIFACT_TARGETS)}")
+    return EXPORT_FORMATS[target]
+
+
+# --------------------------------------------------------------------------------------------- export
 
 
 def _images_in(folder: Path, limit: int, seed: int = 0) -> list[np.ndarray]:
@@ -53,6 +119,13 @@ def _images_in(folder: Path, limit: int, seed: int = 0) -> list[np.ndarray]:
         except FrameError as err:
             raise ValueError(f"cannot use calibration image {path}: {err}") from err
     return images
+
+
+def _calibration_images(folder: str | Path | None, resize: dict, limit: int) -> list[np.ndarray] | None:
+    """Up to ``limit`` images of ``folder`` fitted into the model input (``resize``), None without a folder."""
+    if folder is None:
+        return None
+    return [fit_to_input(img, resize)[0] for img in _images_in(Path(folder), limit)]
 
 
 def _validation_images(loaded: LoadedModel, spec: dict, input_spec: dict, limit: int) -> list[GateImage]:
@@ -193,23 +266,16 @@ def _retype_untyped_values(model: onnx.ModelProto, raw: onnx.ModelProto) -> None
 
 
 def _apply_precision(
-    fp32: Path, out: Path, target: str, precision: str, calibration: Sequence[np.ndarray] | None
+    row: ExportFormat, fp32: Path, out: Path, precision: str, calibration: Sequence[np.ndarray] | None
 ) -> None:
-    if precision in ("fp32", "bf16"):  # bf16 is the OpenVINO execution hint; the graph stays fp32
-        out.write_bytes(fp32.read_bytes())
-        return
-    from compile import precision as prec
-
-    if precision == "fp16":
-        prec.convert_fp16(fp32, out)
+    """The fp32 graph at ``precision``: a float precision the same for every target, int8 by the row's quantiser."""
+    if precision != "int8":
+        write_float_precision(fp32, out, precision)
         return
     if not calibration:
         raise ValueError("int8 needs calibration images: pass --calib DIR (real images of the deployment scene)")
-    inputs = list(prec.calibration_inputs(calibration))
-    if target == "openvino":
-        prec.quantize_openvino_int8(fp32, out, inputs)
-    else:
-        prec.quantize_onnxruntime_int8(fp32, out, inputs)
+    assert row.int8 is not None, "runtimes.registry offers int8 for a target whose export row has no quantiser"
+    row.int8(fp32, out, QuantizationConfig(calibration_inputs(calibration)))
 
 
 def export(
@@ -221,7 +287,7 @@ def export(
     task: str | None = None,
     calib_dir: str | Path | None = None,
     val_data: dict | None = None,
-    max_drop: float = 1.0,
+    max_drop: float = MAX_DROP,
     gate_images: int = GATE_IMAGES,
     calib_images: int = CALIB_IMAGES,
     min_size: int = DEFAULT_MIN_SIZE,
@@ -230,7 +296,8 @@ def export(
     compact: bool = False,
     native_ops: bool | None = None,
 ) -> Path:
-    """Export ``checkpoint`` for ``target`` at ``precision`` to ``out`` and gate it; returns ``out``.
+    """Export ``checkpoint`` for ``target`` at ``precision`` to ``out`` and gate it; returns ``out``. How is the
+    target's row of :data:`EXPORT_FORMATS`.
 
     ``native_ops``: write each deformable-attention layer as one fused node for our OpenVINO CPU extension
     (``plugins.msda.openvino_extension``): None where it applies (openvino, fp32, a static size, the extension
@@ -244,74 +311,82 @@ def export(
     ``max_size``); a size exports a static graph (``letterbox``). ``val_data`` is a dataset spec whose ground
     truth gives the metric drop; without it the gate measures agreement on the calibration images.
     """
-    if target not in SUPPORTED:
-        raise ValueError(f"unknown target {target!r}; expected one of {sorted(SUPPORTED)}")
-    if target == "tensorrt":  # first: it says how to make what the export does not (an int8 Q/DQ artifact)
-        from compile.tensorrt_export import check_tensorrt_request
-
-        check_tensorrt_request(precision, input_size)
-    if precision not in SUPPORTED[target]:
-        raise ValueError(f"{target} does not take {precision}; it takes {', '.join(SUPPORTED[target])}")
+    row = export_format(target)
+    if row.check_request is not None:  # first: it says how to make what the export does not (tensorrt int8)
+        row.check_request(precision, input_size)
+    if precision not in export_precisions(target):
+        raise ValueError(f"{target} does not take {precision}; it takes {', '.join(export_precisions(target))}")
     checkpoint, out = Path(checkpoint), Path(out)
-    fused = _fused_msda(target, precision, input_size, native_ops)
+    fused = _fused_msda(row, target, precision, input_size, native_ops)
     loaded = load_checkpoint(checkpoint)
     task = task or default_task(checkpoint, loaded)
     resize = input_spec(loaded.meta, input_size, min_size, max_size)
-    calibration = None
-    if calib_dir is not None:
-        calibration = [fit_to_input(img, resize)[0] for img in _images_in(Path(calib_dir), calib_images)]
+    calibration = _calibration_images(calib_dir, resize, calib_images)
     gate_set = _validation_images(loaded, val_data, resize, gate_images) if val_data else []
     if not gate_set and calibration:
         gate_set = [GateImage(img) for img in calibration[:gate_images]]
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        export_graph = _graph_exporter(target, fused)
+        export_graph = row.fused_msda_graph if fused and row.fused_msda_graph else row.graph
         raw = export_graph(loaded.model, loaded.meta, task, Path(tmp) / "raw.onnx", input_size, opset=opset)
         fp32 = Path(tmp) / "fp32.onnx"
         onnx.save(_simplify(raw), str(fp32))
-        _apply_precision(fp32, out, target, precision, calibration)
+        _apply_precision(row, fp32, out, precision, calibration)
     metadata = build_metadata(loaded, task, target, precision, resize, checkpoint, opset)
     if fused:
         metadata.native_ops = openvino_extension.metadata_record()
     if compact:
-        from compile.precision import compact_storage
-
         fp16_weights = precision == "fp32"
         metadata.weight_storage = "fp16" if fp16_weights else precision
         _write(out, metadata, transform=lambda model: compact_storage(model, fp16_weights))
     else:
         _write(out, metadata)
-    if target == "tensorrt":
-        _check_tensorrt_rules(out)
+    if row.check_artifact is not None:
+        row.check_artifact(out)
     if gate_set:
-        backend = _gate_backend(target, out)
         reference = DeployableMask2Former(loaded.model, loaded.meta, task)
-        try:
-            metadata.accuracy = run_gate(reference, backend, gate_set, precision, max_drop)
-        finally:
-            backend.close()
-        if precision == "int8":  # the gate's accuracy is worth nothing if the file still computes in float
-            metadata.accuracy["int8_execution"] = check_int8_execution(target, str(out), gate_set[0].image)
-        lowered = _verify_lowered(target, precision, out, reference, gate_set, max_drop)
-        if lowered:
-            metadata.verified_precisions = lowered
-        _write(out, metadata)
+        _gate(row, target, precision, out, metadata, reference, gate_set, max_drop)
     else:
         logger.warning("no gate images (pass --calib or --val-data): %s is not verified against torch", out)
     logger.info("wrote %s (%s, %s, %s)", out, target, precision, task)
     return out
 
 
+def _gate(
+    row: ExportFormat,
+    target: str,
+    precision: str,
+    path: Path,
+    metadata: ArtifactMetadata,
+    reference: DeployableMask2Former,
+    images: list[GateImage],
+    max_drop: float,
+) -> None:
+    """Run the gate on the artifact at ``path`` (with the row's gate backend) and store its records there."""
+    backend = row.gate_backend(target, path)
+    try:
+        metadata.accuracy = run_gate(reference, backend, images, precision, max_drop)
+    finally:
+        backend.close()
+    if precision == "int8":  # the gate's accuracy is worth nothing if the file still computes in float
+        metadata.accuracy["int8_execution"] = check_int8_execution(target, str(path), images[0].image)
+    lowered = _verify_lowered(target, precision, path, reference, images, max_drop)
+    if lowered:
+        metadata.verified_precisions = lowered
+    _write(path, metadata)
+
+
 def _verify_lowered(
     target: str, precision: str, path: Path, reference: DeployableMask2Former, images: list, max_drop: float
 ) -> dict:
-    """Gate records of the precisions the runtime can lower this artifact to on this CPU (OpenVINO bf16 where the
-    CPU computes bf16 natively: an fp32 artifact's every op, an int8 artifact's float ops), so ``Segmenter`` may
-    run them by default; a lowering over budget is logged and left out, never a failed export."""
+    """Gate records of the precisions the runtime can lower this artifact to on this CPU (bf16 where the CPU computes
+    bf16 natively: an fp32 artifact's every op, an int8 artifact's float ops), so ``Segmenter`` may run them by
+    default; a lowering over budget is logged and left out, never a failed export. The targets that lower are those
+    whose export takes bf16 (``runtimes.registry``: OpenVINO; a bf16 export is the fp32 graph run at bf16)."""
     from runtimes.cpu_features import cpu_features
 
     features = cpu_features()
-    if target != "openvino" or precision not in ("fp32", "int8") or not features.native_bf16:
+    if "bf16" not in export_precisions(target) or precision not in ("fp32", "int8") or not features.native_bf16:
         return {}
     backend = load_backend(target, path, precision="bf16")
     try:
@@ -325,34 +400,11 @@ def _verify_lowered(
     return {"bf16": {**record, "runtime": target, "cpu": features.describe()}}
 
 
-def _check_tensorrt_rules(path: Path) -> None:
-    """Refuse a tensorrt artifact that breaks TensorRT's ONNX parser rules (``compile.tensorrt_rules``)."""
-    from compile.tensorrt_rules import lint
-
-    violations = lint(path)
-    if violations:
-        shown = "\n  ".join(str(v) for v in violations[:10])
-        more = f"\n  ... and {len(violations) - 10} more" if len(violations) > 10 else ""
-        raise ValueError(f"{path} breaks TensorRT's ONNX parser rules ({len(violations)}):\n  {shown}{more}")
-
-
-def _graph_exporter(target: str, fused_msda: bool) -> Callable[..., Path]:
-    """MSDA as standard ops (ONNX Runtime, OpenVINO), as our OpenVINO extension's fused node, or as the TensorRT
-    plugin node at a static size."""
-    if target == "tensorrt":
-        from compile.tensorrt_export import export_tensorrt_onnx
-
-        return export_tensorrt_onnx
-    if fused_msda:
-        from compile.tensorrt_export import export_openvino_fused_onnx
-
-        return export_openvino_fused_onnx
-    return export_onnx
-
-
-def _fused_msda(target: str, precision: str, input_size: tuple[int, int] | None, asked: bool | None) -> bool:
+def _fused_msda(
+    row: ExportFormat, target: str, precision: str, input_size: tuple[int, int] | None, asked: bool | None
+) -> bool:
     """Whether the export writes the fused MSDA node (see ``export``'s ``native_ops``)."""
-    if target != "openvino":
+    if row.fused_msda_graph is None:
         if asked:
             raise ValueError(f"the fused MSDA node is an OpenVINO extension; {target} artifacts use standard ops")
         return False
@@ -370,16 +422,6 @@ def _fused_msda(target: str, precision: str, input_size: tuple[int, int] | None,
         raise ValueError(f"cannot write the fused MSDA node: {reason}")
     logger.info("MSDA as standard ops: %s", reason)
     return False
-
-
-def _gate_backend(target: str, path: Path) -> Backend:
-    """The backend the gate runs the artifact with on this host: the target's own runtime (tensorrt: ONNX Runtime,
-    plugin nodes by the MSDA reference; the engine itself is built on the device)."""
-    if target == "tensorrt":
-        from compile.tensorrt_export import PluginReferenceBackend
-
-        return PluginReferenceBackend(path)
-    return load_backend(target, path)
 
 
 def _write(

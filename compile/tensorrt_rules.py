@@ -216,6 +216,15 @@ def lint(
     return found
 
 
+def check_artifact(path: Path) -> None:
+    """Refuse an artifact that breaks TensorRT's ONNX parser rules: ValueError listing (the first ten of) them."""
+    violations = lint(path)
+    if violations:
+        shown = "\n  ".join(str(v) for v in violations[:10])
+        more = f"\n  ... and {len(violations) - 10} more" if len(violations) > 10 else ""
+        raise ValueError(f"{path} breaks TensorRT's ONNX parser rules ({len(violations)}):\n  {shown}{more}")
+
+
 def _qdq_violations(node: onnx.NodeProto, types: dict[str, int], constants: dict[str, np.ndarray]) -> list[Violation]:
     where, found = _name(node), []
     zero_point = node.input[2] if len(node.input) > 2 and node.input[2] else None

@@ -323,7 +323,7 @@ def _compile(checkpoint: Path, runtime: str, precision: str, input_size: tuple[i
     export = host.compiler()
     if precision not in export_precisions(runtime):
         precision = "fp32"
-    if input_size is None and runtime in export.FIXED_SIZE_TARGETS:
+    if input_size is None and export.EXPORT_FORMATS[runtime].fixed_input_size:
         input_size = export.default_input_size(checkpoint)
     digest = file_sha256(checkpoint)[:16]
     size = "x".join(map(str, input_size)) if input_size else "dynamic"

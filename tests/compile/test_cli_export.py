@@ -40,3 +40,13 @@ def test_torch_has_nothing_to_export(checkpoint: Path, capsys) -> None:
     with pytest.raises(SystemExit):
         export_main([str(checkpoint), "--target", "torch", "--input-size", "64x96", "--out", "x.onnx"])
     assert "no artifact to export" in capsys.readouterr().err
+
+
+def test_help_states_the_defaults_export_uses(capsys) -> None:
+    from compile.export import CALIB_IMAGES, GATE_IMAGES, MAX_DROP
+
+    with pytest.raises(SystemExit):
+        export_main(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    for default in (f"(default {MAX_DROP})", f"(default {CALIB_IMAGES})", f"(default {GATE_IMAGES})"):
+        assert default in help_text

@@ -1,5 +1,7 @@
-"""compile.precision on a tiny Mask2Former trained for a few seconds on generated scenes: fp16 on OpenVINO, int8
-for ONNX Runtime and for OpenVINO (NNCF), each against the fp32 ONNX on held-out scenes.
+"""Reduced precisions on a tiny Mask2Former trained for a few seconds on generated scenes: fp16 on OpenVINO
+(``compile.precision``), int8 for ONNX Runtime and for OpenVINO (NNCF: ``compile.quantize_onnxruntime``,
+``compile.quantize_openvino``, with ``compile.quantization`` and the ``compile.keep_float`` rules), each against
+the fp32 ONNX on held-out scenes.
 
 The figures in the comments were measured on this fixture (128x128 scenes, 12 held-out, 32 calibration images);
 the >= 99% agreement / <= 1 mIoU gate on real data runs in ``compile.export`` on the shipped CamVid model.
@@ -16,8 +18,11 @@ import onnx
 import pytest
 import torch
 
-from compile import precision
+from compile import keep_float, precision, quantization
 from compile.onnx_export import export_onnx
+from compile.quantization import QuantizationConfig
+from compile.quantize_onnxruntime import calibration_chunk, float_activation_bytes, quantize_onnxruntime_int8
+from compile.quantize_openvino import openvino_runtime_precisions, quantize_openvino_int8
 from tests.train.test_training import tiny_train_config
 from train.data.synthetic import write_synthetic_dataset
 from train.model import load_pretrained
@@ -98,12 +103,12 @@ def _argmax_axes(path: Path) -> list[int]:
 
 def test_calibration_inputs_batch_one_image_each():
     images = [np.zeros((4, 6, 3), np.uint8), np.ones((4, 6, 3), np.uint8)]
-    feeds = list(precision.calibration_inputs(images))
+    feeds = list(quantization.calibration_inputs(images))
     assert [f["images"].shape for f in feeds] == [(1, 4, 6, 3)] * 2 and feeds[1]["images"].dtype == np.uint8
     with pytest.raises(ValueError, match="uint8"):
-        list(precision.calibration_inputs([np.zeros((4, 6, 3), np.float32)]))
+        list(quantization.calibration_inputs([np.zeros((4, 6, 3), np.float32)]))
     with pytest.raises(ValueError, match="shape"):
-        list(precision.calibration_inputs([np.zeros((4, 6), np.uint8)]))
+        list(quantization.calibration_inputs([np.zeros((4, 6), np.uint8)]))
 
 
 @pytest.mark.slow
@@ -165,8 +170,8 @@ def _outside_qdq(path) -> list:
 
 def test_onnxruntime_int8_is_small_and_agrees(scenes, tmp_path):
     src = scenes["semantic"]
-    calibration = precision.calibration_inputs(scenes["train"][:32])
-    dst = precision.quantize_onnxruntime_int8(src, tmp_path / "ort_int8.onnx", calibration)
+    calibration = quantization.calibration_inputs(scenes["train"][:32])
+    dst = quantize_onnxruntime_int8(src, tmp_path / "ort_int8.onnx", QuantizationConfig(calibration))
     assert not _outside_qdq(dst)  # the uint8 frame is cast before the layout change, quantised or not
     model = onnx.load(str(dst))
     ops = {n.op_type for n in model.graph.node}
@@ -185,15 +190,15 @@ def test_onnxruntime_int8_is_small_and_agrees(scenes, tmp_path):
 @pytest.mark.slow
 def test_openvino_int8_runs_int8_kernels_and_agrees(scenes, tmp_path):
     src = scenes["semantic"]
-    calibration = precision.calibration_inputs(scenes["train"][:32])
-    dst = precision.quantize_openvino_int8(src, tmp_path / "ov_int8.onnx", calibration)
+    calibration = quantization.calibration_inputs(scenes["train"][:32])
+    dst = quantize_openvino_int8(src, tmp_path / "ov_int8.onnx", QuantizationConfig(calibration))
     assert not _outside_qdq(dst)
     assert dst.stat().st_size < 0.4 * src.stat().st_size  # weights folded to int8 initializers; measured 0.32
     assert _io(dst) == _io(src) and _metadata(dst) == METADATA
     # the tail's argmax stays over the class axis: with the Transpose before it folded in, OpenVINO runs a slow
-    # last-axis TopK (compile.precision._preprocess)
+    # last-axis TopK (compile.quantization.preprocess)
     assert _argmax_axes(dst) == _argmax_axes(src) == [-3]
-    layers = precision.openvino_runtime_precisions(dst)
+    layers = openvino_runtime_precisions(dst)
     int8 = {k: v for k, v in layers.items() if k[1] in ("u8", "i8")}
     assert int8.get(("Convolution", "u8"), 0) + int8.get(("Convolution", "i8"), 0) >= 20
     assert int8.get(("FullyConnected", "i8"), 0) + int8.get(("FullyConnected", "u8"), 0) >= 30
@@ -216,9 +221,9 @@ def test_int8_execution_check_tells_int8_from_float(scenes, tmp_path, target):
     from compile.gate import INT8_SHARE_FLOOR, GateError, check_int8_execution
 
     src = scenes["semantic"]
-    calibration = list(precision.calibration_inputs(scenes["train"][:16]))
-    quantize = precision.quantize_openvino_int8 if target == "openvino" else precision.quantize_onnxruntime_int8
-    dst = quantize(src, tmp_path / f"{target}_int8.onnx", calibration)
+    config = QuantizationConfig(quantization.calibration_inputs(scenes["train"][:16]))
+    quantize = quantize_openvino_int8 if target == "openvino" else quantize_onnxruntime_int8
+    dst = quantize(src, tmp_path / f"{target}_int8.onnx", config)
     image = scenes["val"][0]
     record = check_int8_execution(target, str(dst), image)
     logging.getLogger(__name__).info("%s int8 execution: %s", target, record)
@@ -234,34 +239,41 @@ def test_keep_float_rules_find_the_image_conv_and_attention_products(scenes, tmp
     prepared = tmp_path / "prepared.onnx"
     quant_pre_process(str(scenes["semantic"]), str(prepared), skip_symbolic_shape=True)
     model = onnx.load(str(prepared))
-    convs = precision.image_convs(model)
+    convs = keep_float.image_convs(model)
     first_conv = next(n for n in model.graph.node if n.op_type == "Conv")
     assert convs == [first_conv.name]
     # 3 decoder layers x (masked cross-attention + self-attention) x (Q.K^T, softmax.V), and the semantic tail's
     # two class-score products (labels, 1/4-size scores: float as the Einsums they were)
-    assert len(precision.attention_matmuls(model)) == 12 + 2
-    assert precision.linear_bottlenecks(model) == [] and precision.depthwise_convs(model) == []  # a ResNet has none
-    with caplog.at_level(logging.WARNING, logger="compile.precision"):
-        assert precision.stem_convs(model) == convs  # a ResNet pools to a quarter right after its image conv
+    assert len(keep_float.attention_matmuls(model)) == 12 + 2
+    assert keep_float.linear_bottlenecks(model) == [] and keep_float.depthwise_convs(model) == []  # a ResNet has none
+    with caplog.at_level(logging.WARNING, logger="compile.keep_float"):
+        assert keep_float.stem_convs(model) == convs  # a ResNet pools to a quarter right after its image conv
     assert "size is unknown" not in caplog.text  # the sizes were known
     with pytest.raises(ValueError, match="unknown keep-float rule"):
-        precision.keep_float_nodes(model, ["stem"])
+        keep_float.keep_float_nodes(model, ["stem"])
 
 
 @pytest.mark.slow
 def test_bad_inputs_are_refused_with_a_reason(scenes, tmp_path):
     src = scenes["semantic"]
     with pytest.raises(ValueError, match="calibration data"):
-        precision.quantize_onnxruntime_int8(src, tmp_path / "x.onnx", [])
+        quantize_onnxruntime_int8(src, tmp_path / "x.onnx", QuantizationConfig([]))
     with pytest.raises(ValueError, match="wants uint8"):
-        precision.quantize_openvino_int8(src, tmp_path / "x.onnx", [{"images": np.zeros((1, *SIZE, 3), np.float32)}])
+        quantize_openvino_int8(
+            src, tmp_path / "x.onnx", QuantizationConfig([{"images": np.zeros((1, *SIZE, 3), np.float32)}])
+        )
     with pytest.raises(ValueError, match="takes"):
-        precision.quantize_onnxruntime_int8(src, tmp_path / "x.onnx", [{"pixels": np.zeros((1, *SIZE, 3), np.uint8)}])
+        quantize_onnxruntime_int8(
+            src, tmp_path / "x.onnx", QuantizationConfig([{"pixels": np.zeros((1, *SIZE, 3), np.uint8)}])
+        )
     with pytest.raises(ValueError, match="model input size"):
-        precision.quantize_onnxruntime_int8(src, tmp_path / "x.onnx", [{"images": np.zeros((1, 64, 64, 3), np.uint8)}])
+        quantize_onnxruntime_int8(
+            src, tmp_path / "x.onnx", QuantizationConfig([{"images": np.zeros((1, 64, 64, 3), np.uint8)}])
+        )
     with pytest.raises(ValueError, match="calibration method"):
-        feeds = precision.calibration_inputs(scenes["train"][:1])
-        precision.quantize_onnxruntime_int8(src, tmp_path / "x.onnx", feeds, method="KL")
+        QuantizationConfig(quantization.calibration_inputs(scenes["train"][:1]), method="KL")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="activation_type"):
+        QuantizationConfig([], activation_type="s8")  # type: ignore[arg-type]
     with pytest.raises(FileNotFoundError):
         precision.convert_fp16(tmp_path / "missing.onnx", tmp_path / "x.onnx")
 
@@ -275,11 +287,11 @@ def test_calibration_chunk_shrinks_to_fit_memory_and_divides_the_set():
     )
     model = onnx.shape_inference.infer_shapes(onnx.helper.make_model(graph))
     per_input = 3 * 512 * 512 * 4
-    assert precision.float_activation_bytes(model) == per_input  # "h" only: inputs/outputs are not value_info
-    assert precision.calibration_chunk(model, 32, available_bytes=1 << 40) == 16
-    assert precision.calibration_chunk(model, 30, available_bytes=1 << 40) == 15
-    assert precision.calibration_chunk(model, 32, available_bytes=4 * 5 * per_input) == 4  # 5 fit, 4 divides 32
-    assert precision.calibration_chunk(model, 32, available_bytes=per_input) == 1
+    assert float_activation_bytes(model) == per_input  # "h" only: inputs/outputs are not value_info
+    assert calibration_chunk(model, 32, available_bytes=1 << 40) == 16
+    assert calibration_chunk(model, 30, available_bytes=1 << 40) == 15
+    assert calibration_chunk(model, 32, available_bytes=4 * 5 * per_input) == 4  # 5 fit, 4 divides 32
+    assert calibration_chunk(model, 32, available_bytes=per_input) == 1
 
 
 def test_compact_storage_folds_uniform_constants_and_halves_weights():
@@ -338,9 +350,9 @@ def test_linear_bottleneck_rule_finds_mobilenet_projections():
         inits,
     )  # fmt: skip
     model = helper.make_model(graph)
-    assert precision.linear_bottlenecks(model) == ["project"]
-    assert precision.depthwise_convs(model) == ["dw"]
-    assert "project" in precision.keep_float_nodes(model)  # a default rule
+    assert keep_float.linear_bottlenecks(model) == ["project"]
+    assert keep_float.depthwise_convs(model) == ["dw"]
+    assert "project" in keep_float.keep_float_nodes(model)  # a default rule
 
 
 def _conv_chain(size: int | str) -> onnx.ModelProto:
@@ -367,10 +379,25 @@ def _conv_chain(size: int | str) -> onnx.ModelProto:
     return onnx.helper.make_model(graph)
 
 
+def test_config_scopes_add_to_the_keep_float_rules():
+    """``exclude_nodes`` (regexes) and ``exclude_op_types`` come first, then the rules' nodes, each name once."""
+    model = _conv_chain(64)
+    rules = ["image", "project", "expand"]  # the default rules' nodes (stem_conv)
+    assert quantization.float_nodes(model, QuantizationConfig([])) == rules
+    assert quantization.float_nodes(model, QuantizationConfig([], exclude_nodes=("^la",))) == ["late", *rules]
+    assert quantization.float_nodes(model, QuantizationConfig([], exclude_nodes=("proj",), keep_float=())) == [
+        "project"
+    ]
+    every = ["image", "project", "expand", "late"]
+    assert quantization.float_nodes(model, QuantizationConfig([], exclude_op_types=("Conv",))) == every
+    config = QuantizationConfig(iter([{"images": np.zeros((1, 2, 2, 3), np.uint8)}]))
+    assert isinstance(config.calibration, tuple) and len(config.calibration) == 1  # an iterator is read once
+
+
 def test_stem_rule_keeps_the_convs_at_half_resolution_or_finer(caplog):
     model = _conv_chain(64)
-    assert precision.stem_convs(model) == ["image", "project", "expand"]
-    assert precision.keep_float_nodes(model)[:3] == ["image", "project", "expand"]  # a default rule
-    with caplog.at_level(logging.WARNING, logger="compile.precision"):
-        assert precision.stem_convs(_conv_chain("side")) == ["image"]  # sizes unknown: the image convs, said so
+    assert keep_float.stem_convs(model) == ["image", "project", "expand"]
+    assert keep_float.keep_float_nodes(model)[:3] == ["image", "project", "expand"]  # a default rule
+    with caplog.at_level(logging.WARNING, logger="compile.keep_float"):
+        assert keep_float.stem_convs(_conv_chain("side")) == ["image"]  # sizes unknown: the image convs, said so
     assert "size is unknown" in caplog.text

@@ -234,13 +234,15 @@ def test_tensorrt_artifacts_pass_the_parser_rules(artifacts: dict[str, Path], pl
 
 
 def test_export_gate_refuses_a_graph_tensorrt_rejects(tmp_path: Path) -> None:
-    from compile.export import _check_tensorrt_rules
+    from compile.export import EXPORT_FORMATS
     from tests.compile.test_tensorrt_rules import violating_graph
 
     path = tmp_path / "bad.onnx"
     onnx.save(violating_graph(), str(path))
+    check = EXPORT_FORMATS["tensorrt"].check_artifact
+    assert check is not None
     with pytest.raises(ValueError, match=r"breaks TensorRT's ONNX parser rules \(11\):\n  \[dtype\] Transpose"):
-        _check_tensorrt_rules(path)
+        check(path)
 
 
 def test_tensorrt_export_needs_a_static_size() -> None:
