@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from compile.export import _validation_images, load_checkpoint, reference_model
+from compile.export import load_checkpoint, reference_model, validation_images
 from runtimes.vocabulary import MASK_STRIDE, VOID
 from train.evaluation.semantic import SemanticEvaluator
 from train.model.inference import semantic_inference, semantic_labels
@@ -30,7 +30,7 @@ def scores_tail_labels(logits: torch.Tensor, masks: torch.Tensor, size: tuple[in
 def compare(checkpoint: str, split: str, size: tuple[int, int], root: str) -> dict:
     module, meta = reference_model(checkpoint, task="semantic", input_size=size)
     loaded = load_checkpoint(checkpoint)
-    images = _validation_images(loaded, {"format": "camvid", "root": root, "split": split}, meta["input"], 10_000)
+    images = validation_images(loaded, {"format": "camvid", "root": root, "split": split}, meta["input"], 10_000)
     evaluators = {tail: SemanticEvaluator(loaded.model.config.num_classes, VOID) for tail in ("official", "scores")}
     equal = total = 0
     for item in images:

@@ -128,7 +128,8 @@ def _calibration_images(folder: str | Path | None, resize: dict, limit: int) -> 
     return [fit_to_input(img, resize)[0] for img in _images_in(Path(folder), limit)]
 
 
-def _validation_images(loaded: LoadedModel, spec: dict, input_spec: dict, limit: int) -> list[GateImage]:
+def validation_images(loaded: LoadedModel, spec: dict, input_spec: dict, limit: int) -> list[GateImage]:
+    """Up to ``limit`` labelled frames of the dataset ``spec``, placed in the model input as the SDK places them."""
     from train.data import build_dataset
 
     dataset = build_dataset(spec)
@@ -322,7 +323,7 @@ def export(
     task = task or default_task(checkpoint, loaded)
     resize = input_spec(loaded.meta, input_size, min_size, max_size)
     calibration = _calibration_images(calib_dir, resize, calib_images)
-    gate_set = _validation_images(loaded, val_data, resize, gate_images) if val_data else []
+    gate_set = validation_images(loaded, val_data, resize, gate_images) if val_data else []
     if not gate_set and calibration:
         gate_set = [GateImage(img) for img in calibration[:gate_images]]
     out.parent.mkdir(parents=True, exist_ok=True)
