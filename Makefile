@@ -48,7 +48,7 @@ demo: install
 	$(VENV)/bin/m2f demo $(DEMO_ARGS)
 
 # The GPU machine's own check (tools/gpu_check.py): the machine's python, no venv, no internet; <= 6 minutes on
-# an H200. GPU_CHECK_OUT receives gpu_check.md/.json and pytest_gpu.log (README: "GPU").
+# an H200. GPU_CHECK_OUT receives gpu_check.md/.json and pytest_gpu.log (docs/gpu-jetson.md).
 GPU_PY ?= python3
 GPU_CHECK_OUT ?= benchmarks/results/gpu_check
 GPU_CHECK_ARGS ?=

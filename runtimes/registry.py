@@ -1,7 +1,7 @@
 """The one table of runtimes and targets: what each engine is and what each target profile means.
 
 Every other module reads these rows (``runtimes.load_backend``, ``sdk.targets``, ``sdk.segmenter``,
-``compile.export``, ``benchmarks.harness``, ``runtimes.artifact``); no option whitelist, device list, precision
+``compile.export``, ``benchmarks.rows``, ``runtimes.artifact``); no option whitelist, device list, precision
 list or label is written anywhere else. Adding a runtime or a target is adding a row here.
 
 Two kinds of name:
