@@ -5,11 +5,11 @@ keeps the op whole, as a node TensorRT's ONNX parser imports as a plugin:
 
 * ``m2f::ms_deform_attn`` is a ``torch.library`` custom op: the pure-torch reference is its real implementation,
   a fake (meta) implementation gives ``torch.export`` the output shape ``(N, Lq, M*D)``.
-* :func:`msda_as_plugin_op` routes the model's MSDA call to that op while exporting: it swaps the module attribute
-  ``train.model.pixel_decoder.ms_deform_attn`` (the name ``from plugins.msda import ms_deform_attn`` bound there) and
-  puts it back afterwards. The model code stays free of export flags. The spatial shapes (``int32 (L, 2)``) and
-  level start indices (``int32 (L,)``, the prefix sums of ``H*W``) come from the feature-map sizes, which are
-  static: the TensorRT export is always at a fixed input size.
+* :func:`model_with_msda_op` builds the model that is exported: a copy of the module tree (sharing the weights)
+  whose deformable-attention layers are built with that op as their MSDA (``MSDeformAttn(..., msda=...)``). The
+  caller's model, the model code and every other thread are untouched: no export flag, no swapped module
+  attribute. The spatial shapes (``int32 (L, 2)``) and level start indices (``int32 (L,)``, the prefix sums of
+  ``H*W``) come from the feature-map sizes, which are static: the TensorRT export is always at a fixed input size.
 * An onnxscript translation (``custom_translation_table`` of the dynamo exporter) writes the node:
 
   ========================  ====================================================================================
@@ -38,11 +38,11 @@ and the parity tests.
 
 from __future__ import annotations
 
-import contextlib
 import copy
+import itertools
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,7 @@ from plugins.msda.tensorrt_plugin import (
 from runtimes.base import RuntimeNotAvailable
 from runtimes.onnxruntime_backend import OnnxRuntimeBackend
 from train.model import Mask2Former, ModelMeta
+from train.model.pixel_decoder import MSDeformAttn
 
 logger = logging.getLogger(__name__)
 
@@ -77,9 +78,9 @@ __all__ = [
     "export_openvino_fused_onnx",
     "export_tensorrt_onnx",
     "is_plugin_node",
+    "model_with_msda_op",
     "ms_deform_attn_numpy",
     "ms_deform_attn_op",
-    "msda_as_plugin_op",
     "onnxruntime_reference_model",
     "plugin_nodes",
 ]
@@ -98,8 +99,6 @@ _NODE_OF: dict[str, tuple[str, str]] = {  # flavour -> (domain, op_type)
     **{flavour: (PLUGIN_DOMAIN, op_type) for flavour, (op_type, _, _) in PLUGIN_OPS.items()},
     OPENVINO_FUSED: (openvino_extension.ONNX_DOMAIN, openvino_extension.ONNX_OP),
 }
-_PATCH_TARGET = "train.model.pixel_decoder"
-_patch_lock = threading.Lock()
 
 
 # --------------------------------------------------------------------------------------------- the custom op
@@ -152,28 +151,24 @@ def _ms_deform_attn_via_op(
     return ms_deform_attn_op(value, shapes_t, starts_t, sampling_locations, attention_weights)
 
 
-@contextlib.contextmanager
-def msda_as_plugin_op() -> Iterator[None]:
-    """While active, the model's MSDA calls go to ``m2f::ms_deform_attn`` (one op per call, exportable).
+def model_with_msda_op(model: Mask2Former) -> Mask2Former:
+    """``model`` built for the fused exports: each deformable-attention layer calls ``m2f::ms_deform_attn`` (one
+    opaque op per layer, which the ONNX translation writes as one node), numerically the same model.
 
-    Swaps ``train.model.pixel_decoder.ms_deform_attn``, the model's one dispatch point, and restores it on exit.
-    The swap is process-wide (every model in every thread), so exports holding it are serialised by a lock.
+    A copy of the module tree that shares ``model``'s parameters and buffers (no weight is duplicated), its
+    ``MSDeformAttn`` layers rebuilt with the op as their ``msda`` around the same parameters; ``model`` is left as
+    it is.
     """
-    import importlib
-
-    module = importlib.import_module(_PATCH_TARGET)
-    with _patch_lock:
-        original = getattr(module, "ms_deform_attn", None)
-        if original is None:
-            raise RuntimeError(
-                f"{_PATCH_TARGET} has no ms_deform_attn: the model's MSDA dispatch moved; update "
-                "compile.tensorrt_export.msda_as_plugin_op to route the new call site"
+    shared = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
+    exported = copy.deepcopy(model, memo=shared)
+    for name, layer in [(n, m) for n, m in exported.named_modules() if isinstance(m, MSDeformAttn)]:
+        with torch.device("meta"):  # no memory and no draw from the random generator for weights replaced below
+            op_layer = MSDeformAttn(
+                layer.d_model, layer.n_levels, layer.n_heads, layer.n_points, msda=_ms_deform_attn_via_op
             )
-        module.ms_deform_attn = _ms_deform_attn_via_op
-        try:
-            yield
-        finally:
-            module.ms_deform_attn = original
+        op_layer.load_state_dict(layer.state_dict(keep_vars=True), assign=True)  # the very same Parameters
+        exported.set_submodule(name, op_layer.train(layer.training))
+    return exported
 
 
 # --------------------------------------------------------------------------------------------- ONNX translation
@@ -307,13 +302,12 @@ def _export_fused(
     flavour: str,
 ) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    wrapper = DeployableMask2Former(model, meta, task).eval()
+    wrapper = DeployableMask2Former(model_with_msda_op(model), meta, task).eval()
     h, w = input_size
     example = torch.randint(0, 256, (batch_size, h, w, 3), dtype=torch.uint8)
     table = {torch.ops.m2f.ms_deform_attn.default: _translation(flavour)}
     logger.info("exporting %s with fused MSDA nodes (%s) at %dx%d to %s", task, flavour, h, w, path)
-    with msda_as_plugin_op():
-        torch_onnx_export(wrapper, example, path, task, opset, custom_translation_table=table)
+    torch_onnx_export(wrapper, example, path, task, opset, custom_translation_table=table)
     exported = onnx.load(str(path))
     onnx.checker.check_model(exported, full_check=True)
     layers = sum(1 for m in model.modules() if type(m).__name__ == "MSDeformAttn")
@@ -322,7 +316,7 @@ def _export_fused(
     if found != layers:
         raise RuntimeError(
             f"the export has {found} fused MSDA nodes for {layers} deformable-attention layers: the "
-            "model's MSDA no longer goes through train.model.pixel_decoder.ms_deform_attn"
+            "model's MSDA no longer goes through MSDeformAttn.msda"
         )
     return path
 

@@ -24,8 +24,8 @@ from compile.tensorrt_export import (
     PluginReferenceBackend,
     _register_onnxruntime_ops,
     export_tensorrt_onnx,
+    model_with_msda_op,
     ms_deform_attn_numpy,
-    msda_as_plugin_op,
     onnxruntime_reference_model,
     plugin_nodes,
 )
@@ -136,15 +136,29 @@ def test_custom_op_runs_the_reference_eagerly() -> None:
     torch.testing.assert_close(torch.ops.m2f.ms_deform_attn(*inputs), ms_deform_attn_reference(*inputs))
 
 
-def test_routing_swaps_and_restores_the_dispatch_point() -> None:
-    assert pixel_decoder.ms_deform_attn is ms_deform_attn
-    with pytest.raises(RuntimeError, match="boom"), msda_as_plugin_op():
-        assert pixel_decoder.ms_deform_attn is not ms_deform_attn
-        inputs = _msda_inputs([(3, 4)], 1, 2, 1, 2, 1, seed=2)
-        out = pixel_decoder.ms_deform_attn(inputs[0], [(3, 4)], None, *inputs[3:])
-        torch.testing.assert_close(out, ms_deform_attn_reference(*inputs))
-        raise RuntimeError("boom")
-    assert pixel_decoder.ms_deform_attn is ms_deform_attn
+def test_the_export_model_routes_msda_to_the_op_and_leaves_the_model_alone() -> None:
+    """A copy built for export: its MSDA layers call the custom op around the same Parameters, the model given and
+    the model code keep the default op, and the copy computes what the model does."""
+    torch.manual_seed(0)
+    model = Mask2Former(Mask2FormerConfig.from_dict({"num_classes": 3, **TINY})).eval()
+    rng = torch.random.get_rng_state()
+    exported = model_with_msda_op(model)
+    assert torch.equal(torch.random.get_rng_state(), rng)  # building it draws no random weights
+    layers = [m for m in model.modules() if isinstance(m, pixel_decoder.MSDeformAttn)]
+    op_layers = [m for m in exported.modules() if isinstance(m, pixel_decoder.MSDeformAttn)]
+    assert len(layers) == len(op_layers) == ENCODER_LAYERS
+    assert all(layer.msda is ms_deform_attn for layer in layers)
+    assert all(layer.msda is not ms_deform_attn for layer in op_layers)
+    assert pixel_decoder.ms_deform_attn is ms_deform_attn  # nothing process-wide was swapped
+    assert all(a.value_proj.weight is b.value_proj.weight for a, b in zip(layers, op_layers, strict=True))
+    assert {id(t) for t in model.state_dict(keep_vars=True).values()} == {
+        id(t) for t in exported.state_dict(keep_vars=True).values()
+    }  # no weight duplicated
+    images = torch.rand(1, 3, *INPUT)
+    with torch.no_grad():
+        want, got = model(images, aux=False), exported(images, aux=False)
+    for key in ("pred_logits", "pred_masks"):
+        torch.testing.assert_close(got[key], want[key])
 
 
 def test_reference_model_runs_fp16_plugin_nodes() -> None:

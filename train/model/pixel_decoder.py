@@ -7,7 +7,7 @@ Sub-module names follow the official ``MSDeformAttnPixelDecoder`` so official we
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -17,15 +17,24 @@ from plugins.msda import ms_deform_attn
 from train.model.config import PixelDecoderConfig
 from train.model.position_encoding import PositionEmbeddingSine
 
+# (value (N, S, M, D), spatial shapes, level start index or None, locations (N, Lq, M, L, P, 2),
+#  weights (N, Lq, M, L, P)) -> (N, Lq, M*D): the signature of plugins.msda.ms_deform_attn
+MSDAFunction = Callable[[Tensor, Sequence[tuple[int, int]], Tensor | None, Tensor, Tensor], Tensor]
+
 
 class MSDeformAttn(nn.Module):
-    """Multi-scale deformable attention layer (Deformable DETR), the op itself behind ``ms_deform_attn``."""
+    """Multi-scale deformable attention layer (Deformable DETR) around the op ``msda``: by default
+    ``plugins.msda.ms_deform_attn`` (the CUDA kernel or the pure-torch reference); a caller that needs another
+    implementation of the same op builds the layer with it (the TensorRT export: one opaque custom op per layer)."""
 
-    def __init__(self, d_model: int, n_levels: int, n_heads: int, n_points: int) -> None:
+    def __init__(
+        self, d_model: int, n_levels: int, n_heads: int, n_points: int, msda: MSDAFunction = ms_deform_attn
+    ) -> None:
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"d_model {d_model} is not divisible by n_heads {n_heads}")
         self.d_model, self.n_levels, self.n_heads, self.n_points = d_model, n_levels, n_heads, n_points
+        self.msda = msda
         self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
         self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
         self.value_proj = nn.Linear(d_model, d_model)
@@ -80,7 +89,7 @@ class MSDeformAttn(nn.Module):
                 3,
             )
         locations = reference_points[:, :, None, :, None, :] + scaled  # (N, Lq, M, L, P, 2)
-        out = ms_deform_attn(value, spatial_shapes, None, locations, weights)  # (N, Lq, C)
+        out = self.msda(value, spatial_shapes, None, locations, weights)  # (N, Lq, C)
         return self.output_proj(out)
 
 
