@@ -284,6 +284,8 @@ def _plan(opts: BenchmarkOptions) -> tuple[BenchmarkOptions, list[Row], list[str
     if artifact.task != opts.task:
         raise ValueError(f"--model {opts.model} is a {artifact.task} artifact; the harness measures semantic ones")
     rows, skipped = plan_artifact_rows(artifact, opts.targets, opts.precisions)
+    if not rows:
+        raise ValueError(f"nothing asked for can run {opts.model}: {'; '.join(skipped)}")
     for line in skipped:
         logger.info("skipped %s", line)
     return dataclasses.replace(opts, input_size=artifact.input_size), rows, skipped
