@@ -92,7 +92,9 @@ class BenchmarkOptions:
     split: str = field(default="val", metadata=_cli("dataset split for the frames"))
     video: Path | None = field(default=None, metadata=_cli("take the frames from a video file instead"))
     images: int = field(default=10, metadata=_cli("frames for timing, agreement and mIoU"))
-    input_size: tuple[int, int] = field(default=(512, 512), metadata=_cli("model input HxW", type=parse_input_size))
+    input_size: tuple[int, int] = field(
+        default=(512, 512), metadata=_cli("model input HxW (an artifact runs at its own)", type=parse_input_size)
+    )
     task: str = "semantic"  # the harness measures label maps: not an option
     runs: int = field(default=10, metadata=_cli("timed runs per row"))
     warmup: int = field(default=3, metadata=_cli("untimed runs first, in every round"))
