@@ -2,6 +2,7 @@
 
     m2f benchmark --model ade20k-semantic-swin-t --data ../shared/data/camvid --out benchmarks/results/swin_t_ade_512
     m2f benchmark --model runs/camvid_edge/model_final.pt --targets openvino --precisions fp32 int8 --data ... --out ...
+    m2f benchmark --model sdk/models/default_int8.onnx --targets cpu --data ... --out ...   # an artifact: no torch
     python -m benchmarks.cli ...            # the same without the m2f entry point
 
 Prints the Markdown table; writes benchmark.md / .csv / .json / .png (and profile.md with --profile) to --out.

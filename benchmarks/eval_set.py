@@ -7,16 +7,20 @@ ground truth), read by every row's ``measure`` job.
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
+from PIL import Image
 
 from runtimes.images import FrameError, read_image
-from runtimes.vocabulary import IMAGE_SUFFIXES, image_files
+from runtimes.vocabulary import IMAGE_SUFFIXES, VOID, image_files
 from sdk.sources import evenly_spaced, read_video_frames
 
 DATA_FORMATS = ("auto", "camvid", "ade20k", "cityscapes", "images")
+CAMVID_VOID = 11  # train.data.presets.CAMVID_VOID: "Unlabelled", ignored
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,8 @@ def prepare_eval_set(
             frames = _image_frames(data, count)
             source = f"{data.name}: {len(frames)} images (no labels)"
         else:
-            frames, labels, class_names, total = _dataset_frames(data, fmt, split, count)
+            read = _camvid_frames if fmt == "camvid" and (data / split).is_dir() else _dataset_frames
+            frames, labels, class_names, total = read(data, fmt, split, count)
             source = f"{fmt} {split}: {len(frames)} of {total} images, labelled"
     else:
         raise ValueError("pass --data DIR (CamVid/ADE20K/Cityscapes root or a folder of images) or --video FILE")
@@ -96,6 +101,35 @@ def _dataset_frames(
         h, w = frames[-1].shape[:2]
         labels.append(semantic_gt_from_sample(sample["labels"], sample["masks"], sample["iscrowd"], h, w))
     return frames, labels, tuple(dataset.meta.class_names), len(dataset)
+
+
+def _camvid_frames(
+    root: Path, fmt: str, split: str, count: int
+) -> tuple[list[np.ndarray], list[np.ndarray], tuple[str, ...], int]:
+    """``_dataset_frames`` of one CamVid split folder in numpy, without torch (an artifact's benchmark runs where
+    torch is not installed): the same files in the same order, the same frames and ground truth (void -> ``VOID``),
+    held equal to ``train.data.presets.camvid`` by tests/benchmarks/test_artifact_benchmark.py."""
+    with (root / "classes.csv").open(newline="") as f:
+        names = tuple(row["name"] for row in csv.DictReader(f) if int(row["id"]) != CAMVID_VOID)
+    images = sorted((root / split).rglob("*.png"))
+    if not images:
+        raise FileNotFoundError(f"no images matching *.png under {root / split}")
+    frames, labels = [], []
+    for i in evenly_spaced(len(images), count):
+        frame = cv2.imread(str(images[i]), cv2.IMREAD_COLOR)  # (H, W, 3) BGR
+        if frame is None:
+            raise ValueError(f"cannot read image {images[i]}: not a readable image file")
+        label_path = root / f"{split}annot" / images[i].relative_to(root / split)
+        with Image.open(label_path) as img:
+            label = np.array(img).astype(np.int64)  # (H, W)
+        label[label == CAMVID_VOID] = VOID
+        if label.shape != frame.shape[:2] or (label[label != VOID] >= len(names)).any():
+            raise ValueError(
+                f"label {label_path} does not fit image {images[i]} or has ids outside 0..{len(names) - 1}"
+            )
+        frames.append(np.ascontiguousarray(frame))
+        labels.append(label)
+    return frames, labels, names, len(images)
 
 
 def load_eval_set(path: str | Path) -> tuple[list[np.ndarray], list[np.ndarray] | None]:

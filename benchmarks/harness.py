@@ -28,6 +28,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from benchmarks.artifact_rows import ArtifactModel, is_artifact, plan_artifact_rows, read_artifact
 from benchmarks.eval_set import DATA_FORMATS, EvalSet, detect_format, prepare_eval_set
 from benchmarks.jobs import run_job
 from benchmarks.litert_peer import default_peer_path
@@ -71,7 +72,8 @@ class BenchmarkOptions:
     model: str = field(
         default="ade20k-semantic-swin-t",
         metadata=_cli("model-zoo name or HF config.json (random seeded weights; HF peers get the same), an HF "
-                      "folder with weights, or our .pt checkpoint (no HF peers)"),
+                      "folder with weights, our .pt checkpoint (no HF peers), or an exported .onnx artifact (run as "
+                      "it is, no torch needed; its own input size)"),
     )  # fmt: skip
     targets: Sequence[str] | None = field(  # None: every available target
         default=None,
@@ -90,7 +92,9 @@ class BenchmarkOptions:
     split: str = field(default="val", metadata=_cli("dataset split for the frames"))
     video: Path | None = field(default=None, metadata=_cli("take the frames from a video file instead"))
     images: int = field(default=10, metadata=_cli("frames for timing, agreement and mIoU"))
-    input_size: tuple[int, int] = field(default=(512, 512), metadata=_cli("model input HxW", type=parse_input_size))
+    input_size: tuple[int, int] = field(
+        default=(512, 512), metadata=_cli("model input HxW (an artifact runs at its own)", type=parse_input_size)
+    )
     task: str = "semantic"  # the harness measures label maps: not an option
     runs: int = field(default=10, metadata=_cli("timed runs per row"))
     warmup: int = field(default=3, metadata=_cli("untimed runs first, in every round"))
@@ -131,6 +135,7 @@ class RunInfo:
     rounds: int
     threads: int
     calibration: str | None
+    skipped: tuple[str, ...]  # targets x precisions that cannot run the model, one line each: why
     started: str  # local time
     duration_s: float
     work_dir: str  # jobs, logs, frames and reference labels of this run
@@ -145,7 +150,7 @@ class _RunSetup:
     """What every row of one run shares: the options, the prepared model, the frames and where files go."""
 
     opts: BenchmarkOptions
-    model: PreparedModel
+    model: PreparedModel | ArtifactModel
     evaluation: EvalSet
     num_classes: int
     work: Path  # the run's jobs, logs and frames
@@ -234,7 +239,7 @@ def run_benchmark(opts: BenchmarkOptions) -> list[dict]:
         raise ValueError("need --runs >= 1, --warmup >= 0, --images >= 1 and --rounds >= 1")
     started = time.time()
     env = environment(opts.threads)
-    rows = plan_rows(opts.targets, opts.precisions)
+    opts, rows, skipped = _plan(opts)
     setup = _set_up(opts)
     if opts.targets is None and not _camvid_classes(setup.evaluation.class_names):
         rows = [row for row in rows if row.family != "litert"]  # the peer's classes map onto CamVid's only
@@ -262,6 +267,7 @@ def run_benchmark(opts: BenchmarkOptions) -> list[dict]:
         rounds=len(round_runs(opts.runs, opts.rounds)),
         threads=opts.threads,
         calibration=f"{setup.calib} ({opts.calib_images} images, letterboxed)" if setup.calib else None,
+        skipped=tuple(skipped),
         started=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
         duration_s=round(time.time() - started, 1),
         work_dir=str(setup.work),
@@ -271,20 +277,43 @@ def run_benchmark(opts: BenchmarkOptions) -> list[dict]:
     return results_list
 
 
+def _plan(opts: BenchmarkOptions) -> tuple[BenchmarkOptions, list[Row], list[str]]:
+    """(the options, the rows, one line per target x precision skipped). An artifact (what is deployed) runs at its
+    own input size where its target allows, without an export or torch (``benchmarks.artifact_rows``)."""
+    if not is_artifact(opts.model):
+        return opts, plan_rows(opts.targets, opts.precisions), []
+    artifact = read_artifact(opts.model)
+    if artifact.task != opts.task:
+        raise ValueError(f"--model {opts.model} is a {artifact.task} artifact; the harness measures semantic ones")
+    rows, skipped = plan_artifact_rows(artifact, opts.targets, opts.precisions)
+    if not rows:
+        raise ValueError(f"nothing asked for can run {opts.model}: {'; '.join(skipped)}")
+    for line in skipped:
+        logger.info("skipped %s", line)
+    return dataclasses.replace(opts, input_size=artifact.input_size), rows, skipped
+
+
 def _set_up(opts: BenchmarkOptions) -> _RunSetup:
     """The model (prepared once per model key), the evaluation frames and the run's folders."""
     cache = (opts.cache or default_cache()).resolve()
     key = model_key(opts.model, opts.seed)
     work = cache / "runs" / _slug(str(opts.out.resolve()))
     work.mkdir(parents=True, exist_ok=True)
-    model = _prepared_model(opts, cache / "models" / key, work)
+    if is_artifact(opts.model):
+        model: PreparedModel | ArtifactModel = read_artifact(opts.model)
+        num_classes = len(model.class_names)
+    else:
+        model = _prepared_model(opts, cache / "models" / key, work)
+        num_classes = _num_classes(model.checkpoint)
     evaluation = prepare_eval_set(work / "eval.npz", opts.data, opts.video, opts.images, opts.data_format, opts.split)
     calib = opts.calib
     if calib is None and opts.data is not None and detect_format(opts.data, "train") == "camvid":
         calib = opts.data / "train"
+    if isinstance(model, ArtifactModel):
+        calib = None  # already exported
     (work / "reference_labels.npz").unlink(missing_ok=True)
     artifacts = cache / "artifacts" / key / f"code-{graph_code_key()}"
-    setup = _RunSetup(opts, model, evaluation, _num_classes(model.checkpoint), work, artifacts, calib)
+    setup = _RunSetup(opts, model, evaluation, num_classes, work, artifacts, calib)
     if evaluation.has_labels and not setup.labels_match:
         names = evaluation.class_names or ()
         logger.warning("no mIoU: the model has %d classes, the dataset %d", setup.num_classes, len(names))
@@ -377,6 +406,8 @@ def _num_classes(checkpoint: str) -> int:
 
 def _build_row(row: Row, setup: _RunSetup) -> _BuiltRow:
     """Build what the row needs (its artifact or the HF export, cached); raises ``_RowFailed`` when it cannot run."""
+    if isinstance(setup.model, ArtifactModel) and row.family == "m2f":  # its runtime checked when planned
+        return _BuiltRow(setup.measure_spec(row, Path(setup.model.path)), {})  # already exported
     why = target_available(row.target, row.device)
     if why is not None:
         raise _RowFailed(why)

@@ -222,6 +222,7 @@ def markdown(rows: Sequence[dict], info: dict) -> str:
         f"load average at start {env['load_average_at_start']}",
         f"- versions: Python {env['python']}, {versions}",
         f"- int8 calibration: {info['calibration'] or 'none'}",
+        *(f"- skipped {line}" for line in info.get("skipped", ())),
         f"- run: {info['started']}, {info['duration_s']} s",
         "",
         markdown_table(rows),

@@ -185,7 +185,8 @@ class MeasureSpec:
     back by the worker (``from_dict``).
     """
 
-    checkpoint: str  # our model.pt (the torch rows run it; the HF rows read its normalisation)
+    checkpoint: str | None  # our model.pt (the torch rows run it; the HF rows read its normalisation); None: an
+    # artifact was given (benchmarks.artifact_rows)
     hf_dir: str | None  # the HF peer's folder, same weights
     task: str
     input_size: tuple[int, int]
