@@ -16,11 +16,10 @@ import numpy as np
 from PIL import Image
 
 from runtimes.images import FrameError, read_image
-from runtimes.vocabulary import IMAGE_SUFFIXES, VOID, image_files
+from runtimes.vocabulary import CAMVID_VOID, IMAGE_SUFFIXES, VOID, image_files
 from sdk.sources import evenly_spaced, read_video_frames
 
 DATA_FORMATS = ("auto", "camvid", "ade20k", "cityscapes", "images")
-CAMVID_VOID = 11  # train.data.presets.CAMVID_VOID: "Unlabelled", ignored
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ OBJECT_MASK_THRESHOLD = 0.8
 OVERLAP_THRESHOLD = 0.8
 TOPK = 100
 VOID = 255  # the semantic label of pixels without a class (CamVid void, pixels no panoptic segment covers)
+CAMVID_VOID = 11  # CamVid's own id for "Unlabelled" (SegNet's ignore label), read as VOID
 IMAGE_SUFFIXES = frozenset(  # the still-image files OpenCV reads, lower case
     {".bmp", ".dib", ".jpg", ".jpeg", ".jpe", ".jp2", ".png", ".webp", ".pbm", ".pgm", ".ppm", ".pnm", ".tif", ".tiff"}
 )

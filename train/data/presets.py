@@ -8,13 +8,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from runtimes.vocabulary import VOID
+from runtimes.vocabulary import CAMVID_VOID, VOID
 from train.data.coco_panoptic import CocoPanopticDataset
 from train.data.semantic_folder import SemanticFolderDataset, require_dir, require_file, select_sequences
 from train.model.config import ModelMeta
 from train.model.zoo import dataset_meta
 
-CAMVID_VOID = 11  # "Unlabelled"; SegNet trains with ignore label 11
 CAMVID_THINGS = ("Car", "Pedestrian", "Bicyclist")  # countable classes; the rest are stuff
 CAMVID_SPLIT_ALIASES = {"trainval": ["train", "val"]}  # every labelled frame of the SegNet layout
 ADE20K_SPLITS = {"train": "training", "val": "validation", "training": "training", "validation": "validation"}
