@@ -5,7 +5,7 @@
 
 An artifact is already exported: no export step, no torch reference row (no agreement column), no HF peers (they
 need the model's weights). It runs on the runtimes its target allows (``runtimes.registry``'s
-``artifact_targets``) at its own precision and at those its gate verified (``sdk.segmenter.gated_offers``); a
+``artifact_targets``) at its own precision and at those its gate verified (``sdk.artifact_choice.gated_offers``); a
 runtime that cannot run it is skipped with its reason in the report, not an error row.
 """
 
@@ -66,7 +66,7 @@ def read_artifact(model: str) -> ArtifactModel:
 
 def runtime_precisions(artifact: ArtifactModel, runtime: str) -> tuple[str, ...]:
     """The precisions ``runtime`` runs this artifact at: its own and those its gate verified on that runtime."""
-    from sdk.segmenter import gated_offers
+    from sdk.artifact_choice import gated_offers
 
     offered = gated_offers([(Path(artifact.path), artifact.metadata)], runtime)
     return tuple(p for p in PRECISIONS if p == artifact.precision or (p in offered and p in PRECISIONS))

@@ -101,7 +101,7 @@ def remove_tree(tree: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from runtimes.cpu_features import cpu_features
-    from sdk.segmenter import default_model
+    from sdk.artifact_choice import default_model
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.code_ab", description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", required=True, help="the commit before the change")

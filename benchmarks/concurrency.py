@@ -26,7 +26,8 @@ import numpy as np
 
 from benchmarks.paths import DATA_ROOT
 from runtimes.openvino_backend import openvino_version
-from sdk.segmenter import Segmenter, default_model
+from sdk.artifact_choice import default_model
+from sdk.segmenter import Segmenter
 
 DEFAULT_DATA = DATA_ROOT / "camvid"
 

@@ -11,20 +11,29 @@ Every error the SDK raises for a user's frame, file, machine or stream is an ``s
 
 __version__ = "0.1.0"
 
-from plugins.msda.openvino_extension import ExtensionUnavailable
-from runtimes.base import BackendInputError, DeviceNotAvailable, RuntimeNotAvailable
-from runtimes.cuda_memory import CudaError
-from runtimes.errors import ArtifactError, CheckpointError, M2FError
-from runtimes.geometry import InputSizeError
-from sdk.cli_predict import ImageError
-from sdk.postprocess import OutputsError
-from sdk.preprocess import FrameError
+from sdk.errors import (
+    ArtifactError,
+    BackendInputError,
+    CheckpointError,
+    CudaError,
+    DeviceNotAvailable,
+    ExtensionUnavailable,
+    FrameError,
+    ImageError,
+    InputSizeError,
+    M2FError,
+    OutputsError,
+    RuntimeNotAvailable,
+    SourceError,
+    StageError,
+    StreamError,
+    StreamTimeoutError,
+    TargetNotAvailable,
+)
 from sdk.results import Instances, SegmentationResult
 from sdk.segmenter import Segmenter
-from sdk.sources import SourceError, StreamError, StreamTimeoutError
 from sdk.stream_options import StreamOptions
-from sdk.stream_pipeline import StageError
-from sdk.targets import TARGETS, TargetNotAvailable
+from sdk.targets import TARGETS
 
 __all__ = [
     "TARGETS",

@@ -60,7 +60,7 @@ def info() -> dict[str, object]:
             versions[name] = f"error: {err}"
     from runtimes.cpu_features import cpu_features
     from runtimes.openvino_backend import int8_float_ops_of
-    from sdk.segmenter import FLOAT_OPS_BF16, choose_artifact
+    from sdk.artifact_choice import FLOAT_OPS_BF16, choose_artifact
 
     versions["cpu"] = cpu_features().describe()
     targets = {}

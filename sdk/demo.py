@@ -25,8 +25,9 @@ import numpy as np
 from runtimes.cpu_features import cpu_features
 from runtimes.registry import RUNTIMES
 from runtimes.vocabulary import PRECISIONS
+from sdk.artifact_choice import choose_artifact, gated_offers, packaged_artifacts
 from sdk.cli import drain_stream
-from sdk.segmenter import Segmenter, choose_artifact, gated_offers, packaged_artifacts
+from sdk.segmenter import Segmenter
 from sdk.sources import read_video_frames
 from sdk.stream_options import StreamOptions
 from sdk.targets import TargetNotAvailable, resolve_target

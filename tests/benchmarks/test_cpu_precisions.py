@@ -11,7 +11,7 @@ import pytest
 
 from benchmarks import cpu_precisions
 from benchmarks.litert_peer import default_peer_path
-from sdk.segmenter import DEFAULT_MODELS_DIR
+from sdk.artifact_choice import DEFAULT_MODELS_DIR
 
 FP32 = DEFAULT_MODELS_DIR / "default_fp32.onnx"
 pytestmark = pytest.mark.skipif(not FP32.exists(), reason="needs the packaged default model")

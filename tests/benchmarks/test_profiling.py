@@ -9,7 +9,7 @@ import pytest
 
 from benchmarks import profiling
 from compile.gate import INT8_SHARE_FLOOR
-from sdk.segmenter import DEFAULT_MODELS_DIR
+from sdk.artifact_choice import DEFAULT_MODELS_DIR
 
 FP32 = DEFAULT_MODELS_DIR / "default_fp32.onnx"
 ORT_INT8 = DEFAULT_MODELS_DIR / "default_ort_int8.onnx"

@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from compile import tensorrt_rules
 from compile.tensorrt_rules import VERSIONS, lint, rewrite_for_tensorrt, support_table
 from runtimes.artifact import read_metadata, write_metadata
-from sdk.segmenter import DEFAULT_MODELS_DIR
+from sdk.artifact_choice import DEFAULT_MODELS_DIR
 
 H, W = 6, 8
 

@@ -11,7 +11,8 @@ import runtimes
 from runtimes.artifact import read_metadata
 from runtimes.artifact_file import _fields, engine_reads, find_damage
 from runtimes.errors import ArtifactError
-from sdk.segmenter import DEFAULT_MODELS_DIR, Segmenter
+from sdk.artifact_choice import DEFAULT_MODELS_DIR
+from sdk.segmenter import Segmenter
 from tests.runtimes.tiny_artifact import build_tiny_artifact
 
 BACKENDS = ["onnxruntime", "openvino"]

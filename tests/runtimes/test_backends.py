@@ -480,7 +480,7 @@ def test_one_schema_for_writer_validator_and_description() -> None:
     """ArtifactMetadata is the schema: the packaged artifacts (written by compile.export and compile.tensorrt_rules)
     hold no key it does not declare, an unknown key survives a round trip, and the description lists every field."""
     from runtimes.artifact import ArtifactMetadata, describe_schema
-    from sdk.segmenter import packaged_artifacts
+    from sdk.artifact_choice import packaged_artifacts
 
     for path, meta in packaged_artifacts():
         parsed = ArtifactMetadata.from_dict(meta)

@@ -12,8 +12,9 @@ import cv2
 import numpy as np
 import pytest
 
+from sdk.artifact_choice import DEFAULT_MODELS_DIR
 from sdk.preprocess import FrameError
-from sdk.segmenter import DEFAULT_MODELS_DIR, Segmenter
+from sdk.segmenter import Segmenter
 from tests.conftest import data_root
 from tests.thread_stress import call_concurrently, wrong_answers
 

@@ -6,7 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from sdk.segmenter import DEFAULT_MODELS_DIR, Segmenter
+from sdk.artifact_choice import DEFAULT_MODELS_DIR
+from sdk.segmenter import Segmenter
 from tests.conftest import data_root
 
 CAMVID = data_root() / "camvid"

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import sdk
+import sdk.errors
 from tests.conftest import REPO_ROOT
 
 PACKAGES = ("sdk", "runtimes", "compile", "benchmarks", "plugins")
@@ -49,6 +50,9 @@ def test_every_public_error_of_the_device_side_is_reachable_as_sdk_name() -> Non
               if not name.startswith("_") and path.startswith(("sdk/", "runtimes/", "plugins/"))]  # fmt: skip
     assert len(public) >= 15
     assert [name for name in public if not hasattr(sdk, name)] == []
+    # gathered in one module, which sdk re-exports
+    assert sorted(set(public)) == sorted(sdk.errors.__all__)
+    assert all(getattr(sdk, name) is getattr(sdk.errors, name) for name in sdk.errors.__all__)
 
 
 def test_the_sdk_exports_every_error_a_user_meets() -> None:

@@ -8,7 +8,8 @@ import pytest
 
 from runtimes.cpu_features import CpuFeatures, cpu_features
 from runtimes.vocabulary import INT8_BF16
-from sdk.segmenter import Segmenter, artifact_for, gated_offers, packaged_artifacts
+from sdk.artifact_choice import artifact_for, gated_offers, packaged_artifacts
+from sdk.segmenter import Segmenter
 from sdk.targets import choose_precision
 
 

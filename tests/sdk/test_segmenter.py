@@ -383,7 +383,7 @@ def test_fixed_size_target_defaults_to_the_checkpoints_input_size(tmp_path, monk
     pytest.importorskip("torch")
     from compile.export import default_input_size
     from runtimes.artifact import read_metadata
-    from sdk.segmenter import _compile
+    from sdk.artifact_choice import compile_checkpoint
     from tests.sdk.conftest import TINY
     from train.data.synthetic import synthetic_meta
     from train.model import Mask2Former, Mask2FormerConfig, save_checkpoint
@@ -402,6 +402,6 @@ def test_fixed_size_target_defaults_to_the_checkpoints_input_size(tmp_path, monk
     assert default_input_size(save_checkpoint(tmp_path / "city.pt", city_model, city)) == (1024, 1024)  # official
 
     monkeypatch.setenv("M2F_CACHE", str(tmp_path / "cache"))
-    artifact = _compile(trained, "tensorrt", "fp16", None)
+    artifact = compile_checkpoint(trained, "tensorrt", "fp16", None)
     meta_out = read_metadata(artifact)
     assert (meta_out["target"], meta_out["precision"], meta_out["input"]["size"]) == ("tensorrt", "fp16", [64, 64])
