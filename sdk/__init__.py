@@ -11,52 +11,11 @@ Every error the SDK raises for a user's frame, file, machine or stream is an ``s
 
 __version__ = "0.1.0"
 
-from sdk.errors import (
-    ArtifactError,
-    BackendInputError,
-    CheckpointError,
-    CudaError,
-    DeviceNotAvailable,
-    ExtensionUnavailable,
-    FrameError,
-    ImageError,
-    InputSizeError,
-    M2FError,
-    OutputsError,
-    RuntimeNotAvailable,
-    SourceError,
-    StageError,
-    StreamError,
-    StreamTimeoutError,
-    TargetNotAvailable,
-)
+from sdk import errors
+from sdk.errors import *  # noqa: F403  every error the SDK explains, listed once in sdk.errors.__all__
 from sdk.results import Instances, SegmentationResult
 from sdk.segmenter import Segmenter
 from sdk.stream_options import StreamOptions
 from sdk.targets import TARGETS
 
-__all__ = [
-    "TARGETS",
-    "ArtifactError",
-    "BackendInputError",
-    "CheckpointError",
-    "CudaError",
-    "DeviceNotAvailable",
-    "ExtensionUnavailable",
-    "FrameError",
-    "ImageError",
-    "InputSizeError",
-    "Instances",
-    "M2FError",
-    "OutputsError",
-    "RuntimeNotAvailable",
-    "SegmentationResult",
-    "Segmenter",
-    "SourceError",
-    "StageError",
-    "StreamError",
-    "StreamOptions",
-    "StreamTimeoutError",
-    "TargetNotAvailable",
-    "__version__",
-]
+__all__ = ["TARGETS", "Instances", "SegmentationResult", "Segmenter", "StreamOptions", "__version__", *errors.__all__]
