@@ -13,7 +13,7 @@ setup(
     package_data={
         "train.model": ["zoo_classes.json"],
         "compile": ["tensorrt_onnx_support.json"],
-        "sdk": ["models/*.onnx", "models/*.md"],
+        "sdk": ["models/*.onnx", "models/*.md", "models/registry.json"],
         "plugins.msda": ["*.cu", "*.cpp", "*.h", "*.hpp", "*.md", "*.json", "CMakeLists.txt", "openvino/*.txt"],
     },
     install_requires=["numpy>=1.26", "opencv-python-headless>=4.9", "tqdm>=4.66"],

@@ -42,6 +42,20 @@ class ArtifactModel:
         return f"artifact {Path(self.path).name} ({self.target} {self.precision})"
 
 
+def named_artifact(model: str, targets: Sequence[str] | None) -> str:
+    """``--model`` as a path: a packaged model's name becomes the file ``Segmenter`` runs of it for the first of
+    ``targets`` that opens artifacts (``cpu``'s choice when none does); anything else is returned as given."""
+    from sdk.artifact_choice import choose_artifact
+    from sdk.model_registry import is_model_name
+    from sdk.targets import TARGETS, resolve_target
+
+    if not is_model_name(model):
+        return model
+    ours = [t for t in targets or () if BENCHMARK_TARGETS[t].family == "m2f" and RUNTIMES[t].artifact_targets]
+    spec, runtime = (TARGETS[ours[0]], ours[0]) if ours else resolve_target("cpu")
+    return str(choose_artifact(model, runtime, None, spec, None).artifact)
+
+
 def is_artifact(model: str) -> bool:
     """``--model`` names an exported artifact (not a zoo name, HF config or checkpoint)."""
     return Path(model).suffix == ".onnx"

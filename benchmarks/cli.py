@@ -3,6 +3,7 @@
     m2f benchmark --model ade20k-semantic-swin-t --data ../shared/data/camvid --out benchmarks/results/swin_t_ade_512
     m2f benchmark --model runs/camvid_edge/model_final.pt --targets openvino --precisions fp32 int8 --data ... --out ...
     m2f benchmark --model sdk/models/default_int8.onnx --targets cpu --data ... --out ...   # an artifact: no torch
+    m2f benchmark --model street-default --peers litert-deeplab --data ... --out ...   # a packaged model, by name
     python -m benchmarks.cli ...            # the same without the m2f entry point
 
 Prints the Markdown table; writes benchmark.md / .csv / .json / .png (and profile.md with --profile) to --out.
@@ -17,8 +18,10 @@ import sys
 import types
 import typing
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+from benchmarks.artifact_rows import named_artifact
 from benchmarks.harness import BenchmarkOptions, run_benchmark
 from benchmarks.rows import PEERS, benchmark_targets
 
@@ -87,6 +90,10 @@ def benchmark_main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         targets = benchmark_targets(values.pop("targets", None), values.pop("peers", None))
+        artifact = named_artifact(values["model"], targets)  # a packaged model's name -> the file it runs
+        if artifact != values["model"]:
+            values.setdefault("title", f"{values['model']} ({Path(artifact).name})")
+            values["model"] = artifact
         rows = run_benchmark(BenchmarkOptions(**values, targets=targets))
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"m2f benchmark: {err}", file=sys.stderr)

@@ -1,5 +1,6 @@
-"""Which artifact a ``Segmenter`` runs: the packaged default's files, the gated precisions each offers, and a
-checkpoint compiled on first use into the cache (keyed on the checkpoint and the compiler's code).
+"""Which artifact a ``Segmenter`` runs: a packaged model's files (by name, ``sdk.model_registry``), the gated
+precisions each offers, and a checkpoint compiled on first use into the cache (keyed on the checkpoint and the
+compiler's code).
 
 The policy the ``Segmenter`` applies before it opens a backend; it never opens one itself.
 """
@@ -14,11 +15,11 @@ from runtimes.cache import cache_root, file_sha256, graph_code_key
 from runtimes.registry import RUNTIMES, TargetSpec, export_precisions
 from runtimes.vocabulary import INT8_BF16
 from sdk import host
+from sdk.model_registry import is_model_name, named_model, named_models
 from sdk.targets import PrecisionChoice, choose_precision
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODELS_DIR = Path(__file__).parent / "models"
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".pkl")
 
 
@@ -27,20 +28,20 @@ def cache_dir() -> Path:
     return cache_root()
 
 
-def packaged_artifacts() -> list[tuple[Path, dict]]:
-    """(path, metadata) of every artifact packaged in ``sdk/models``, by file name."""
-    found = [(path, read_metadata(path)) for path in sorted(DEFAULT_MODELS_DIR.glob("*.onnx"))]
-    if not found:
-        raise FileNotFoundError(
-            f"no default model is packaged in this build ({DEFAULT_MODELS_DIR}): pass model=<artifact .onnx or "
-            "checkpoint>"
-        )
-    return found
+def packaged_artifacts(name: str | None = None) -> list[tuple[Path, dict]]:
+    """(path, metadata) of every artifact of the packaged model ``name`` (the default when None)."""
+    return named_model(name).artifacts()
 
 
 def default_model(precision: str, runtime: str = "openvino") -> Path:
-    """The packaged artifact ``runtime`` runs ``precision`` from (see :func:`artifact_for`)."""
+    """The default packaged model's artifact ``runtime`` runs ``precision`` from (see :func:`artifact_for`)."""
     return artifact_for(packaged_artifacts(), runtime, precision)
+
+
+def unknown_model_error(model: str | Path) -> FileNotFoundError:
+    """No file ``model`` and no packaged model of that name: say both, with the names."""
+    names = ", ".join(named_models()) or "none in this build"
+    return FileNotFoundError(f"no model at {model} (a file), and no packaged model of that name (names: {names})")
 
 
 def artifact_for(artifacts: list[tuple[Path, dict]], runtime: str, precision: str) -> Path:
@@ -96,12 +97,12 @@ def choose_artifact(
 ) -> PrecisionChoice:
     """The artifact and precision to run: as asked; else on a CPU the fastest gated one (``choose_precision``);
     else the profile's precision. A checkpoint is compiled at the asked or the profile's precision."""
-    if model is None:
-        artifacts = packaged_artifacts()
+    if model is None or is_model_name(model):
+        artifacts = packaged_artifacts(model)
     else:
         path = Path(model)
         if not path.exists():
-            raise FileNotFoundError(f"no model at {path}")
+            raise unknown_model_error(model)
         if path.suffix != ".onnx":
             if path.is_dir():
                 raise ValueError(f"{path} is a directory: pass an artifact (.onnx) or a checkpoint file inside it")
@@ -125,11 +126,11 @@ def choose_artifact(
 
 
 def artifact_target(model: str | Path | None) -> str | None:
-    """What ``model`` was compiled for (the packaged fp32 artifact's target when None); None for a checkpoint, or a
-    file the backend will refuse with its own message."""
+    """What ``model`` was compiled for (a packaged model's fp32 artifact's target for a name or None); None for a
+    checkpoint, or a file the backend will refuse with its own message."""
     try:
-        if model is None:
-            return next(meta["target"] for _, meta in packaged_artifacts() if meta["precision"] == "fp32")
+        if model is None or is_model_name(model):
+            return next(meta["target"] for _, meta in packaged_artifacts(model) if meta["precision"] == "fp32")
         path = Path(model)
         if path.suffix in CHECKPOINT_SUFFIXES or not path.is_file():
             return None

@@ -82,6 +82,12 @@ def info() -> dict[str, object]:
             except (FileNotFoundError, ValueError) as err:
                 targets[name] = f"{runtime} (packaged model: {err})"
     versions["targets"] = targets
+    from sdk.model_registry import default_model_name, named_models
+
+    versions["models"] = {
+        name + (" (default)" if name == default_model_name() else ""): model.describe()
+        for name, model in named_models().items()
+    }
     from plugins.msda import openvino_extension
 
     reason = openvino_extension.unavailable_reason()

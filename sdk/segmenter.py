@@ -23,6 +23,7 @@ from runtimes.registry import RUNTIMES, TARGETS, TargetSpec
 from runtimes.vocabulary import PRECISIONS
 from sdk import host
 from sdk.artifact_choice import FLOAT_OPS_BF16, artifact_target, asked_reason, cache_dir, choose_artifact
+from sdk.model_registry import default_model_name, is_model_name
 from sdk.postprocess import postprocess as postprocess_outputs
 from sdk.preprocess import DEFAULT_MAX_PIXELS, Geometry, as_bgr, fit_to_input
 from sdk.results import SegmentationResult
@@ -86,6 +87,7 @@ class Segmenter:
                 _set_precision(backend_options, choice.precision, spec.precision, artifact_precision)
             backend = load_backend(runtime, choice.artifact, **backend_options)
         self.model_path = choice.artifact
+        self.model_name = model if is_model_name(model) else default_model_name() if model is None else None
         self.precision_reason = choice.reason
         self._attach(backend, task, spec)
         if self.precision == "int8" and getattr(backend, "inference_precision", None) == "bf16":
@@ -101,7 +103,8 @@ class Segmenter:
         segmenter = cls.__new__(cls)
         segmenter.max_pixels = DEFAULT_MAX_PIXELS
         segmenter._attach(backend, task, TARGETS[target or backend.runtime])
-        segmenter.model_path, segmenter.precision_reason = None, "the backend's own (from_backend)"
+        segmenter.model_path, segmenter.model_name = None, None
+        segmenter.precision_reason = "the backend's own (from_backend)"
         return segmenter
 
     def _attach(self, backend: Backend, task: str | None, spec: TargetSpec) -> None:
@@ -177,10 +180,11 @@ class Segmenter:
 
     def __repr__(self) -> str:
         size = self.metadata["input"].get("size")
-        model = self.model_path
+        model = self.model_path.name if self.model_path else None
+        named = f"{self.model_name!r} ({model})" if self.model_name else repr(model)
         return (
             f"Segmenter(target={self.target.name!r}, runtime={self.runtime!r}, device={self.device!r}, "
-            f"precision={self.precision!r}, model={model.name if model else None!r}, "
+            f"precision={self.precision!r}, model={named}, "
             f"input={'x'.join(map(str, size)) if size else 'dynamic'}, task={self.task!r}; "
             f"precision: {self.precision_reason})"
         )

@@ -106,8 +106,8 @@ def test_benchmark_an_artifact(tmp_path, capsys):
 @needs_camvid
 @needs_openvino
 def test_benchmark_an_artifact_with_torch_blocked(tmp_path):
-    """`m2f benchmark` on an artifact where torch cannot be imported (every process: a sitecustomize blocks it):
-    it still measures the row and its mIoU."""
+    """`m2f benchmark --model street-default` (a packaged model's name) where torch cannot be imported (every
+    process: a sitecustomize blocks it): the file the SDK runs of it on OpenVINO is measured, with its mIoU."""
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text("import sys\nsys.modules['torch'] = None\n")
@@ -116,10 +116,23 @@ def test_benchmark_an_artifact_with_torch_blocked(tmp_path):
     assert blocked.returncode != 0 and "import of torch halted" in blocked.stderr
     code = "import sys, sdk.cli; sys.exit(sdk.cli.main(['benchmark', *sys.argv[1:]]))"
     argv = _argv(tmp_path, "openvino")
+    argv[argv.index("--model") + 1] = "street-default"
     proc = subprocess.run([sys.executable, "-c", code, *argv], env=env, cwd=REPO_ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     row = _rows(tmp_path / "out")["m2f-openvino-int8"]
     assert "error" not in row and np.isfinite(row["mIoU"]) and np.isfinite(row["p50_ms"])
+    assert "street-default (default_int8.onnx)" in (tmp_path / "out" / "benchmark.md").read_text()
+
+
+def test_a_packaged_model_name_is_the_file_the_sdk_runs():
+    """A name resolves per runtime, as ``Segmenter(target, model=NAME)`` chooses; any other --model is as given."""
+    from benchmarks.artifact_rows import named_artifact
+    from sdk import Segmenter
+
+    for target in ("onnxruntime", "openvino"):
+        with Segmenter(target, model="street-default") as seg:
+            assert named_artifact("street-default", [target, "litert-deeplab"]) == str(seg.model_path)
+    assert named_artifact("ade20k-semantic-swin-t", None) == "ade20k-semantic-swin-t"
 
 
 def test_a_target_that_cannot_run_the_artifact_gives_its_reason(tmp_path, capsys):

@@ -11,9 +11,9 @@ import pytest
 
 from benchmarks import cpu_precisions
 from benchmarks.litert_peer import default_peer_path
-from sdk.artifact_choice import DEFAULT_MODELS_DIR
+from sdk.model_registry import MODELS_DIR
 
-FP32 = DEFAULT_MODELS_DIR / "default_fp32.onnx"
+FP32 = MODELS_DIR / "default_fp32.onnx"
 pytestmark = pytest.mark.skipif(not FP32.exists(), reason="needs the packaged default model")
 
 

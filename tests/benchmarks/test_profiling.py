@@ -9,10 +9,10 @@ import pytest
 
 from benchmarks import profiling
 from compile.gate import INT8_SHARE_FLOOR
-from sdk.artifact_choice import DEFAULT_MODELS_DIR
+from sdk.model_registry import MODELS_DIR
 
-FP32 = DEFAULT_MODELS_DIR / "default_fp32.onnx"
-ORT_INT8 = DEFAULT_MODELS_DIR / "default_ort_int8.onnx"
+FP32 = MODELS_DIR / "default_fp32.onnx"
+ORT_INT8 = MODELS_DIR / "default_ort_int8.onnx"
 pytestmark = pytest.mark.skipif(not ORT_INT8.exists(), reason="needs the packaged default models")
 
 

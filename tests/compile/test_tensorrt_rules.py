@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from compile import tensorrt_rules
 from compile.tensorrt_rules import VERSIONS, lint, rewrite_for_tensorrt, support_table
 from runtimes.artifact import read_metadata, write_metadata
-from sdk.artifact_choice import DEFAULT_MODELS_DIR
+from sdk.model_registry import MODELS_DIR
 
 H, W = 6, 8
 
@@ -143,7 +143,7 @@ def test_cli_rewrite_writes_and_lists_what_is_left(tmp_path: Path, capsys: pytes
     onnx.save(model, str(src))
     assert tensorrt_rules._main(["--rewrite", str(src), str(dst)]) == 2  # not an m2f artifact: a message
     assert "not an m2f artifact" in capsys.readouterr().err and not dst.exists()
-    write_metadata(model, read_metadata(DEFAULT_MODELS_DIR / "default_int8.onnx"))
+    write_metadata(model, read_metadata(MODELS_DIR / "default_int8.onnx"))
     onnx.save(model, str(src))
     assert tensorrt_rules._main(["--rewrite", str(src), str(dst)]) == 0  # written: what is left is listed
     out = capsys.readouterr().out
@@ -155,7 +155,7 @@ def test_cli_rewrite_writes_and_lists_what_is_left(tmp_path: Path, capsys: pytes
 
 @pytest.mark.parametrize("name", ["default_fp32.onnx", "default_int8.onnx"])
 def test_packaged_models_pass_the_parser_rules(name: str) -> None:
-    path = DEFAULT_MODELS_DIR / name
+    path = MODELS_DIR / name
     if not path.exists():
         pytest.skip(f"{path} is not packaged")
     rules = _rules(path)

@@ -11,7 +11,7 @@ import runtimes
 from runtimes.artifact import read_metadata
 from runtimes.artifact_file import _fields, engine_reads, find_damage
 from runtimes.errors import ArtifactError
-from sdk.artifact_choice import DEFAULT_MODELS_DIR
+from sdk.model_registry import MODELS_DIR
 from sdk.segmenter import Segmenter
 from tests.runtimes.tiny_artifact import build_tiny_artifact
 
@@ -48,7 +48,7 @@ def test_zeroed_graph_bytes_are_a_corrupt_artifact_not_a_parser_message(backend,
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_packaged_model_zeroed_as_in_the_report(backend, tmp_path):
     """4 KiB of zeros 15 KB into the packaged model: OpenVINO said "Model can't be parsed", ORT "INVALID_PROTOBUF"."""
-    source = DEFAULT_MODELS_DIR / "default_fp32.onnx"
+    source = MODELS_DIR / "default_fp32.onnx"
     bad = _zeroed(source, tmp_path / "default_fp32.onnx", 15_000, 4096)
     with pytest.raises(ArtifactError, match=r"default_fp32\.onnx is corrupt or truncated"):
         runtimes.load_backend(backend, bad)

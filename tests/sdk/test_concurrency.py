@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from sdk.artifact_choice import DEFAULT_MODELS_DIR
+from sdk.model_registry import MODELS_DIR
 from sdk.preprocess import FrameError
 from sdk.segmenter import Segmenter
 from tests.conftest import data_root
@@ -24,7 +24,7 @@ CALLS = 200
 RUNTIMES = ["openvino", "onnxruntime"]
 
 pytestmark = pytest.mark.skipif(
-    not (DEFAULT_MODELS_DIR / "default_int8.onnx").exists(), reason="no packaged default_int8.onnx in this build"
+    not (MODELS_DIR / "default_int8.onnx").exists(), reason="no packaged default_int8.onnx in this build"
 )
 
 

@@ -6,21 +6,21 @@ import cv2
 import numpy as np
 import pytest
 
-from sdk.artifact_choice import DEFAULT_MODELS_DIR
+from sdk.model_registry import MODELS_DIR, named_model
 from sdk.segmenter import Segmenter
 from tests.conftest import data_root
 
 CAMVID = data_root() / "camvid"
-FP32 = DEFAULT_MODELS_DIR / "default_fp32.onnx"
-INT8 = DEFAULT_MODELS_DIR / "default_int8.onnx"  # NNCF, for OpenVINO
-ORT_INT8 = DEFAULT_MODELS_DIR / "default_ort_int8.onnx"  # ONNX Runtime's own quantiser
+FP32 = MODELS_DIR / "default_fp32.onnx"
+INT8 = MODELS_DIR / "default_int8.onnx"  # NNCF, for OpenVINO
+ORT_INT8 = MODELS_DIR / "default_ort_int8.onnx"  # ONNX Runtime's own quantiser
 CAMVID_CLASSES = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian",
                   "Bicyclist"]  # fmt: skip
 
 
 def test_default_models_are_packaged_and_small():
     assert FP32.exists(), "sdk/models/default_fp32.onnx is the SDK's default model"
-    assert sum(p.stat().st_size for p in DEFAULT_MODELS_DIR.glob("*.onnx")) <= 50 * 2**20
+    assert sum(path.stat().st_size for path in named_model("street-default").paths()) <= 30 * 2**20
     with Segmenter("onnxruntime", precision="fp32") as seg:
         assert seg.metadata["task"] == "semantic"
         assert seg.metadata["class_names"] == CAMVID_CLASSES
