@@ -22,6 +22,7 @@ import sdk
 from runtimes.errors import quiet_on_broken_pipe
 from sdk import cli_predict
 from sdk.host import HOST_COMMANDS, run_host_command
+from sdk.model_registry import with_checkpoint_for_name
 
 if TYPE_CHECKING:
     from sdk.segmenter import Segmenter
@@ -108,6 +109,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if argv and argv[0] == "export":  # a packaged model's name exports from its committed checkpoint
+        try:
+            argv = ["export", *with_checkpoint_for_name(argv[1:])]
+        except FileNotFoundError as err:
+            print(f"m2f export: {err}", file=sys.stderr)
+            return 2
     if argv and argv[0] in HOST_COMMANDS:
         return run_host_command(argv[0], argv[1:])
     parser = argparse.ArgumentParser(

@@ -17,6 +17,7 @@ from typing import Any
 from runtimes import read_metadata
 
 MODELS_DIR = Path(__file__).parent / "models"
+REPO_ROOT = Path(__file__).resolve().parents[1]  # where a source checkout keeps checkpoints/ and configs/
 REGISTRY_FILE = MODELS_DIR / "registry.json"
 _REQUIRED = ("files", "summary", "licence")
 
@@ -45,6 +46,16 @@ class NamedModel:
                 f"({MODELS_DIR})"
             )
         return [(path, read_metadata(path)) for path in self.paths()]
+
+    def checkpoint_path(self) -> Path:
+        """The committed checkpoint its files were exported from; FileNotFoundError outside a source checkout."""
+        path = REPO_ROOT / (self.checkpoint or "")
+        if not self.checkpoint or not path.is_file():
+            raise FileNotFoundError(
+                f"model {self.name!r}: its checkpoint ({self.checkpoint or 'none recorded'}) is in a source checkout "
+                "of m2f-edge only; pass a checkpoint file"
+            )
+        return path
 
     def describe(self) -> str:
         """One line for ``m2f info``: input size, classes, size on disk, summary."""
@@ -92,6 +103,11 @@ def default_model_name() -> str:
 def is_model_name(model: object) -> bool:
     """``model`` is a registered name (a string without a file suffix that the registry lists)."""
     return isinstance(model, str) and not Path(model).suffix and model in _registry()[1]
+
+
+def with_checkpoint_for_name(argv: list[str]) -> list[str]:
+    """``m2f export NAME ...``: the registered name replaced by the checkpoint the model was exported from."""
+    return [str(named_model(arg).checkpoint_path()) if is_model_name(arg) else arg for arg in argv]
 
 
 def named_model(name: str | None = None) -> NamedModel:

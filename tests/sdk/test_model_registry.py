@@ -21,6 +21,7 @@ from sdk.model_registry import (
     is_model_name,
     named_model,
     named_models,
+    with_checkpoint_for_name,
 )
 from tests.conftest import REPO_ROOT
 
@@ -85,3 +86,11 @@ def test_a_registry_whose_default_is_not_registered_is_refused(tmp_path):
     bad.write_text(json.dumps({"default": "x", "models": {"x": {"files": []}}}))
     with pytest.raises(ValueError, match="lacks summary, licence"):
         _registry(bad)
+
+
+def test_export_by_name_uses_the_committed_checkpoint():
+    """``m2f export NAME``: the name stands for the checkpoint the packaged files came from (source checkout)."""
+    model = named_model(default_model_name())
+    argv = with_checkpoint_for_name([model.name, "--target", "cpu", "--input-size", "360x480"])
+    assert argv == [str(REPO_ROOT / model.checkpoint), "--target", "cpu", "--input-size", "360x480"]
+    assert with_checkpoint_for_name(["runs/x.pt"]) == ["runs/x.pt"]
