@@ -3,15 +3,18 @@ measurement behind each runtime's ``cpu_speed_order`` (``runtimes.registry``) an
 
     python -m benchmarks.cpu_precisions --fp32 A_fp32.onnx --openvino-int8 A_ov_int8.onnx \
         --onnxruntime-int8 A_ort_int8.onnx --images ../shared/data/camvid/val --frames 10 --out DIR
+    python -m benchmarks.cpu_precisions --models street-fast street-default --images ... --out DIR   # by name
 
-Rows: OpenVINO fp32 / bf16 (the fp32 artifact lowered; only where the CPU has native bf16) / int8 (as
-``Segmenter`` runs it; where its float ops run in bf16, also with f32 float ops), ONNX Runtime fp32 / int8, and the
-LiteRT peer when its file is here. Each round starts every row in a fresh process, one after
-the other, in an order rotated from round to round, so a busy machine slows all rows alike. Rows never share a
-process: two runtimes' thread pools in one process compete for the same cores (measured, 2-core AMD EPYC: the
-LiteRT peer took 75 ms a frame beside OpenVINO, 43-47 ms alone). ``--in-process`` keeps the older frame-by-frame
+Rows: OpenVINO fp32 / bf16 (the fp32 artifact lowered; only where the CPU has native bf16) / int8 (as ``Segmenter``
+runs it; where its float ops run in bf16, also with f32 float ops), ONNX Runtime fp32 / int8, and the LiteRT peer
+when its file is here. ``--models``: one row per packaged model instead, as ``Segmenter("cpu", model=NAME)`` runs it
+(ratios to the peer; ``benchmarks.model_family`` charts them). Each round starts every row in a fresh process, one
+after the other, in an order rotated from round to round, so a busy machine slows all rows alike. Rows never share a
+process: two runtimes' thread pools in one process compete for the same cores (measured, 2-core AMD EPYC: the LiteRT
+peer took 75 ms a frame beside OpenVINO, 43-47 ms alone). ``--in-process`` keeps the older frame-by-frame
 interleaving in one process. The table gives medians of ``SegmentationResult.timings["inference_ms"]`` and
-end-to-end ms, the ratio to OpenVINO fp32, and the CPU it ran on. Writes ``cpu_precisions.md/.json`` to ``--out``.
+end-to-end ms, the ratio to OpenVINO fp32 (to the peer with ``--models``), and the CPU it ran on. Writes
+``cpu_precisions.md/.json`` to ``--out``.
 """
 
 from __future__ import annotations
@@ -32,10 +35,12 @@ from runtimes.vocabulary import image_files
 PEER_ROW = "LiteRT peer (int8)"
 
 
-def _rows(args: argparse.Namespace) -> dict[str, tuple[str, Path, str | None]]:
+def _rows(args: argparse.Namespace) -> dict[str, tuple[str, Path | str, str | None]]:
     from runtimes.cpu_features import cpu_features
     from runtimes.openvino_backend import int8_float_ops_of
 
+    if args.models:
+        return {name: ("cpu", name, None) for name in args.models}
     rows: dict[str, tuple[str, Path, str | None]] = {"OpenVINO fp32": ("openvino", args.fp32, "fp32")}
     if cpu_features().native_bf16:
         rows["OpenVINO bf16"] = ("openvino", args.fp32, "bf16")
@@ -66,9 +71,11 @@ def _runner(args: argparse.Namespace, label: str) -> Callable[[np.ndarray], floa
     import sdk
     from benchmarks.litert_peer import LiteRtDeepLab, default_peer_path
     from runtimes import read_metadata
+    from sdk.artifact_choice import packaged_artifacts
 
     if label == PEER_ROW:
-        peer = LiteRtDeepLab(default_peer_path(), read_metadata(args.fp32)["class_names"], threads=args.threads)
+        meta = packaged_artifacts(args.models[0])[0][1] if args.models else read_metadata(args.fp32)
+        peer = LiteRtDeepLab(default_peer_path(), meta["class_names"], threads=args.threads)
         return lambda f: peer.predict(f)[1]["inference_ms"]
     runtime, path, precision = _rows(args)[label]
     segmenter = sdk.Segmenter(runtime, model=path, precision=precision, threads=args.threads)
@@ -102,9 +109,12 @@ def _labels(args: argparse.Namespace) -> list[str]:
 
 
 def _row_command(args: argparse.Namespace) -> list[str]:
-    command = [sys.executable, "-m", "benchmarks.cpu_precisions", "--fp32", str(args.fp32), "--images",
-               str(args.images), "--frames", str(args.frames), "--threads", str(args.threads)]  # fmt: skip
-    for flag, value in (("--openvino-int8", args.openvino_int8), ("--onnxruntime-int8", args.onnxruntime_int8)):
+    command = [sys.executable, "-m", "benchmarks.cpu_precisions", "--images", str(args.images), "--frames",
+               str(args.frames), "--threads", str(args.threads)]  # fmt: skip
+    if args.models:
+        command += ["--models", *args.models]
+    for flag, value in (("--fp32", args.fp32), ("--openvino-int8", args.openvino_int8),
+                        ("--onnxruntime-int8", args.onnxruntime_int8)):  # fmt: skip
         if value:
             command += [flag, str(value)]
     return command
@@ -151,8 +161,12 @@ def measure(args: argparse.Namespace) -> dict:
                 row_infer, row_total = _in_own_process(args, label)
                 infer[label] += row_infer
                 total[label] += row_total
-    base = float(np.median(infer["OpenVINO fp32"]))
+    base_row = PEER_ROW if args.models else "OpenVINO fp32"
+    if base_row not in infer:
+        raise RuntimeError(f"no {base_row} row to give the ratios against")
+    base = float(np.median(infer[base_row]))
     return {
+        "base": base_row,
         "cpu": cpu_features().describe(),
         "threads": args.threads,
         "frames": frame_count * args.rounds,
@@ -161,7 +175,8 @@ def measure(args: argparse.Namespace) -> dict:
             k: {
                 "inference_ms": float(np.median(infer[k])),
                 "end_to_end_ms": float(np.median(total[k])),
-                "vs_openvino_fp32": float(np.median(infer[k])) / base,
+                "vs_base": float(np.median(infer[k])) / base,
+                "end_to_end_vs_base": float(np.median(total[k])) / float(np.median(total[base_row])),
             }
             for k in infer
         },
@@ -173,12 +188,14 @@ def markdown(report: dict) -> str:
         f"CPU: {report['cpu']}; {report['threads']} threads; {report['frames']} frames per row, "
         f"{report.get('mode', 'interleaved in one process')}.",
         "",
-        "| row | inference ms (median) | end to end ms | inference / OpenVINO fp32 |",
-        "|---|---|---|---|",
+        f"| row | inference ms (median) | end to end ms | inference / {report['base']} "
+        f"| end to end / {report['base']} |",
+        "|---|---|---|---|---|",
     ]
     for label, row in report["rows"].items():
         lines.append(
-            f"| {label} | {row['inference_ms']:.1f} | {row['end_to_end_ms']:.1f} | {row['vs_openvino_fp32']:.2f} |"
+            f"| {label} | {row['inference_ms']:.1f} | {row['end_to_end_ms']:.1f} | {row['vs_base']:.2f} "
+            f"| {row['end_to_end_vs_base']:.2f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -200,7 +217,9 @@ def _child(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.cpu_precisions", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--fp32", type=Path, required=True, help="the fp32 artifact (OpenVINO also runs it in bf16)")
+    rows = parser.add_mutually_exclusive_group(required=True)
+    rows.add_argument("--fp32", type=Path, help="the fp32 artifact (OpenVINO also runs it in bf16)")
+    rows.add_argument("--models", nargs="+", metavar="NAME", help="packaged models by name, as Segmenter('cpu') runs")
     parser.add_argument("--openvino-int8", type=Path, help="NNCF int8 artifact (m2f export --target openvino)")
     parser.add_argument("--onnxruntime-int8", type=Path, help="ORT int8 artifact (m2f export --target onnxruntime)")
     parser.add_argument("--images", type=Path, required=True, help="a folder of frames")

@@ -32,7 +32,7 @@ def test_rows_run_in_their_own_processes(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "cpu_precisions.json").read_text())
     assert report["mode"] == "one process per row and round"
     assert {"OpenVINO fp32", "ONNX Runtime fp32"} <= set(report["rows"])
-    assert report["rows"]["OpenVINO fp32"]["vs_openvino_fp32"] == 1.0
+    assert report["rows"]["OpenVINO fp32"]["vs_base"] == 1.0
     assert all(row["end_to_end_ms"] >= row["inference_ms"] > 0 for row in report["rows"].values())
     try:
         import ai_edge_litert  # noqa: F401
@@ -56,3 +56,16 @@ def test_a_row_that_fails_is_a_message(tmp_path: Path, capsys: pytest.CaptureFix
     assert "row 'OpenVINO int8' failed" in capsys.readouterr().err
     assert cpu_precisions.main(["--fp32", str(FP32), "--images", str(tmp_path / "nothing")]) == 2
     assert "no images under" in capsys.readouterr().err
+
+
+def test_packaged_models_by_name_against_the_peer(tmp_path: Path) -> None:
+    """``--models NAME``: one row per packaged model as Segmenter("cpu") runs it; ratios against the peer."""
+    pytest.importorskip("ai_edge_litert")
+    if not default_peer_path().exists():
+        pytest.skip("the LiteRT peer's file is not under ../shared")
+    images = _frames(tmp_path / "frames", 1)
+    argv = ["--models", "street-default", "--images", str(images), "--frames", "1", "--rounds", "1"]
+    assert cpu_precisions.main([*argv, "--threads", "1", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "cpu_precisions.json").read_text())
+    assert report["base"] == cpu_precisions.PEER_ROW and set(report["rows"]) == {"street-default", report["base"]}
+    assert report["rows"][cpu_precisions.PEER_ROW]["vs_base"] == 1.0
