@@ -34,7 +34,7 @@ from runtimes.errors import CheckpointError
 from runtimes.geometry import fit_to_input
 from runtimes.images import FrameError, read_image
 from runtimes.registry import ARTIFACT_TARGETS, export_precisions
-from runtimes.vocabulary import IMAGE_SUFFIXES, image_files
+from runtimes.vocabulary import IMAGE_SUFFIXES, VOID, image_files
 from train.evaluation.semantic import semantic_gt_from_sample
 from train.model import LoadedModel, load_pretrained
 from train.model.checkpoint import read_checkpoint_if_ours
@@ -138,7 +138,7 @@ def validation_images(loaded: LoadedModel, spec: dict, input_spec: dict, limit: 
         sample = dataset[i]
         bgr = np.ascontiguousarray(sample["image"].permute(1, 2, 0).numpy()[..., ::-1])
         h, w = bgr.shape[:2]
-        gt = semantic_gt_from_sample(sample["labels"], sample["masks"], sample["iscrowd"], h, w, 255)
+        gt = semantic_gt_from_sample(sample["labels"], sample["masks"], sample["iscrowd"], h, w, VOID)
         items.append(gate_image(bgr, input_spec, gt))
     return items
 

@@ -79,7 +79,7 @@ def _semantic_from_panoptic(result: SegmentationResult) -> np.ndarray:
     lut = np.full(max([int(panoptic.max(initial=0)), *ids]) + 1, VOID, dtype=np.int64)
     for segment in result.segments_info:
         lut[int(segment["id"])] = int(segment["category_id"])
-    dtype = np.uint8 if len(result.class_names) < VOID else np.int32
+    dtype = np.uint8 if len(result.class_names) <= VOID else np.int32
     return lut[panoptic].astype(dtype)
 
 
