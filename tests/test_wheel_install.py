@@ -28,8 +28,11 @@ import sys
 sys.modules["torch"] = None  # an edge device: any import of torch fails
 import json, numpy as np, sdk
 frame = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)
-with sdk.Segmenter("cpu") as packaged:  # the packaged default model, as a device runs it out of the box
-    packaged_shape = list(packaged.predict(frame).semantic.shape)
+from sdk.model_registry import named_models
+packaged_shape = []
+for name in [None, *named_models()]:  # the default, as a device runs it out of the box, then every model by name
+    with sdk.Segmenter("cpu", model=name) as packaged:
+        packaged_shape.append(list(packaged.predict(frame).semantic.shape))
 with sdk.Segmenter("cpu", model=sys.argv[1]) as seg:
     result = seg.predict(frame)
     print(json.dumps({"runtime": seg.runtime, "shape": list(result.semantic.shape), "sdk": sdk.__file__,
@@ -91,5 +94,7 @@ def test_a_fresh_venv_without_torch_builds_the_extension_and_predicts(fused_arti
     said = _run([str(python), "-c", _PREDICT, str(fused_artifact)], env, tmp_path)
     result = json.loads(said.stdout.strip().splitlines()[-1])
     assert result["sdk"].startswith(str(venv))  # the installed wheel ran, not the checkout
+    from sdk.model_registry import named_models
+
     assert result == {**result, "runtime": "openvino", "shape": [96, 128], "native_ops": True,
-                      "packaged_shape": [96, 128]}  # fmt: skip
+                      "packaged_shape": [[96, 128]] * (1 + len(named_models()))}  # fmt: skip
