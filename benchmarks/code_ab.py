@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.cpu_precisions import add_timing_arguments
 from benchmarks.paths import REPO_ROOT
 from runtimes.vocabulary import image_files
 
@@ -109,11 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, default=None, help="artifact both sides run (default: packaged fp32)")
     parser.add_argument("--target", default="cpu")
     parser.add_argument("--precision", default=None, help="default: what each side's Segmenter picks")
-    parser.add_argument("--images", type=Path, required=True, help="a folder of frames")
-    parser.add_argument("--frames", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, required=True)
+    add_timing_arguments(parser, frames=10, rounds=6, out_required=True)
     args = parser.parse_args(argv)
     args.model = (args.model or default_model("fp32")).resolve()
     frames = [p.resolve() for p in image_files(args.images)[: args.frames]]

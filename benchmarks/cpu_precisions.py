@@ -215,6 +215,15 @@ def _child(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_timing_arguments(parser: argparse.ArgumentParser, frames: int, rounds: int, out_required: bool) -> None:
+    """``--images --frames --rounds --threads --out``: one spelling for the scripts that time rows on frames."""
+    parser.add_argument("--images", type=Path, required=True, help="a folder of frames")
+    parser.add_argument("--frames", type=int, default=frames)
+    parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, required=out_required, help="folder for the report")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.cpu_precisions", description=__doc__.split("\n\n")[0])
     rows = parser.add_mutually_exclusive_group(required=True)
@@ -222,11 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     rows.add_argument("--models", nargs="+", metavar="NAME", help="packaged models by name, as Segmenter('cpu') runs")
     parser.add_argument("--openvino-int8", type=Path, help="NNCF int8 artifact (m2f export --target openvino)")
     parser.add_argument("--onnxruntime-int8", type=Path, help="ORT int8 artifact (m2f export --target onnxruntime)")
-    parser.add_argument("--images", type=Path, required=True, help="a folder of frames")
-    parser.add_argument("--frames", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, help="folder for cpu_precisions.md/.json")
+    add_timing_arguments(parser, frames=10, rounds=2, out_required=False)
     parser.add_argument("--in-process", action="store_true", help="every row in this process, frame by frame")
     parser.add_argument("--one-row", help=argparse.SUPPRESS)  # a child: time this row, print its timings as JSON
     parser.add_argument("--probe-peer", action="store_true", help=argparse.SUPPRESS)  # a child: can the peer run?

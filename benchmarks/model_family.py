@@ -89,11 +89,7 @@ def chart(rows: list[dict], cpu: str, path: Path) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.model_family", description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", help="packaged model names (default: every one)")
-    parser.add_argument("--images", type=Path, required=True, help="a folder of frames")
-    parser.add_argument("--frames", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, required=True)
+    cpu_precisions.add_timing_arguments(parser, frames=20, rounds=4, out_required=True)
     args = parser.parse_args(argv)
     common = ["--models", *(args.models or named_models()), "--images", str(args.images), "--frames",
               str(args.frames), "--threads", str(args.threads)]  # fmt: skip
