@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 
 from compile.gate import GateError, GateImage, check_int8_execution, gate_image, run_gate
+from compile.msda_function import attach_body, collapse_sites, inline_sites
 from compile.onnx_export import DEFAULT_OPSET, INPUT_NAME, OUTPUTS, DeployableMask2Former, export_onnx
 from compile.precision import compact_storage, write_float_precision
 from compile.quantization import QuantizationConfig, calibration_inputs
@@ -279,6 +280,27 @@ def _apply_precision(
     row.int8(fp32, out, QuantizationConfig(calibration_inputs(calibration)))
 
 
+def _apply_precision_fused(
+    row: ExportFormat, fp32: Path, out: Path, precision: str, calibration: Sequence[np.ndarray] | None
+) -> bool:
+    """``_apply_precision`` for a graph with fused MSDA nodes, which leave it with their standard-op body attached
+    (``compile.msda_function``): int8 quantises the inlined graph, then folds each site back. False where a site
+    cannot be folded back: the file keeps the standard ops (logged)."""
+    if precision != "int8":
+        _apply_precision(row, fp32, out, precision, calibration)
+        onnx.save(attach_body(onnx.load(str(out))), str(out))
+        return True
+    inlined, sites, body = inline_sites(onnx.load(str(fp32)))
+    onnx.save(inlined, str(fp32))
+    _apply_precision(row, fp32, out, precision, calibration)
+    try:
+        onnx.save(collapse_sites(onnx.load(str(out)), sites, body), str(out))
+    except ValueError as err:
+        logger.warning("MSDA as standard ops in the int8 file: %s", err)
+        return False
+    return True
+
+
 def export(
     checkpoint: str | Path,
     target: str,
@@ -332,7 +354,10 @@ def export(
         raw = export_graph(loaded.model, loaded.meta, task, Path(tmp) / "raw.onnx", input_size, opset=opset)
         fp32 = Path(tmp) / "fp32.onnx"
         onnx.save(_simplify(raw), str(fp32))
-        _apply_precision(row, fp32, out, precision, calibration)
+        if fused:
+            fused = _apply_precision_fused(row, fp32, out, precision, calibration)
+        else:
+            _apply_precision(row, fp32, out, precision, calibration)
     metadata = build_metadata(loaded, task, target, precision, resize, checkpoint, opset)
     if fused:
         metadata.native_ops = openvino_extension.metadata_record()
@@ -413,8 +438,8 @@ def _fused_msda(
         return False
     if input_size is None:
         reason = "the input size is dynamic (the node's feature-map sizes are constants)"
-    elif precision != "fp32":
-        reason = f"{precision}: its quantiser runs the graph on ONNX Runtime, which has no such op"
+    elif precision not in ("fp32", "int8"):
+        reason = f"{precision} files keep standard ops"
     else:
         reason = openvino_extension.unavailable_reason()
     if reason is None:

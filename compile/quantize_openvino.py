@@ -13,6 +13,7 @@ from pathlib import Path
 
 import onnx
 
+from compile.msda_function import SITE_PATTERN, SITE_PREFIX
 from compile.precision import check_io_unchanged, load_model, save_model
 from compile.quantization import QuantizationConfig, checked_feeds, float_nodes, preprocess
 
@@ -34,7 +35,8 @@ def quantize_openvino_int8(src: str | Path, dst: str | Path, config: Quantizatio
     feeds = checked_feeds(config, source)
     with tempfile.TemporaryDirectory(prefix="m2f_ov_int8_") as tmp:
         model = onnx.load(str(preprocess(Path(src), Path(tmp), keep_transposes=True)))
-    scope = nncf.IgnoredScope(names=float_nodes(model, config))
+    inlined_msda = any(node.name.startswith(SITE_PREFIX) for node in model.graph.node)  # folded back afterwards
+    scope = nncf.IgnoredScope(names=float_nodes(model, config), patterns=[SITE_PATTERN] if inlined_msda else [])
     subset = min(config.subset_size, len(feeds))
     logger.info(
         "OpenVINO int8 (NNCF %s): %s, %d calibration inputs, %d nodes kept float",

@@ -87,8 +87,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``Segmenter(target, model, task, precision, input_size)`` arguments, one spelling for predict and stream."""
     parser.add_argument("--target", default="auto", help="target profile: cpu, cuda, jetson, openvino, ... (auto)")
     parser.add_argument(
-        "--model", help="a packaged model's name (m2f info lists them), an artifact (.onnx) or a checkpoint (.pt); "
-        "default: the packaged default"
+        "--model",
+        help="a packaged model's name (m2f info lists them), an artifact (.onnx) or a checkpoint (.pt); "
+        "default: the packaged default",
     )
     parser.add_argument("--task", choices=TASKS, help="default: the model's own")
     parser.add_argument("--precision", choices=PRECISIONS, help="default: the fastest verified one here (m2f info)")

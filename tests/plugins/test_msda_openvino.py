@@ -175,3 +175,71 @@ def test_an_openvino_export_writes_and_runs_the_fused_node(library: Path, tmp_pa
     monkeypatch.setenv(openvino_extension.EXTENSION_ENV, str(tmp_path / "gone.so"))
     with pytest.raises(openvino_extension.ExtensionUnavailable, match="no-native-ops"):
         load_backend("openvino", paths[True])
+
+
+@pytest.fixture(scope="module")
+def fused_exports(library: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny model exported for OpenVINO with the fused node, fp32 and int8, and with standard ops in fp32."""
+    import cv2
+
+    from compile.export import export
+    from tests.runtimes.deployable import tiny_checkpoint
+
+    folder = tmp_path_factory.mktemp("fused_int8")
+    checkpoint = tiny_checkpoint(folder / "tiny.pt")
+    (folder / "calib").mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(4):
+        cv2.imwrite(str(folder / "calib" / f"{i}.png"), rng.integers(0, 256, (96, 128, 3), dtype=np.uint8))
+    paths = {}
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(openvino_extension.EXTENSION_ENV, str(library))
+        for name, precision, native in (("fp32", "fp32", True), ("int8", "int8", True), ("standard", "fp32", False)):
+            paths[name] = export(checkpoint, "openvino", precision, folder / f"{name}.onnx", input_size=(96, 128),
+                                 calib_dir=folder / "calib", gate_images=4, native_ops=native)  # fmt: skip
+    return paths
+
+
+def test_fused_files_carry_the_body_that_onnxruntime_runs(fused_exports: dict[str, Path], library: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """Int8 keeps one fused node (quantised around it, folded back after NNCF) with its gate passed on OpenVINO;
+    both files carry the standard-op body as an ONNX function, so ONNX Runtime runs them and agrees with the
+    extension's kernel on OpenVINO."""
+    from runtimes import load_backend
+    from runtimes.artifact import read_metadata
+
+    monkeypatch.setenv(openvino_extension.EXTENSION_ENV, str(library))
+    frame = np.random.default_rng(2).integers(0, 256, (1, 96, 128, 3), dtype=np.uint8)
+    for name in ("fp32", "int8"):
+        model = onnx.load(str(fused_exports[name]))
+        assert sum(n.domain == "m2f" and n.op_type == "MSDeformAttn" for n in model.graph.node) == 1
+        assert [(f.domain, f.name) for f in model.functions] == [("m2f", "MSDeformAttn")]
+        assert not any(n.op_type == "GridSample" for n in model.graph.node)
+        metadata = read_metadata(fused_exports[name])
+        assert metadata["native_ops"] == openvino_extension.metadata_record()
+        assert metadata["accuracy"]["label_agreement"] >= (0.99 if name == "fp32" else 0.5)  # random tiny weights
+        path = fused_exports[name]
+        with load_backend("openvino", path) as ov, load_backend("onnxruntime", path) as ort:
+            ours, body = ov.run({"images": frame}), ort.run({"images": frame})
+        assert ours.keys() == body.keys()
+        for key in ours:  # int8: OpenVINO's and ONNX Runtime's int8 kernels round apart (seen: 4 % of the range)
+            atol = 1e-4 if name == "fp32" else 0.1 * float(np.abs(body[key]).max())
+            np.testing.assert_allclose(ours[key], body[key], atol=atol, rtol=0, err_msg=f"{name} {key}")
+    assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(fused_exports["int8"])).graph.node)
+    assert read_metadata(fused_exports["int8"])["accuracy"]["int8_execution"]["int8_share"] > 0.15
+
+
+def test_a_site_that_reads_outside_itself_is_not_folded_back(fused_exports: dict[str, Path]) -> None:
+    """After quantisation a region must read only its site's inputs: one that reads another value stays inlined
+    (the export then keeps the standard ops and logs why)."""
+    from compile.msda_function import collapse_sites, inline_sites
+
+    inlined, sites, body = inline_sites(onnx.load(str(fused_exports["fp32"])))
+    assert len(sites) == 1 and not inlined.functions
+    folded = collapse_sites(onnx.load_from_string(inlined.SerializeToString()), sites, body)
+    assert sum(n.op_type == "MSDeformAttn" for n in folded.graph.node) == 1
+    onnx.checker.check_model(folded)
+    region = next(n for n in inlined.graph.node if n.name.startswith("m2f_msda.0/") and n.input)
+    region.input[0] = inlined.graph.input[0].name  # the image, which no site reads
+    with pytest.raises(ValueError, match="reads"):
+        collapse_sites(inlined, sites, body)
