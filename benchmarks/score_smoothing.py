@@ -4,7 +4,7 @@
         [--clip ../shared/data/videos/car-detection.mp4] [--frames 150] --out benchmarks/results/score_smoothing
 
 Our semantic artifacts output labels only; this runs the torch model instead (its training checkpoint: the
-commands of docs/default-model.md make it) to get the per-class scores at the model's input size, then compares on
+commands of docs/models.md make it) to get the per-class scores at the model's input size, then compares on
 the same frames, by ``TemporalStability``'s flicker on unchanged pixels: the raw labels, the label stabiliser
 (``LabelStabilizer``, what ``stabilize=True`` runs) and an exponential moving average of the scores on pixels that
 did not move (restarted where they did), with a margin the new class must beat the shown one by, with and without

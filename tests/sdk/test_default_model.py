@@ -59,7 +59,7 @@ def test_default_model_segments_camvid_val_and_int8_agrees():
     with Segmenter("cpu") as seg:
         fp32 = [seg.predict(image).semantic for image, _ in pairs]
     assert all(p.shape == label.shape for p, (_, label) in zip(fp32, pairs, strict=True))
-    # the full val figures are in docs/default-model.md; 10 images of an untrained model score < 10
+    # the full val figures are in docs/models.md; 10 images of an untrained model score < 10
     assert _miou(fp32, [label for _, label in pairs]) > 45.0
     for target in ("cpu", "onnxruntime"):
         with Segmenter(target, precision="int8") as seg:
