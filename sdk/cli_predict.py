@@ -34,6 +34,7 @@ from runtimes.errors import M2FError
 from runtimes.geometry import parse_input_size
 from runtimes.images import DEFAULT_MAX_PIXELS, FrameError, check_image_file, read_image
 from runtimes.vocabulary import IMAGE_SUFFIXES, PRECISIONS, TASKS, image_files
+from sdk.model_registry import MODEL_OPTION_HELP
 
 if TYPE_CHECKING:
     from sdk.segmenter import Segmenter
@@ -86,11 +87,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``Segmenter(target, model, task, precision, input_size)`` arguments, one spelling for predict and stream."""
     parser.add_argument("--target", default="auto", help="target profile: cpu, cuda, jetson, openvino, ... (auto)")
-    parser.add_argument(
-        "--model",
-        help="a packaged model's name (m2f info lists them), an artifact (.onnx) or a checkpoint (.pt); "
-        "default: the packaged default",
-    )
+    parser.add_argument("--model", help=MODEL_OPTION_HELP)
     parser.add_argument("--task", choices=TASKS, help="default: the model's own")
     parser.add_argument("--precision", choices=PRECISIONS, help="default: the fastest verified one here (m2f info)")
     parser.add_argument(

@@ -27,6 +27,7 @@ from runtimes.registry import RUNTIMES
 from runtimes.vocabulary import PRECISIONS
 from sdk.artifact_choice import choose_artifact, gated_offers, packaged_artifacts
 from sdk.cli import drain_stream
+from sdk.model_registry import MODEL_OPTION_HELP, is_model_name
 from sdk.segmenter import Segmenter
 from sdk.sources import read_video_frames
 from sdk.stream_options import StreamOptions
@@ -66,11 +67,14 @@ class TableRow:
     error: str = ""
 
 
-def packaged_precisions() -> list[str]:
-    """Precisions of the default artifacts shipped in the package, each once (fp32 first), as their metadata says:
-    several files may share one (OpenVINO's and ONNX Runtime's int8; each runtime picks its own)."""
+def packaged_precisions(model: str | None = None) -> list[str]:
+    """Precisions of a packaged model's artifacts (the default's for None; none for a file), each once (fp32 first),
+    as their metadata says: several files may share one (OpenVINO's and ONNX Runtime's int8; each runtime picks its
+    own)."""
+    if model is not None and not is_model_name(model):
+        return []
     try:
-        found = sorted({meta["precision"] for _, meta in packaged_artifacts()})
+        found = sorted({meta["precision"] for _, meta in packaged_artifacts(model)})
     except FileNotFoundError:  # a build without packaged models
         return []
     return sorted(found, key=lambda p: p != "fp32")
@@ -84,17 +88,17 @@ def _default_precision(target: str, model: str | None, listed: list[str]) -> lis
         chosen = [choose_artifact(model, runtime, None, spec, None).precision]
     except (TargetNotAvailable, FileNotFoundError, ValueError):
         return []
-    if model is None and spec.device == "cpu":
+    if (model is None or is_model_name(model)) and spec.device == "cpu":
         features = cpu_features()
         fast = {p for p, flag in RUNTIMES[runtime].cpu_speed_order if features.has(flag)}
-        chosen += [p for p in gated_offers(packaged_artifacts(), runtime) if p in PRECISIONS and p in fast]
+        chosen += [p for p in gated_offers(packaged_artifacts(model), runtime) if p in PRECISIONS and p in fast]
     return [p for p in dict.fromkeys(chosen) if p not in listed]
 
 
 def target_table(frames: list[np.ndarray], model: str | None) -> list[TableRow]:
     """predict() on every frame per CPU target x packaged precision, plus what each target runs fast beyond those
     (:func:`_default_precision`: bf16 on a bf16 CPU); a target that fails becomes an error row."""
-    precisions = ["fp32"] if model else packaged_precisions()
+    precisions = packaged_precisions(model) or ["fp32"]
     rows: list[TableRow] = []
     reference: list[np.ndarray] | None = None
     for target in TABLE_TARGETS:
@@ -143,7 +147,7 @@ def demo_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="m2f demo", description=__doc__.splitlines()[0])
     parser.add_argument("source", nargs="?", help="video file, camera index or URL [a street clip, see --help]")
     parser.add_argument("--target", default="auto", help="target of the stream [auto: the best one here]")
-    parser.add_argument("--model", help="artifact or checkpoint [the packaged default model]")
+    parser.add_argument("--model", help=MODEL_OPTION_HELP)
     parser.add_argument(
         "--precision", help="packaged precision to stream with [int8 when packaged: the fastest on a CPU; else fp32]"
     )
@@ -157,7 +161,7 @@ def demo_main(argv: list[str] | None = None) -> int:
         source: str | int | Path = args.source if args.source is not None else find_clip()
         if isinstance(source, str) and source.isdigit():
             source = int(source)
-        precision = args.precision or (None if args.model or "int8" not in packaged_precisions() else "int8")
+        precision = args.precision or ("int8" if "int8" in packaged_precisions(args.model) else None)
         seg = Segmenter(args.target, model=args.model, precision=precision)
     except (FileNotFoundError, ValueError, RuntimeError, ImportError) as err:
         print(f"m2f demo: {err}", file=sys.stderr)

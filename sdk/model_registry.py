@@ -20,6 +20,10 @@ MODELS_DIR = Path(__file__).parent / "models"
 REPO_ROOT = Path(__file__).resolve().parents[1]  # where a source checkout keeps checkpoints/ and configs/
 REGISTRY_FILE = MODELS_DIR / "registry.json"
 _REQUIRED = ("files", "summary", "licence")
+MODEL_OPTION_HELP = (  # every command's --model takes these three
+    "a packaged model's name (m2f info lists them), an artifact (.onnx) or a checkpoint (.pt); default: the packaged "
+    "default"
+)
 
 
 @dataclass(frozen=True)
