@@ -7,9 +7,10 @@ measurement behind each runtime's ``cpu_speed_order`` (``runtimes.registry``) an
 
 Rows: OpenVINO fp32 / bf16 (the fp32 artifact lowered; only where the CPU has native bf16) / int8 (as ``Segmenter``
 runs it; where its float ops run in bf16, also with f32 float ops), ONNX Runtime fp32 / int8, and the LiteRT peer
-when its file is here. ``--models``: one row per packaged model instead, as ``Segmenter("cpu", model=NAME)`` runs it
-(ratios to the peer; ``benchmarks.model_family`` charts them). Each round starts every row in a fresh process, one
-after the other, in an order rotated from round to round, so a busy machine slows all rows alike. Rows never share a
+when its file is here. ``--models``: one row per packaged model (or artifact) instead, as
+``Segmenter("cpu", model=NAME)`` runs it (ratios to the peer; ``benchmarks.model_family`` charts them). Each round
+starts every row in a fresh process, one after the other, in an order rotated from round to round, so a busy machine
+slows all rows alike. Rows never share a
 process: two runtimes' thread pools in one process compete for the same cores (measured, 2-core AMD EPYC: the LiteRT
 peer took 75 ms a frame beside OpenVINO, 43-47 ms alone). ``--in-process`` keeps the older frame-by-frame
 interleaving in one process. The table gives medians of ``SegmentationResult.timings["inference_ms"]`` and
@@ -72,9 +73,11 @@ def _runner(args: argparse.Namespace, label: str) -> Callable[[np.ndarray], floa
     from benchmarks.litert_peer import LiteRtDeepLab, default_peer_path
     from runtimes import read_metadata
     from sdk.artifact_choice import packaged_artifacts
+    from sdk.model_registry import is_model_name
 
     if label == PEER_ROW:
-        meta = packaged_artifacts(args.models[0])[0][1] if args.models else read_metadata(args.fp32)
+        first = args.models[0] if args.models else args.fp32
+        meta = packaged_artifacts(first)[0][1] if is_model_name(first) else read_metadata(first)
         peer = LiteRtDeepLab(default_peer_path(), meta["class_names"], threads=args.threads)
         return lambda f: peer.predict(f)[1]["inference_ms"]
     runtime, path, precision = _rows(args)[label]
@@ -228,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.cpu_precisions", description=__doc__.split("\n\n")[0])
     rows = parser.add_mutually_exclusive_group(required=True)
     rows.add_argument("--fp32", type=Path, help="the fp32 artifact (OpenVINO also runs it in bf16)")
-    rows.add_argument("--models", nargs="+", metavar="NAME", help="packaged models by name, as Segmenter('cpu') runs")
+    rows.add_argument("--models", nargs="+", metavar="NAME", help="packaged models by name, or artifacts (.onnx)")
     parser.add_argument("--openvino-int8", type=Path, help="NNCF int8 artifact (m2f export --target openvino)")
     parser.add_argument("--onnxruntime-int8", type=Path, help="ORT int8 artifact (m2f export --target onnxruntime)")
     add_timing_arguments(parser, frames=10, rounds=2, out_required=False)
