@@ -20,6 +20,7 @@ import numpy as np
 
 FLOW_SCALE = 0.5  # optical flow runs at this fraction of the frame size
 UNCHANGED_LEVEL = 8  # colour change (max over channels, 0-255) under which a pixel "did not change"
+EDGE_PX = 2  # while the camera moves, a held label this close to a held label edge gives way to the model's
 STILL_LEVEL = 7  # colour change under which a pixel is held where it is, whatever the flow says there
 CAMERA_STILL_PX = 1.0  # median flow (full-resolution px) under which the camera is taken as still: nothing is moved
 
@@ -140,6 +141,15 @@ class FrameMotion:
         map_x, map_y, _ = self._at(array.shape[:2])
         interpolation = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
         return cv2.remap(array, map_x, map_y, interpolation, borderMode=cv2.BORDER_REPLICATE)
+
+    def edges(self, labels: np.ndarray) -> np.ndarray:
+        """(H, W) bool: while the camera moves, the pixels within ``EDGE_PX`` (full-resolution) of an edge of
+        ``labels`` (a held map moved here): where a flow a pixel off shows the wrong label; else all False."""
+        if not self.camera_moves:
+            return np.zeros(labels.shape, bool)
+        reach = max(1, round(EDGE_PX * labels.shape[1] / self.frame.shape[1]))
+        kernel = np.ones((2 * reach + 1, 2 * reach + 1), np.uint8)
+        return cv2.dilate(labels, kernel) != cv2.erode(labels, kernel)
 
     def changed(self, level: int, size: tuple[int, int] | None = None) -> np.ndarray:
         """(H, W) bool at ``size`` (default the frame's): where the colour differs by ``level`` or more from the

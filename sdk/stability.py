@@ -210,7 +210,7 @@ class LabelStabilizer(_Tracked):
         shown, candidate, streak = motion.warp(self._shown), motion.warp(self._candidate), motion.warp(self._streak)
         self._streak = np.where(labels == candidate, np.minimum(streak + 1, 65535), 1).astype(np.uint16)
         self._candidate = labels.copy()
-        take = (labels != shown) & (moved | (self._streak >= self.confirm_frames))
+        take = (labels != shown) & (moved | motion.edges(shown) | (self._streak >= self.confirm_frames))
         self._shown = np.where(take, labels, shown)
         return self._shown.copy()
 
@@ -263,11 +263,12 @@ class ScoreStabilizer(_Tracked):
             before, average = motion.warp(self._shown), motion.warp(self._average, nearest=False)
             self._average = np.where(moved[..., None], now, self.weight * now + (1 - self.weight) * average)
             current = np.take_along_axis(self._average, before[..., None], 2)[..., 0]
-            take = moved | (self._average.max(2) > current + self.margin)
+            take = moved | motion.edges(before) | (self._average.max(2) > current + self.margin)
             self._shown = np.where(take, self._average.argmax(2), before).astype(np.uint8)
             candidate = np.where(full(self._shown != raw) > 0, full(self._shown).astype(labels.dtype), labels)
-            update = (full(self._shown != before) > 0) | motion.changed(self.change_level)
-            output = np.where(update, candidate, motion.warp(self._output))
+            held = motion.warp(self._output)
+            update = (full(self._shown != before) > 0) | motion.changed(self.change_level) | motion.edges(held)
+            output = np.where(update, candidate, held)
         self._output = output
         return output.copy()
 
