@@ -25,6 +25,10 @@ not move (restarted where they did), the smoothed class changes only when anothe
 a still pixel keeps its label until that decision changes there. On the first 150 frames of two shared clips,
 flicker on unchanged pixels, label stabiliser alone -> scores smoothed first (``python -m benchmarks.temporal``,
 the packaged default on OpenVINO bf16): one-by-one-person 1.21 -> 0.29 %, car-detection 3.25 -> 1.42 %.
+``StreamStabilizer`` (what ``stabilize=True`` runs) chains the two over one ``sdk.motion.FlowTracker``: what they
+hold moves along the flow of a moving camera, the flow computed once per frame and shared with the meter; "moved"
+then means the colour the flow does not explain (``FrameMotion.changed``), and near a held edge the model's label
+is taken (``FrameMotion.edges``). What it costs in accuracy: ``python -m benchmarks.stream_accuracy``.
 Numpy and OpenCV only, per stream: not thread-safe, one per stream.
 """
 
