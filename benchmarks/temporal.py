@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.grid:
         return _grid_main(args, clips)
     with Segmenter(args.target, model=args.model) as seg:
-        report = {**_what_ran(seg), "clips": clip_rows(seg, clips, args.frames)}
+        report = {**what_ran(seg), "clips": clip_rows(seg, clips, args.frames)}
     if args.camvid:
         model, (row,) = _camvid_rows(args, [None])
         report["camvid"] = {**row, "model": model}
@@ -171,14 +171,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _what_ran(seg: Segmenter) -> dict:
+def what_ran(seg: Segmenter) -> dict:
     return {"machine": f"{platform.node()}, {cpu_features().describe()}", "model": seg.model_path.name,
             "runtime": seg.runtime, "precision": seg.precision}  # fmt: skip
 
 
 def _grid_main(args: argparse.Namespace, clips: list[Path]) -> int:
     with Segmenter(args.target, model=args.model) as seg:
-        report = {**_what_ran(seg), "grid": grid_rows(seg, clips, args.frames, GRID)}
+        report = {**what_ran(seg), "grid": grid_rows(seg, clips, args.frames, GRID)}
     if args.camvid:
         report["camvid_grid"] = _camvid_rows(args, list(GRID))[1]
     args.out.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,10 @@ not move (restarted where they did), the smoothed class changes only when anothe
 a still pixel keeps its label until that decision changes there. On the first 150 frames of two shared clips,
 flicker on unchanged pixels, label stabiliser alone -> scores smoothed first (``python -m benchmarks.temporal``,
 the packaged default on OpenVINO bf16): one-by-one-person 1.21 -> 0.29 %, car-detection 3.25 -> 1.42 %.
+``StreamStabilizer`` (what ``stabilize=True`` runs) chains the two over one ``sdk.motion.FlowTracker``: what they
+hold moves along the flow of a moving camera, the flow computed once per frame and shared with the meter; "moved"
+then means the colour the flow does not explain (``FrameMotion.changed``), and near a held edge the model's label
+is taken (``FrameMotion.edges``). What it costs in accuracy: ``python -m benchmarks.stream_accuracy``.
 Numpy and OpenCV only, per stream: not thread-safe, one per stream.
 """
 
@@ -36,10 +40,12 @@ import cv2
 import numpy as np
 
 from runtimes.vocabulary import VOID
+from sdk.motion import FLOW_SCALE, UNCHANGED_LEVEL, FlowTracker, FlowWarp, FrameMotion, changed
 
-UNCHANGED_LEVEL = 8  # colour change (max over channels, 0-255) under which a pixel "did not change"
+__all__ = ["FLOW_RELIABLE_PX", "UNCHANGED_LEVEL", "LabelCarrier", "LabelStabilizer", "ScoreStabilizer",
+           "StreamStabilizer", "TemporalStability", "changed"]  # fmt: skip
+
 FLOW_RELIABLE_PX = 1.0  # forward-backward flow disagreement under which a pixel's flow is trusted
-FLOW_SCALE = 0.5  # optical flow runs at this fraction of the frame size
 
 
 def _check(frame: np.ndarray, labels: np.ndarray) -> None:
@@ -49,50 +55,21 @@ def _check(frame: np.ndarray, labels: np.ndarray) -> None:
         raise ValueError(f"labels {labels.shape} do not match the frame {frame.shape[:2]}")
 
 
-def changed(a: np.ndarray, b: np.ndarray, level: int) -> np.ndarray:
-    """(H, W) bool: a pixel whose colour moved by ``level`` or more in any channel."""
-    return cv2.absdiff(a, b).max(axis=2) >= level
+class _Tracked:
+    """What the stabilisers and the meter share: the frame's ``FrameMotion``, given by the caller (one tracker per
+    stream, its flow computed once for all of them) or, when not given, from a tracker of their own."""
 
+    follow: bool = True
+    _tracker: FlowTracker | None = None
 
-def _motion(frame: np.ndarray, previous: np.ndarray, level: int, cut_share: float) -> np.ndarray | None:
-    """What moved since ``previous`` (see :func:`changed`), or None when more than ``cut_share`` did: a cut."""
-    moved = changed(frame, previous, level)
-    return None if moved.mean() > cut_share else moved
-
-
-class FlowWarp:
-    """Dense optical flow (OpenCV's DIS) between small grey frames, and label maps moved along it.
-
-    Holds one DIS object: one per stream, not thread-safe. ``preset``: ``cv2.DISOPTICAL_FLOW_PRESET_*``.
-    """
-
-    def __init__(self, preset: int = cv2.DISOPTICAL_FLOW_PRESET_FAST) -> None:
-        self._dis = cv2.DISOpticalFlow_create(preset)
-
-    @staticmethod
-    def small_grey(frame: np.ndarray) -> np.ndarray:
-        """The grey frame at ``FLOW_SCALE`` of its size: what the flow runs on."""
-        return cv2.resize(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY), None, fx=FLOW_SCALE, fy=FLOW_SCALE)
-
-    def flow(self, grey: np.ndarray, other: np.ndarray) -> np.ndarray:
-        """(h, w, 2) float32: for each pixel of ``grey``, the displacement to where it is in ``other``."""
-        return self._dis.calc(grey, other, None)
-
-    @staticmethod
-    def maps(flow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Sampling maps (x, y) at the flow's size: each pixel's position plus its displacement."""
-        h, w = flow.shape[:2]
-        ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-        return xs + flow[..., 0], ys + flow[..., 1]
-
-    @staticmethod
-    def warp(labels: np.ndarray, map_x: np.ndarray, map_y: np.ndarray) -> np.ndarray:
-        """``labels`` (full size) sampled at the small maps scaled up: the nearest label, the border's off the frame."""
-        full_h, full_w = labels.shape
-        h, w = map_x.shape
-        big_x = cv2.resize(map_x * (full_w / w), (full_w, full_h), interpolation=cv2.INTER_LINEAR)
-        big_y = cv2.resize(map_y * (full_h / h), (full_w, full_h), interpolation=cv2.INTER_LINEAR)
-        return cv2.remap(labels, big_x, big_y, cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE)
+    def _motion(self, frame: np.ndarray, motion: FrameMotion | None) -> FrameMotion:
+        if motion is None:
+            if self._tracker is None:
+                self._tracker = FlowTracker(follow=self.follow)
+            return self._tracker.update(frame)
+        if motion.frame.shape != frame.shape:
+            raise ValueError(f"motion is of a {motion.frame.shape} frame, not this {frame.shape} one")
+        return motion
 
 
 class LabelCarrier:
@@ -117,15 +94,16 @@ class LabelCarrier:
             raise ValueError("no model labels to carry yet: remember() a model frame first")
         _check(frame, self._labels)
         grey = FlowWarp.small_grey(frame)
-        map_x, map_y = FlowWarp.maps(self._flow.flow(grey, self._grey))
-        return FlowWarp.warp(self._labels, map_x, map_y)
+        flow = self._flow.flow(grey, self._grey)
+        return FlowWarp.warp(self._labels, *FlowWarp.maps(flow, self._labels.shape))
 
 
 @dataclass
-class TemporalStability:
+class TemporalStability(_Tracked):
     """Accumulates flicker and flow consistency over a stream of (frame, labels); ``to_dict()`` for the figures.
 
     ``flow=False`` skips the optical flow (flicker only: cheap). Pixels with label ``ignore`` (void) count nowhere.
+    ``update(frame, labels, motion)``: ``motion`` from the stream's ``FlowTracker`` shares its flow.
     """
 
     flow: bool = True
@@ -138,43 +116,47 @@ class TemporalStability:
     _flips: int = 0
     _reliable: int = 0
     _agree: int = 0
-    _previous: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = field(default=None, repr=False)
-    _flow: FlowWarp | None = field(default=None, repr=False)
+    _labels: np.ndarray | None = field(default=None, repr=False)  # the previous frame's
+    _tracker: FlowTracker | None = field(default=None, repr=False)
 
-    def update(self, frame: np.ndarray, labels: np.ndarray) -> None:
+    def __post_init__(self) -> None:
+        self.follow = self.flow
+
+    def update(self, frame: np.ndarray, labels: np.ndarray, motion: FrameMotion | None = None) -> None:
         _check(frame, labels)
-        grey = FlowWarp.small_grey(frame) if self.flow else None
-        if self._previous is not None and self._previous[0].shape == frame.shape:
-            prev_frame, prev_labels, prev_grey = self._previous
+        motion = self._motion(frame, motion)
+        prev_labels = self._labels
+        if motion.previous is not None and prev_labels is not None and prev_labels.shape == labels.shape:
             valid = (labels != self.ignore) & (prev_labels != self.ignore)
             flipped = (labels != prev_labels) & valid
-            unchanged = ~changed(frame, prev_frame, self.unchanged_level) & valid
+            unchanged = ~changed(frame, motion.previous, self.unchanged_level) & valid  # the colour as it was
             self._pixels += int(valid.sum())
             self._flips += int(flipped.sum())
             self._unchanged += int(unchanged.sum())
             self._unchanged_flips += int((flipped & unchanged).sum())
             if self.flow:
-                warped, reliable = self._warp(prev_grey, grey, prev_labels)
+                warped, reliable = self._warp(motion, prev_labels)
                 reliable &= valid & (warped != self.ignore)
                 self._reliable += int(reliable.sum())
                 self._agree += int(((warped == labels) & reliable).sum())
-        self._previous = (frame.copy(), labels.copy(), grey)
+        self._labels = labels.copy()
         self.frames += 1
 
-    def _warp(self, prev_grey: np.ndarray, grey: np.ndarray, prev_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    @staticmethod
+    def _warp(motion: FrameMotion, prev_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``prev_labels`` moved onto the current frame, and where that move is reliable (full resolution)."""
-        if self._flow is None:
-            self._flow = FlowWarp()
-        backward = self._flow.flow(grey, prev_grey)  # current pixel -> where it was
-        forward = self._flow.flow(prev_grey, grey)
+        backward = motion.backward  # current pixel -> where it was
+        if backward is None:
+            raise ValueError("flow consistency needs the flow: a FlowTracker made with follow=True")
+        forward = motion.forward()
         map_x, map_y = FlowWarp.maps(backward)
-        h, w = grey.shape
+        h, w = backward.shape[:2]
         # forward flow at the source point should bring the pixel back where it is
         fwd_at_src = cv2.remap(forward, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         error = np.hypot(backward[..., 0] + fwd_at_src[..., 0], backward[..., 1] + fwd_at_src[..., 1])
         inside = (map_x >= 0) & (map_x <= w - 1) & (map_y >= 0) & (map_y <= h - 1)
         reliable = (error * (1 / FLOW_SCALE) < FLOW_RELIABLE_PX) & inside
-        warped = FlowWarp.warp(prev_labels, map_x, map_y)
+        warped = FlowWarp.warp(prev_labels, *FlowWarp.maps(backward, prev_labels.shape))
         full_h, full_w = prev_labels.shape
         reliable = cv2.resize(reliable.astype(np.uint8), (full_w, full_h), interpolation=cv2.INTER_NEAREST) > 0
         return warped, reliable
@@ -195,93 +177,118 @@ class TemporalStability:
         }
 
 
-class LabelStabilizer:
-    """Hysteresis on a stream's label maps (see the module docstring); ``apply(frame, labels)`` -> shown labels."""
+class LabelStabilizer(_Tracked):
+    """Hysteresis on a stream's label maps (see the module docstring); ``apply(frame, labels, motion)`` -> shown
+    labels. ``follow``: move what it holds along the optical flow (``motion``: the stream's ``FrameMotion``; else
+    its own tracker computes it)."""
 
-    def __init__(self, change_level: int = UNCHANGED_LEVEL, confirm_frames: int = 3, cut_share: float = 0.4) -> None:
+    def __init__(self, change_level: int = UNCHANGED_LEVEL, confirm_frames: int = 3, cut_share: float = 0.4,
+                 follow: bool = True) -> None:  # fmt: skip
         if change_level < 1 or confirm_frames < 1:
             raise ValueError("change_level and confirm_frames must be >= 1")
         if not 0 < cut_share <= 1:
             raise ValueError(f"cut_share must be in (0, 1], got {cut_share}")
         self.change_level, self.confirm_frames, self.cut_share = change_level, confirm_frames, cut_share
+        self.follow = follow
         self.restarts = 0  # frames taken as a cut
-        self._shown: np.ndarray | None = None  # labels shown
-        self._previous: np.ndarray | None = None  # the previous frame
-        self._candidate: np.ndarray | None = None  # the label the model keeps proposing instead
-        self._streak: np.ndarray | None = None  # for how many frames in a row
+        self.reset()
 
     def reset(self) -> None:
-        self._shown = self._previous = self._candidate = self._streak = None
+        self._shown: np.ndarray | None = None  # labels shown
+        self._candidate: np.ndarray | None = None  # the label the model keeps proposing instead
+        self._streak: np.ndarray | None = None  # for how many frames in a row
+        self._tracker = None
 
-    def apply(self, frame: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    def apply(self, frame: np.ndarray, labels: np.ndarray, motion: FrameMotion | None = None) -> np.ndarray:
         _check(frame, labels)
+        motion = self._motion(frame, motion)
         moved = None
-        if self._shown is not None and self._previous is not None and self._shown.shape == labels.shape:
-            moved = _motion(frame, self._previous, self.change_level, self.cut_share)
-            self.restarts += int(moved is None)  # a cut
-        if moved is None:  # the first frame, a new size or a cut: the model's labels as they are
-            self._shown, self._previous = labels.copy(), frame.copy()
-            self._candidate, self._streak = labels.copy(), np.zeros(labels.shape, np.uint16)
+        if self._shown is not None and motion.previous is not None and self._shown.shape == labels.shape:
+            moved = motion.changed(self.change_level)
+            if moved.mean() > self.cut_share:  # a cut
+                moved, self.restarts = None, self.restarts + 1
+        if moved is None or self._candidate is None or self._streak is None:  # the first frame, a new size, a cut
+            self._shown, self._candidate = labels.copy(), labels.copy()
+            self._streak = np.zeros(labels.shape, np.uint16)
             return labels.copy()
-        same_candidate = labels == self._candidate
-        self._streak = np.where(same_candidate, np.minimum(self._streak + 1, 65535), 1).astype(np.uint16)
+        shown, candidate, streak = motion.warp(self._shown), motion.warp(self._candidate), motion.warp(self._streak)
+        self._streak = np.where(labels == candidate, np.minimum(streak + 1, 65535), 1).astype(np.uint16)
         self._candidate = labels.copy()
-        take = (labels != self._shown) & (moved | (self._streak >= self.confirm_frames))
-        self._shown = np.where(take, labels, self._shown)
-        self._previous = frame.copy()
+        take = (labels != shown) & (moved | motion.edges(shown) | (self._streak >= self.confirm_frames))
+        self._shown = np.where(take, labels, shown)
         return self._shown.copy()
 
 
-class ScoreStabilizer:
-    """Smoothing of a stream's per-class scores (see the module docstring): ``apply(frame, labels, scores)`` ->
-    labels. ``scores``: (K, h, w) at a reduced size (``result.class_scores``: a quarter of the frame). The average
+class ScoreStabilizer(_Tracked):
+    """Smoothing of a stream's per-class scores (see the module docstring): ``apply(frame, labels, scores, motion)``
+    -> labels. ``scores``: (K, h, w) at a reduced size (``result.class_scores``: a quarter of the frame). The average
     decides a class per score pixel; a pixel of the frame that did not move keeps the label it was shown unless
     that decision changed there (the model's full-resolution flips inside a steady decision are not shown); a pixel
     that moved takes the model's label, or the smoothed class where the two decisions differ. ``weight``: of the
-    newest frame in the average."""
+    newest frame in the average. ``follow``: what it holds moves along the optical flow (as ``LabelStabilizer``)."""
 
-    def __init__(self, weight: float = 0.15, margin: float = 0.2, change_level: int = UNCHANGED_LEVEL,
-                 cut_share: float = 0.4) -> None:  # fmt: skip
+    def __init__(self, weight: float = 0.15, margin: float = 0.3, change_level: int = UNCHANGED_LEVEL,
+                 cut_share: float = 0.4, follow: bool = True) -> None:  # fmt: skip
         if not 0 < weight <= 1 or margin < 0 or change_level < 1 or not 0 < cut_share <= 1:
             raise ValueError("weight must be in (0, 1], margin >= 0, change_level >= 1, cut_share in (0, 1]")
         self.weight, self.margin, self.change_level, self.cut_share = weight, margin, change_level, cut_share
+        self.follow = follow
         self.restarts = 0
         self.reset()
 
     def reset(self) -> None:
-        self._average: np.ndarray | None = None  # (K, h, w) smoothed scores
+        self._average: np.ndarray | None = None  # (h, w, K) smoothed scores
         self._shown: np.ndarray | None = None  # (h, w) the smoothed decision at the score size
-        self._small: np.ndarray | None = None  # the previous frame at the score size
-        self._frame: np.ndarray | None = None  # the previous frame
-        self._output: np.ndarray | None = None  # the labels shown for it
+        self._output: np.ndarray | None = None  # the labels shown for the previous frame
+        self._tracker = None
 
-    def apply(self, frame: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    def apply(self, frame: np.ndarray, labels: np.ndarray, scores: np.ndarray,
+              motion: FrameMotion | None = None) -> np.ndarray:  # fmt: skip
         _check(frame, labels)
         if scores.ndim != 3 or not np.issubdtype(scores.dtype, np.floating):
             raise ValueError(f"scores must be (K, h, w) floats, got {scores.shape} {scores.dtype}")
-        small = cv2.resize(frame, (scores.shape[2], scores.shape[1]), interpolation=cv2.INTER_AREA)
-        raw = scores.argmax(0)
+        motion = self._motion(frame, motion)
+        now = np.ascontiguousarray(scores.transpose(1, 2, 0), dtype=np.float32)  # (h, w, K)
+        raw = now.argmax(2).astype(np.uint8)
         moved = None
-        same_shapes = self._output is not None and self._output.shape == labels.shape
-        if same_shapes and self._average is not None and self._average.shape == scores.shape:
-            moved = _motion(small, self._small, self.change_level, self.cut_share)
-            self.restarts += int(moved is None)  # a cut
+        held = self._output is not None and self._average is not None and motion.previous is not None
+        if held and self._output.shape == labels.shape and self._average.shape == now.shape:  # type: ignore[union-attr]
+            moved = motion.changed(self.change_level, now.shape[:2])
+            if moved.mean() > self.cut_share:  # a cut
+                moved, self.restarts = None, self.restarts + 1
         h, w = labels.shape
 
         def full(plane: np.ndarray) -> np.ndarray:
             return cv2.resize(plane.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
 
-        if moved is None:  # the first frame, a new size or a cut: the model's labels as they are
-            self._average, self._shown, output = scores.astype(np.float32), raw, labels.copy()
+        if moved is None or self._average is None or self._shown is None or self._output is None:
+            self._average, self._shown, output = now, raw, labels.copy()  # first frame, new size or cut: the model's
         else:
-            before = self._shown
-            self._average = np.where(moved[None], scores, self.weight * scores + (1 - self.weight) * self._average)
-            current = np.take_along_axis(self._average, before[None], 0)[0]
-            take = moved | (self._average.max(0) > current + self.margin)
-            self._shown = np.where(take, self._average.argmax(0), before)
-            override = self._shown != raw
-            candidate = np.where(full(override) > 0, full(self._shown).astype(labels.dtype), labels)
-            update = (full(self._shown != before) > 0) | changed(frame, self._frame, self.change_level)
-            output = np.where(update, candidate, self._output)
-        self._small, self._frame, self._output = small, frame.copy(), output
+            before, average = motion.warp(self._shown), motion.warp(self._average, nearest=False)
+            self._average = np.where(moved[..., None], now, self.weight * now + (1 - self.weight) * average)
+            current = np.take_along_axis(self._average, before[..., None], 2)[..., 0]
+            take = moved | motion.edges(before) | (self._average.max(2) > current + self.margin)
+            self._shown = np.where(take, self._average.argmax(2), before).astype(np.uint8)
+            candidate = np.where(full(self._shown != raw) > 0, full(self._shown).astype(labels.dtype), labels)
+            held = motion.warp(self._output)
+            update = (full(self._shown != before) > 0) | motion.changed(self.change_level) | motion.edges(held)
+            output = np.where(update, candidate, held)
+        self._output = output
         return output.copy()
+
+
+class StreamStabilizer:
+    """What ``stabilize=True`` runs on a stream: one ``FlowTracker`` (the flow once per frame), the score smoothing
+    (where a result has class scores) then the label hysteresis, both moving what they hold along that flow.
+    ``apply(frame, labels, scores)`` -> shown labels; ``motion`` is the last frame's ``FrameMotion``, for the meter."""
+
+    def __init__(self, follow: bool = True) -> None:
+        self.tracker = FlowTracker(follow=follow)
+        self.scores, self.labels = ScoreStabilizer(follow=follow), LabelStabilizer(follow=follow)
+        self.motion: FrameMotion | None = None
+
+    def apply(self, frame: np.ndarray, labels: np.ndarray, scores: np.ndarray | None = None) -> np.ndarray:
+        self.motion = motion = self.tracker.update(frame)
+        if scores is not None:
+            labels = self.scores.apply(frame, labels, scores, motion)
+        return self.labels.apply(frame, labels, motion)

@@ -29,7 +29,7 @@ from sdk.sources import (
     readable_frame_after,
     release,
 )
-from sdk.stability import LabelCarrier, LabelStabilizer, ScoreStabilizer, TemporalStability
+from sdk.stability import LabelCarrier, StreamStabilizer, TemporalStability
 from sdk.stream_channel import POLL_S, Channel, End, Failure, FrameInFlight, _StoppedError
 from sdk.stream_options import HEALTHY_CONNECTION_S, Annotate, StreamOptions
 from sdk.stream_stats import StatsRecorder
@@ -144,8 +144,7 @@ class Pipeline:
         self.inferred = Channel(live_size, self.stop)
         self.results = Channel(live_size, self.stop)
         self.stats = StatsRecorder(self.frame_count, TemporalStability() if options.measure_stability else None)
-        self.stabilizer = LabelStabilizer() if options.stabilize else None
-        self.score_stabilizer = ScoreStabilizer() if options.stabilize else None  # for results with class scores
+        self.stabilizer = StreamStabilizer() if options.stabilize else None
         self.carrier = LabelCarrier() if options.carry else None
         self._last_result: Any = None  # carry mode: the last model frame's result
         self.next_index = 0
@@ -369,16 +368,16 @@ class Pipeline:
                 else:
                     stage, index = "postprocess", item.index
                     result, labels = self._postprocessed(item)
+                motion = None
                 if labels is not None and self.stabilizer is not None:
                     stage = "stabilize"
                     start = time.perf_counter()
-                    scores = getattr(result, "class_scores", None)
-                    if scores is not None and self.score_stabilizer is not None:
-                        labels = self.score_stabilizer.apply(item.frame, labels, scores)
-                    labels = result.semantic = self.stabilizer.apply(item.frame, labels)
+                    scores = getattr(result, "class_scores", None)  # smoothed where the artifact gives them
+                    labels = result.semantic = self.stabilizer.apply(item.frame, labels, scores)
+                    motion = self.stabilizer.motion  # the meter reuses its flow
                     self.stats.stage("stabilize", (time.perf_counter() - start) * 1000)
                 if labels is not None:
-                    self.stats.measure(item.frame, labels)
+                    self.stats.measure(item.frame, labels, motion)
                 if self.output is not None:
                     stage = "annotate"
                     start = time.perf_counter()

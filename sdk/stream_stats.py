@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from sdk.motion import FrameMotion
 from sdk.stability import TemporalStability
 
 # the steps of a frame, in order; predict() times the middle three as SegmentationResult.timings["<step>_ms"]
@@ -98,11 +99,12 @@ class StatsRecorder:
             self._sums[name] += ms
             self._counts[name] += 1
 
-    def measure(self, frame: np.ndarray, labels: np.ndarray) -> None:
-        """Feed the stability meter (when there is one) a frame and the labels shown for it."""
+    def measure(self, frame: np.ndarray, labels: np.ndarray, motion: FrameMotion | None = None) -> None:
+        """Feed the stability meter (when there is one) a frame and the labels shown for it; ``motion``: the frame's
+        flow where the stabiliser computed it (else the meter computes its own)."""
         if self._stability is not None:
             with self._lock:
-                self._stability.update(frame, labels)
+                self._stability.update(frame, labels, motion)
 
     def latency(self, ms: float) -> None:
         with self._lock:
