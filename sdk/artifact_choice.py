@@ -8,8 +8,10 @@ The policy the ``Segmenter`` applies before it opens a backend; it never opens o
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
+from plugins.msda import openvino_extension
 from runtimes import read_metadata
 from runtimes.cache import cache_root, file_sha256, graph_code_key
 from runtimes.registry import RUNTIMES, TargetSpec, export_precisions
@@ -31,6 +33,26 @@ def cache_dir() -> Path:
 def packaged_artifacts(name: str | None = None) -> list[tuple[Path, dict]]:
     """(path, metadata) of every artifact of the packaged model ``name`` (the default when None)."""
     return named_model(name).artifacts()
+
+
+def runnable_packaged(name: str | None, runtime: str) -> tuple[list[tuple[Path, dict]], str]:
+    """The packaged model's artifacts ``runtime`` can run here, its fused-op files first, and what was left out.
+
+    A file with the fused MSDA node (``native_ops``) runs on OpenVINO through our extension; where it is not built,
+    the model's standard-op files stand in and the second item says so (the ``Segmenter``'s repr shows it);
+    otherwise it is "". Other runtimes get the standard-op files.
+    """
+    artifacts = packaged_artifacts(name)
+    fused = [item for item in artifacts if item[1].get("native_ops")]
+    if not fused:
+        return artifacts, ""
+    standard = [item for item in artifacts if not item[1].get("native_ops")]
+    if runtime != "openvino":
+        return standard, ""  # the fused op is OpenVINO's: another runtime runs what it always ran
+    reason = openvino_extension.unavailable_reason()
+    if reason is None:
+        return fused + standard, ""
+    return standard, f"standard-op file (the fused MSDA op's OpenVINO extension: {reason})"
 
 
 def default_model(precision: str, runtime: str = "openvino") -> Path:
@@ -97,8 +119,9 @@ def choose_artifact(
 ) -> PrecisionChoice:
     """The artifact and precision to run: as asked; else on a CPU the fastest gated one (``choose_precision``);
     else the profile's precision. A checkpoint is compiled at the asked or the profile's precision."""
+    fallback = ""
     if model is None or is_model_name(model):
-        artifacts = packaged_artifacts(model)
+        artifacts, fallback = runnable_packaged(model, runtime)
     else:
         path = Path(model)
         if not path.exists():
@@ -115,14 +138,16 @@ def choose_artifact(
             return PrecisionChoice(wanted, artifact, asked_reason(precision, spec))
         artifacts = [(path, read_metadata(path))]  # names a damaged file or a foreign model
     if precision is not None:
-        return PrecisionChoice(precision, artifact_for(artifacts, runtime, precision), "asked for")
-    offers = gated_offers(artifacts, runtime)
-    if spec.device == "cpu" and offers:
-        return choose_precision(runtime, offers)
-    return PrecisionChoice(
-        spec.precision, artifact_for(artifacts, runtime, spec.precision),
-        asked_reason(None, spec) + ("" if offers else " (no artifact with a passed accuracy gate to choose from)"),
-    )  # fmt: skip
+        choice = PrecisionChoice(precision, artifact_for(artifacts, runtime, precision), "asked for")
+    elif spec.device == "cpu" and (offers := gated_offers(artifacts, runtime)):
+        choice = choose_precision(runtime, offers)
+    else:
+        choice = PrecisionChoice(
+            spec.precision, artifact_for(artifacts, runtime, spec.precision),
+            asked_reason(None, spec) + ("" if gated_offers(artifacts, runtime) else
+                                        " (no artifact with a passed accuracy gate to choose from)"),
+        )  # fmt: skip
+    return replace(choice, reason=f"{choice.reason}; {fallback}") if fallback else choice
 
 
 def artifact_target(model: str | Path | None) -> str | None:

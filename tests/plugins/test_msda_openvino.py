@@ -243,3 +243,27 @@ def test_a_site_that_reads_outside_itself_is_not_folded_back(fused_exports: dict
     region.input[0] = inlined.graph.input[0].name  # the image, which no site reads
     with pytest.raises(ValueError, match="reads"):
         collapse_sites(inlined, sites, body)
+
+
+def test_the_packaged_default_runs_its_fused_file_where_the_op_loads_and_says_when_it_falls_back(
+    library: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """With the extension, ``Segmenter("cpu")`` runs the fused int8 file; without it, the standard-op int8 file,
+    and its repr says why; ONNX Runtime never takes the OpenVINO-only file."""
+    from sdk import Segmenter
+    from sdk.model_registry import MODELS_DIR
+
+    if not (MODELS_DIR / "default_int8_msda.onnx").is_file():
+        pytest.skip("this build packages no fused default")
+    frame = np.random.default_rng(3).integers(0, 256, (360, 480, 3), dtype=np.uint8)
+    monkeypatch.setenv(openvino_extension.EXTENSION_ENV, str(library))
+    with Segmenter("cpu", precision="int8") as fused:
+        assert fused.model_path.name == "default_int8_msda.onnx" and "standard-op" not in repr(fused)
+        fused_labels = fused.predict(frame).semantic
+    monkeypatch.setenv(openvino_extension.EXTENSION_ENV, str(tmp_path / "absent.so"))
+    with Segmenter("cpu", precision="int8") as standard:
+        assert standard.model_path.name == "default_int8.onnx"
+        assert "standard-op file (the fused MSDA op's OpenVINO extension:" in repr(standard)
+        assert (standard.predict(frame).semantic == fused_labels).mean() > 0.95  # one network, two int8 graphs
+    with Segmenter("onnxruntime", precision="int8") as ort:
+        assert ort.model_path.name == "default_ort_int8.onnx"

@@ -38,7 +38,8 @@ def test_every_packaged_file_belongs_to_one_model_and_agrees_with_its_siblings()
         assert len({tuple(meta["class_names"]) for meta in metas}) == 1
         assert len({tuple(meta["input"]["size"]) for meta in metas}) == 1
         assert {meta["precision"] for meta in metas} >= {"fp32", "int8"}
-        assert sum(path.stat().st_size for path in model.paths()) <= 30 * 2**20
+        # at most fp32, OpenVINO int8 with the fused op and without, ORT int8: ~9 MB each
+        assert sum(path.stat().st_size for path in model.paths()) <= 40 * 2**20
         if model.checkpoint:  # in a source checkout the weights it was exported from are committed
             assert (REPO_ROOT / model.checkpoint).is_file() and (REPO_ROOT / model.recipe).is_file()
 
