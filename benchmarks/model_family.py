@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 from benchmarks import cpu_precisions
+from benchmarks.artifact_rows import named_artifact
 from sdk.model_registry import named_models
 
 HELD_OUT = "held_out_miou"
@@ -33,6 +34,7 @@ def family_table(alone: dict, interleaved: dict) -> list[dict]:
                                     None)}  # fmt: skip
         rows.append({
             "row": label,
+            "runs": Path(named_artifact(label, None)).name if label in models else "",
             "end_to_end_ms": timing["end_to_end_ms"],
             "vs_peer_alone": timing["end_to_end_vs_base"],
             "vs_peer_interleaved": interleaved["rows"][label]["end_to_end_vs_base"],
@@ -46,12 +48,13 @@ def markdown(rows: list[dict], alone: dict) -> str:
     lines = [
         f"CPU: {alone['cpu']}; {alone['threads']} threads; {alone['frames']} frames per row; end-to-end medians.",
         "",
-        "| model | end to end ms (own process) | / peer (own process) | / peer (interleaved) | held-out mIoU |",
-        "|---|---|---|---|---|",
+        "| model | file it runs here | end to end ms (own process) | / peer (own process) | / peer (interleaved) "
+        "| held-out mIoU |",
+        "|---|---|---|---|---|---|",
     ]
     for row in rows:
         miou = f"{row['held_out_miou']:.2f}" if row["held_out_miou"] is not None else "not measured"
-        lines.append(f"| {row['row']} | {row['end_to_end_ms']:.1f} | {row['vs_peer_alone']:.2f} "
+        lines.append(f"| {row['row']} | {row['runs'] or '-'} | {row['end_to_end_ms']:.1f} | {row['vs_peer_alone']:.2f} "
                      f"| {row['vs_peer_interleaved']:.2f} | {miou} |")  # fmt: skip
     lines += ["", "Held-out figures (leave-one-sequence-out mean, int8 as shipped) from:"]
     lines += sorted({f"- {row['row']}: {row['held_out_source']}" for row in rows if row["held_out_source"]})

@@ -32,5 +32,6 @@ def test_the_family_table_and_chart(tmp_path: Path) -> None:
     assert rows[name]["held_out_miou"] == held_out["value"]
     assert rows[cpu_precisions.PEER_ROW]["held_out_miou"] == held_out["peer"]
     assert rows[cpu_precisions.PEER_ROW]["vs_peer_alone"] == 1.0 and rows[name]["vs_peer_interleaved"] > 0
+    assert rows[name]["runs"] in named_model(name).files  # the file Segmenter("cpu", model=name) runs here
     assert (tmp_path / "out" / "model_family.png").stat().st_size > 1000
     assert held_out["source"] in (tmp_path / "out" / "model_family.md").read_text()
