@@ -29,14 +29,16 @@ sys.modules["torch"] = None  # an edge device: any import of torch fails
 import json, numpy as np, sdk
 frame = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)
 from sdk.model_registry import named_models
-packaged_shape = []
+packaged_shape, packaged_fused = [], []
 for name in [None, *named_models()]:  # the default, as a device runs it out of the box, then every model by name
     with sdk.Segmenter("cpu", model=name) as packaged:
         packaged_shape.append(list(packaged.predict(frame).semantic.shape))
+        packaged_fused.append(packaged.backend.native_ops)
 with sdk.Segmenter("cpu", model=sys.argv[1]) as seg:
     result = seg.predict(frame)
     print(json.dumps({"runtime": seg.runtime, "shape": list(result.semantic.shape), "sdk": sdk.__file__,
-                      "native_ops": seg.backend.native_ops, "packaged_shape": packaged_shape}))
+                      "native_ops": seg.backend.native_ops, "packaged_shape": packaged_shape,
+                      "packaged_fused": packaged_fused}))
 """
 
 
@@ -98,3 +100,5 @@ def test_a_fresh_venv_without_torch_builds_the_extension_and_predicts(fused_arti
 
     assert result == {**result, "runtime": "openvino", "shape": [96, 128], "native_ops": True,
                       "packaged_shape": [[96, 128]] * (1 + len(named_models()))}  # fmt: skip
+    fused_models = [any(meta.get("native_ops") for _, meta in model.artifacts()) for model in named_models().values()]
+    assert result["packaged_fused"][1:] == fused_models  # the extension just built: each model's fused file runs
