@@ -18,7 +18,9 @@ import dataclasses
 import types
 import typing
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 def cli_field(help: str, **argparse_options: Any) -> dict[str, Any]:
@@ -73,3 +75,13 @@ def shown_default(default: Any) -> str | None:
     if isinstance(default, float):
         return f"{default:g}"
     return str(default)
+
+
+def replaced(cls: type[T], options: T | None, overrides: dict[str, Any], what: str) -> T:
+    """``options`` (default: ``cls()``) with ``overrides`` by field name; an unknown name raises a TypeError listing
+    the ``what`` options there are (``StreamOptions.of``, ``BatchOptions.of``)."""
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise TypeError(f"unknown {what} option(s) {', '.join(unknown)}; the options are: {', '.join(names)}")
+    return dataclasses.replace(options or cls(), **overrides)  # type: ignore[type-var]
