@@ -14,6 +14,7 @@ local worker threads (the default; no Ray needed) or by a pool of Ray Data actor
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import queue
@@ -43,7 +44,7 @@ logger = logging.getLogger(__name__)
 @dataclass
 class BatchReport:
     """What a batch run did: every input's record (input order; ``status`` done or failed, ``note`` why), the
-    frames segmented in this run, its wall time and each worker's figures; ``summary_csv`` has the table."""
+    frames segmented in this run, its wall time and each worker's figures; ``summary_path``: the table."""
 
     out: Path
     run: int
@@ -52,7 +53,7 @@ class BatchReport:
     wall_s: float = 0.0
     workers: dict[str, dict[str, Any]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
-    summary_csv: Path | None = None
+    summary_path: Path | None = None
 
     @property
     def failed(self) -> list[dict[str, Any]]:
@@ -70,7 +71,7 @@ class BatchReport:
         lines = [
             f"{len(self.inputs) - len(self.failed)} of {len(self.inputs)} inputs done ({done_now} in this run, "
             f"{before} left as an earlier run finished them), {len(self.failed)} failed; {self.frames} frames in "
-            f"{self.wall_s:.1f} s = {self.fps:.2f} frames/s; table: {self.summary_csv}"
+            f"{self.wall_s:.1f} s = {self.fps:.2f} frames/s; table: {self.summary_path}"
         ]
         for name, figures in sorted(self.workers.items()):
             lines.append(
@@ -130,8 +131,9 @@ def batch(
             records = tracker.finish()
         finally:
             seg.close()
+        table = manifest.write_summary(records, options.summary)
         report = BatchReport(manifest.out, run, records, tracker.frames, time.perf_counter() - started,
-                             tracker.worker_figures(), problems, manifest.write_summary(records))  # fmt: skip
+                             tracker.worker_figures(), problems, table)  # fmt: skip
         manifest.append_run({"run": run, "event": "end", "time": time.time(), "frames": report.frames,
                              "wall_s": round(report.wall_s, 3), "workers": report.workers})  # fmt: skip
     return report
@@ -149,11 +151,15 @@ def _check_outputs(seg: Segmenter, options: BatchOptions) -> None:
         raise BatchError("label PNGs need a semantic or panoptic model; this one gives instances (no_labels, coco)")
     if options.panoptic and seg.task != "panoptic":
         raise BatchError(f"COCO panoptic outputs need a panoptic model; this one gives {seg.task} results")
-    if options.coco:
-        try:
-            import pycocotools.mask  # noqa: F401
-        except ImportError as err:
-            raise BatchError("COCO outputs need pycocotools: pip install pycocotools") from err
+    needs = {"coco": ("pycocotools.mask", "COCO outputs need pycocotools: pip install pycocotools")}
+    if options.summary == "parquet":
+        needs["summary"] = ("pyarrow.parquet", "a Parquet summary needs pyarrow: pip install 'm2f-edge[fleet]'")
+    for option, (module, hint) in needs.items():
+        if getattr(options, option):
+            try:
+                importlib.import_module(module)
+            except ImportError as err:
+                raise BatchError(hint) from err
 
 
 def _settings(seg: Segmenter, options: BatchOptions) -> dict[str, Any]:

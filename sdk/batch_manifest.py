@@ -7,7 +7,7 @@
         parts/<key>/<start>.*     its share of the per-input files (histogram rows, COCO, panoptic annotations)
         inputs/<key>.json         one input finished (done or failed), written after its files were assembled
         runs.jsonl                one line per run: frames, wall time, throughput per worker
-    OUT/summary.csv               one row per input of the last run, from inputs/*.json
+    OUT/summary.csv               one row per input of the last run, from inputs/*.json (or summary.parquet)
 
 Every file is written whole or not at all (a temporary file in the same folder, then a rename): a worker killed
 mid-write leaves a temporary file that no record names, never a half file that counts as done. A record claims
@@ -225,7 +225,7 @@ class Manifest:
         the outputs where they are."""
         path = self.root / "folders.json"
         known: dict[str, str] = read_json(path) or {}
-        taken = set(known.values()) | {MANIFEST_DIR, "summary.csv"}
+        taken = set(known.values()) | {MANIFEST_DIR, "summary.csv", "summary.parquet"}
         for key, folder in wanted.items():
             if key in known:
                 continue
@@ -237,10 +237,19 @@ class Manifest:
         atomic_json(path, known)
         return {key: known[key] for key in wanted}
 
-    def write_summary(self, records: Sequence[Mapping[str, Any]]) -> Path:
-        """``OUT/summary.csv``: one row per input, in input order (``SUMMARY_COLUMNS``)."""
+    def write_summary(self, records: Sequence[Mapping[str, Any]], form: str = "csv") -> Path:
+        """``OUT/summary.csv`` or ``OUT/summary.parquet`` (``form``): one row per input, in input order
+        (``SUMMARY_COLUMNS``; in Parquet a missing value is null, in CSV an empty cell)."""
+        path = self.out / f"summary.{form}"
+        if form == "parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            sink = pa.BufferOutputStream()
+            pq.write_table(pa.Table.from_pylist([{c: r.get(c) for c in SUMMARY_COLUMNS} for r in records]), sink)
+            atomic_write(path, sink.getvalue().to_pybytes())
+            return path
         rows = [[_cell(record.get(column)) for column in SUMMARY_COLUMNS] for record in records]
-        path = self.out / "summary.csv"
         atomic_write(path, csv_text(SUMMARY_COLUMNS, rows).encode())
         return path
 

@@ -11,6 +11,7 @@ from sdk.cli_fields import cli_field, replaced
 
 # what each input gets written, by option name (``BatchOptions`` fields); the manifest's job settings list these
 OUTPUT_KINDS = ("labels", "overlay", "histograms", "coco", "panoptic")
+SUMMARY_FORMATS = ("csv", "parquet")  # OUT/summary.<format>; Parquet through pyarrow (the fleet extra)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -25,7 +26,8 @@ class BatchOptions:
     ``chunk_frames`` frames a piece (0: never split; an overlay keeps its video whole, see docs/batch.md), run by
     ``workers`` workers of ``threads_per_worker`` engine threads each; ``ray``: None runs here, else on Ray Data
     (True: Ray's default, ``RAY_ADDRESS`` or a new local cluster; ``"auto"``: the cluster ``ray start`` runs here;
-    or an address). ``retry_failed``: a rerun tries failed inputs again (else only changed ones).
+    or an address). ``retry_failed``: a rerun tries failed inputs again (else only changed ones). ``summary``: the
+    table of every input, ``OUT/summary.csv`` or ``OUT/summary.parquet``.
     """
 
     labels: bool = field(default=True, metadata=cli_field("no label PNGs", flag="--no-labels"))
@@ -58,6 +60,12 @@ class BatchOptions:
         ),
     )
     retry_failed: bool = field(default=False, metadata=cli_field("try inputs that failed before again"))
+    summary: str = field(
+        default="csv",
+        metadata=cli_field(
+            "the summary table's format: OUT/summary.csv or OUT/summary.parquet", choices=SUMMARY_FORMATS
+        ),
+    )
 
     def __post_init__(self) -> None:
         if self.chunk_frames < 0:
@@ -66,6 +74,8 @@ class BatchOptions:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.summary not in SUMMARY_FORMATS:
+            raise ValueError(f"summary must be one of {', '.join(SUMMARY_FORMATS)}, got {self.summary!r}")
         if not any(getattr(self, kind) for kind in OUTPUT_KINDS):
             raise ValueError(f"nothing to write: ask for at least one of {', '.join(OUTPUT_KINDS)}")
 

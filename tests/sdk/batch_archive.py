@@ -87,5 +87,5 @@ def destination_files(out: Path) -> dict[str, bytes]:
     return {
         p.relative_to(out).as_posix(): p.read_bytes()
         for p in sorted(out.rglob("*"))
-        if p.is_file() and MANIFEST_DIR not in p.parts and p.name != "summary.csv" and TEMP_MARK not in p.name
+        if p.is_file() and MANIFEST_DIR not in p.parts and p.stem != "summary" and TEMP_MARK not in p.name
     }
