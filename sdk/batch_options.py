@@ -63,7 +63,9 @@ class BatchOptions:
     summary: str = field(
         default="csv",
         metadata=cli_field(
-            "the summary table's format: OUT/summary.csv or OUT/summary.parquet", choices=SUMMARY_FORMATS
+            "the table of every input: OUT/summary.csv, or OUT/summary.parquet (needs pyarrow)",
+            choices=SUMMARY_FORMATS,
+            metavar="{" + ",".join(SUMMARY_FORMATS) + "}",
         ),
     )
 

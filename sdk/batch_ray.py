@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -59,6 +60,19 @@ class UnitActor:
         return {"record": records}
 
 
+def unreachable(address: str | None, timeout_s: float = 5.0) -> str | None:
+    """Why a ``host:port`` (or ``ray://host:port``) cluster address takes no connection, or None (also for None,
+    ``auto`` and other names Ray resolves itself): ``ray.init`` would retry an address that is down for minutes."""
+    host, _, port = (address or "").removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return None
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        return str(err.strerror or err)
+    return None
+
+
 def run_on_ray(
     units: Sequence[Unit],
     job: dict[str, Any],
@@ -76,6 +90,9 @@ def run_on_ray(
     started_here = not ray.is_initialized()
     if started_here:
         address = None if options.ray is True else str(options.ray)
+        refused = unreachable(address)
+        if refused:
+            raise BatchError(f"cannot reach the Ray cluster at {address}: {refused}")
         try:
             ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError, ValueError) as err:

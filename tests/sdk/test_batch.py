@@ -13,15 +13,19 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
 import sdk
 from sdk.batch_manifest import MANIFEST_DIR, BatchError, Manifest, input_key
+from sdk.batch_ray import unreachable
 from sdk.cli import main as m2f_main
 from tests.conftest import REPO_ROOT
 from tests.sdk.batch_archive import (
@@ -131,6 +135,23 @@ def test_one_job_per_destination_and_what_cannot_run_is_one_line(tmp_path: Path,
     lines = capsys.readouterr().out.splitlines()
     assert [json.loads(line)["status"] for line in lines[:-1]] == ["done"]
     assert "frames_per_s" in json.loads(lines[-1])
+
+
+def test_no_ray_or_no_cluster_is_one_line(tmp_path: Path) -> None:
+    image = tmp_path / "still.png"
+    cv2.imwrite(str(image), np.zeros((60, 80, 3), np.uint8))
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there now: ray.init would retry it for minutes
+    assert "refused" in str(unreachable(f"127.0.0.1:{port}")).lower()
+    assert unreachable("auto") is None and unreachable(None) is None
+    no_ray = "import sys; sys.modules['ray'] = None; from sdk.cli import main; sys.exit(main())"  # no fleet extra
+    argv = [sys.executable, "-c", no_ray, "batch", str(image), "--out", str(tmp_path / "out"), "--target", "cpu"]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    job = subprocess.run([*argv, "--ray"], env=env, capture_output=True, text=True, timeout=300)
+    assert job.returncode == 2 and "pip install 'm2f-edge[fleet]'" in job.stderr, job.stderr
+    assert "Traceback" not in job.stderr, job.stderr
 
 
 def test_options_are_one_frozen_dataclass_and_unknown_names_raise() -> None:
