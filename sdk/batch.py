@@ -6,11 +6,10 @@
     sdk.batch(["footage/"], "labelled/", ray="auto")   # the same job on the Ray cluster `ray start` runs here
 
 The job is planned here (``sdk.batch_plan``: inputs, units of work, what an earlier run already finished), run by
-local workers (the default, no Ray needed: this process, or worker processes, ``sdk.batch_local``) or by a pool of
-Ray Data actors (``sdk.batch_ray``), all calling ``sdk.batch_work.run_unit`` per unit, and each input is
-assembled here as soon as its last unit is in (``sdk.batch_outputs.assemble``: every frame exactly once, then its
-per-input files). The destination's manifest (``sdk.batch_manifest``) is the source of truth: a rerun skips what
-is done and redoes what is not.
+local worker threads (the default; no Ray needed) or by a pool of Ray Data actors (``sdk.batch_ray``), both calling
+``sdk.batch_work.run_unit`` per unit, and each input is assembled here as soon as its last unit is in
+(``sdk.batch_outputs.assemble``: every frame exactly once, then its per-input files). The destination's manifest
+(``sdk.batch_manifest``) is the source of truth: a rerun skips what is done and redoes what is not.
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import queue
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -31,8 +31,8 @@ from runtimes.cache import file_sha256
 from sdk.batch_manifest import BatchError, Manifest
 from sdk.batch_options import BatchOptions
 from sdk.batch_outputs import assemble, failed_record
-from sdk.batch_plan import Input, Plan, find_inputs, make_plan
-from sdk.batch_work import job_spec, open_segmenter, run_unit, worker_name
+from sdk.batch_plan import Input, Plan, Unit, find_inputs, make_plan
+from sdk.batch_work import open_segmenter, run_unit, worker_name
 from sdk.cli_predict import out_problem
 from sdk.segmenter import Segmenter
 
@@ -113,7 +113,8 @@ def batch(
         inputs, problems = find_inputs(names, manifest)
         if not inputs:
             raise BatchError("no image or video to segment" + (": " + "; ".join(problems) if problems else ""))
-        seg = open_segmenter(segmenter or {}, _local_workers(options)[1])
+        workers, threads = _local_workers(options)
+        seg = open_segmenter(segmenter or {}, threads)
         try:
             _check_outputs(seg, options)
             manifest.check_job(_settings(seg, options))
@@ -126,7 +127,7 @@ def batch(
                 if plan.todo and options.ray:
                     _run_on_ray(plan, manifest, options, segmenter or {}, run, tracker, actor)
                 elif plan.todo:
-                    _run_locally(plan, seg, segmenter or {}, options, run, tracker)
+                    _run_locally(plan.todo, seg, segmenter or {}, workers, threads, manifest, options, run, tracker)
             records = tracker.finish()
         finally:
             seg.close()
@@ -191,8 +192,7 @@ class _Tracker:
         self.bar = tqdm(total=plan.frames_to_do(), unit="frame", disable=disable, dynamic_ncols=True)
         self._postfix()
 
-    def on_frame(self, *_: Any) -> None:
-        """One more frame written (by any worker: the arguments, a unit and its frame number, are not needed)."""
+    def on_frame(self, unit: Unit, number: int) -> None:
         with self.lock:
             self.bar.update()
 
@@ -260,21 +260,72 @@ class _Tracker:
         return figures
 
 
-def _run_locally(
-    plan: Plan, seg: Segmenter, arguments: Mapping[str, Any], options: BatchOptions, run: int, tracker: _Tracker
-) -> None:
-    """The units here: in this process with ``seg`` for one worker, else on worker processes (``sdk.batch_local``)."""
-    workers, threads = _local_workers(options)
-    if workers == 1 or len(plan.todo) == 1:
-        name = worker_name("local0")
-        for unit in plan.todo:
-            tracker.on_record(run_unit(seg, unit, tracker.manifest, options, name, run, tracker.on_frame), True)
-        return
-    from sdk.batch_local import run_in_processes
+class _Stopped(Exception):
+    """The job is stopping (Ctrl-C, or another worker failed): a worker leaves its unit unfinished."""
 
-    job = job_spec(tracker.manifest, options, arguments, run, threads)
-    run_in_processes(plan.todo, job, workers, tracker.on_frame, lambda record: tracker.on_record(record, True))
-    tracker.missing("no record: its worker process died on it (--retry-failed does it again)")
+
+def _run_locally(
+    units: list[Unit],
+    seg: Segmenter,
+    arguments: Mapping[str, Any],
+    workers: int,
+    threads: int,
+    manifest: Manifest,
+    options: BatchOptions,
+    run: int,
+    tracker: _Tracker,
+) -> None:
+    """The units on ``workers`` threads here, each with its own Segmenter (the first one uses ``seg``)."""
+    todo: queue.Queue[Unit] = queue.Queue()
+    for unit in units:
+        todo.put(unit)
+    results: queue.Queue[Any] = queue.Queue()
+    stop = threading.Event()
+    done = object()
+
+    def on_frame(unit: Unit, number: int) -> None:
+        if stop.is_set():
+            raise _Stopped
+        tracker.on_frame(unit, number)
+
+    def work(index: int) -> None:
+        own = seg
+        try:
+            own = seg if index == 0 else open_segmenter(arguments, threads)
+            name = worker_name(f"local{index}")
+            while not stop.is_set():
+                try:
+                    unit = todo.get_nowait()
+                except queue.Empty:
+                    break
+                results.put(run_unit(own, unit, manifest, options, name, run, on_frame))
+        except _Stopped:
+            pass
+        except BaseException as err:  # a bug, or a model that cannot load: the job stops with it
+            results.put(err)
+        finally:
+            if own is not seg:
+                own.close()
+            results.put(done)
+
+    count = min(workers, len(units))
+    pool = [threading.Thread(target=work, args=(i,), name=f"m2f-batch{i}", daemon=True) for i in range(count)]
+    for thread in pool:
+        thread.start()
+    try:
+        running = count
+        while running:
+            item = results.get()
+            if item is done:
+                running -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                tracker.on_record(item, counted=True)
+    finally:
+        stop.set()
+        for thread in pool:
+            thread.join()
 
 
 def _run_on_ray(
@@ -288,6 +339,7 @@ def _run_on_ray(
 ) -> None:
     from sdk import batch_ray
 
-    job = job_spec(manifest, options, arguments, run, options.threads_per_worker or 1)
+    job = {"out": str(manifest.out), "options": options.outputs() | {"chunk_frames": options.chunk_frames},
+           "segmenter": dict(arguments), "run": run, "threads": options.threads_per_worker or 1}  # fmt: skip
     batch_ray.run_on_ray(plan.todo, job, options, tracker.on_record, actor or batch_ray.UnitActor)
     tracker.missing(f"no record after Ray's {batch_ray.MAX_TASK_RETRIES} retries: its worker died on it every time")

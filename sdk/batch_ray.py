@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from sdk.batch_manifest import BatchError
+from sdk.batch_manifest import BatchError, Manifest
 from sdk.batch_options import BatchOptions
 from sdk.batch_plan import Unit
-from sdk.batch_work import UnitWorker
+from sdk.batch_work import open_segmenter, run_unit, worker_name
 
 logger = logging.getLogger(__name__)
 
@@ -33,14 +33,31 @@ MAX_TASK_RETRIES = 3  # tries of a unit after the first whose worker died; its a
 FLEET_HINT = "pip install 'm2f-edge[fleet]' (Ray Data)"
 
 
-class UnitActor(UnitWorker):
-    """One Ray actor of the pool: a ``UnitWorker`` that takes its units as a batch of JSON texts."""
+class UnitActor:
+    """One Ray actor of the pool: a ``Segmenter`` loaded once, then ``run_unit`` for every unit it is given.
+
+    ``job``: the destination (``out``), the outputs asked (``options``), the ``Segmenter`` arguments
+    (``segmenter``), engine ``threads`` and the ``run`` number. Subclasses may override ``on_frame``, which is
+    called after each frame's files are written.
+    """
 
     def __init__(self, job: dict[str, Any]) -> None:
-        super().__init__(job, "ray")
+        self.manifest = Manifest(job["out"])
+        self.options = BatchOptions(**job["options"])
+        self.run = int(job["run"])
+        self.seg = open_segmenter(job["segmenter"], int(job["threads"]))
+        self.name = worker_name("ray")
+
+    def on_frame(self, unit: Unit, number: int) -> None:
+        """After frame ``number`` of ``unit`` is written (nothing here)."""
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[str]]:
-        return {"record": [json.dumps(self.run(Unit.from_dict(json.loads(str(text))))) for text in batch["unit"]]}
+        records = []
+        for text in batch["unit"]:
+            unit = Unit.from_dict(json.loads(str(text)))
+            record = run_unit(self.seg, unit, self.manifest, self.options, self.name, self.run, self.on_frame)
+            records.append(json.dumps(record))
+        return {"record": records}
 
 
 def unreachable(address: str | None, timeout_s: float = 5.0) -> str | None:

@@ -57,37 +57,6 @@ def worker_name(prefix: str) -> str:
     return f"{prefix}@{socket.gethostname()}:{os.getpid()}"
 
 
-def job_spec(manifest: Manifest, options: BatchOptions, arguments: Mapping[str, Any], run: int, threads: int) -> dict:
-    """What a worker in another process needs to know of the job, as plain data (``UnitWorker``'s ``job``)."""
-    return {"out": str(manifest.out), "options": options.outputs() | {"chunk_frames": options.chunk_frames},
-            "segmenter": dict(arguments), "run": run, "threads": threads}  # fmt: skip
-
-
-class UnitWorker:
-    """A worker of a batch job in a process of its own: one ``Segmenter`` loaded once, then ``run`` for every unit
-    it is given. The local worker processes (``sdk.batch_local``) and the Ray actors (``sdk.batch_ray.UnitActor``)
-    are this.
-
-    ``job``: the destination (``out``), the outputs asked (``options``), the ``Segmenter`` arguments
-    (``segmenter``), engine ``threads`` and the ``run`` number (``job_spec``). Subclasses may override
-    ``on_frame``, which is called after each frame's files are written.
-    """
-
-    def __init__(self, job: Mapping[str, Any], prefix: str) -> None:
-        self.manifest = Manifest(job["out"])
-        self.options = BatchOptions(**job["options"])
-        self.run_number = int(job["run"])
-        self.seg = open_segmenter(job["segmenter"], int(job["threads"]))
-        self.name = worker_name(prefix)
-
-    def on_frame(self, unit: Unit, number: int) -> None:
-        """After frame ``number`` of ``unit`` is written (nothing here)."""
-
-    def run(self, unit: Unit) -> dict[str, Any]:
-        """Segment ``unit`` (``run_unit``); its record."""
-        return run_unit(self.seg, unit, self.manifest, self.options, self.name, self.run_number, self.on_frame)
-
-
 class RangeReader:
     """The frames ``start`` up to ``stop`` (None: the end) of an opened ``cv2.VideoCapture``, as a stream reader.
 

@@ -10,7 +10,6 @@ test_batch_ray.py.
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import os
 import signal
@@ -37,7 +36,6 @@ from tests.sdk.batch_archive import (
     one_stream_labels,
     unit_records,
 )
-from tests.sdk.clips import write_clip
 
 
 @pytest.fixture(scope="module")
@@ -115,28 +113,6 @@ def test_a_job_killed_mid_way_leaves_no_half_file_and_the_rerun_completes(tmp_pa
     check_destination(out, root, expected)
     runs = [record["run"] for record in unit_records(out, input_key(root / "street.mp4")).values()]
     assert runs.count(1) == done_before and runs.count(2) == 8 - done_before
-
-
-def test_a_local_worker_process_killed_is_a_failed_row_and_retry_failed_redoes_it(tmp_path: Path) -> None:
-    psutil = pytest.importorskip("psutil")
-    root, out = tmp_path / "archive", tmp_path / "out"
-    root.mkdir()
-    write_clip(root / "street.mp4", 30)
-    job = concurrent.futures.ThreadPoolExecutor(1).submit(
-        sdk.batch, [root], out, DEFAULT_MODEL, chunk_frames=3, workers=2
-    )
-    units, deadline = out / MANIFEST_DIR / "units" / input_key(root / "street.mp4"), time.monotonic() + 300
-    while len(list(units.glob("*.json"))) < 2 and not job.done() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    workers = [p for p in psutil.Process().children() if "spawn_main" in " ".join(p.cmdline())]
-    assert len(workers) == 2, workers
-    workers[0].kill()  # as the out-of-memory killer would
-    report = job.result(timeout=300)
-    assert len(list(units.glob("*.json"))) < 10 and report.failed, "the worker was to be killed mid-way"
-    assert "worker process died" in report.failed[0]["note"]
-    again = sdk.batch([root], out, DEFAULT_MODEL, chunk_frames=3, workers=2, retry_failed=True)
-    check_destination(out, root, {"street.mp4": ("done", 30)})
-    assert again.frames <= 30 - 2 * 3  # the units finished before the kill stand
 
 
 def test_one_job_per_destination_and_what_cannot_run_is_one_line(tmp_path: Path, capsys) -> None:
