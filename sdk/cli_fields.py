@@ -20,7 +20,7 @@ import typing
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
-T = TypeVar("T")
+OptionsT = TypeVar("OptionsT")  # a dataclass of options (StreamOptions, BatchOptions)
 
 
 def cli_field(help: str, **argparse_options: Any) -> dict[str, Any]:
@@ -77,7 +77,7 @@ def shown_default(default: Any) -> str | None:
     return str(default)
 
 
-def replaced(cls: type[T], options: T | None, overrides: dict[str, Any], what: str) -> T:
+def replaced(cls: type[OptionsT], options: OptionsT | None, overrides: dict[str, Any], what: str) -> OptionsT:
     """``options`` (default: ``cls()``) with ``overrides`` by field name; an unknown name raises a TypeError listing
     the ``what`` options there are (``StreamOptions.of``, ``BatchOptions.of``)."""
     names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
