@@ -12,7 +12,7 @@ $(STAMP): setup.py
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and pinned: an unpinned resolve would pull a different multi-GB build
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e ".[train,onnxruntime,openvino,dev]"
+	$(PY) -m pip install -q -e ".[train,onnxruntime,openvino,dev,fleet]"
 	# the fused deformable-attention CPU op (the packaged int8 files that carry it need it; without it the
 	# standard-op files run and m2f info says why)
 	$(VENV)/bin/m2f build-plugins || echo "the OpenVINO MSDA extension did not build: the standard-op files run"

@@ -40,6 +40,9 @@ setup(
         # JetPack's apt packages, seen through a --system-site-packages venv); CUDA memory and streams through
         # cuda-python (wheels for x86-64 and aarch64; runtimes/cuda_memory.py also takes pycuda where installed)
         "tensorrt": ["tensorrt>=10.0", "cuda-python>=12.3"],
+        # m2f batch --ray (sdk/batch_ray.py): Ray Data's actor pools, tested on 2.60; below 2.64, which drops
+        # map_batches' ray_remote_args (max_task_retries, which the killed-worker retries need). pyarrow: Parquet
+        "fleet": ["ray[data]>=2.60,<2.64", "pyarrow>=14"],
         "dev": [
             "pytest>=8",
             "pytest-xdist>=3.5",

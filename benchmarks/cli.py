@@ -15,15 +15,13 @@ import argparse
 import dataclasses
 import logging
 import sys
-import types
 import typing
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from benchmarks.artifact_rows import named_artifact
 from benchmarks.harness import BenchmarkOptions, run_benchmark
 from benchmarks.rows import PEERS, benchmark_targets
+from sdk.cli_fields import add_field_option
 
 logger = logging.getLogger(__name__)
 
@@ -37,50 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     hints = typing.get_type_hints(BenchmarkOptions)
     for option in dataclasses.fields(BenchmarkOptions):
         if "help" in option.metadata:
-            _add_field(parser, option, hints[option.name])
+            add_field_option(parser, option, hints[option.name])
         if option.name == "targets":
             help_text = "what a user would run instead, beside ours"
             parser.add_argument("--peers", nargs="+", choices=PEERS, default=argparse.SUPPRESS, help=help_text)
     return parser
-
-
-def _add_field(parser: argparse.ArgumentParser, option: dataclasses.Field, hint: Any) -> None:
-    """The option of one field: ``--name-with-dashes`` (or its ``flag``); a bool is a switch away from its default,
-    a sequence takes one or more values, any other type converts the value. Unset, it stays unset (the field's
-    default applies)."""
-    meta = dict(option.metadata)
-    help_text, flag = meta.pop("help"), meta.pop("flag", "--" + option.name.replace("_", "-"))
-    default = option.default if option.default is not dataclasses.MISSING else None
-    shown = meta.pop("shown", None) or _shown(default)
-    kinds = [arg for arg in typing.get_args(hint) if arg is not type(None)] if isinstance(hint, types.UnionType) else []
-    kind = kinds[0] if len(kinds) == 1 else hint
-    if kind is bool:
-        meta["action"] = "store_false" if default else "store_true"
-    elif typing.get_origin(kind) is Sequence:
-        meta["nargs"] = "+"
-    else:
-        meta.setdefault("type", kind)
-        meta.setdefault("metavar", flag.removeprefix("--").replace("-", "_").upper())
-    required = option.default is dataclasses.MISSING and option.default_factory is dataclasses.MISSING
-    parser.add_argument(
-        flag,
-        dest=option.name,
-        default=argparse.SUPPRESS,
-        required=required,
-        help=help_text + (f" [{shown}]" if shown else ""),
-        **meta,
-    )
-
-
-def _shown(default: Any) -> str | None:
-    """A default as the help names it: ``512x512``, ``3600``, ``val``; None where it goes without saying."""
-    if default is None or isinstance(default, bool):
-        return None
-    if isinstance(default, tuple):
-        return "x".join(map(str, default))
-    if isinstance(default, float):
-        return f"{default:g}"
-    return str(default)
 
 
 def benchmark_main(argv: list[str] | None = None) -> int:

@@ -45,6 +45,7 @@ from benchmarks.rows import (
 from runtimes.cache import cache_root, graph_code_key
 from runtimes.geometry import parse_input_size
 from runtimes.vocabulary import PRECISIONS
+from sdk.cli_fields import cli_field as _cli
 
 logger = logging.getLogger(__name__)
 
@@ -52,13 +53,6 @@ logger = logging.getLogger(__name__)
 # slowest step of a row) and a gate on a few frames as a sanity check; what ships uses compile.export's defaults
 BENCH_CALIB_IMAGES = 32
 BENCH_GATE_IMAGES = 4
-
-
-def _cli(help: str, **argparse: Any) -> dict[str, Any]:
-    """A field's ``m2f benchmark`` option (``benchmarks.cli`` builds the parser from these): its help and what the
-    field's type and default do not say (``flag``, ``type``, ``choices``, ``metavar``, ``shown``: the default as
-    the help names it). A field without one is not on the command line."""
-    return {"help": help, **argparse}
 
 
 _OUR_TARGETS = ", ".join(t for t in BENCHMARK_TARGETS if t not in PEERS)

@@ -27,6 +27,12 @@ IMAGE_SUFFIXES = frozenset(  # the still-image files OpenCV reads, lower case
 )
 
 
-def image_files(folder: Path) -> list[Path]:
-    """The image files (``IMAGE_SUFFIXES``) under ``folder`` and its subfolders, sorted."""
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+# the video files a batch job (``m2f batch``) picks from folders and patterns, lower case; a file named explicitly
+# is tried whatever its suffix
+VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".ts", ".wmv", ".flv"})
+
+
+def image_files(folder: Path, suffixes: frozenset[str] = IMAGE_SUFFIXES) -> list[Path]:
+    """The image files (``IMAGE_SUFFIXES``, or files with other ``suffixes``) under ``folder`` and its subfolders,
+    sorted."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in suffixes and p.is_file())

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import sdk
 from runtimes.errors import quiet_on_broken_pipe
-from sdk import cli_predict
+from sdk import cli_batch, cli_predict
 from sdk.host import HOST_COMMANDS, run_host_command
 from sdk.model_registry import with_checkpoint_for_name
 
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 M2F_DESCRIPTION = (
     "Mask2Former from training to the edge. On the host (needs the [train] extra): "
     + ", ".join(name for name, (_, _, extra) in HOST_COMMANDS.items() if extra == "train")
-    + ". On the device (no torch needed): info, predict, stream, demo."
+    + ". On the device (no torch needed): info, predict, stream, batch, demo."
 )
 M2F_EPILOG = """\
 `m2f COMMAND -h` shows a command's own options.
@@ -41,9 +41,10 @@ examples:
   m2f info
   m2f predict photos/ --out segmented/          # images: files, folders, globs
   m2f stream street.mp4 --out street_seg.mp4    # video file, camera index, rtsp:// URL
+  m2f batch footage/ --out labelled/            # an archive, resumable; --ray auto: on a Ray cluster
   m2f export model.pt --target openvino --precision int8 --input-size 512x512 --calib images/"""
 
-OPTIONAL_PACKAGES = ("torch", "onnxruntime", "openvino", "tensorrt", "cv2", "transformers", "timm")
+OPTIONAL_PACKAGES = ("torch", "onnxruntime", "openvino", "tensorrt", "cv2", "transformers", "timm", "ray")
 
 
 def info() -> dict[str, object]:
@@ -133,6 +134,7 @@ def _main(argv: Sequence[str] | None) -> int:
     )
     cli_predict.add_parser(sub)
     add_stream_parser(sub)
+    cli_batch.add_parser(sub)
     build_parser = sub.add_parser(
         "build-plugins", help="build the native op libraries (the OpenVINO CPU extension of deformable attention)"
     )
@@ -144,6 +146,8 @@ def _main(argv: Sequence[str] | None) -> int:
         return build_plugins_main(args)
     if args.command == "predict":
         return cli_predict.predict_main(args)
+    if args.command == "batch":
+        return cli_batch.batch_main(args)
     if args.command == "info" and args.schema:
         from runtimes.artifact import ARTIFACT_FORMAT_VERSION, describe_schema
 

@@ -114,18 +114,17 @@ def parse_pixel_limit(text: str) -> int | None:
     return int(value)
 
 
+def segmenter_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``Segmenter`` keyword arguments that ``add_model_arguments``' arguments describe."""
+    names = ("target", "model", "task", "precision", "input_size", "max_pixels")
+    return {name: getattr(args, name) for name in names}
+
+
 def segmenter_from_args(args: argparse.Namespace) -> Segmenter:
     """The ``Segmenter`` that ``add_model_arguments``' arguments describe."""
     from sdk.segmenter import Segmenter
 
-    return Segmenter(
-        args.target,
-        model=args.model,
-        task=args.task,
-        precision=args.precision,
-        input_size=args.input_size,
-        max_pixels=args.max_pixels,
-    )
+    return Segmenter(**segmenter_arguments(args))
 
 
 def describe(seg: Segmenter) -> str:
@@ -138,30 +137,30 @@ def describe(seg: Segmenter) -> str:
 # inputs and outputs
 
 
-def _is_image(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
-
-
-def find_images(sources: Sequence[str]) -> tuple[list[tuple[Path, Path]], list[str]]:
+def find_images(
+    sources: Sequence[str], suffixes: frozenset[str] = IMAGE_SUFFIXES, what: str = "image"
+) -> tuple[list[tuple[Path, Path]], list[str]]:
     """(image, folder its output path is relative to) for every image named by ``sources``, first mention kept;
-    and one problem per source that names no image."""
+    and one problem per source that names no image. Folders and patterns give the files with ``suffixes`` (``what``
+    names them in the problems: ``m2f batch`` looks for videos too)."""
     found: dict[str, tuple[Path, Path]] = {}
     problems = []
     for source in sources:
         path = Path(source)
         if path.is_dir():
-            pairs = [(image, path) for image in image_files(path)]
+            pairs = [(image, path) for image in image_files(path, suffixes)]
             if not pairs:
-                problems.append(f"{source}: folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+                problems.append(f"{source}: folder holds no {what}s ({', '.join(sorted(suffixes))})")
         elif path.is_file():
             pairs = [(path, path.parent)]  # named explicitly: whatever its suffix, OpenCV decides
         elif any(char in source for char in "*?["):
             base = Path(*takewhile(lambda part: not any(c in part for c in "*?["), path.parts[:-1]))
             matches = sorted(Path(p) for p in glob.glob(source, recursive=True))
-            images = [p for p in matches if _is_image(p)] + [i for p in matches if p.is_dir() for i in image_files(p)]
+            images = [p for p in matches if p.is_file() and p.suffix.lower() in suffixes]
+            images += [i for p in matches if p.is_dir() for i in image_files(p, suffixes)]
             pairs = [(image, base) for image in images]
             if not pairs:
-                problems.append(f"{source}: no image matches this pattern")
+                problems.append(f"{source}: no {what} matches this pattern")
         else:
             pairs = []
             problems.append(f"{source}: no such file or folder")
@@ -170,9 +169,9 @@ def find_images(sources: Sequence[str]) -> tuple[list[tuple[Path, Path]], list[s
     return list(found.values()), problems
 
 
-def output_paths(images: Sequence[tuple[Path, Path]], out: Path) -> list[Path]:
-    """One distinct ``<stem>_seg.png`` under ``out`` per (image, base): the image's path relative to the common
-    folder of all bases; names that would collide keep the input's extension, then get a counter."""
+def output_paths(images: Sequence[tuple[Path, Path]], out: Path, tail: str = "_seg.png") -> list[Path]:
+    """One distinct ``<stem>_seg.png`` (``<stem><tail>``) under ``out`` per (image, base): the image's path relative
+    to the common folder of all bases; names that would collide keep the input's extension, then get a counter."""
     bases = [os.path.abspath(base) for _, base in images]
     try:
         root = os.path.commonpath(bases)
@@ -182,16 +181,17 @@ def output_paths(images: Sequence[tuple[Path, Path]], out: Path) -> list[Path]:
         Path(os.path.relpath(os.path.abspath(image), root if root is not None else base))
         for (image, _), base in zip(images, bases, strict=True)
     ]
-    plain = [out / rel.parent / f"{rel.stem}_seg.png" for rel in relative]
+    plain = [out / rel.parent / f"{rel.stem}{tail}" for rel in relative]
+    tail_stem, tail_suffix = os.path.splitext(tail)
     shared = {path for path, count in Counter(plain).items() if count > 1}
     taken: set[Path] = set()
     outputs = []
     for rel, path in zip(relative, plain, strict=True):
         if path in shared:
-            path = out / rel.parent / f"{rel.stem}_{rel.suffix.lstrip('.').lower()}_seg.png"
+            path = out / rel.parent / f"{rel.stem}_{rel.suffix.lstrip('.').lower()}{tail}"
         candidate, n = path, 2
         while candidate in taken:
-            candidate, n = path.with_name(f"{path.stem}_{n}.png"), n + 1
+            candidate, n = path.with_name(f"{path.name.removesuffix(tail)}{tail_stem}_{n}{tail_suffix}"), n + 1
         taken.add(candidate)
         outputs.append(candidate)
     return outputs

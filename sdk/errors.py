@@ -7,6 +7,7 @@ from runtimes.base import BackendInputError, DeviceNotAvailable, RuntimeNotAvail
 from runtimes.cuda_memory import CudaError
 from runtimes.errors import ArtifactError, CheckpointError, M2FError
 from runtimes.geometry import InputSizeError
+from sdk.batch_manifest import BatchError
 from sdk.cli_predict import ImageError
 from sdk.postprocess import OutputsError
 from sdk.preprocess import FrameError
@@ -17,6 +18,7 @@ from sdk.targets import TargetNotAvailable
 __all__ = [
     "ArtifactError",
     "BackendInputError",
+    "BatchError",
     "CheckpointError",
     "CudaError",
     "DeviceNotAvailable",

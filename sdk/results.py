@@ -323,6 +323,27 @@ class SegmentationResult:
             )
         return annotations
 
+    def to_coco_panoptic(self, image_id: int, file_name: str) -> tuple[np.ndarray, dict[str, Any]]:
+        """COCO panoptic: the segment id map as an (h, w, 3) uint8 BGR image for ``cv2.imwrite`` (id = R + 256 G +
+        256^2 B, panopticapi's ``id2rgb``; 0 = void) and the frame's annotation (``segments_info`` with
+        ``category_id``, ``isthing``, ``iscrowd`` 0, ``area``, xywh ``bbox`` and ``score``)."""
+        if self.panoptic is None:
+            raise ValueError(f"COCO panoptic needs a panoptic result; this one is {self.task}")
+        ids = self.panoptic.astype(np.uint32)
+        bgr = np.stack([(ids >> 16) & 255, (ids >> 8) & 255, ids & 255], axis=-1).astype(np.uint8)
+        areas = np.bincount(ids.ravel())
+        segments = []
+        for segment in self.segments_info:
+            sid = int(segment["id"])
+            if sid >= len(areas) or not areas[sid]:
+                continue
+            x0, y0, x1, y1 = (float(v) for v in masks_to_boxes((self.panoptic == sid)[None])[0])
+            segments.append({"id": sid, "category_id": int(segment["category_id"]), "iscrowd": 0,
+                             "isthing": bool(segment.get("isthing")), "area": int(areas[sid]),
+                             "bbox": [x0, y0, x1 - x0, y1 - y0],
+                             "score": float(segment.get("score", 1.0))})  # fmt: skip
+        return bgr, {"image_id": image_id, "file_name": file_name, "segments_info": segments}
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe summary: task, size, classes present with pixel fractions, instances (no masks), timings."""
         summary: dict[str, Any] = {

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from sdk.cli_fields import replaced
+
 HEALTHY_CONNECTION_S = 30.0  # a connection that delivered frames this long resets the reconnect count
 
 Annotate = Callable[[Any, np.ndarray], np.ndarray]  # (result, frame) -> the frame to write
@@ -88,11 +90,7 @@ class StreamOptions:
     @classmethod
     def of(cls, options: StreamOptions | None = None, **overrides: Any) -> StreamOptions:
         """``options`` (default: the defaults) with ``overrides``; an unknown name raises listing the known ones."""
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(overrides) - set(names))
-        if unknown:
-            raise TypeError(f"unknown stream option(s) {', '.join(unknown)}; the options are: {', '.join(names)}")
-        return dataclasses.replace(options or cls(), **overrides)
+        return replaced(cls, options, overrides, "stream")
 
     def for_source(self, kind: str) -> StreamOptions:
         """These options with ``live`` and ``keep_latest`` decided for a source of this kind (``source_kind``)."""

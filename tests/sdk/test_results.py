@@ -140,6 +140,20 @@ def test_to_coco_of_panoptic_and_semantic_results():
     assert sorted(a["category_id"] for a in anns) == [0, 1, 2, 3] and all(a["score"] == 1.0 for a in anns)
 
 
+def test_to_coco_panoptic_ids_read_back_as_panopticapi_reads_them():
+    result = make_panoptic()
+    bgr, annotation = result.to_coco_panoptic(7, "panoptic/000007.png")
+    rgb = bgr[..., ::-1].astype(np.int64)  # cv2.imwrite takes BGR; panopticapi's rgb2id reads RGB
+    np.testing.assert_array_equal(rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2], result.panoptic)
+    assert annotation["image_id"] == 7 and annotation["file_name"] == "panoptic/000007.png"
+    segments = {s["id"]: s for s in annotation["segments_info"]}
+    assert {i: s["area"] for i, s in segments.items()} == {1: 20 * W, 2: 20 * W - 200, 3: 200, 4: 200}
+    assert segments[3]["bbox"] == [10, 25, 20, 10] and segments[3]["isthing"] and not segments[1]["isthing"]
+    assert [s["category_id"] for s in segments.values()] == [3, 2, 0, 1]
+    with pytest.raises(ValueError, match="needs a panoptic result"):
+        SegmentationResult("semantic", NAMES, semantic=result.semantic).to_coco_panoptic(0, "x.png")
+
+
 def test_to_coco_without_pycocotools_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "pycocotools", None)
     with pytest.raises(ImportError, match="pip install pycocotools"):
