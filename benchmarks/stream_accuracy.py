@@ -123,19 +123,15 @@ def camvid_val(data: Path) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def model_outputs(seg: Segmenter, frames: list[np.ndarray], cache: Path | None) -> dict[str, np.ndarray]:
-    """{frames, labels, scores} of ``frames`` through the model, read from / written to ``cache`` (.npz)."""
+    """{frames, labels} of ``frames`` through the model, read from / written to ``cache`` (.npz)."""
     if cache is not None and cache.is_file():
         stored = np.load(cache)
         if len(stored["frames"]) >= len(frames):
-            return {key: stored[key][: len(frames)] for key in ("frames", "labels", "scores")}
-    results = [seg.predict(frame) for frame in frames]
-    if any(r.class_scores is None for r in results):
-        raise SystemExit(f"{seg.model_path.name} gives no class scores: export it with the score output")
-    out = {"frames": np.stack(frames), "labels": np.stack([r.semantic for r in results]),
-           "scores": np.stack([r.class_scores for r in results])}  # fmt: skip
-    if cache is not None:  # scores stored as float16: a replay from the cache rounds them
+            return {key: stored[key][: len(frames)] for key in ("frames", "labels")}
+    out = {"frames": np.stack(frames), "labels": np.stack([seg.predict(frame).semantic for frame in frames])}
+    if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(cache, **{**out, "scores": out["scores"].astype(np.float16)})
+        np.savez(cache, **out)
     return out
 
 
@@ -144,11 +140,11 @@ def replay(outputs: dict[str, np.ndarray], mode: str, meter: TemporalStability |
     (if any) fed as a stream feeds it; ``ms``: the stabiliser's mean time per frame."""
     stabilizer = StreamStabilizer(follow=mode == "on") if mode != "off" else None
     shown, spent = [], 0.0
-    for frame, labels, scores in zip(outputs["frames"], outputs["labels"], outputs["scores"], strict=True):
+    for frame, labels in zip(outputs["frames"], outputs["labels"], strict=True):
         motion = None
         if stabilizer is not None:
             start = time.perf_counter()
-            labels = stabilizer.apply(frame, labels, scores.astype(np.float32))
+            labels = stabilizer.apply(frame, labels)
             spent += time.perf_counter() - start
             motion = stabilizer.motion if mode == "on" else None  # "held" computes no flow: the meter does
         if meter is not None:
@@ -271,7 +267,7 @@ def markdown(report: dict) -> str:
         cells = [" / ".join(str(r[f"{key}_{mode}"]) for mode in MODES)
                  for key in ("flicker_unchanged_pct", "flicker_all_pct", "flow_consistency_pct")]  # fmt: skip
         lines.append(f"| {r['clip']} | {r['frames']} | {' | '.join(cells)} | {r['stabilize_ms']} |")
-    lines += ["", "on: what `stabilize=True` runs (held scores and labels follow the flow); held: the same without "
+    lines += ["", "on: what `stabilize=True` runs (held labels follow the flow); held: the same without "
               "following it (`StreamStabilizer(follow=False)`)."]  # fmt: skip
     if "stream_matches_replay" in report:
         lines += ["", f"`seg.stream(stabilize=True)` gives the replay's labels: {report['stream_matches_replay']}"]

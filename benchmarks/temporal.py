@@ -82,18 +82,18 @@ def _camvid_rows(args: argparse.Namespace, settings: list[tuple[int, int] | None
         classes, model = len(seg.metadata["class_names"]), seg.model_path.name
     rows = []
     for setting in settings:
-        stabilizer = LabelStabilizer(change_level=setting[0], confirm_frames=setting[1]) if setting else None
+        stabilizer = LabelStabilizer(change_level=setting[0], weight=setting[1]) if setting else None
         row = camvid_in_order(predicted, classes, args.sequence, stabilizer)
         if setting:
-            row.update(change_level=setting[0], confirm_frames=setting[1])
+            row.update(change_level=setting[0], weight=setting[1])
         rows.append(row)
     return model, rows
 
 
-GRID = [(level, confirm) for level in (8, 16, 32) for confirm in (3, 5, 8)]  # (change_level, confirm_frames)
+GRID = [(level, weight) for level in (8, 16, 32) for weight in (0.1, 0.05, 0.03)]  # (change_level, weight)
 
 
-def grid_rows(seg: Segmenter, clips: list[Path], frames: int, settings: list[tuple[int, int]]) -> list[dict]:
+def grid_rows(seg: Segmenter, clips: list[Path], frames: int, settings: list[tuple[int, float]]) -> list[dict]:
     """Flicker on unchanged pixels per clip for each stabiliser setting: the model runs once per frame, every
     setting replays its labels (so the rows differ only in the stabiliser)."""
     rows = []
@@ -101,12 +101,12 @@ def grid_rows(seg: Segmenter, clips: list[Path], frames: int, settings: list[tup
         shown = [(frame, seg.predict(frame).semantic) for frame in read_video_frames(clip, frames, consecutive=True)]
         for setting in [None, *settings]:
             meter = TemporalStability(flow=False)
-            stabilizer = LabelStabilizer(change_level=setting[0], confirm_frames=setting[1]) if setting else None
+            stabilizer = LabelStabilizer(change_level=setting[0], weight=setting[1]) if setting else None
             for frame, labels in shown:
                 meter.update(frame, stabilizer.apply(frame, labels) if stabilizer else labels)
             figures = meter.to_dict()
-            level, confirm = setting or (None, None)
-            rows.append({"clip": clip.name, "change_level": level, "confirm_frames": confirm,
+            level, weight = setting or (None, None)
+            rows.append({"clip": clip.name, "change_level": level, "weight": weight,
                          "flicker_unchanged_pct": figures["flicker_unchanged_pct"],
                          "flicker_all_pct": figures["flicker_all_pct"]})  # fmt: skip
     return rows
@@ -114,16 +114,16 @@ def grid_rows(seg: Segmenter, clips: list[Path], frames: int, settings: list[tup
 
 def grid_markdown(report: dict) -> str:
     lines = [f"# Stabiliser settings ({report['machine']}; model {report['model']} on {report['runtime']} "
-             f"{report['precision']})", "", "| clip | change_level | confirm_frames | flicker on unchanged px % | "
+             f"{report['precision']})", "", "| clip | change_level | weight | flicker on unchanged px % | "
              "flicker all px % |", "|---|---|---|---|---|"]  # fmt: skip
     for row in report["grid"]:
-        setting = ("off", "-") if row["change_level"] is None else (row["change_level"], row["confirm_frames"])
+        setting = ("off", "-") if row["change_level"] is None else (row["change_level"], row["weight"])
         lines.append(f"| {row['clip']} | {setting[0]} | {setting[1]} | {row['flicker_unchanged_pct']} | "
                      f"{row['flicker_all_pct']} |")  # fmt: skip
     for row in report.get("camvid_grid", []):
         lines.append(
-            f"\nCamVid {row['sequence']} in order, change_level {row['change_level']}, confirm_frames "
-            f"{row['confirm_frames']}: mIoU {row['mIoU']} plain, {row['mIoU_stabilized']} stabilised"
+            f"\nCamVid {row['sequence']} in order, change_level {row['change_level']}, weight "
+            f"{row['weight']}: mIoU {row['mIoU']} plain, {row['mIoU_stabilized']} stabilised"
         )
     return "\n".join(lines) + "\n"
 

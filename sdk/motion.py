@@ -2,8 +2,8 @@
 
 ``FlowTracker.update(frame)`` gives a ``FrameMotion``: this frame against the previous one, with the backward flow
 (each pixel of this frame -> where it was in the previous one; OpenCV's DIS on grey frames at ``FLOW_SCALE`` of the
-frame size) computed once. The stabilisers (``sdk.stability.ScoreStabilizer``, ``LabelStabilizer``) move what they
-hold along it (``FrameMotion.warp``) and judge what moved by the colour left over once the previous frame is moved
+frame size) computed once. The stabiliser (``sdk.stability.LabelStabilizer``) moves what it
+holds along it (``FrameMotion.warp``) and judges what moved by the colour left over once the previous frame is moved
 too (``FrameMotion.changed``); the meter (``sdk.stability.TemporalStability``) checks the labels against the same
 flow, adding the forward flow it needs for its reliability test. A pixel whose colour did not change
 (under ``STILL_LEVEL``) is taken as still whatever the flow says there: the flow of a uniform surface is a

@@ -178,7 +178,7 @@ class SegmentationResult:
     (h, w) int32 segment ids (0 = void) or None, described by ``segments_info`` (dicts with ``id``, ``isthing``,
     ``category_id``, ``score``, ``area``). A panoptic result derives ``semantic`` and ``instances`` on access.
     ``timings``: stage -> milliseconds. ``class_scores``: per-class scores at a quarter of the frame size, from
-    semantic artifacts that export them (what ``sdk.stability.ScoreStabilizer`` smooths), else None.
+    semantic artifacts that export them, else None.
     """
 
     task: str

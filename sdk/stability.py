@@ -9,26 +9,20 @@
   DIS, at half resolution), agreement with this frame's labels where the flow is reliable (forward and backward
   flow agree within ``FLOW_RELIABLE_PX``).
 
-``LabelStabilizer`` is hysteresis on the label map, for models that give labels only (our semantic artifacts
-output a uint8 map): a new label is shown at once where the pixel's colour changed since the previous frame by
-``change_level`` or more (something moved), and elsewhere only after the model has given it ``confirm_frames``
-frames in a row (the model's steady opinion wins, its one-frame flips do not). Motion is judged against the previous
-frame, as the flicker meter judges "unchanged": judged against the colour a label was set at, slow drift (noise,
-compression, light) let one-frame flips through (car-detection 4.21 % flicker on unchanged pixels that way, 3.25 %
-this way; flow consistency 94.06 -> 94.84 %). Hysteresis assumes consecutive frames of one continuous shot: a
-frame on which more than ``cut_share`` of the pixels moved (a cut, a skip, frames far apart: CamVid's labelled
-frames, one a second from a driving car, move 51-69 %; consecutive frames of the shared clips 0-16 %) restarts it
-from the model's labels.
-``ScoreStabilizer`` runs before it where the artifact gives per-class scores (``result.class_scores``, semantic
-artifacts exported since the score output exists): an exponential moving average of the scores on pixels that did
-not move (restarted where they did), the smoothed class changes only when another one beats it by ``margin``, and
-a still pixel keeps its label until that decision changes there. On the first 150 frames of two shared clips,
-flicker on unchanged pixels, label stabiliser alone -> scores smoothed first (``python -m benchmarks.temporal``,
-the packaged default on OpenVINO bf16): one-by-one-person 1.21 -> 0.29 %, car-detection 3.25 -> 1.42 %.
-``StreamStabilizer`` (what ``stabilize=True`` runs) chains the two over one ``sdk.motion.FlowTracker``: what they
-hold moves along the flow of a moving camera, the flow computed once per frame and shared with the meter; "moved"
-then means the colour the flow does not explain (``FrameMotion.changed``), and near a held edge the model's label
-is taken (``FrameMotion.edges``). What it costs in accuracy: ``python -m benchmarks.stream_accuracy``.
+``LabelStabilizer`` is hysteresis on the label map, decided at full resolution from the labels alone: each pixel
+keeps the label it shows while the model keeps giving it often enough (its support, a slow moving average of the
+model agreeing, falls under one half only after many disagreeing frames, the fewer the steadier the label was),
+and takes the model's label at once where the colour changed since the previous frame (something moved). A label
+starts with little support (``start``), so what the first frames showed is not locked in. Hysteresis assumes
+consecutive frames of one continuous shot: a frame on which more than ``cut_share`` of the pixels moved (a cut, a
+skip, frames far apart: CamVid's labelled frames, one a second from a driving car, move 51-69 %; consecutive
+frames of the shared clips 0-16 %) restarts it from the model's labels. It uses no class scores: smoothing the
+quarter-resolution scores (the stabiliser before issue 38's second round) cost 0.76 mIoU on a still camera, its
+decision overriding the model's full-resolution labels at small classes (sign symbol, pole, pedestrian).
+``StreamStabilizer`` (what ``stabilize=True`` runs) drives it with one ``sdk.motion.FlowTracker``: what it holds
+moves along the flow of a moving camera, the flow computed once per frame and shared with the meter; "moved" then
+means the colour the flow does not explain (``FrameMotion.changed``), and near a held edge the model's label is
+taken (``FrameMotion.edges``). What it costs in accuracy: ``python -m benchmarks.stream_accuracy``.
 Numpy and OpenCV only, per stream: not thread-safe, one per stream.
 """
 
@@ -42,8 +36,8 @@ import numpy as np
 from runtimes.vocabulary import VOID
 from sdk.motion import FLOW_SCALE, UNCHANGED_LEVEL, FlowTracker, FlowWarp, FrameMotion, changed
 
-__all__ = ["FLOW_RELIABLE_PX", "UNCHANGED_LEVEL", "LabelCarrier", "LabelStabilizer", "ScoreStabilizer",
-           "StreamStabilizer", "TemporalStability", "changed"]  # fmt: skip
+__all__ = ["FLOW_RELIABLE_PX", "UNCHANGED_LEVEL", "LabelCarrier", "LabelStabilizer", "StreamStabilizer",
+           "TemporalStability", "changed"]  # fmt: skip
 
 FLOW_RELIABLE_PX = 1.0  # forward-backward flow disagreement under which a pixel's flow is trusted
 
@@ -179,116 +173,58 @@ class TemporalStability(_Tracked):
 
 class LabelStabilizer(_Tracked):
     """Hysteresis on a stream's label maps (see the module docstring); ``apply(frame, labels, motion)`` -> shown
-    labels. ``follow``: move what it holds along the optical flow (``motion``: the stream's ``FrameMotion``; else
+    labels. Each pixel shows a label and its support: a moving average (of weight ``weight``) of whether the model
+    gave that label, ``start`` when the label is first shown. The model's label is taken where the support falls
+    under one half, where the colour changed by ``change_level`` or more, and, while the camera moves, near a held
+    label edge. ``follow``: move what it holds along the optical flow (``motion``: the stream's ``FrameMotion``; else
     its own tracker computes it)."""
 
-    def __init__(self, change_level: int = UNCHANGED_LEVEL, confirm_frames: int = 3, cut_share: float = 0.4,
-                 follow: bool = True) -> None:  # fmt: skip
-        if change_level < 1 or confirm_frames < 1:
-            raise ValueError("change_level and confirm_frames must be >= 1")
-        if not 0 < cut_share <= 1:
-            raise ValueError(f"cut_share must be in (0, 1], got {cut_share}")
-        self.change_level, self.confirm_frames, self.cut_share = change_level, confirm_frames, cut_share
+    def __init__(self, weight: float = 0.03, start: float = 0.6, change_level: int = UNCHANGED_LEVEL,
+                 cut_share: float = 0.4, follow: bool = True) -> None:  # fmt: skip
+        if not 0 < weight <= 1 or not 0.5 <= start <= 1 or change_level < 1 or not 0 < cut_share <= 1:
+            raise ValueError("weight must be in (0, 1], start in [0.5, 1], change_level >= 1, cut_share in (0, 1]")
+        self.weight, self.start, self.change_level, self.cut_share = weight, start, change_level, cut_share
         self.follow = follow
         self.restarts = 0  # frames taken as a cut
         self.reset()
 
     def reset(self) -> None:
         self._shown: np.ndarray | None = None  # labels shown
-        self._candidate: np.ndarray | None = None  # the label the model keeps proposing instead
-        self._streak: np.ndarray | None = None  # for how many frames in a row
+        self._support: np.ndarray | None = None  # float32: how steadily the model has given them
         self._tracker = None
+
+    def _restart(self, labels: np.ndarray) -> np.ndarray:
+        self._shown, self._support = labels.copy(), np.full(labels.shape, self.start, np.float32)
+        return labels.copy()
 
     def apply(self, frame: np.ndarray, labels: np.ndarray, motion: FrameMotion | None = None) -> np.ndarray:
         _check(frame, labels)
         motion = self._motion(frame, motion)
-        moved = None
-        if self._shown is not None and motion.previous is not None and self._shown.shape == labels.shape:
-            moved = motion.changed(self.change_level)
-            if moved.mean() > self.cut_share:  # a cut
-                moved, self.restarts = None, self.restarts + 1
-        if moved is None or self._candidate is None or self._streak is None:  # the first frame, a new size, a cut
-            self._shown, self._candidate = labels.copy(), labels.copy()
-            self._streak = np.zeros(labels.shape, np.uint16)
-            return labels.copy()
-        shown, candidate, streak = motion.warp(self._shown), motion.warp(self._candidate), motion.warp(self._streak)
-        self._streak = np.where(labels == candidate, np.minimum(streak + 1, 65535), 1).astype(np.uint16)
-        self._candidate = labels.copy()
-        take = (labels != shown) & (moved | motion.edges(shown) | (self._streak >= self.confirm_frames))
+        if self._shown is None or self._support is None or motion.previous is None or self._shown.shape != labels.shape:
+            return self._restart(labels)  # the first frame, a new size
+        moved = motion.changed(self.change_level)
+        if moved.mean() > self.cut_share:  # a cut
+            self.restarts += 1
+            return self._restart(labels)
+        shown, support = motion.warp(self._shown), motion.warp(self._support, nearest=False)
+        agree = labels == shown
+        support = np.where(agree, support + self.weight * (1 - support), support * (1 - self.weight))
+        take = ~agree & (moved | (support < 0.5) | motion.edges(shown))
         self._shown = np.where(take, labels, shown)
+        self._support = np.where(take | moved, np.float32(self.start), support).astype(np.float32)
         return self._shown.copy()
 
 
-class ScoreStabilizer(_Tracked):
-    """Smoothing of a stream's per-class scores (see the module docstring): ``apply(frame, labels, scores, motion)``
-    -> labels. ``scores``: (K, h, w) at a reduced size (``result.class_scores``: a quarter of the frame). The average
-    decides a class per score pixel; a pixel of the frame that did not move keeps the label it was shown unless
-    that decision changed there (the model's full-resolution flips inside a steady decision are not shown); a pixel
-    that moved takes the model's label, or the smoothed class where the two decisions differ. ``weight``: of the
-    newest frame in the average. ``follow``: what it holds moves along the optical flow (as ``LabelStabilizer``)."""
-
-    def __init__(self, weight: float = 0.15, margin: float = 0.3, change_level: int = UNCHANGED_LEVEL,
-                 cut_share: float = 0.4, follow: bool = True) -> None:  # fmt: skip
-        if not 0 < weight <= 1 or margin < 0 or change_level < 1 or not 0 < cut_share <= 1:
-            raise ValueError("weight must be in (0, 1], margin >= 0, change_level >= 1, cut_share in (0, 1]")
-        self.weight, self.margin, self.change_level, self.cut_share = weight, margin, change_level, cut_share
-        self.follow = follow
-        self.restarts = 0
-        self.reset()
-
-    def reset(self) -> None:
-        self._average: np.ndarray | None = None  # (h, w, K) smoothed scores
-        self._shown: np.ndarray | None = None  # (h, w) the smoothed decision at the score size
-        self._output: np.ndarray | None = None  # the labels shown for the previous frame
-        self._tracker = None
-
-    def apply(self, frame: np.ndarray, labels: np.ndarray, scores: np.ndarray,
-              motion: FrameMotion | None = None) -> np.ndarray:  # fmt: skip
-        _check(frame, labels)
-        if scores.ndim != 3 or not np.issubdtype(scores.dtype, np.floating):
-            raise ValueError(f"scores must be (K, h, w) floats, got {scores.shape} {scores.dtype}")
-        motion = self._motion(frame, motion)
-        now = np.ascontiguousarray(scores.transpose(1, 2, 0), dtype=np.float32)  # (h, w, K)
-        raw = now.argmax(2).astype(np.uint8)
-        moved = None
-        held = self._output is not None and self._average is not None and motion.previous is not None
-        if held and self._output.shape == labels.shape and self._average.shape == now.shape:  # type: ignore[union-attr]
-            moved = motion.changed(self.change_level, now.shape[:2])
-            if moved.mean() > self.cut_share:  # a cut
-                moved, self.restarts = None, self.restarts + 1
-        h, w = labels.shape
-
-        def full(plane: np.ndarray) -> np.ndarray:
-            return cv2.resize(plane.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
-
-        if moved is None or self._average is None or self._shown is None or self._output is None:
-            self._average, self._shown, output = now, raw, labels.copy()  # first frame, new size or cut: the model's
-        else:
-            before, average = motion.warp(self._shown), motion.warp(self._average, nearest=False)
-            self._average = np.where(moved[..., None], now, self.weight * now + (1 - self.weight) * average)
-            current = np.take_along_axis(self._average, before[..., None], 2)[..., 0]
-            take = moved | motion.edges(before) | (self._average.max(2) > current + self.margin)
-            self._shown = np.where(take, self._average.argmax(2), before).astype(np.uint8)
-            candidate = np.where(full(self._shown != raw) > 0, full(self._shown).astype(labels.dtype), labels)
-            held = motion.warp(self._output)
-            update = (full(self._shown != before) > 0) | motion.changed(self.change_level) | motion.edges(held)
-            output = np.where(update, candidate, held)
-        self._output = output
-        return output.copy()
-
-
 class StreamStabilizer:
-    """What ``stabilize=True`` runs on a stream: one ``FlowTracker`` (the flow once per frame), the score smoothing
-    (where a result has class scores) then the label hysteresis, both moving what they hold along that flow.
-    ``apply(frame, labels, scores)`` -> shown labels; ``motion`` is the last frame's ``FrameMotion``, for the meter."""
+    """What ``stabilize=True`` runs on a stream: one ``FlowTracker`` (the flow once per frame) and the label
+    hysteresis, what it holds moved along that flow. ``apply(frame, labels)`` -> shown labels; ``motion`` is the last
+    frame's ``FrameMotion``, for the meter."""
 
     def __init__(self, follow: bool = True) -> None:
         self.tracker = FlowTracker(follow=follow)
-        self.scores, self.labels = ScoreStabilizer(follow=follow), LabelStabilizer(follow=follow)
+        self.labels = LabelStabilizer(follow=follow)
         self.motion: FrameMotion | None = None
 
-    def apply(self, frame: np.ndarray, labels: np.ndarray, scores: np.ndarray | None = None) -> np.ndarray:
+    def apply(self, frame: np.ndarray, labels: np.ndarray) -> np.ndarray:
         self.motion = motion = self.tracker.update(frame)
-        if scores is not None:
-            labels = self.scores.apply(frame, labels, scores, motion)
         return self.labels.apply(frame, labels, motion)

@@ -372,8 +372,7 @@ class Pipeline:
                 if labels is not None and self.stabilizer is not None:
                     stage = "stabilize"
                     start = time.perf_counter()
-                    scores = getattr(result, "class_scores", None)  # smoothed where the artifact gives them
-                    labels = result.semantic = self.stabilizer.apply(item.frame, labels, scores)
+                    labels = result.semantic = self.stabilizer.apply(item.frame, labels)
                     motion = self.stabilizer.motion  # the meter reuses its flow
                     self.stats.stage("stabilize", (time.perf_counter() - start) * 1000)
                 if labels is not None:
