@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from sdk.model_registry import REPO_ROOT  # the checkout's root, defined where the packaged models find checkpoints/
 
 
 def _shared_root() -> Path:

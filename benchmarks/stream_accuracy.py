@@ -48,8 +48,8 @@ from sdk.sources import read_video_frames
 from sdk.stability import StreamStabilizer, TemporalStability
 from train.evaluation.semantic import SemanticEvaluator
 
-MODES = ("off", "on", "held")  # stabiliser off; on (what stabilize=True runs); on without following the flow
-CASES = ("still", "pan", "zoom", "shake", "cut")
+STABILISER_MODES = ("off", "on", "held")  # stabiliser off; on (what stabilize=True runs); on without following the flow
+CAMERA_MOTIONS = ("still", "pan", "zoom", "shake", "cut")
 SCENES = (10, 50, 90)  # CamVid val frames (sorted) that start the synthetic clips
 STATIC_CLIPS = ("car-detection.mp4", "one-by-one-person-detection.mp4")  # flicker on unchanged pixels
 DASH_CAM = "solidWhiteRight.mp4"  # flow consistency
@@ -136,8 +136,9 @@ def model_outputs(seg: Segmenter, frames: list[np.ndarray], cache: Path | None) 
 
 
 def replay(outputs: dict[str, np.ndarray], mode: str, meter: TemporalStability | None = None) -> dict:
-    """The labels a stream shows for cached ``outputs`` with the stabiliser in ``mode`` (one of ``MODES``); the meter
-    (if any) fed as a stream feeds it; ``ms``: the stabiliser's mean time per frame."""
+    """The labels a stream shows for cached ``outputs`` with the stabiliser in ``mode`` (one of
+    ``STABILISER_MODES``); the meter (if any) fed as a stream feeds it; ``ms``: the stabiliser's mean time per
+    frame."""
     stabilizer = StreamStabilizer(follow=mode == "on") if mode != "off" else None
     shown, spent = [], 0.0
     for frame, labels in zip(outputs["frames"], outputs["labels"], strict=True):
@@ -168,18 +169,18 @@ def scores(predicted: Iterable[np.ndarray], truth: Iterable[np.ndarray], classes
 def accuracy_row(case: str, clips: list[tuple[dict[str, np.ndarray], list[np.ndarray]]], classes: int) -> dict:
     """One case's mIoU with the stabiliser off and on: each clip (cached outputs, true labels) replayed as a stream
     of its own, the frames of all of them scored together."""
-    shown: dict[str, list[np.ndarray]] = {mode: [] for mode in MODES}
+    shown: dict[str, list[np.ndarray]] = {mode: [] for mode in STABILISER_MODES}
     truth: list[np.ndarray] = []
     spent = restarts = 0.0
     for outputs, labels in clips:
-        for mode in MODES:
+        for mode in STABILISER_MODES:
             run = replay(outputs, mode)
             shown[mode].extend(run["labels"])
             if mode == "on":
                 spent, restarts = spent + run["ms"] * len(labels), restarts + run["restarts"]
         truth.extend(labels)
     row: dict = {"case": case, "clips": len(clips), "frames": len(truth)}
-    for mode in MODES:
+    for mode in STABILISER_MODES:
         row[f"mIoU_{mode}"], row[f"frame_mIoU_{mode}"] = (round(v, 2) for v in scores(shown[mode], truth, classes))
     changed = np.mean([(a != b).mean() for a, b in zip(shown["off"], shown["on"], strict=True)])
     return {**row, "delta": round(row["mIoU_on"] - row["mIoU_off"], 2),
@@ -192,7 +193,7 @@ def accuracy_row(case: str, clips: list[tuple[dict[str, np.ndarray], list[np.nda
 def synthetic_rows(seg: Segmenter, val: list, frames: int, cache: Path | None, work: Path) -> list[dict]:
     """One row per case over one clip per scene of ``SCENES``."""
     rows = []
-    for case in CASES:
+    for case in CAMERA_MOTIONS:
         clips = []
         for number, first in enumerate(SCENES):
             scenes = [val[first], val[(first + 40) % len(val)]]  # cut: to a frame 5 s further on
@@ -222,7 +223,7 @@ def clip_rows(seg: Segmenter, clips: list[Path], frames: int, cache: Path | None
         stored = cache / f"{clip.stem}.npz" if cache else None
         outputs = model_outputs(seg, read_video_frames(clip, frames, consecutive=True), stored)
         row: dict = {"clip": clip.name, "frames": frames}
-        for mode in MODES:
+        for mode in STABILISER_MODES:
             meter = TemporalStability()
             run = replay(outputs, mode, meter)
             figures = meter.to_dict()
@@ -264,7 +265,7 @@ def markdown(report: dict) -> str:
     lines += ["", "| clip | frames | flicker unchanged px % off / on / held | flicker all px % off / on / held | "
               "flow consistency % off / on / held | stabiliser ms/frame |", "|---|---|---|---|---|---|"]  # fmt: skip
     for r in report["clips"]:
-        cells = [" / ".join(str(r[f"{key}_{mode}"]) for mode in MODES)
+        cells = [" / ".join(str(r[f"{key}_{mode}"]) for mode in STABILISER_MODES)
                  for key in ("flicker_unchanged_pct", "flicker_all_pct", "flow_consistency_pct")]  # fmt: skip
         lines.append(f"| {r['clip']} | {r['frames']} | {' | '.join(cells)} | {r['stabilize_ms']} |")
     lines += ["", "on: what `stabilize=True` runs (held labels follow the flow); held: the same without "
@@ -278,9 +279,9 @@ def markdown(report: dict) -> str:
 
 def stream_matches_replay(seg: Segmenter, work: Path, frames: int) -> bool:
     """The first synthetic clip's video streamed with ``stabilize=True`` shows the labels the replay shows."""
-    video = work / f"{CASES[1]}_{SCENES[0]}_{frames}.mp4"
+    video = work / f"{CAMERA_MOTIONS[1]}_{SCENES[0]}_{frames}.mp4"
     if not video.is_file():
-        images, _ = synthetic_clip(CASES[1], [camvid_val(DATA_ROOT / "camvid")[SCENES[0]]] * 2, frames)
+        images, _ = synthetic_clip(CAMERA_MOTIONS[1], [camvid_val(DATA_ROOT / "camvid")[SCENES[0]]] * 2, frames)
         reencoded(images, video)
     streamed = [result.semantic for result in seg.stream(video, stabilize=True, live=False)]
     outputs = model_outputs(seg, read_video_frames(video, frames, consecutive=True), None)

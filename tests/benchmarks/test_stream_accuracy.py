@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks.stream_accuracy import CASES, camera_path, synthetic_clip
+from benchmarks.stream_accuracy import CAMERA_MOTIONS, camera_path, synthetic_clip
 from runtimes.vocabulary import CAMVID_VOID
 
 
@@ -16,7 +16,7 @@ def _painted(h: int = 90, w: int = 120) -> tuple[np.ndarray, np.ndarray]:
     return picture, labels.astype(np.uint8)
 
 
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", CAMERA_MOTIONS)
 def test_labels_move_with_the_picture(case: str) -> None:
     scene = _painted()
     other = (255 - scene[0], scene[1])  # the cut goes to another picture, its labels the same grid
