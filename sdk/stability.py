@@ -22,7 +22,9 @@ decision overriding the model's full-resolution labels at small classes (sign sy
 ``StreamStabilizer`` (what ``stabilize=True`` runs) drives it with one ``sdk.motion.FlowTracker``: what it holds
 moves along the flow of a moving camera, the flow computed once per frame and shared with the meter; "moved" then
 means the colour the flow does not explain (``FrameMotion.changed``), and near a held edge the model's label is
-taken (``FrameMotion.edges``). What it costs in accuracy: ``python -m benchmarks.stream_accuracy``.
+taken (``FrameMotion.edges``: everywhere while the whole view moves as one, else only beside a colour change, so a
+vehicle passing a still camera does not let the model's flips through all over the frame). What it costs in
+accuracy: ``python -m benchmarks.stream_accuracy``.
 Numpy and OpenCV only, per stream: not thread-safe, one per stream.
 """
 

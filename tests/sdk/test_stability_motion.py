@@ -95,3 +95,46 @@ def test_near_a_held_edge_the_model_wins_while_the_camera_moves() -> None:
     still = FlowTracker()
     still.update(frames[0][0])
     assert not still.update(frames[0][0]).edges(held).any()
+
+
+def _spread_flow(h: int = 64, w: int = 80, seed: int = 1) -> np.ndarray:
+    """A backward flow (at ``FLOW_SCALE``) like DIS's for a vehicle passing a still camera over a uniform road: the
+    vehicle's 12 px on a third of the view, and around it a smeared, uneven flow that fades out; no camera motion."""
+    rng = np.random.default_rng(seed)
+    flow = np.zeros((h, w, 2), np.float32)
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    fade = np.clip(1 - np.hypot(xs - 40, ys - 32) / 40, 0, 1)
+    flow[..., 0] = -6 * fade + rng.normal(0, 0.8, (h, w))  # -6 at FLOW_SCALE: 12 full-resolution px
+    flow[..., 1] = 2 * fade * np.sin(xs / 5)
+    return flow
+
+
+def test_a_passing_object_is_not_camera_motion() -> None:
+    """The median flow of a passing vehicle is large, but no one similarity transform explains most of it (RANSAC on
+    the flow grid): the view is not taken as moving, so the edge rule acts only beside a colour change; a pan, a zoom
+    and a shake are explained as one motion."""
+    from sdk.motion import CAMERA_STILL_PX, FLOW_SCALE, GLOBAL_SHARE, FlowWarp, FrameMotion, global_motion
+
+    spread = _spread_flow()
+    share, _ = global_motion(spread)
+    assert share < GLOBAL_SHARE
+    ys, xs = np.mgrid[0:64, 0:80].astype(np.float32)
+    pan = np.stack([np.full_like(xs, -3), np.zeros_like(ys)], -1)
+    zoom = np.stack([(xs - 40) * -0.03, (ys - 32) * -0.03], -1)
+    shake = np.stack([(ys - 32) * 0.02 + 2, (xs - 40) * -0.02 - 1], -1)
+    for flow in (pan, zoom, shake):
+        share, px = global_motion(flow.astype(np.float32))
+        assert share > 0.95 and px >= CAMERA_STILL_PX
+    assert abs(global_motion(pan.astype(np.float32))[1] - 3 / FLOW_SCALE) < 0.01
+
+    previous = np.full((128, 160, 3), 90, np.uint8)
+    frame = previous.copy()
+    frame[40:90, 60:100] = 200  # the vehicle: the only colour change
+    held = np.zeros((128, 160), np.uint8)
+    held[:, 20:22] = 1  # a thin lane marking far from it
+    held[40:90, 60:100] = 2
+    motion = FrameMotion(frame, previous, FlowWarp.small_grey(frame), FlowWarp.small_grey(previous), spread, None)
+    assert motion.camera_moves and not motion.view_moves
+    band = motion.edges(held)
+    assert not band[:, :40].any()  # the marking's edges: the colour did not change there, the label is held
+    assert band[39:41, 70].all() and band[60, 59:61].all()  # beside the vehicle's edge: the model's label is shown
