@@ -163,7 +163,10 @@ def _video_unit(
             return writer.record(ended_short=True)
         if overlay is not None:
             overlay.parent.mkdir(parents=True, exist_ok=True)
-        with seg.stream(reader, StreamOptions(live=False, output=overlay, output_fps=unit.fps)) as stream:
+        # the model's labels as they are: a stabiliser would restart at each unit, so the output would depend on
+        # where a video was cut into units (and on resumes)
+        options = StreamOptions(live=False, output=overlay, output_fps=unit.fps, stabilize=False)
+        with seg.stream(reader, options) as stream:
             for result in stream:
                 number = reader.numbers[result.frame_index]
                 writer.add(number, result)

@@ -191,6 +191,7 @@ examples:
   m2f stream rtsp://host/stream --json          last line: one JSON object with the stats
   m2f stream rtsp://host/stream --carry         live: a result for every frame, labels carried between model runs
   m2f stream street.mp4 --realtime --carry      the same with a file played at its own frame rate
+  m2f stream street.mp4 --no-stabilize          the model's labels as they come (stabilised by default)
 
 A file whose header declares more (or fewer) frames than it decodes is processed to its last decodable frame with
 a warning (--strict: an error); a file corrupt in the middle is an error naming the frame. A progress bar is
@@ -199,6 +200,7 @@ printed. Exit status: 0 done, 2 error, 130 interrupted.
 """
 
 INTERRUPTED = 130  # exit status after Ctrl-C (128 + SIGINT)
+STABILIZE_HELP = "hold labels still where the picture is (anti-flicker, semantic models) [on; --no-stabilize: off]"
 
 
 def add_stream_parser(sub: Any) -> None:
@@ -216,7 +218,7 @@ def add_stream_parser(sub: Any) -> None:
     p.add_argument("--max-frames", type=int, help="stop after N frames")
     p.add_argument("--live", action="store_true", default=None, help="live: newest frame only, older dropped")
     p.add_argument("--strict", action="store_true", help="a file's frame count differing from its header's is an error")
-    p.add_argument("--stabilize", action="store_true", help="hold labels still where the picture is (anti-flicker)")
+    p.add_argument("--stabilize", action=argparse.BooleanOptionalAction, help=STABILIZE_HELP)
     p.add_argument(
         "--measure-stability", action="store_true", help="report flicker and optical-flow consistency of the labels"
     )
@@ -232,6 +234,11 @@ def add_stream_parser(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="last line: one JSON object with the stats")
 
 
+def given_flags(**flags: Any) -> dict[str, Any]:
+    """The flags given on the command line; one left out (None) keeps its option class's default."""
+    return {name: value for name, value in flags.items() if value is not None}
+
+
 def stream_main(args: argparse.Namespace) -> int:
     """``m2f stream``: 0 done, 2 error (a message, no traceback), 130 Ctrl-C (stats so far, the video finished)."""
     from sdk.stream_options import StreamOptions
@@ -242,7 +249,7 @@ def stream_main(args: argparse.Namespace) -> int:
             max_frames=args.max_frames,
             live=args.live,
             strict=args.strict,
-            stabilize=args.stabilize,
+            **given_flags(stabilize=args.stabilize),
             measure_stability=args.measure_stability,
             carry=args.carry,
             realtime=args.realtime,

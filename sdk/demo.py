@@ -26,7 +26,7 @@ from runtimes.cpu_features import cpu_features
 from runtimes.registry import RUNTIMES
 from runtimes.vocabulary import PRECISIONS
 from sdk.artifact_choice import choose_artifact, gated_offers, packaged_artifacts
-from sdk.cli import drain_stream
+from sdk.cli import STABILIZE_HELP, drain_stream, given_flags
 from sdk.model_registry import MODEL_OPTION_HELP, is_model_name
 from sdk.segmenter import Segmenter
 from sdk.sources import read_video_frames
@@ -155,6 +155,7 @@ def demo_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-frames", type=int, help="stop the stream after N frames")
     parser.add_argument("--table-frames", type=int, default=30, help="frames per row of the target table [30]")
     parser.add_argument("--no-table", action="store_true", help="skip the per-target table")
+    parser.add_argument("--stabilize", action=argparse.BooleanOptionalAction, help=STABILIZE_HELP)
     parser.add_argument("--json", action="store_true", help="last line: one JSON object with the figures")
     args = parser.parse_args(argv)
     try:
@@ -171,7 +172,8 @@ def demo_main(argv: list[str] | None = None) -> int:
         f"on {seg.target.name} ({seg.runtime}, {seg.precision}) -> {args.out}"
     )
     with seg:
-        stats, code = drain_stream(seg, "demo", source, StreamOptions(output=args.out, max_frames=args.max_frames))
+        options = StreamOptions(output=args.out, max_frames=args.max_frames, **given_flags(stabilize=args.stabilize))
+        stats, code = drain_stream(seg, "demo", source, options)
     if stats is None or code:
         return code
     lat = stats.latency_ms

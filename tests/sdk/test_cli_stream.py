@@ -142,6 +142,20 @@ def test_stream_has_its_own_help(capsys) -> None:
     assert "output folder (predict)" not in text
 
 
+def test_semantic_streams_are_stabilised_by_default_and_no_stabilize_opts_out(artifacts, tmp_path, capsys) -> None:
+    """Issue 38: ``m2f stream`` (like ``seg.stream`` and ``m2f demo``) holds labels still unless told not to."""
+    from sdk.stream_options import StreamOptions
+
+    assert StreamOptions().stabilize and not StreamOptions(stabilize=False).stabilize
+    clip = write_clip(tmp_path / "clip.mp4", 6)
+    model = ["--model", str(artifacts["semantic"]), "--target", "onnxruntime", "--json"]
+    stages = []
+    for flag in ([], ["--no-stabilize"], ["--stabilize"]):
+        assert cli.main(["stream", str(clip), *model, *flag]) == 0
+        stages.append("stabilize" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["stage_ms"])
+    assert stages == [True, False, True]
+
+
 def test_realtime_carry_gives_every_frame_and_a_file_without_realtime_is_refused(artifacts, tmp_path, capsys) -> None:
     clip = write_clip(tmp_path / "clip.mp4", 30, fps=30.0)
     model = ["--model", str(artifacts["semantic"]), "--target", "onnxruntime"]
