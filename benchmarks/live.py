@@ -8,7 +8,8 @@ Per clip: (1) every frame through ``predict`` (the reference labels, and the med
 released on an ``--fps`` clock (``sdk.sources.RealTimeReader``) and streamed live with ``carry``: output fps,
 capture-to-result latency p50 / p90 (capture: the moment the clock released the frame), model vs carried frames,
 and the share of pixels of carried frames whose label equals the every-frame model's on the same frame; (3) the
-same live stream without carry (the newest frame only, the rest dropped). Writes ``live.md/.json`` to ``--out``.
+same live stream without carry (the newest frame only, the rest dropped). Each live stream runs with the
+stabiliser (the default) and without. Writes ``live.md/.json`` to ``--out``.
 """
 
 from __future__ import annotations
@@ -53,10 +54,12 @@ def self_agreement(truth: list[np.ndarray]) -> float:
     return round(100 * same / total, 2) if total else float("nan")
 
 
-def live_run(seg: Segmenter, clip: Path, fps: float, frames: int, carry: bool, truth: list[np.ndarray]) -> dict:
+def live_run(
+    seg: Segmenter, clip: Path, fps: float, frames: int, carry: bool, stabilize: bool, truth: list[np.ndarray]
+) -> dict:
     """The clip on an ``fps`` clock through a live stream; figures, and agreement with ``truth`` per frame kind."""
     reader = RealTimeReader(cv2.VideoCapture(str(clip)), fps)
-    run = seg.stream(reader, live=True, carry=carry, max_frames=frames)
+    run = seg.stream(reader, live=True, carry=carry, stabilize=stabilize, max_frames=frames)
     agree = {"model": [0, 0], "carried": [0, 0]}
     for result in run:
         index = result.frame_index
@@ -70,6 +73,7 @@ def live_run(seg: Segmenter, clip: Path, fps: float, frames: int, carry: bool, t
     decoded = max(stats.frames_decoded, 1)
     return {
         "carry": carry,
+        "stabilize": stabilize,
         "source_fps": fps,
         "output_fps": round(stats.fps, 2),
         "results_per_decoded_frame": round(stats.frames / decoded, 3),
@@ -91,15 +95,16 @@ def markdown(report: dict[str, Any]) -> str:
         f"Live source simulated at {report['fps']:g} fps ({report['cpu']}, {report['threads']} threads; model "
         f"{report['model']} on {report['runtime']} {report['precision']}); `python -m benchmarks.live`",
         "",
-        "| clip | carry | model ms (every frame, median) | output fps | results / decoded frame | dropped | model / "
-        "carried frames | latency p50 / p90 ms | p90 / model ms | carried frames = every-frame model (% pixels) | "
-        "every-frame model = its own previous frame (% pixels) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| clip | carry | stabiliser | model ms (every frame, median) | output fps | results / decoded frame | dropped "
+        "| model / carried frames | latency p50 / p90 ms | p90 / model ms | carried frames = every-frame model "
+        "(% pixels) | every-frame model = its own previous frame (% pixels) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["rows"]:
         agree = row["agree_carried_pct"]
         lines.append(
-            f"| {row['clip']} | {'on' if row['carry'] else 'off'} | {row['model_ms']:.1f} | {row['output_fps']:.1f} "
+            f"| {row['clip']} | {'on' if row['carry'] else 'off'} | {'on' if row['stabilize'] else 'off'} "
+            f"| {row['model_ms']:.1f} | {row['output_fps']:.1f} "
             f"| {row['results_per_decoded_frame']:.2f} | {row['dropped']} | {row['model_frames']} / "
             f"{row['carried_frames']} | {row['latency_p50_ms']:.0f} / {row['latency_p90_ms']:.0f} | "
             f"{row['latency_p90_ms'] / row['model_ms']:.2f} | {'-' if agree is None else f'{agree:.2f}'} | "
@@ -124,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     with Segmenter(args.target, model=args.model) as seg:
         for clip in args.clips:
             truth, model_ms = reference(seg, clip, args.frames)
-            for carry in (True, False):
-                row = live_run(seg, clip, args.fps, args.frames, carry, truth)
+            for carry, stabilize in itertools.product((True, False), (True, False)):  # a live default: off
+                row = live_run(seg, clip, args.fps, args.frames, carry, stabilize, truth)
                 rows.append({"clip": clip.name, "model_ms": round(model_ms, 1),
                              "model_next_frame_agree_pct": self_agreement(truth), **row})  # fmt: skip
                 print(json.dumps(rows[-1]), flush=True)

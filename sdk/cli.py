@@ -191,7 +191,7 @@ examples:
   m2f stream rtsp://host/stream --json          last line: one JSON object with the stats
   m2f stream rtsp://host/stream --carry         live: a result for every frame, labels carried between model runs
   m2f stream street.mp4 --realtime --carry      the same with a file played at its own frame rate
-  m2f stream street.mp4 --no-stabilize          the model's labels as they come (stabilised by default)
+  m2f stream street.mp4 --no-stabilize          the model's labels as they come (files are stabilised by default)
 
 A file whose header declares more (or fewer) frames than it decodes is processed to its last decodable frame with
 a warning (--strict: an error); a file corrupt in the middle is an error naming the frame. A progress bar is
@@ -200,7 +200,9 @@ printed. Exit status: 0 done, 2 error, 130 interrupted.
 """
 
 INTERRUPTED = 130  # exit status after Ctrl-C (128 + SIGINT)
-STABILIZE_HELP = "hold labels still where the picture is (anti-flicker, semantic models) [on; --no-stabilize: off]"
+STABILIZE_HELP = (
+    "hold labels still where the picture is (anti-flicker, semantic models) [on for files, off for live sources]"
+)
 
 
 def add_stream_parser(sub: Any) -> None:

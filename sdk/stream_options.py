@@ -34,8 +34,9 @@ class StreamOptions:
     ``stabilize``: against flicker, semantic results only: hysteresis on the label maps
     (``sdk.stability.LabelStabilizer``), what it holds moved along the optical flow of a moving camera
     (``sdk.stability.StreamStabilizer``; its time per frame is ``stats.stage_ms["stabilize"]``); other results pass
-    unchanged. On by default (``stabilize=False`` to opt out): within 0.1 mIoU on every case of
-    ``benchmarks.stream_accuracy``, flicker on unchanged pixels of the shared static clips under 0.5 %.
+    unchanged. Default (None): on for files (within 0.1 mIoU on every case of ``benchmarks.stream_accuracy``,
+    flicker on unchanged pixels of the shared static clips under 0.5 %), off for live sources, where its time per
+    frame (6-56 ms on 2 cores) drops frames a 30 fps camera sends (``benchmarks.live``); True or False forces it.
     ``carry`` (live sources, semantic results): every frame gets a result at the source's
     rate; the model runs on the newest frame whenever it is free (so on every k-th frame, k set by the model's time
     and the frame rate, at most ``max_carry`` frames apart while frames wait), and the frames in between get its
@@ -59,7 +60,7 @@ class StreamOptions:
     output_fps: float | None = None
     fourcc: str = "mp4v"
     strict: bool = False
-    stabilize: bool = True
+    stabilize: bool | None = None
     measure_stability: bool = False
     carry: bool = False
     max_carry: int = 8
@@ -93,6 +94,12 @@ class StreamOptions:
         return replaced(cls, options, overrides, "stream")
 
     def for_source(self, kind: str) -> StreamOptions:
-        """These options with ``live`` and ``keep_latest`` decided for a source of this kind (``source_kind``)."""
+        """These options with ``live``, ``keep_latest`` and ``stabilize`` decided for a source of this kind
+        (``source_kind``)."""
         live = (kind != "file" or self.realtime) if self.live is None else self.live
-        return dataclasses.replace(self, live=live, keep_latest=live if self.keep_latest is None else self.keep_latest)
+        return dataclasses.replace(
+            self,
+            live=live,
+            keep_latest=live if self.keep_latest is None else self.keep_latest,
+            stabilize=not live if self.stabilize is None else self.stabilize,
+        )
