@@ -43,8 +43,12 @@ class Site:
     level_start_index: np.ndarray
 
 
+def _is_site(node: onnx.NodeProto) -> bool:
+    return node.domain == ONNX_DOMAIN and node.op_type == ONNX_OP
+
+
 def _sites_of(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    return [n for n in model.graph.node if n.domain == ONNX_DOMAIN and n.op_type == ONNX_OP]
+    return [n for n in model.graph.node if _is_site(n)]
 
 
 def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
@@ -120,7 +124,7 @@ def inline_sites(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[Site], o
     constants = _constants(model)
     sites, nodes = [], []
     for node in model.graph.node:
-        if node.domain != ONNX_DOMAIN or node.op_type != ONNX_OP:
+        if not _is_site(node):
             nodes.append(node)
             continue
         site = Site(len(sites), node.name, node.input[0], node.input[3], node.input[4], node.output[0],
@@ -183,8 +187,7 @@ def collapse_sites(model: onnx.ModelProto, sites: list[Site], body: onnx.Functio
         drop |= member_set
     nodes = [replacement.get(i, node) for i, node in enumerate(graph.node) if i not in drop or i in replacement]
     del graph.node[:]
-    graph.node.extend(_topological(nodes, {i.name for i in graph.input} | initializers | {
-        t.name for t in graph.initializer}))  # fmt: skip
+    graph.node.extend(_topological(nodes, {i.name for i in graph.input} | {t.name for t in graph.initializer}))
     used = {name for node in graph.node for name in node.input}
     kept = [t for t in graph.initializer if not t.name.startswith(SITE_PREFIX) or t.name in used]
     del graph.initializer[:]

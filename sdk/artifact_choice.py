@@ -17,7 +17,7 @@ from runtimes.cache import cache_root, file_sha256, graph_code_key
 from runtimes.registry import RUNTIMES, TargetSpec, export_precisions
 from runtimes.vocabulary import INT8_BF16
 from sdk import host
-from sdk.model_registry import is_model_name, named_model, named_models
+from sdk.model_registry import is_packaged, named_model, named_models
 from sdk.targets import PrecisionChoice, choose_precision
 
 logger = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ def choose_artifact(
     """The artifact and precision to run: as asked; else on a CPU the fastest gated one (``choose_precision``);
     else the profile's precision. A checkpoint is compiled at the asked or the profile's precision."""
     fallback = ""
-    if model is None or is_model_name(model):
+    if is_packaged(model):
         artifacts, fallback = runnable_packaged(model, runtime)
     else:
         path = Path(model)
@@ -139,14 +139,16 @@ def choose_artifact(
         artifacts = [(path, read_metadata(path))]  # names a damaged file or a foreign model
     if precision is not None:
         choice = PrecisionChoice(precision, artifact_for(artifacts, runtime, precision), "asked for")
-    elif spec.device == "cpu" and (offers := gated_offers(artifacts, runtime)):
-        choice = choose_precision(runtime, offers)
     else:
-        choice = PrecisionChoice(
-            spec.precision, artifact_for(artifacts, runtime, spec.precision),
-            asked_reason(None, spec) + ("" if gated_offers(artifacts, runtime) else
-                                        " (no artifact with a passed accuracy gate to choose from)"),
-        )  # fmt: skip
+        offers = gated_offers(artifacts, runtime)
+        if spec.device == "cpu" and offers:
+            choice = choose_precision(runtime, offers)
+        else:
+            choice = PrecisionChoice(
+                spec.precision, artifact_for(artifacts, runtime, spec.precision),
+                asked_reason(None, spec)
+                + ("" if offers else " (no artifact with a passed accuracy gate to choose from)"),
+            )  # fmt: skip
     return replace(choice, reason=f"{choice.reason}; {fallback}") if fallback else choice
 
 
@@ -154,7 +156,7 @@ def artifact_target(model: str | Path | None) -> str | None:
     """What ``model`` was compiled for (a packaged model's fp32 artifact's target for a name or None); None for a
     checkpoint, or a file the backend will refuse with its own message."""
     try:
-        if model is None or is_model_name(model):
+        if is_packaged(model):
             return next(meta["target"] for _, meta in packaged_artifacts(model) if meta["precision"] == "fp32")
         path = Path(model)
         if path.suffix in CHECKPOINT_SUFFIXES or not path.is_file():

@@ -27,7 +27,7 @@ from runtimes.registry import RUNTIMES
 from runtimes.vocabulary import PRECISIONS
 from sdk.artifact_choice import choose_artifact, gated_offers, packaged_artifacts
 from sdk.cli import STABILIZE_HELP, drain_stream, given_flags
-from sdk.model_registry import MODEL_OPTION_HELP, is_model_name
+from sdk.model_registry import MODEL_OPTION_HELP, is_packaged
 from sdk.segmenter import Segmenter
 from sdk.sources import read_video_frames
 from sdk.stream_options import StreamOptions
@@ -71,7 +71,7 @@ def packaged_precisions(model: str | None = None) -> list[str]:
     """Precisions of a packaged model's artifacts (the default's for None; none for a file), each once (fp32 first),
     as their metadata says: several files may share one (OpenVINO's and ONNX Runtime's int8; each runtime picks its
     own)."""
-    if model is not None and not is_model_name(model):
+    if not is_packaged(model):
         return []
     try:
         found = sorted({meta["precision"] for _, meta in packaged_artifacts(model)})
@@ -88,7 +88,7 @@ def _default_precision(target: str, model: str | None, listed: list[str]) -> lis
         chosen = [choose_artifact(model, runtime, None, spec, None).precision]
     except (TargetNotAvailable, FileNotFoundError, ValueError):
         return []
-    if (model is None or is_model_name(model)) and spec.device == "cpu":
+    if is_packaged(model) and spec.device == "cpu":
         features = cpu_features()
         fast = {p for p, flag in RUNTIMES[runtime].cpu_speed_order if features.has(flag)}
         chosen += [p for p in gated_offers(packaged_artifacts(model), runtime) if p in PRECISIONS and p in fast]

@@ -109,6 +109,11 @@ def is_model_name(model: object) -> bool:
     return isinstance(model, str) and not Path(model).suffix and model in _registry()[1]
 
 
+def is_packaged(model: object) -> bool:
+    """``model`` names a packaged model: None (the default) or a registered name, not a file."""
+    return model is None or is_model_name(model)
+
+
 def with_checkpoint_for_name(argv: list[str]) -> list[str]:
     """``m2f export NAME ...``: the registered name replaced by the checkpoint the model was exported from."""
     return [str(named_model(arg).checkpoint_path()) if is_model_name(arg) else arg for arg in argv]
