@@ -7,12 +7,15 @@
 // (N, Lq, M * D). Values f32 or bf16, locations and weights f32 or bf16, accumulation in f32 and the output in the
 // value's type. The inner loop runs over D contiguous channels of one position and head, with the accumulator in
 // registers for D = 16, 32, 64 (any D works): the compiler vectorises it, once per instruction set (AVX-512,
-// AVX2+FMA, the x86-64 baseline: msda_cpu_<isa>.cpp), and `select` picks the one this CPU runs. No threads here:
+// AVX2+FMA, the x86-64 baseline: msda_cpu_<isa>.cpp), and `select` picks the one this CPU runs. The AVX-512 build
+// has its own path for D = 16, 32, 48, 64 (msda_cpu_avx512.cpp: the point arithmetic in vector lanes too).
+// No threads here:
 // the caller hands out work items (an index range of N * Lq * M) from its runtime's own thread pool.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -187,21 +190,34 @@ void run_avx512(const Call& c, int64_t begin, int64_t end);
 void run_avx2(const Call& c, int64_t begin, int64_t end);
 void run_baseline(const Call& c, int64_t begin, int64_t end);
 
-// The entry point for this CPU, chosen once; `isa` names it ("avx512", "avx2", "baseline").
+// The entry point for this CPU, chosen once; `isa` names it ("avx512", "avx2", "baseline"). The environment
+// variable M2F_MSDA_ISA names a lower one to use instead (tests run every path this way); a name this CPU cannot
+// run, or an unknown one, changes nothing.
 inline void (*select(const char** isa))(const Call&, int64_t, int64_t) {
+    struct Entry {
+        const char* name;
+        bool runs;
+        void (*run)(const Call&, int64_t, int64_t);
+    };
+    bool avx512 = false, avx2 = false;
 #if defined(__GNUC__) && defined(__x86_64__)
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) {
-        *isa = "avx512";
-        return run_avx512;
-    }
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-        *isa = "avx2";
-        return run_avx2;
-    }
+    avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl");
+    avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #endif
-    *isa = "baseline";
-    return run_baseline;
+    const Entry entries[] = {{"avx512", avx512, run_avx512}, {"avx2", avx2, run_avx2}, {"baseline", true, run_baseline}};
+    const char* wanted = std::getenv("M2F_MSDA_ISA");
+    const Entry* chosen = nullptr;
+    for (const Entry& e : entries) {
+        if (e.runs && !chosen) chosen = &e;  // the best this CPU runs
+        if (e.runs && wanted && std::strcmp(wanted, e.name) == 0) {
+            chosen = &e;
+            break;
+        }
+    }
+    *isa = chosen->name;
+    return chosen->run;
 }
 
 }  // namespace msda

@@ -44,11 +44,12 @@ def _inputs(rng: np.random.Generator, N: int, shapes: list[tuple[int, int]], M: 
 
 
 def _graph(path: Path, shapes: list[tuple[int, int]], value: np.ndarray, locations: np.ndarray,
-           value_type: int = TensorProto.FLOAT, index_type: type = np.int32) -> Path:  # fmt: skip
+           value_type: int = TensorProto.FLOAT, index_type: type = np.int32,
+           locations_type: int = TensorProto.FLOAT) -> Path:  # fmt: skip
     """One fused node (``benchmarks.msda_openvino.fused_graph``) for these inputs."""
     from benchmarks.msda_openvino import fused_graph
 
-    return fused_graph(path, shapes, value.shape, locations.shape, value_type, index_type)
+    return fused_graph(path, shapes, value.shape, locations.shape, value_type, index_type, locations_type)
 
 
 def _run(library: Path, path: Path, value, locations, weights, precision: str = "f32") -> np.ndarray:
@@ -56,6 +57,11 @@ def _run(library: Path, path: Path, value, locations, weights, precision: str = 
     core.add_extension(str(library))
     compiled = core.compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": precision})
     return compiled({"value": value, "loc": locations, "w": weights})[compiled.output(0)]
+
+
+def _as_bf16(a: np.ndarray) -> np.ndarray:
+    """f32 rounded to bf16 (nearest even) and back, as OpenVINO's Convert does."""
+    return torch.from_numpy(a).to(torch.bfloat16).float().numpy()
 
 
 def _reference(value, shapes, locations, weights) -> np.ndarray:
@@ -70,6 +76,7 @@ CASES = [  # N, levels, heads M, channels D, queries Lq, points P: odd sizes, ev
     (1, [(48, 60), (24, 30), (12, 15)], 4, 32, 4320, 4),  # the default model's layer: Lq = S
     (2, [(1, 1), (2, 3)], 8, 16, 5, 2),  # maps of one pixel: every point at an edge
     (1, [(9, 11), (5, 7)], 4, 30, 21, 3),  # D = 30: not a multiple of any vector width
+    (1, [(11, 13), (6, 7)], 2, 48, 9, 5),  # D = 48, 10 points: a part-filled vector of points
 ]
 
 
@@ -82,6 +89,49 @@ def test_f32_equals_the_reference(library: Path, tmp_path: Path, N, shapes, M, D
     assert np.abs(out - expected).max() <= 1e-5
 
 
+_EVERY_CASE_UNDER = """
+import sys
+from pathlib import Path
+import numpy as np
+from onnx import TensorProto
+from plugins.msda import openvino_extension
+from tests.plugins.test_msda_openvino import BF16_EPS, CASES, _as_bf16, _graph, _inputs, _reference, _run
+library, folder = Path(sys.argv[1]), Path(sys.argv[2])
+print(openvino_extension.library_info(library)[1])
+for index, (N, shapes, M, D, Lq, P) in enumerate(CASES):
+    value, locations, weights = _inputs(np.random.default_rng(index), N, shapes, M, D, Lq, P)
+    out = _run(library, _graph(folder / f"{index}.onnx", shapes, value, locations), value, locations, weights)
+    assert np.abs(out - _reference(value, shapes, locations, weights)).max() <= 1e-5, (index, sys.argv)
+    path = _graph(folder / f"{index}_bf16.onnx", shapes, value, locations, value_type=TensorProto.BFLOAT16)
+    error = np.abs(_run(library, path, value, locations, weights) - _reference(value, shapes, locations, weights))
+    assert error.max() <= 2 * BF16_EPS * np.abs(value).max(), (index, "bf16", sys.argv)
+    path = _graph(folder / f"{index}_loc.onnx", shapes, value, locations, locations_type=TensorProto.BFLOAT16)
+    rounded = [_as_bf16(a) for a in (locations, weights)]
+    out = _run(library, path, value, locations, weights)
+    assert np.abs(out - _reference(value, shapes, *rounded)).max() <= 1e-5, (index, "bf16 locations", sys.argv)
+"""
+
+
+@pytest.mark.parametrize("isa", ["avx2", "baseline"])
+def test_every_instruction_set_equals_the_reference(library: Path, tmp_path: Path, isa: str) -> None:
+    """The kernel this CPU does not pick by itself (``M2F_MSDA_ISA`` names it; one process each, as the choice is
+    made once per process): every case above in f32, and in bf16 within its bound."""
+    import os
+    import subprocess
+    import sys
+
+    from runtimes.cpu_features import cpu_features
+
+    if isa == "avx2" and not {"avx2", "fma"} <= cpu_features().flags:
+        pytest.skip("this CPU has no AVX2+FMA")
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "M2F_MSDA_ISA": isa, "PYTHONPATH": str(root)}
+    run = subprocess.run([sys.executable, "-c", _EVERY_CASE_UNDER, str(library), str(tmp_path)], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.split()[0] == isa
+
+
 def test_int64_shapes_and_the_bf16_hint_change_nothing(library: Path, tmp_path: Path) -> None:
     """int64 spatial shapes, and OpenVINO's bf16 inference hint: the op keeps f32 inputs in f32."""
     shapes = [(13, 17), (7, 9)]
@@ -92,6 +142,18 @@ def test_int64_shapes_and_the_bf16_hint_change_nothing(library: Path, tmp_path: 
 
     for precision in ("f32", "bf16") if cpu_features().native_bf16 else ("f32",):
         assert np.abs(_run(library, path, value, locations, weights, precision) - expected).max() <= 1e-5
+
+
+def test_bf16_locations_and_weights_are_read_as_given(library: Path, tmp_path: Path) -> None:
+    """Locations and weights in bf16 (the value in f32): the op samples where the rounded locations point, so it
+    equals the reference fed the same rounded inputs."""
+    shapes = [(19, 23), (10, 12), (5, 6)]
+    value, locations, weights = _inputs(np.random.default_rng(6), 2, shapes, 8, 32, 60, 4)
+    path = _graph(tmp_path / "m.onnx", shapes, value, locations, locations_type=TensorProto.BFLOAT16)
+    out = _run(library, path, value, locations, weights)
+    expected = _reference(value, shapes, _as_bf16(locations), _as_bf16(weights))
+    assert np.abs(out - expected).max() <= 1e-5
+    assert np.abs(out - _reference(value, shapes, locations, weights)).max() > 1e-5  # the rounding did happen
 
 
 def test_bf16_values_within_the_derived_bound(library: Path, tmp_path: Path) -> None:
