@@ -7,10 +7,9 @@
 // (N, Lq, M * D). Values f32 or bf16, locations and weights f32 or bf16, accumulation in f32 and the output in the
 // value's type. The inner loop runs over D contiguous channels of one position and head, with the accumulator in
 // registers for D = 16, 32, 64 (any D works): the compiler vectorises it, once per instruction set (AVX-512,
-// AVX2+FMA, the x86-64 baseline: msda_cpu_<isa>.cpp), and `select` picks the one this CPU runs. The AVX-512 build
-// has its own path for D = 16, 32, 48, 64 (msda_cpu_avx512.cpp: the point arithmetic in vector lanes too).
-// No threads here:
-// the caller hands out work items (an index range of N * Lq * M) from its runtime's own thread pool.
+// AVX2+FMA, the x86-64 baseline: msda_cpu_<isa>.cpp), and `select` picks the one this CPU runs. The AVX-512 and
+// AVX2 builds run a vector path instead where D is a multiple of their width up to 64 (msda_cpu_vector.hpp). No
+// threads here: the caller hands out work items (an index range of N * Lq * M) from its runtime's own thread pool.
 #pragma once
 
 #include <cmath>

@@ -29,9 +29,11 @@ from runtimes.errors import M2FError
 
 logger = logging.getLogger(__name__)
 
-EXTENSION_SOURCES = tuple(
-    SOURCE_DIR / name for name in ("openvino_extension.cpp", "msda_cpu.hpp", "openvino/CMakeLists.txt")
-)
+EXTENSION_SOURCES = tuple(  # every file the library is built from: its build key hashes them all
+    SOURCE_DIR / name
+    for name in ("openvino_extension.cpp", "msda_cpu.hpp", "msda_cpu_vector.hpp", "msda_cpu_avx512.cpp",
+                 "msda_cpu_avx2.cpp", "msda_cpu_baseline.cpp", "openvino/CMakeLists.txt")
+)  # fmt: skip
 EXTENSION_LIBRARY = "libm2f_msda_openvino.so"
 LIBRARY_ID = "m2f_msda_openvino"  # what an artifact's metadata names (native_ops.library)
 EXTENSION_ENV = "M2F_MSDA_OPENVINO_EXTENSION"

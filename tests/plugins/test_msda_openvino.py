@@ -192,6 +192,25 @@ def test_an_artifact_record_is_checked(library: Path, tmp_path: Path, monkeypatc
         openvino_extension.check_record(record, tmp_path / "a.onnx")
 
 
+def test_the_build_key_covers_every_file_the_library_is_built_from() -> None:
+    """The sources named in the CMake file and every local header they include (a change to any of them is a new
+    build folder, never a stale library)."""
+    import re
+
+    folder = openvino_extension.SOURCE_DIR
+    cmake = (folder / "openvino" / "CMakeLists.txt").read_text()
+    listed = re.search(r"add_library\(m2f_msda_openvino MODULE([^)]*)\)", cmake).group(1).split()
+    files = {(folder / "openvino" / name).resolve() for name in [*listed, "CMakeLists.txt"]}
+    pending = list(files)
+    while pending:
+        for header in re.findall(r'#include "([^"]+)"', pending.pop().read_text()):
+            path = (folder / header).resolve()
+            if path not in files:
+                files.add(path)
+                pending.append(path)
+    assert files == {p.resolve() for p in openvino_extension.EXTENSION_SOURCES}
+
+
 def test_without_a_build_the_reason_names_the_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(openvino_extension.EXTENSION_ENV, raising=False)
     monkeypatch.setenv("M2F_CACHE", str(tmp_path / "empty"))
