@@ -1,11 +1,14 @@
 // The kernel for AVX2 + FMA (the flags: plugins/msda/openvino/CMakeLists.txt): the vector path of
 // msda_cpu_vector.hpp over 8-lane vectors where it applies, else msda_cpu.hpp's scalar path compiled with these flags.
-#include <immintrin.h>
-
 #include "msda_cpu_vector.hpp"
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#endif
 
 namespace m2f {
 namespace msda {
+#if defined(__x86_64__) || defined(_M_X64)  // elsewhere (aarch64: Jetson) this entry point is the scalar path
 namespace {
 
 inline __m256 widen_bf16(__m128i v) { return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16)); }
@@ -100,6 +103,9 @@ struct Avx2 {
 void run_avx2(const Call& c, int64_t begin, int64_t end) {
     if (!run_vectors<Avx2>(c, begin, end)) run_call(c, begin, end);
 }
+#else
+void run_avx2(const Call& c, int64_t begin, int64_t end) { run_call(c, begin, end); }
+#endif
 
 }  // namespace msda
 }  // namespace m2f

@@ -1,11 +1,14 @@
 // The kernel for AVX-512 (the flags: plugins/msda/openvino/CMakeLists.txt): the vector path of msda_cpu_vector.hpp
 // over 16-lane vectors where it applies, else msda_cpu.hpp's scalar path compiled with these flags.
-#include <immintrin.h>
-
 #include "msda_cpu_vector.hpp"
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#endif
 
 namespace m2f {
 namespace msda {
+#if defined(__x86_64__) || defined(_M_X64)  // elsewhere (aarch64: Jetson) this entry point is the scalar path
 namespace {
 
 inline __m512 widen_bf16(__m256i v) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16)); }
@@ -95,6 +98,9 @@ struct Avx512 {
 void run_avx512(const Call& c, int64_t begin, int64_t end) {
     if (!run_vectors<Avx512>(c, begin, end)) run_call(c, begin, end);
 }
+#else
+void run_avx512(const Call& c, int64_t begin, int64_t end) { run_call(c, begin, end); }
+#endif
 
 }  // namespace msda
 }  // namespace m2f
