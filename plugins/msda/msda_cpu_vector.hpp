@@ -98,7 +98,8 @@ void forward_vectors(const Call& c, int64_t begin, int64_t end) {
 template <typename Isa, typename V, typename F>
 bool run_vectors_typed(const Call& c, int64_t begin, int64_t end) {
     constexpr int kLanes = Isa::kLanes;
-    switch (c.shape.D / kLanes * (c.shape.D % kLanes == 0)) {
+    const int64_t vectors = c.shape.D % kLanes == 0 ? c.shape.D / kLanes : 0;  // 0: not a multiple of the width
+    switch (vectors) {
         case 1: return forward_vectors<Isa, V, F, 1>(c, begin, end), true;
         case 2: return forward_vectors<Isa, V, F, 2>(c, begin, end), true;
         case 3: return forward_vectors<Isa, V, F, 3>(c, begin, end), true;
@@ -106,7 +107,7 @@ bool run_vectors_typed(const Call& c, int64_t begin, int64_t end) {
         default: break;
     }
     if constexpr (kLanes < 16) {  // narrower vectors: up to D = 64 too
-        switch (c.shape.D / kLanes * (c.shape.D % kLanes == 0)) {
+        switch (vectors) {
             case 6: return forward_vectors<Isa, V, F, 6>(c, begin, end), true;
             case 8: return forward_vectors<Isa, V, F, 8>(c, begin, end), true;
             default: break;

@@ -37,6 +37,7 @@ EXTENSION_SOURCES = tuple(  # every file the library is built from: its build ke
 EXTENSION_LIBRARY = "libm2f_msda_openvino.so"
 LIBRARY_ID = "m2f_msda_openvino"  # what an artifact's metadata names (native_ops.library)
 EXTENSION_ENV = "M2F_MSDA_OPENVINO_EXTENSION"
+ISA_ENV = "M2F_MSDA_ISA"  # a lower instruction set for the kernel to use (read by `select` in msda_cpu.hpp)
 ONNX_DOMAIN, ONNX_OP = "m2f", "MSDeformAttn"
 BUILD_COMMAND = "m2f build-plugins"
 

@@ -125,11 +125,30 @@ def test_every_instruction_set_equals_the_reference(library: Path, tmp_path: Pat
     if isa == "avx2" and not {"avx2", "fma"} <= cpu_features().flags:
         pytest.skip("this CPU has no AVX2+FMA")
     root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "M2F_MSDA_ISA": isa, "PYTHONPATH": str(root)}
+    env = {**os.environ, openvino_extension.ISA_ENV: isa, "PYTHONPATH": str(root)}
     run = subprocess.run([sys.executable, "-c", _EVERY_CASE_UNDER, str(library), str(tmp_path)], cwd=root, env=env,
                          capture_output=True, text=True, timeout=600)  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.split()[0] == isa
+
+
+def test_an_unknown_instruction_set_name_keeps_the_best(library: Path) -> None:
+    """``M2F_MSDA_ISA`` only lowers the choice: a name that is no instruction set changes nothing."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    code = "import sys; from pathlib import Path; from plugins.msda import openvino_extension as e; "
+    code += "print(e.library_info(Path(sys.argv[1]))[1])"
+    chosen = {}
+    for wanted in ("", "sse9"):
+        env = {**os.environ, openvino_extension.ISA_ENV: wanted, "PYTHONPATH": str(root)}
+        run = subprocess.run([sys.executable, "-c", code, str(library)], cwd=root, env=env, capture_output=True,
+                             text=True, timeout=120)  # fmt: skip
+        assert run.returncode == 0, run.stderr[-2000:]
+        chosen[wanted] = run.stdout.strip()
+    assert chosen["sse9"] == chosen[""] == openvino_extension.library_info(library)[1]
 
 
 def test_int64_shapes_and_the_bf16_hint_change_nothing(library: Path, tmp_path: Path) -> None:
