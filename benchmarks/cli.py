@@ -4,9 +4,11 @@
     m2f benchmark --model runs/camvid_edge/model_final.pt --targets openvino --precisions fp32 int8 --data ... --out ...
     m2f benchmark --model sdk/models/default_int8.onnx --targets cpu --data ... --out ...   # an artifact: no torch
     m2f benchmark --model street-default --peers litert-deeplab --data ... --out ...   # a packaged model, by name
+    m2f benchmark family --images ../shared/data/camvid/val --out ...   # every packaged model and the peer: chart
     python -m benchmarks.cli ...            # the same without the m2f entry point
 
 Prints the Markdown table; writes benchmark.md / .csv / .json / .png (and profile.md with --profile) to --out.
+``family`` compares models rather than one model's runtimes: ``benchmarks.model_family`` (its own options).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from benchmarks.rows import PEERS, benchmark_targets
 from sdk.cli_fields import add_field_option
 
 logger = logging.getLogger(__name__)
+FAMILY_COMMAND = "family"  # m2f benchmark family ...: the packaged models and the peer on one chart
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def benchmark_main(argv: list[str] | None = None) -> int:
     """Entry point of ``m2f benchmark``; returns 0 when the report was written (error rows included)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == [FAMILY_COMMAND]:
+        from benchmarks import model_family
+
+        return model_family.main(argv[1:], prog=f"m2f benchmark {FAMILY_COMMAND}")
     values = vars(build_parser().parse_args(argv))
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -1,7 +1,8 @@
 """The packaged models on the speed/accuracy front, beside the LiteRT peer: one table and one chart.
 
-    python -m benchmarks.model_family --images ../shared/data/camvid/val --frames 20 --rounds 4 \
+    m2f benchmark family --images ../shared/data/camvid/val --frames 20 --rounds 4 \
         --out benchmarks/results/issue39_family
+    python -m benchmarks.model_family ...   # the same without the m2f entry point
 
 Speed is measured here, in this run, on the same frames: every packaged model as ``Segmenter("cpu", model=NAME)``
 runs it and the peer, each row alone in its own process (rounds rotated), then all interleaved in one process
@@ -89,8 +90,9 @@ def chart(rows: list[dict], cpu: str, path: Path) -> bool:
     return True
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.model_family", description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None, prog: str = "python -m benchmarks.model_family") -> int:
+    """Time every named model and the peer both ways, then write the table and the chart; 2 when the peer cannot run."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", help="packaged model names (default: every one)")
     cpu_precisions.add_timing_arguments(parser, frames=20, rounds=4, out_required=True)
     args = parser.parse_args(argv)

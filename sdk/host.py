@@ -25,7 +25,11 @@ HOST_COMMANDS: dict[str, tuple[str, str, str]] = {
         "train",
     ),
     "export": ("compile.cli:export_main", "checkpoint -> verified ONNX artifact per target and precision", "train"),
-    "benchmark": ("benchmarks.cli:benchmark_main", "latency / memory / accuracy per target x precision", "train"),
+    "benchmark": (
+        "benchmarks.cli:benchmark_main",
+        "latency / memory / accuracy per target x precision; `family`: the named models' speed/accuracy chart",
+        "train",
+    ),
     # device-side, but with its own parser: a street clip through the packaged model, then the per-target table
     "demo": ("sdk.demo:demo_main", "stream a street clip through the default model; per-target table", "openvino"),
 }

@@ -1,4 +1,5 @@
-"""benchmarks.model_family: the packaged models beside the peer, timed both ways, charted with held-out figures."""
+"""``m2f benchmark family`` (benchmarks.model_family): the packaged models beside the peer, timed both ways, charted
+with held-out figures."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import cv2
 import numpy as np
 import pytest
 
-from benchmarks import cpu_precisions, model_family
+from benchmarks import cpu_precisions
+from benchmarks.cli import FAMILY_COMMAND
 from benchmarks.litert_peer import default_peer_path
+from sdk.cli import main as m2f_main
 from sdk.model_registry import default_model_name, named_model
 
 
@@ -24,7 +27,7 @@ def test_the_family_table_and_chart(tmp_path: Path) -> None:
     cv2.imwrite(str(frames / "0.png"), np.random.default_rng(0).integers(0, 255, (90, 120, 3), dtype=np.uint8))
     name = default_model_name()
     argv = ["--models", name, "--images", str(frames), "--frames", "1", "--rounds", "1", "--threads", "1"]
-    assert model_family.main([*argv, "--out", str(tmp_path / "out")]) == 0
+    assert m2f_main(["benchmark", FAMILY_COMMAND, *argv, "--out", str(tmp_path / "out")]) == 0
     report = json.loads((tmp_path / "out" / "model_family.json").read_text())
     rows = {row["row"]: row for row in report["rows"]}
     assert set(rows) == {name, cpu_precisions.PEER_ROW}
