@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -128,20 +129,29 @@ class LiteRtDeepLab:
 def score_peer(dataset: Any, path: str | Path | None = None, threads: int | None = None) -> dict[str, float]:
     """The peer's mIoU (and per-class IoU) on a labelled ``train.data`` dataset with CamVid's classes, every frame
     at its own size; plus its median inference ms."""
+    peer = LiteRtDeepLab(path or default_peer_path(), dataset.meta.class_names, threads=threads)
+    times = []
+
+    def predict(frame: np.ndarray) -> np.ndarray:
+        labels, stages = peer.predict(frame)
+        times.append(stages["inference_ms"])
+        return labels
+
+    return {**score_at_frame_size(dataset, predict), "inference_ms_p50": float(np.median(times))}
+
+
+def score_at_frame_size(dataset: Any, predict: Callable[[np.ndarray], np.ndarray]) -> dict[str, Any]:
+    """mIoU of ``predict`` (a BGR frame -> (h, w) class ids at its size) on every frame of a labelled
+    ``train.data`` dataset, scored against the labels at the frame's own size (as a user's frames are)."""
     from train.evaluation.semantic import SemanticEvaluator, semantic_gt_from_sample
 
-    peer = LiteRtDeepLab(path or default_peer_path(), dataset.meta.class_names, threads=threads)
     evaluator = SemanticEvaluator(len(dataset.meta.class_names), VOID)
-    times = []
     for i in range(len(dataset)):
         sample = dataset[i]
         frame = np.ascontiguousarray(sample["image"].permute(1, 2, 0).numpy()[..., ::-1])  # RGB tensor -> BGR
-        h, w = frame.shape[:2]
-        labels, stages = peer.predict(frame)
-        times.append(stages["inference_ms"])
-        evaluator.update(labels, semantic_gt_from_sample(sample["labels"], sample["masks"], sample["iscrowd"], h, w))
-    metrics = evaluator.compute()
-    return {"mIoU": metrics["mIoU"], "frames": len(dataset), "inference_ms_p50": float(np.median(times))}
+        truth = semantic_gt_from_sample(sample["labels"], sample["masks"], sample["iscrowd"], *frame.shape[:2])
+        evaluator.update(predict(frame), truth)
+    return {"mIoU": evaluator.compute()["mIoU"], "frames": len(dataset)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -136,6 +136,8 @@ def test_fold_artifacts_score_the_exported_model_on_its_held_out_sequence(
         # the gate's torch figure is the fold's own score (same frames, same pre-processing at native size)
         assert fold["torch_fp32"] == pytest.approx(report["folds"][sequence]["mIoU"], abs=1e-6)
         assert fold["label_agreement"] >= 0.999  # fp32 artifact == torch
+        # the SDK on the frames at their own size (48x64 here, the export's size): the gate's figure
+        assert fold["sdk"] == pytest.approx(fold["artifact"], abs=0.05)
         assert (output / f"fold_{sequence}" / "onnxruntime_fp32.onnx").is_file()
     assert "| **mean of folds** |" in markdown(scored)
     # a rerun keeps the scored artifacts (newer than their checkpoints, gated at this size) and re-exports the rest
@@ -183,16 +185,17 @@ def test_eval_by_sequence_and_hold_out_on_the_command_line(camvid_like: Path, tm
     assert all(0 <= s["mIoU"] <= 100 for s in scores["sequences"].values())
 
 
-def test_fold_table_shows_the_verified_lowering_beside_the_artifact():
+def test_fold_table_shows_the_lowering_and_the_sdk_figure_beside_the_artifact():
     """An OpenVINO int8 fold whose float ops the gate also scored in bf16 gets that column; a fold without the
     record shows a dash and no mean."""
     folds = {
-        "A": {"frames": 3, "torch_fp32": 60.0, "artifact": 59.0, "drop": 1.0, "lowered": {"bf16": 58.5}},
-        "B": {"frames": 4, "torch_fp32": 50.0, "artifact": 49.5, "drop": 0.5, "lowered": {}},
-    }
+        "A": {"frames": 3, "torch_fp32": 60.0, "artifact": 59.0, "drop": 1.0, "lowered": {"bf16": 58.5}, "sdk": 59.1,
+              "peer": {"mIoU": 55.0}},
+        "B": {"frames": 4, "torch_fp32": 50.0, "artifact": 49.5, "drop": 0.5, "lowered": {}, "sdk": 49.4},
+    }  # fmt: skip
     report = {"target": "openvino", "precision": "int8", "folds": folds, "mean_torch_fp32": 55.0,
-              "mean_artifact": 54.25, "mean_lowered": {"bf16": None}}  # fmt: skip
+              "mean_artifact": 54.25, "mean_lowered": {"bf16": None}, "mean_sdk": 54.25}  # fmt: skip
     text = markdown(report)
     assert "| openvino int8, bf16 lowering mIoU |" in text
-    assert "| A | 3 | 60.00 | 59.00 | 1.00 | 58.50 | – | – |" in text
-    assert "| B | 4 | 50.00 | 49.50 | 0.50 | – | – | – |" in text
+    assert "| A | 3 | 60.00 | 59.00 | 1.00 | 58.50 | 59.10 | 55.00 | +4.10 |" in text  # ours - peer: the SDK's
+    assert "| B | 4 | 50.00 | 49.50 | 0.50 | – | 49.40 | – | – |" in text
