@@ -97,10 +97,8 @@ def score_folds(
         "precision": precision,
         "folds": folds,
         "mean_lowered": {k: _mean([f["lowered"].get(k) for f in folds.values()]) for k in lowered},
-        "mean_peer": sum(peers) / len(peers) if peers and len(peers) == len(folds) else None,
-        "mean_torch_fp32": sum(f["torch_fp32"] for f in folds.values()) / len(folds),
-        "mean_artifact": sum(f["artifact"] for f in folds.values()) / len(folds),
-        "mean_sdk": sum(f["sdk"] for f in folds.values()) / len(folds),
+        "mean_peer": _mean(peers) if len(peers) == len(folds) else None,
+        **{f"mean_{key}": _mean([f[key] for f in folds.values()]) for key in ("torch_fp32", "artifact", "sdk")},
     }
 
 

@@ -127,7 +127,7 @@ class LiteRtDeepLab:
 
 
 def score_peer(dataset: Any, path: str | Path | None = None, threads: int | None = None) -> dict[str, float]:
-    """The peer's mIoU (and per-class IoU) on a labelled ``train.data`` dataset with CamVid's classes, every frame
+    """The peer's mIoU on a labelled ``train.data`` dataset with CamVid's classes, every frame
     at its own size; plus its median inference ms."""
     peer = LiteRtDeepLab(path or default_peer_path(), dataset.meta.class_names, threads=threads)
     times = []
