@@ -67,7 +67,7 @@ def export_main(argv: Sequence[str]) -> int:
     parser.add_argument("--out", required=True, help="artifact path (.onnx)")
     args = parser.parse_args(list(argv))
     try:
-        val = _val_spec(args.checkpoint, args.val_data) if args.val_data else None
+        val = val_spec(args.checkpoint, args.val_data) if args.val_data else None
         runtime = artifact_target_for(args.target)
         profile = args.target if args.target not in RUNTIMES else None
         precision = args.precision or (TARGETS[profile].precision if profile else "fp32")
@@ -95,7 +95,8 @@ def export_main(argv: Sequence[str]) -> int:
     return 0
 
 
-def _val_spec(checkpoint: str, value: str) -> dict:
+def val_spec(checkpoint: str, value: str) -> dict:
+    """``--val-data``: a JSON dataset spec, or a root that replaces the one in the checkpoint's validation spec."""
     if value.lstrip().startswith("{"):
         return json.loads(value)
     from train.model.checkpoint import read_checkpoint

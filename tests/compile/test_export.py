@@ -180,3 +180,33 @@ def test_gate_fails_when_the_drop_exceeds_the_budget(camvid_model, tmp_path):
     # a negative budget cannot be met: the gate must refuse, naming the figures
     with pytest.raises(GateError, match="over the budget"):
         _export(camvid_model, tmp_path, "openvino", "bf16", max_drop=-1.0)
+
+
+@pytest.mark.slow
+def test_package_writes_the_four_files_a_named_model_ships(camvid_model, tmp_path, monkeypatch):
+    """``python -m compile.package``: fp32, OpenVINO int8 with and without the fused MSDA node (both rewritten for
+    TensorRT's parser), ORT int8, every one gated on CamVid val; without the extension it refuses before exporting."""
+    from compile.package import main
+    from plugins.msda import openvino_extension
+
+    out = tmp_path / "models"
+    argv = [str(camvid_model), "--prefix", "tiny", "--input-size", "x".join(map(str, INPUT)), "--calib",
+            str(CAMVID / "train"), "--val-data", json.dumps(VAL), "--gate-images", "12", "--calib-images", "32",
+            "--out-dir", str(out)]  # fmt: skip
+    monkeypatch.setenv("M2F_CACHE", str(tmp_path / "cache"))  # no extension built in this fresh cache
+    monkeypatch.delenv(openvino_extension.EXTENSION_ENV, raising=False)
+    assert main(argv) == 2 and not out.exists()
+    try:
+        monkeypatch.setenv(openvino_extension.EXTENSION_ENV, str(openvino_extension.build()))
+    except openvino_extension.ExtensionUnavailable as err:
+        pytest.skip(f"the OpenVINO extension does not build here: {err}")
+    assert main(argv) == 0
+    metas = {path.name: read_metadata(path) for path in sorted(out.glob("*.onnx"))}
+    assert sorted(metas) == ["tiny_fp32.onnx", "tiny_int8.onnx", "tiny_int8_msda.onnx", "tiny_ort_int8.onnx"]
+    assert [metas[f"tiny_{s}.onnx"]["precision"] for s in ("fp32", "int8", "int8_msda", "ort_int8")] == [
+        "fp32", "int8", "int8", "int8"]  # fmt: skip
+    assert [bool(meta.get("native_ops")) for meta in metas.values()] == [False, False, True, False]
+    for name in ("tiny_int8.onnx", "tiny_int8_msda.onnx"):
+        assert metas[name]["rewrites"][-1]["by"] == "compile.tensorrt_rules"
+    assert all(meta["input"]["size"] == list(INPUT) and meta["accuracy"]["images"] == 12 for meta in metas.values())
+    assert main([str(tmp_path / "missing.pt"), *argv[1:]]) == 2  # a clear message, no traceback
