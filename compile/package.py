@@ -51,17 +51,17 @@ def package_model(
     val_data: dict,
     out_dir: str | Path,
     gate_images: int,
-    calib_images: int | None = None,
+    calib_images: int,
 ) -> list[Path]:
     """Export and gate every file of :data:`PACKAGED_FILES` into ``out_dir``; returns their paths. Refuses before
     exporting anything when the fused op's extension is not built here (its file could not be made)."""
-    from compile.export import CALIB_IMAGES, export
+    from compile.export import export
     from compile.tensorrt_rules import rewrite_artifact
     from plugins.msda import openvino_extension
 
     reason = openvino_extension.unavailable_reason()
     if reason is not None:
-        raise ValueError(f"the {prefix}_int8_msda file needs the fused MSDA op ({reason}): run `m2f build-plugins`")
+        raise ValueError(f"the {prefix}_int8_msda file needs the fused MSDA op: {reason}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -78,7 +78,7 @@ def package_model(
                 calib_dir=calib_dir if spec.precision == "int8" else None,
                 val_data=val_data,
                 gate_images=gate_images,
-                calib_images=calib_images or CALIB_IMAGES,
+                calib_images=calib_images,
                 compact=True,
                 native_ops=spec.fused_msda,
             )
@@ -91,7 +91,7 @@ def package_model(
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m compile.package CHECKPOINT --prefix P --input-size HxW --calib DIR --val-data ROOT|JSON``."""
     from compile.cli import val_spec
-    from compile.export import GATE_IMAGES
+    from compile.export import CALIB_IMAGES, GATE_IMAGES
     from compile.gate import GateError
 
     parser = argparse.ArgumentParser(prog="python -m compile.package", description=__doc__.split("\n")[0])
@@ -101,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--calib", required=True, help="folder of real images for int8 calibration")
     parser.add_argument("--val-data", required=True, help="dataset root for the checkpoint's validation spec, or JSON")
     parser.add_argument("--gate-images", type=int, default=GATE_IMAGES)
-    parser.add_argument("--calib-images", type=int)
+    parser.add_argument("--calib-images", type=int, default=CALIB_IMAGES)
     parser.add_argument("--out-dir", default="sdk/models")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -183,7 +183,7 @@ def test_gate_fails_when_the_drop_exceeds_the_budget(camvid_model, tmp_path):
 
 
 @pytest.mark.slow
-def test_package_writes_the_four_files_a_named_model_ships(camvid_model, tmp_path, monkeypatch):
+def test_package_writes_the_four_files_a_named_model_ships(camvid_model, tmp_path, monkeypatch, capsys):
     """``python -m compile.package``: fp32, OpenVINO int8 with and without the fused MSDA node (both rewritten for
     TensorRT's parser), ORT int8, every one gated on CamVid val; without the extension it refuses before exporting."""
     from compile.package import main
@@ -196,6 +196,7 @@ def test_package_writes_the_four_files_a_named_model_ships(camvid_model, tmp_pat
     monkeypatch.setenv("M2F_CACHE", str(tmp_path / "cache"))  # no extension built in this fresh cache
     monkeypatch.delenv(openvino_extension.EXTENSION_ENV, raising=False)
     assert main(argv) == 2 and not out.exists()
+    assert "fused MSDA op" in capsys.readouterr().err
     try:
         monkeypatch.setenv(openvino_extension.EXTENSION_ENV, str(openvino_extension.build()))
     except openvino_extension.ExtensionUnavailable as err:
